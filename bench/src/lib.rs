@@ -1,0 +1,1 @@
+//! metac benchmarks

@@ -1,0 +1,1 @@
+//! metac node daemon: runtime, store, local API, resource registry

@@ -1,0 +1,1 @@
+//! metac file and block export over the NBD protocol

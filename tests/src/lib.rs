@@ -1,0 +1,1 @@
+//! metac netns lab harness and cross-crate integration tests
