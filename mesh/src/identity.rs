@@ -19,7 +19,9 @@ pub enum Error {
     Read { path: String, source: std::io::Error },
     #[error("cannot write identity key {path}: {source}")]
     Write { path: String, source: std::io::Error },
-    #[error("identity key {path} is {len} bytes, expected 32: the file is damaged; move it away to create a new identity")]
+    #[error(
+        "identity key {path} is {len} bytes, expected 32: the file is damaged; move it away to create a new identity"
+    )]
     BadLength { path: String, len: usize },
     #[error("{0:?} is not a valid ed25519 public key")]
     BadPublicKey([u8; 32]),
@@ -148,10 +150,8 @@ impl Identity {
         let p = path.display().to_string();
         match std::fs::read(path) {
             Ok(bytes) => {
-                let seed: [u8; 32] = bytes
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| Error::BadLength { path: p, len: bytes.len() })?;
+                let seed: [u8; 32] =
+                    bytes.as_slice().try_into().map_err(|_| Error::BadLength { path: p, len: bytes.len() })?;
                 Ok(Identity::from_secret(seed))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -1,1 +1,57 @@
-//! metac node daemon: runtime, store, local API, resource registry
+//! metac-node: the daemon. It wires the identity, the store, the mesh driver, the resource registry and the local
+//! API together, and owns the lifecycle of exports, tokens and live binds.
+//!
+//! Module map: [`config`] (paths and flags), [`store`] (redb), [`registry`] (one handler per resource kind),
+//! [`node`] (exports, tokens, binds, revocation), [`api`] (HTTP + JSON on a Unix socket), [`rpc`] (node-to-node
+//! requests).
+
+pub mod api;
+pub mod config;
+pub mod node;
+pub mod registry;
+pub mod rpc;
+pub mod store;
+
+pub use config::Config;
+pub use node::Node;
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+/// Errors that stop the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Identity(#[from] metac_mesh::identity::Error),
+    #[error("{0}")]
+    Store(#[from] store::Error),
+    #[error("{0}")]
+    Mesh(#[from] metac_mesh::net::Error),
+    #[error("{0}")]
+    Api(String),
+    #[error("cannot read the mesh key {path}: {reason}")]
+    MeshKey { path: String, reason: String },
+    #[error("cannot create the state directory {path}: {source}")]
+    StateDir { path: String, source: std::io::Error },
+}
+
+/// Runs a node until `cancel` fires (SIGTERM or SIGINT in the binary). `ready` is called once the API answers.
+pub async fn run(config: Config, cancel: CancellationToken, ready: impl FnOnce(&Node)) -> Result<(), Error> {
+    let node = Node::start(&config, cancel.clone()).await?;
+    let listener = api::bind(&config.socket)?;
+    tracing::info!(
+        key = %node.me(),
+        overlay = %node.me().overlay_addr(),
+        socket = %config.socket.display(),
+        "metac node ready"
+    );
+    ready(&node);
+    let api = tokio::spawn(api::serve(listener, Arc::clone(&node), cancel.clone()));
+    cancel.cancelled().await;
+    tracing::info!("shutting down");
+    node.shutdown().await;
+    let _ = api.await;
+    let _ = std::fs::remove_file(&config.socket);
+    Ok(())
+}

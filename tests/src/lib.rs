@@ -1,1 +1,115 @@
-//! metac netns lab harness and cross-crate integration tests
+//! metac netns lab harness: builds hosts as network namespaces on a private bridge and runs real `metac node`
+//! processes in them, for integration tests, benchmarks and simulations (DESIGN section 10).
+//!
+//! ```no_run
+//! use metac_tests::{require_root, Lab};
+//!
+//! require_root();
+//! let lab = Lab::new(3)?;
+//! let nodes = lab.hosts().iter().map(|h| h.start_node(&[])).collect::<Result<Vec<_>, _>>()?;
+//! lab.partition(&[1], &[2, 3])?;
+//! let out = lab.host(2).metac(&["status", "--json"])?;
+//! # drop((nodes, out));
+//! # Ok::<(), metac_tests::Error>(())
+//! ```
+//!
+//! Hosts are numbered from 1. Everything a lab made (processes, namespaces, files) goes away when it is dropped,
+//! also when the test panics; a run that was killed outright is cleaned up by the next [`Lab::new`]. Every wait is
+//! bounded. Needs root and `iproute2`; `ping` (`iputils-ping`) for [`Host::ping`] and `nft` (`nftables`) for
+//! [`Lab::partition`] and [`Lab::loss`]. Set `METAC_LAB_KEEP=1` to keep the lab's files for a look afterwards.
+
+#![warn(missing_docs)]
+
+mod error;
+mod exec;
+mod host;
+mod lab;
+mod netns;
+mod node;
+
+use std::path::PathBuf;
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub use error::{Error, Result};
+pub use exec::{checked, output, Proc, TERM_GRACE};
+pub use host::{Host, RUN_TIMEOUT};
+pub use lab::{Lab, MAX_HOSTS, STATIC_NEIGH_ABOVE};
+pub use node::{Node, READY_TIMEOUT, STOP_TIMEOUT};
+
+/// The `metac` binary: `$METAC_BIN` if set, else `metac` in the cargo target directory of the running test
+/// (`target/<profile>/metac`, found by walking up from the test executable out of `deps/`).
+pub fn metac_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("METAC_BIN") {
+        let p = PathBuf::from(p);
+        return if p.is_file() { Ok(p) } else { Err(Error::NoMetacBin { path: p }) };
+    }
+    let exe = std::env::current_exe().map_err(|e| Error::io("find the test executable", e))?;
+    let mut dirs = exe.ancestors().skip(1).take(3);
+    let expected = exe.parent().map(|d| if d.ends_with("deps") { d.parent().unwrap_or(d) } else { d });
+    let found = dirs.find_map(|d| Some(d.join("metac")).filter(|p| p.is_file()));
+    found.ok_or_else(|| Error::NoMetacBin { path: expected.unwrap_or(&exe).join("metac") })
+}
+
+/// Panics unless the process runs as root. Lab tests never skip: under `CI=true` a privileged test must run and
+/// fail loudly rather than pass by doing nothing.
+pub fn require_root() {
+    if !rustix::process::geteuid().is_root() {
+        panic!(
+            "metac-tests: this test builds network namespaces and needs root; run it as root \
+             (e.g. `sudo -E cargo test -p metac-tests`). Lab tests do not skip."
+        );
+    }
+}
+
+/// Calls `check` every `poll` until it returns `Ok(true)`, and returns how long that took. Fails with
+/// [`Error::NotReady`] once `timeout` has passed (after one last check), or with the first error `check` returns.
+pub fn wait_until(timeout: Duration, poll: Duration, mut check: impl FnMut() -> Result<bool>) -> Result<Duration> {
+    let start = Instant::now();
+    loop {
+        if check()? {
+            return Ok(start.elapsed());
+        }
+        let elapsed = start.elapsed();
+        if elapsed >= timeout {
+            return Err(Error::NotReady {
+                what: format!("condition not met within {timeout:?}"),
+                log_tail: String::new(),
+            });
+        }
+        thread::sleep(poll.min(timeout - elapsed));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_until_reports_elapsed_and_times_out() {
+        let mut n = 0;
+        let took = wait_until(Duration::from_secs(5), Duration::from_millis(5), || {
+            n += 1;
+            Ok(n == 3)
+        })
+        .unwrap();
+        assert!(took < Duration::from_secs(5));
+        let t = Instant::now();
+        let e = wait_until(Duration::from_millis(50), Duration::from_millis(10), || Ok(false));
+        assert!(matches!(e, Err(Error::NotReady { .. })));
+        assert!(t.elapsed() < Duration::from_secs(2));
+        let e = wait_until(Duration::from_secs(5), Duration::from_millis(10), || Err(Error::InvalidArg("x".into())));
+        assert!(matches!(e, Err(Error::InvalidArg(_))));
+    }
+
+    #[test]
+    fn metac_bin_error_says_what_to_do() {
+        if std::env::var_os("METAC_BIN").is_some() {
+            return;
+        }
+        match metac_bin() {
+            Ok(p) => assert!(p.ends_with("metac")),
+            Err(e) => assert!(e.to_string().contains("cargo build --bin metac"), "{e}"),
+        }
+    }
+}

@@ -1,1 +1,84 @@
-//! metac file and block export over the NBD protocol
+//! metac file and block export over the NBD protocol.
+//!
+//! A `file` resource is an [`Export`] (a regular file or a block device) served with [`serve`] over any byte
+//! stream, one NBD client per stream. The stream is whatever the transport hands over (a metac resource stream, a
+//! Unix socket for local tools); `serve` speaks fixed newstyle NBD on it, so real clients (`nbdinfo`, `nbdcopy`,
+//! `qemu-img`, qemu, the kernel's nbd-client) work unchanged. [`cat`] is the matching client used by
+//! `metac file cat`: it reads the whole export with several requests in flight and writes it to any sink.
+//!
+//! Layout: [`nbd::proto`] holds the wire messages (pure encode/decode), `server` and `client` drive them over a
+//! stream, `export` is the OS glue (open, size, positional IO).
+
+mod client;
+mod export;
+pub mod nbd;
+mod server;
+
+use std::io;
+use std::path::PathBuf;
+
+pub use client::cat;
+pub use export::Export;
+pub use server::{serve, Stats};
+
+/// What failed while exporting, serving or reading an export.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The path could not be opened or inspected.
+    #[error("cannot open {}: {source}", path.display())]
+    Open {
+        /// The path given.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The path is neither a regular file nor a block device.
+    #[error("{} is neither a regular file nor a block device; export one of those", path.display())]
+    NotExportable {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// Reading or writing the stream failed, or the peer closed it mid-message.
+    #[error("NBD connection: {0}")]
+    Io(#[from] io::Error),
+    /// The peer sent bytes that are not NBD.
+    #[error("NBD protocol: {0}")]
+    Proto(#[from] nbd::proto::Error),
+    /// The peer broke a rule of the protocol.
+    #[error("NBD protocol violation: {0}")]
+    Violation(String),
+    /// The client kept negotiating without ever choosing the export.
+    #[error("NBD client sent more than {0} options without starting transmission")]
+    TooManyOptions(usize),
+    /// The server refused an option the client needs.
+    #[error("NBD server refused option {option}: reply type {reply:#x}{}", if message.is_empty() { String::new() } else { format!(" ({message})") })]
+    Refused {
+        /// The option code.
+        option: u32,
+        /// The error reply type.
+        reply: u32,
+        /// The server's message, if any.
+        message: String,
+    },
+    /// The server answered a request with an error.
+    #[error("NBD server failed a read of {len} bytes at offset {offset}: error {errno}")]
+    Remote {
+        /// NBD error value (errno-like).
+        errno: u32,
+        /// Offset of the failed request.
+        offset: u64,
+        /// Length of the failed request.
+        len: u32,
+    },
+    /// The server closed the connection before the whole export was read.
+    #[error("NBD server closed the connection after {done} of {total} bytes")]
+    Truncated {
+        /// Bytes received in order.
+        done: u64,
+        /// Export size.
+        total: u64,
+    },
+    /// Serving stopped because the cancellation token fired.
+    #[error("NBD export cancelled")]
+    Cancelled,
+}

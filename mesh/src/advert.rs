@@ -1,0 +1,240 @@
+//! Node adverts: what a node tells the mesh about itself (its addresses and the resources it exports), signed by
+//! its key so that anyone can relay them and nobody can forge them. Last sequence number wins per node.
+
+use serde::{Deserialize, Serialize};
+
+use crate::identity::{Identity, NodeKey};
+use crate::kind::Kind;
+use crate::token::ResourceId;
+
+/// Largest encoded advert accepted, checked before decoding.
+pub const MAX_ADVERT_BYTES: usize = 64 * 1024;
+/// Most resources one advert may list.
+pub const MAX_RESOURCES: usize = 1024;
+/// Most listen addresses one advert may list.
+pub const MAX_ADDRS: usize = 32;
+/// Longest name, description or address string in an advert.
+pub const MAX_STRING: usize = 1024;
+
+/// Why an advert was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    #[error("advert is {0} bytes, more than the {MAX_ADVERT_BYTES} allowed")]
+    TooLarge(usize),
+    #[error("advert does not decode: {0}")]
+    Decode(String),
+    #[error("advert lists {0} {1}, more than the {2} allowed")]
+    TooMany(usize, &'static str, usize),
+    #[error("advert has a string of {0} bytes, more than the {MAX_STRING} allowed")]
+    LongString(usize),
+    #[error("advert signature does not verify for node {0}")]
+    BadSignature(NodeKey),
+}
+
+/// One exported resource as the mesh sees it: never a token, unless exported for the whole mesh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceInfo {
+    /// The resource's id, unique on its node.
+    pub id: ResourceId,
+    /// What kind of resource it is.
+    pub kind: Kind,
+    /// A short human name.
+    pub name: String,
+    /// A longer description, may be empty.
+    pub description: String,
+    /// A ref anyone in the mesh may use, for resources exported `--public`.
+    pub public_ref: Option<String>,
+}
+
+/// What a node says about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Advert {
+    /// The node's public key.
+    pub node: NodeKey,
+    /// Increases with every change; the highest wins.
+    pub seq: u64,
+    /// Multiaddrs the node listens on.
+    pub addrs: Vec<String>,
+    /// The UDP endpoint of the node's overlay tunnel, if it runs one.
+    pub tunnel: Option<String>,
+    /// The resources the node exports.
+    pub resources: Vec<ResourceInfo>,
+}
+
+impl Advert {
+    fn check_bounds(&self) -> Result<(), Error> {
+        if self.resources.len() > MAX_RESOURCES {
+            return Err(Error::TooMany(self.resources.len(), "resources", MAX_RESOURCES));
+        }
+        if self.addrs.len() > MAX_ADDRS {
+            return Err(Error::TooMany(self.addrs.len(), "addresses", MAX_ADDRS));
+        }
+        let strings = self.addrs.iter().chain(self.tunnel.iter()).chain(
+            self.resources.iter().flat_map(|r| [&r.name, &r.description].into_iter().chain(r.public_ref.iter())),
+        );
+        for s in strings {
+            if s.len() > MAX_STRING {
+                return Err(Error::LongString(s.len()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Signs the advert with `id`; only `self.node`'s own identity makes an advert that verifies.
+    pub fn sign(&self, id: &Identity) -> Signed {
+        let body = postcard::to_allocvec(self).expect("adverts always encode");
+        let sig = id.sign(&signing_input(&body));
+        Signed { body, sig: sig.to_vec(), advert: self.clone() }
+    }
+}
+
+fn signing_input(body: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(body.len() + 20);
+    m.extend_from_slice(b"metac advert v1\0");
+    m.extend_from_slice(body);
+    m
+}
+
+/// The wire form of a signed advert.
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    body: Vec<u8>,
+    sig: Vec<u8>,
+}
+
+/// A signed advert: the exact bytes that were signed, the signature, and the decoded advert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signed {
+    body: Vec<u8>,
+    sig: Vec<u8>,
+    advert: Advert,
+}
+
+impl Signed {
+    /// The advert (already checked for bounds; signature checked by [`Signed::verify`]).
+    pub fn advert(&self) -> &Advert {
+        &self.advert
+    }
+
+    /// The node that signed it.
+    pub fn node(&self) -> NodeKey {
+        self.advert.node
+    }
+
+    /// Its sequence number.
+    pub fn seq(&self) -> u64 {
+        self.advert.seq
+    }
+
+    /// Checks the signature against the advert's own node key.
+    pub fn verify(&self) -> Result<(), Error> {
+        let sig: [u8; 64] = self.sig.as_slice().try_into().map_err(|_| Error::BadSignature(self.advert.node))?;
+        if self.advert.node.verify(&signing_input(&self.body), &sig) {
+            Ok(())
+        } else {
+            Err(Error::BadSignature(self.advert.node))
+        }
+    }
+
+    /// Encodes for the wire.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(&Wire { body: self.body.clone(), sig: self.sig.clone() }).expect("adverts always encode")
+    }
+
+    /// Decodes from the wire, bounded; does not check the signature.
+    pub fn decode(bytes: &[u8]) -> Result<Signed, Error> {
+        if bytes.len() > MAX_ADVERT_BYTES {
+            return Err(Error::TooLarge(bytes.len()));
+        }
+        let wire: Wire = postcard::from_bytes(bytes).map_err(|e| Error::Decode(e.to_string()))?;
+        let advert: Advert = postcard::from_bytes(&wire.body).map_err(|e| Error::Decode(e.to_string()))?;
+        advert.check_bounds()?;
+        Ok(Signed { body: wire.body, sig: wire.sig, advert })
+    }
+
+    /// Bytes this advert takes on the wire (for traffic accounting).
+    pub fn wire_len(&self) -> usize {
+        self.body.len() + self.sig.len() + 4
+    }
+}
+
+impl Serialize for Signed {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        Wire { body: self.body.clone(), sig: self.sig.clone() }.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Signed {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let wire = Wire::deserialize(d)?;
+        if wire.body.len() > MAX_ADVERT_BYTES {
+            return Err(serde::de::Error::custom(Error::TooLarge(wire.body.len())));
+        }
+        let advert: Advert = postcard::from_bytes(&wire.body).map_err(serde::de::Error::custom)?;
+        advert.check_bounds().map_err(serde::de::Error::custom)?;
+        Ok(Signed { body: wire.body, sig: wire.sig, advert })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample(id: &Identity, seq: u64) -> Advert {
+        Advert {
+            node: id.public(),
+            seq,
+            addrs: vec!["/ip6/fd00:77::1/tcp/4747".into()],
+            tunnel: None,
+            resources: vec![ResourceInfo {
+                id: ResourceId([1; 16]),
+                kind: Kind::File,
+                name: "disk.img".into(),
+                description: String::new(),
+                public_ref: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn sign_encode_decode_verify() {
+        let id = Identity::from_secret([9; 32]);
+        let s = sample(&id, 3).sign(&id);
+        let d = Signed::decode(&s.encode()).unwrap();
+        assert_eq!(d, s);
+        d.verify().unwrap();
+    }
+
+    #[test]
+    fn forged_advert_is_refused() {
+        let id = Identity::from_secret([9; 32]);
+        let other = Identity::from_secret([10; 32]);
+        // Signed by another key but claiming to be `id`.
+        let mut a = sample(&id, 3);
+        let good = a.sign(&id);
+        a.seq = 4;
+        let body = postcard::to_allocvec(&a).unwrap();
+        let forged = Signed { sig: other.sign(&signing_input(&body)).to_vec(), body, advert: a };
+        assert_eq!(forged.verify(), Err(Error::BadSignature(id.public())));
+        // A flipped byte in the body.
+        let mut bytes = good.encode();
+        let n = bytes.len();
+        bytes[n - 70] ^= 1;
+        if let Ok(s) = Signed::decode(&bytes) {
+            assert!(s.verify().is_err());
+        }
+    }
+
+    #[test]
+    fn oversized_is_refused_before_decoding() {
+        assert_eq!(Signed::decode(&vec![0; MAX_ADVERT_BYTES + 1]), Err(Error::TooLarge(MAX_ADVERT_BYTES + 1)));
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_decode_or_error(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = Signed::decode(&bytes);
+        }
+    }
+}

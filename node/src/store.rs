@@ -1,0 +1,220 @@
+//! The node's store: one redb file at `$STATE/metac.redb` holding exports, issued and delegated tokens,
+//! revocations and remembered peers. Every write is one durable transaction, so a node killed with SIGKILL
+//! comes back with everything it had acknowledged.
+
+use std::path::Path;
+
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use metac_mesh::kind::Kind;
+use metac_mesh::token::{ResourceId, TokenId};
+
+const EXPORTS: TableDefinition<&str, &[u8]> = TableDefinition::new("exports");
+const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+const REVOKED: TableDefinition<&str, u64> = TableDefinition::new("revoked");
+const PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("peers");
+
+/// Store errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the store {path} is in use by another metac node (one state dir per node; pass --state DIR)")]
+    InUse { path: String },
+    #[error("cannot open the store {path}: {reason}")]
+    Open { path: String, reason: String },
+    #[error("store error: {0}")]
+    Db(String),
+    #[error("damaged store record in {table}: {reason}")]
+    Corrupt { table: &'static str, reason: String },
+}
+
+macro_rules! db_err {
+    ($($t:ty),*) => { $(impl From<$t> for Error { fn from(e: $t) -> Self { Error::Db(e.to_string()) } })* };
+}
+db_err!(redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
+
+/// One exported resource.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Export {
+    /// Resource id.
+    pub id: ResourceId,
+    /// Its kind.
+    pub kind: Kind,
+    /// Human name.
+    pub name: String,
+    /// What is exported, in the kind's terms (a path for files).
+    pub source: String,
+    /// Unix seconds when exported.
+    pub created: u64,
+}
+
+/// A token this node issued or delegated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// The token's id (its last block).
+    pub id: TokenId,
+    /// The resource it grants.
+    pub resource: ResourceId,
+    /// The full ref string.
+    pub reference: String,
+    /// Unix seconds when made.
+    pub created: u64,
+    /// The parent token's id when this one was delegated from another.
+    pub parent: Option<TokenId>,
+}
+
+/// The store handle (cheap to share behind an `Arc`).
+pub struct Store {
+    db: Database,
+}
+
+fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+    postcard::to_allocvec(v).expect("store records always encode")
+}
+
+fn dec<T: DeserializeOwned>(table: &'static str, b: &[u8]) -> Result<T, Error> {
+    postcard::from_bytes(b).map_err(|e| Error::Corrupt { table, reason: e.to_string() })
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path`.
+    pub fn open(path: &Path) -> Result<Store, Error> {
+        let p = path.display().to_string();
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => Error::InUse { path: p.clone() },
+            e => Error::Open { path: p.clone(), reason: e.to_string() },
+        })?;
+        let w = db.begin_write()?;
+        w.open_table(EXPORTS)?;
+        w.open_table(TOKENS)?;
+        w.open_table(REVOKED)?;
+        w.open_table(PEERS)?;
+        w.commit()?;
+        Ok(Store { db })
+    }
+
+    fn put(&self, t: TableDefinition<&str, &[u8]>, key: &str, value: &[u8]) -> Result<(), Error> {
+        let w = self.db.begin_write()?;
+        w.open_table(t)?.insert(key, value)?;
+        w.commit()?;
+        Ok(())
+    }
+
+    fn all<T: DeserializeOwned>(&self, t: TableDefinition<&str, &[u8]>, name: &'static str) -> Result<Vec<T>, Error> {
+        let r = self.db.begin_read()?;
+        let table = r.open_table(t)?;
+        let mut out = vec![];
+        for row in table.iter()? {
+            let (_, v) = row?;
+            out.push(dec(name, v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Records an export.
+    pub fn put_export(&self, e: &Export) -> Result<(), Error> {
+        self.put(EXPORTS, &e.id.to_string(), &enc(e))
+    }
+
+    /// Every export.
+    pub fn exports(&self) -> Result<Vec<Export>, Error> {
+        self.all(EXPORTS, "exports")
+    }
+
+    /// Removes an export and revokes every token issued for it, in one transaction. Returns the export.
+    pub fn remove_export(&self, id: &ResourceId, now: u64) -> Result<Option<Export>, Error> {
+        let w = self.db.begin_write()?;
+        let removed = {
+            let mut exports = w.open_table(EXPORTS)?;
+            let old =
+                exports.remove(id.to_string().as_str())?.map(|v| dec::<Export>("exports", v.value())).transpose()?;
+            old
+        };
+        if removed.is_some() {
+            let tokens = w.open_table(TOKENS)?;
+            let mut ids = vec![];
+            for row in tokens.iter()? {
+                let (_, v) = row?;
+                let t: TokenRecord = dec("tokens", v.value())?;
+                if t.resource == *id {
+                    ids.push(t.id);
+                }
+            }
+            drop(tokens);
+            let mut revoked = w.open_table(REVOKED)?;
+            for t in ids {
+                revoked.insert(t.to_string().as_str(), now)?;
+            }
+        }
+        w.commit()?;
+        Ok(removed)
+    }
+
+    /// Records a token.
+    pub fn put_token(&self, t: &TokenRecord) -> Result<(), Error> {
+        self.put(TOKENS, &t.id.to_string(), &enc(t))
+    }
+
+    /// Every token recorded.
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>, Error> {
+        self.all(TOKENS, "tokens")
+    }
+
+    /// Revokes a token id (and so every token descended from it).
+    pub fn revoke(&self, id: &TokenId, now: u64) -> Result<(), Error> {
+        let w = self.db.begin_write()?;
+        w.open_table(REVOKED)?.insert(id.to_string().as_str(), now)?;
+        w.commit()?;
+        Ok(())
+    }
+
+    /// Every revoked token id (hex).
+    pub fn revoked(&self) -> Result<Vec<String>, Error> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(REVOKED)?;
+        let mut out = vec![];
+        for row in t.iter()? {
+            out.push(row?.0.value().to_string());
+        }
+        Ok(out)
+    }
+
+    /// Remembers a peer's addresses.
+    pub fn put_peer(&self, key_hex: &str, addrs: &[String]) -> Result<(), Error> {
+        self.put(PEERS, key_hex, &enc(&addrs))
+    }
+
+    /// Every remembered peer address.
+    pub fn peer_addrs(&self) -> Result<Vec<String>, Error> {
+        Ok(self.all::<Vec<String>>(PEERS, "peers")?.into_iter().flatten().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn survives_reopen_and_unexport_revokes_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metac.redb");
+        let id = ResourceId([1; 16]);
+        let e = Export { id, kind: Kind::File, name: "f".into(), source: "/tmp/f".into(), created: 1 };
+        let t =
+            TokenRecord { id: TokenId([2; 16]), resource: id, reference: "ref://x".into(), created: 1, parent: None };
+        {
+            let s = Store::open(&path).unwrap();
+            s.put_export(&e).unwrap();
+            s.put_token(&t).unwrap();
+            assert!(matches!(Store::open(&path), Err(Error::InUse { .. })));
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.exports().unwrap(), vec![e.clone()]);
+        assert_eq!(s.tokens().unwrap(), vec![t.clone()]);
+        assert_eq!(s.remove_export(&id, 5).unwrap(), Some(e));
+        assert_eq!(s.revoked().unwrap(), vec![t.id.to_string()]);
+        assert!(s.exports().unwrap().is_empty());
+        assert_eq!(s.remove_export(&id, 6).unwrap(), None);
+    }
+}

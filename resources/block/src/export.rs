@@ -1,0 +1,105 @@
+//! What is exported: an open regular file or block device, with positional IO for the server.
+//!
+//! The file is shared (`Arc`) so that the server can hand it to blocking threads, and so that several connections
+//! can serve the same `Export` at once: they all go through one kernel page cache, which is why the server may
+//! advertise `NBD_FLAG_CAN_MULTI_CONN`.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::nbd::proto::errno;
+use crate::Error;
+
+/// What is exported: an open file or block device.
+#[derive(Debug, Clone)]
+pub struct Export {
+    file: Arc<File>,
+    size: u64,
+    read_only: bool,
+}
+
+impl Export {
+    /// Opens `path` (a regular file or a block device) for export; `read_only` opens it without write access.
+    pub fn open(path: &Path, read_only: bool) -> Result<Export, Error> {
+        let open_err = |source| Error::Open { path: path.to_owned(), source };
+        let file = OpenOptions::new().read(true).write(!read_only).open(path).map_err(open_err)?;
+        let meta = file.metadata().map_err(open_err)?;
+        let kind = meta.file_type();
+        let size = if kind.is_file() {
+            meta.len()
+        } else if kind.is_block_device() {
+            // lseek(SEEK_END) reports a block device's size, like the BLKGETSIZE64 ioctl, without unsafe code.
+            (&file).seek(SeekFrom::End(0)).map_err(open_err)?
+        } else {
+            return Err(Error::NotExportable { path: path.to_owned() });
+        };
+        Ok(Export { file: Arc::new(file), size, read_only })
+    }
+
+    /// Size in bytes, fixed when opened.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Whether writes are refused.
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// The file, for IO on a blocking thread.
+    pub(crate) fn file(&self) -> Arc<File> {
+        self.file.clone()
+    }
+}
+
+/// Reads exactly `buf.len()` bytes at `offset` (blocking).
+pub(crate) fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    file.read_exact_at(buf, offset)
+}
+
+/// Writes all of `buf` at `offset`, then makes it durable if `fua` (blocking).
+pub(crate) fn write_at(file: &File, buf: &[u8], offset: u64, fua: bool) -> io::Result<()> {
+    file.write_all_at(buf, offset)?;
+    if fua {
+        file.sync_data()?;
+    }
+    Ok(())
+}
+
+/// Maps an IO error to the closest error value the NBD protocol allows.
+pub(crate) fn nbd_errno(e: &io::Error) -> u32 {
+    use io::ErrorKind as K;
+    match e.kind() {
+        K::PermissionDenied | K::ReadOnlyFilesystem => errno::EPERM,
+        // The spec asks for EDQUOT and EFBIG to be reported as ENOSPC.
+        K::StorageFull | K::QuotaExceeded | K::FileTooLarge => errno::ENOSPC,
+        K::InvalidInput => errno::EINVAL,
+        K::OutOfMemory => errno::ENOMEM,
+        K::Unsupported => errno::ENOTSUP,
+        _ => errno::EIO,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(Export::open(dir.path(), true), Err(Error::NotExportable { .. })));
+        assert!(matches!(Export::open(&dir.path().join("missing"), true), Err(Error::Open { .. })));
+    }
+
+    #[test]
+    fn size_of_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, vec![7u8; 12345]).unwrap();
+        let e = Export::open(&p, true).unwrap();
+        assert_eq!((e.size(), e.read_only()), (12345, true));
+    }
+}
