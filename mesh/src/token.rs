@@ -226,7 +226,8 @@ pub struct Grant {
     pub expires: Option<u64>,
     /// The only node that may use it, if limited.
     pub audience: Option<NodeKey>,
-    /// The sub-path of an fs export it is limited to, if any.
+    /// The sub-path of an fs export it is limited to, if any; from [`Token::verify`] always absolute, with no empty,
+    /// `.` or `..` components.
     pub path: Option<String>,
 }
 
@@ -639,7 +640,7 @@ impl Token {
             rights: c.rights,
             expires: c.expires,
             audience: c.audience,
-            path: c.path.clone(),
+            path: c.path.as_deref().map(normalize_path),
         })
     }
 
@@ -1030,6 +1031,15 @@ mod tests {
     }
 
     #[test]
+    fn verify_returns_normalized_paths() {
+        let (issuer, t) = fs_token(Rights::READ);
+        let t = forge(&t, |c| c.path = Some("/a//b/./".into()));
+        assert_eq!(check(&issuer, &t).unwrap().path.as_deref(), Some("/a/b"));
+        let t = t.attenuate(&Caveat { path: Some("/a/b/c".into()), ..Caveat::default() }).unwrap();
+        assert_eq!(check(&issuer, &t).unwrap().path.as_deref(), Some("/a/b/c"));
+    }
+
+    #[test]
     fn encode_decode_round_trip_and_limits() {
         let (_, t) = fs_token(Rights::READ);
         let t = t.attenuate(&Caveat { path: Some("/p".into()), ..Caveat::default() }).unwrap();
@@ -1104,7 +1114,7 @@ mod tests {
     fn caveat() -> impl Strategy<Value = Caveat> {
         (
             proptest::option::of(0u32..16),
-            proptest::option::of(0u64..4_000),
+            proptest::option::of(1u64..4_000),
             proptest::option::of(0u8..3),
             proptest::option::of(prop::sample::select(vec![
                 "/", "/a", "/a/b", "/a/b/c", "/b", "a", "/a/../b", "/a//b/",

@@ -65,7 +65,8 @@ impl Node {
 
         let log = self.log_path();
         let mut cmd = self.host.cmd(&self.bin, &args);
-        cmd.stdin(Stdio::null()).env("RUST_BACKTRACE", "1");
+        // Plain text logs (tracing colours them otherwise), and backtraces when the node panics.
+        cmd.stdin(Stdio::null()).env("RUST_BACKTRACE", "1").env("NO_COLOR", "1");
         self.mark_log(&format!("starting `{}`", describe(&cmd)))?;
         log_to(&mut cmd, &log)?;
         let proc = Proc::spawn(&mut cmd, Kind::Node, &self.host.registry, Some(log))?;

@@ -222,7 +222,9 @@ async fn many_reads_sent_before_any_reply_is_read() {
     // 2000 requests (56 KB) go out at once; their replies (over 1 MB) far exceed the socket buffers.
     let mut reqs = Vec::new();
     for i in 0..2000u64 {
-        reqs.extend_from_slice(&Request { flags: 0, command: cmd::READ, handle: i, offset: i * 512, len: 512 }.encode());
+        reqs.extend_from_slice(
+            &Request { flags: 0, command: cmd::READ, handle: i, offset: i * 512, len: 512 }.encode(),
+        );
     }
     c.s.write_all(&reqs).await.unwrap();
     for i in 0..2000u64 {
@@ -248,7 +250,9 @@ async fn many_writes_sent_before_any_reply_is_read() {
             wr.write_all(&req.encode()).await.unwrap();
             wr.write_all(chunk).await.unwrap();
         }
-        wr.write_all(&Request { flags: 0, command: cmd::FLUSH, handle: 9999, offset: 0, len: 0 }.encode()).await.unwrap();
+        wr.write_all(&Request { flags: 0, command: cmd::FLUSH, handle: 9999, offset: 0, len: 0 }.encode())
+            .await
+            .unwrap();
     };
     let sent = tokio::time::timeout(std::time::Duration::from_secs(20), send).await;
     sent.expect("the server stopped reading requests");

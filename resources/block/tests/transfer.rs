@@ -69,9 +69,10 @@ async fn cancel_mid_transfer() {
             cancel.cancel();
         }
     });
-    let ((served, ended), copied) = tokio::time::timeout(Duration::from_secs(20), async { tokio::join!(server, client) })
-        .await
-        .expect("serve or cat hung after cancellation");
+    let ((served, ended), copied) =
+        tokio::time::timeout(Duration::from_secs(20), async { tokio::join!(server, client) })
+            .await
+            .expect("serve or cat hung after cancellation");
     assert!(matches!(served, Err(Error::Cancelled)), "{served:?}");
     let err = copied.expect_err("the client must see the transfer cut short");
     assert!(matches!(err, Error::Truncated { .. } | Error::Io(_)), "{err:?}");

@@ -100,9 +100,8 @@ impl UnixServer {
 
 /// Panics (the test fails, it is not skipped) if `tool` is not installed.
 pub fn require(tool: &str, package: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false);
+    let found =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file())).unwrap_or(false);
     assert!(found, "`{tool}` is missing: install it with `apt-get install -y {package}`");
 }
 

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs what metac needs to build, run and test on Debian: idempotent, quiet when everything is there.
+set -euo pipefail
+
+need_pkgs=()
+want() { dpkg -s "$1" >/dev/null 2>&1 || need_pkgs+=("$1"); }
+# Kernel tools for the netns lab and the node (ip, tc, nft, ping), real NBD clients and servers for the file
+# kind's tests, pkg-config/gcc for -sys crates.
+for p in bc iproute2 iputils-ping nftables procps psmisc libnbd-bin nbdkit qemu-utils gcc pkg-config ca-certificates curl; do
+  want "$p"
+done
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "install-deps: need root to apt-get install: ${need_pkgs[*]} (run with sudo)" >&2
+    exit 1
+  fi
+  echo "install-deps: installing ${need_pkgs[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "install-deps: no Rust toolchain; trying Debian's rustup" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq rustup >/dev/null 2>&1 && rustup default stable >/dev/null || {
+    echo "install-deps: cannot install Rust. Install Rust >= 1.88 with rustup (https://rustup.rs) and rerun." >&2
+    exit 1
+  }
+fi
+ver=$(rustc --version | awk '{print $2}')
+if [ "$(printf '%s\n1.88.0\n' "$ver" | sort -V | head -1)" != "1.88.0" ]; then
+  echo "install-deps: Rust $ver is too old; metac needs >= 1.88 (rustup update stable)" >&2
+  exit 1
+fi
