@@ -1,0 +1,301 @@
+//! The spine end to end between real hosts: real `metac node`s in network namespaces find each other with no
+//! configuration, a file exported on one host is read on another byte for byte, every bad ref is refused with its
+//! own message, revocation cuts live binds, state survives SIGKILL, and a private mesh keeps strangers out.
+//! Build the binary first (`cargo build --bin metac`); the tests need root and never skip.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use metac_tests::{require_root, wait_until, Error, Host, Lab};
+
+/// Runs a CLI command that must succeed; returns stdout, trimmed.
+fn ok(h: &Host, args: &[&str]) -> String {
+    match h.metac(args) {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        Err(e) => panic!("metac {args:?} on host {} failed: {e}", h.index()),
+    }
+}
+
+/// Runs a CLI command that must fail; returns stderr.
+fn fails(h: &Host, args: &[&str]) -> String {
+    match h.metac(args) {
+        Ok(o) => panic!("metac {args:?} on host {} should fail but printed {:?}", h.index(), o.stdout.len()),
+        Err(Error::Failed { output, .. }) => {
+            assert_eq!(output.status.code(), Some(1), "a refused command exits 1");
+            String::from_utf8_lossy(&output.stderr).to_string()
+        }
+        Err(e) => panic!("metac {args:?}: {e}"),
+    }
+}
+
+fn json(h: &Host, args: &[&str]) -> serde_json::Value {
+    let mut a = vec!["--json"];
+    a.extend_from_slice(args);
+    serde_json::from_str(&ok(h, &a)).expect("valid JSON")
+}
+
+fn key(h: &Host) -> String {
+    json(h, &["status"])["key"].as_str().unwrap().to_string()
+}
+
+/// Writes `len` pseudo-random bytes to a file in the host's dir.
+fn make_file(h: &Host, name: &str, len: usize) -> std::path::PathBuf {
+    let path = h.dir().join(name);
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    let mut x: u64 = 0x9e3779b97f4a7c15 ^ len as u64;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        for b in buf.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            b.copy_from_slice(&x.to_le_bytes()[..b.len()]);
+        }
+        let n = left.min(buf.len());
+        f.write_all(&buf[..n]).unwrap();
+        left -= n;
+    }
+    f.flush().unwrap();
+    path
+}
+
+fn same_file(a: &std::path::Path, b: &std::path::Path) {
+    let (x, y) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
+    assert_eq!(x.len(), y.len(), "{} and {} differ in size", a.display(), b.display());
+    assert!(x == y, "{} and {} differ in content", a.display(), b.display());
+}
+
+fn all_see_each_other(lab: &Lab, n: u64) -> Duration {
+    wait_until(Duration::from_secs(20), Duration::from_millis(20), || {
+        Ok(lab.hosts().iter().all(|h| json(h, &["status"])["peers"].as_u64().unwrap_or(0) >= n))
+    })
+    .unwrap_or_else(|e| panic!("nodes did not find each other: {e}"))
+}
+
+#[test]
+fn three_hosts_discover_each_other_and_read_files_across() {
+    require_root();
+    let lab = Lab::new(3).unwrap();
+    let _nodes = lab.start_nodes(&[]).unwrap();
+    let took = all_see_each_other(&lab, 2);
+    eprintln!("3 nodes see each other {took:?} after all answered");
+    assert!(took <= Duration::from_secs(2), "discovery took {took:?}, more than 2 s");
+
+    let (h1, h3) = (lab.host(1), lab.host(3));
+    let peers = json(h3, &["peers"]);
+    assert_eq!(peers.as_array().unwrap().len(), 2);
+    assert!(peers.as_array().unwrap().iter().all(|p| p["via"] == "mdns" || p["via"] == "inbound"), "{peers}");
+
+    for (name, len) in [("small.bin", 12_345usize), ("big.bin", 200 << 20)] {
+        let src = make_file(h1, name, len);
+        let r = ok(h1, &["file", "export", src.to_str().unwrap()]);
+        assert!(r.starts_with("ref://[fd6f:e1da:f01c:"), "{r}");
+        let out = h3.dir().join(format!("copy-{name}"));
+        let t = Instant::now();
+        ok(h3, &["file", "cat", &r, "-o", out.to_str().unwrap()]);
+        eprintln!("{name}: {len} bytes across hosts in {:?}", t.elapsed());
+        same_file(&src, &out);
+    }
+    // The adverts reached host 3: both exports are listed there with their owner.
+    let h1key = key(h1);
+    wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
+        Ok(json(h3, &["resources", "--kind", "file"]).as_array().unwrap().iter().filter(|r| r["node"] == h1key).count() == 2)
+    })
+    .expect("host 3 lists host 1's two files");
+    // Unexport removes it from the mesh and revokes its refs.
+    let exports = json(h1, &["exports"]);
+    let id = exports[0]["id"].as_str().unwrap();
+    ok(h1, &["unexport", id]);
+    wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
+        Ok(json(h3, &["resources"]).as_array().unwrap().iter().filter(|r| r["node"] == h1key).count() == 1)
+    })
+    .expect("host 3 sees the unexport");
+}
+
+#[test]
+fn bad_refs_are_refused_each_with_its_own_message() {
+    require_root();
+    let lab = Lab::new(3).unwrap();
+    let _nodes = lab.start_nodes(&[]).unwrap();
+    all_see_each_other(&lab, 2);
+    let (h1, h2, h3) = (lab.host(1), lab.host(2), lab.host(3));
+    let src = make_file(h1, "f.bin", 100_000);
+    let r = ok(h1, &["file", "export", src.to_str().unwrap()]);
+    ok(h3, &["file", "cat", &r, "-o", "/dev/null"]);
+
+    // Not a ref at all, and an address that is not the issuer's.
+    assert!(fails(h3, &["file", "cat", "http://example"]).contains("bad ref"));
+    let other_addr = json(h2, &["status"])["overlay"].as_str().unwrap().to_string();
+    let token = r.rsplit('/').next().unwrap();
+    let moved = format!("ref://[{other_addr}]/{token}");
+    assert!(fails(h3, &["file", "cat", &moved]).contains("does not belong"), "address of another node");
+
+    // Tampered: every byte changed in the signed part is refused; a change inside a signature is caught by the
+    // exporter's signature check.
+    let mut saw_signature = false;
+    for pos in (20..token.len() - 50).step_by(7).take(30) {
+        let mut t: Vec<u8> = token.bytes().collect();
+        t[pos] = if t[pos] == b'A' { b'B' } else { b'A' };
+        let tampered = format!("ref://[{}]/{}", r[7..].split(']').next().unwrap(), String::from_utf8(t).unwrap());
+        let err = fails(h3, &["file", "cat", &tampered, "-o", "/dev/null"]);
+        saw_signature |= err.contains("signature");
+        assert!(err.contains("bad ref") || err.contains("signature") || err.contains("refused"), "{err}");
+    }
+    assert!(saw_signature, "some tampering reaches the exporter's signature check");
+
+    // Expired.
+    let short = ok(h3, &["ref", "delegate", &r, "--expires", "1s"]);
+    std::thread::sleep(Duration::from_millis(2100));
+    let err = fails(h3, &["file", "cat", &short]);
+    assert!(err.contains("expired at"), "{err}");
+
+    // Wrong audience: made out to host 2, used by host 3; host 2 may use it.
+    let for2 = ok(h3, &["ref", "delegate", &r, "--to", &key(h2), "--read-only"]);
+    let err = fails(h3, &["file", "cat", &for2]);
+    assert!(err.contains("wrong audience"), "{err}");
+    ok(h2, &["file", "cat", &for2, "-o", "/dev/null"]);
+    // Audience by overlay address works too.
+    let h2addr = json(h2, &["status"])["overlay"].as_str().unwrap().to_string();
+    let for2b = ok(h3, &["ref", "delegate", &r, "--to", &h2addr]);
+    ok(h2, &["file", "cat", &for2b, "-o", "/dev/null"]);
+
+    // Delegation only narrows: a read-only ref shows it.
+    let shown = json(h3, &["ref", "show", &for2]);
+    assert!(!shown["rights"].as_str().unwrap().contains("write"), "{shown}");
+
+    // Revoked: at once, for the ref and everything delegated from it, from a holder on another node.
+    let child = ok(h2, &["ref", "delegate", &r, "--read-only"]);
+    ok(h2, &["file", "cat", &child, "-o", "/dev/null"]);
+    ok(h3, &["ref", "revoke", &r]);
+    for (h, reference) in [(h3, &r), (h2, &child), (h1, &r)] {
+        let err = fails(h, &["file", "cat", reference]);
+        assert!(err.contains("revoked"), "{err}");
+    }
+    let listed = json(h1, &["ref", "ls"]);
+    assert!(listed.as_array().unwrap().iter().any(|t| t["revoked"] == true), "{listed}");
+
+    // Unknown node: a ref from a node that is not in this mesh.
+    let stranger = Lab::new(1).unwrap();
+    let _s = stranger.start_nodes(&["--no-mdns"]).unwrap();
+    let sf = make_file(stranger.host(1), "s.bin", 10);
+    let sref = ok(stranger.host(1), &["file", "export", sf.to_str().unwrap()]);
+    let err = fails(h3, &["file", "cat", &sref]);
+    assert!(err.contains("unknown"), "{err}");
+
+    // Node not running.
+    let bin = metac_tests::metac_bin().unwrap();
+    let err = match h3.run(&bin, ["--socket", "/nonexistent/metac.sock", "status"]) {
+        Err(Error::Failed { output, .. }) => String::from_utf8_lossy(&output.stderr).to_string(),
+        other => panic!("status without a node should fail: {other:?}"),
+    };
+    assert!(err.contains("not running"), "{err}");
+}
+
+#[test]
+fn revocation_cuts_a_live_bind() {
+    require_root();
+    let lab = Lab::new(2).unwrap();
+    let _nodes = lab.start_nodes(&[]).unwrap();
+    all_see_each_other(&lab, 1);
+    let (h1, h2) = (lab.host(1), lab.host(2));
+    let src = make_file(h1, "live.bin", 256 << 20);
+    let r = ok(h1, &["file", "export", src.to_str().unwrap()]);
+    // A reader that stalls: the transfer is held open by backpressure until it reads again.
+    let bin = metac_tests::metac_bin().unwrap();
+    let out = h2.dir().join("partial.bin");
+    let script = format!(
+        "set -o pipefail; {} --socket {} file cat '{}' | (sleep 3; cat > {})",
+        bin.display(),
+        h2.socket().display(),
+        r,
+        out.display()
+    );
+    let reader = h2.spawn("bash", ["-c", &script]).unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    let binds = json(h1, &["exports"])[0]["binds"].as_u64().unwrap();
+    assert_eq!(binds, 1, "the bind is live before the revocation");
+    let t = Instant::now();
+    ok(h1, &["ref", "revoke", &r]);
+    wait_until(Duration::from_secs(2), Duration::from_millis(20), || Ok(json(h1, &["exports"])[0]["binds"] == 0))
+        .expect("the live bind is cut within 2 s of the revocation");
+    eprintln!("live bind cut {:?} after revoke", t.elapsed());
+    let status = reader.wait_timeout(Duration::from_secs(20)).expect("the reader ends");
+    assert!(!status.success(), "the cut transfer ends with an error");
+    let got = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    assert!(got < 256 << 20, "the transfer stopped early ({got} bytes)");
+}
+
+#[test]
+fn identity_exports_and_refs_survive_kill_9() {
+    require_root();
+    let lab = Lab::new(2).unwrap();
+    let mut nodes = lab.start_nodes(&[]).unwrap();
+    all_see_each_other(&lab, 1);
+    let (h1, h2) = (lab.host(1), lab.host(2));
+    let before = json(h1, &["status"]);
+    let src = make_file(h1, "keep.bin", 3 << 20);
+    let r = ok(h1, &["file", "export", src.to_str().unwrap(), "--name", "keep"]);
+    let delegated = ok(h2, &["ref", "delegate", &r, "--read-only"]);
+
+    nodes[0].kill9();
+    assert!(fails(h2, &["file", "cat", &r]).contains("node"), "exporter down: refused with a reason");
+    nodes[0].restart().unwrap();
+    let after = json(h1, &["status"]);
+    assert_eq!(before["key"], after["key"]);
+    assert_eq!(before["overlay"], after["overlay"]);
+    assert_eq!(json(h1, &["exports"])[0]["name"], "keep");
+    all_see_each_other(&lab, 1);
+    for reference in [&r, &delegated] {
+        let out = h2.dir().join("after.bin");
+        ok(h2, &["file", "cat", reference, "-o", out.to_str().unwrap()]);
+        same_file(&src, &out);
+    }
+    // Revocations survive a crash too.
+    ok(h1, &["ref", "revoke", &delegated]);
+    nodes[0].kill9();
+    nodes[0].restart().unwrap();
+    all_see_each_other(&lab, 1);
+    assert!(fails(h2, &["file", "cat", &delegated]).contains("revoked"));
+    ok(h2, &["file", "cat", &r, "-o", "/dev/null"]);
+}
+
+#[test]
+fn a_node_with_another_mesh_key_stays_out() {
+    require_root();
+    let lab = Lab::new(5).unwrap();
+    let key_a = lab.dir().join("mesh-a.key");
+    let key_b = lab.dir().join("mesh-b.key");
+    std::fs::write(&key_a, b"mesh a secret: 0123456789abcdef").unwrap();
+    std::fs::write(&key_b, b"mesh b secret: fedcba9876543210").unwrap();
+    let mut nodes = vec![];
+    for i in 1..=3 {
+        nodes.push(lab.host(i).start_node(&["--mesh-key", key_a.to_str().unwrap()]).unwrap());
+    }
+    // Host 4 has another key, host 5 none.
+    nodes.push(lab.host(4).start_node(&["--mesh-key", key_b.to_str().unwrap()]).unwrap());
+    nodes.push(lab.host(5).start_node(&[]).unwrap());
+    let outsiders = [key(lab.host(4)), key(lab.host(5))];
+    for i in [4, 5] {
+        let src = make_file(lab.host(i), "secret.bin", 1000);
+        ok(lab.host(i), &["file", "export", src.to_str().unwrap()]);
+    }
+    wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        Ok((1..=3).all(|i| json(lab.host(i), &["status"])["peers"].as_u64() == Some(2)))
+    })
+    .expect("the three members find each other");
+    // Give the outsiders every chance: mDNS has long since announced them.
+    std::thread::sleep(Duration::from_secs(3));
+    for i in 1..=3 {
+        let peers = json(lab.host(i), &["peers"]);
+        assert_eq!(peers.as_array().unwrap().len(), 2, "host {i}: {peers}");
+        for o in &outsiders {
+            assert!(peers.as_array().unwrap().iter().all(|p| p["key"] != o.as_str()), "host {i} knows an outsider");
+        }
+        assert!(json(lab.host(i), &["resources"]).as_array().unwrap().is_empty(), "no resource of an outsider leaks");
+        assert_eq!(json(lab.host(i), &["status"])["peers"], 2, "host {i} keeps no connection to an outsider");
+    }
+    for i in [4, 5] {
+        assert_eq!(json(lab.host(i), &["peers"]).as_array().unwrap().len(), 0, "outsider {i} knows nobody");
+    }
+}
