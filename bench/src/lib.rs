@@ -1,1 +1,0 @@
-//! metac benchmarks

@@ -1,0 +1,32 @@
+//! `metac-bench`: benchmark commands. Each runs real `metac node`s in a netns lab and prints `name: value unit`
+//! lines, so runs can be compared and pasted into notes. Needs root. Build with `--release` and point
+//! `METAC_BIN` at a release `metac` (scripts/bench.sh does both).
+
+mod spine;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "metac-bench", about = "metac benchmarks (run as root; see scripts/bench.sh)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The spine: start-to-ready, idle RSS and CPU, mDNS discovery, advert propagation, token verifies/s
+    Spine(spine::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    metac_tests::require_root();
+    let r = match cli.command {
+        Command::Spine(a) => spine::run(a),
+    };
+    if let Err(e) = r {
+        eprintln!("metac-bench: error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,180 @@
+//! Spine figures: how fast a node starts and finds its peers, what it costs at rest, how fast an advert spreads,
+//! and how many capability tokens a core verifies per second.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use metac_mesh::kind::{Kind, Rights};
+use metac_mesh::token::{Caveat, ResourceId, Token};
+use metac_mesh::Identity;
+use metac_tests::{metac_bin, wait_until, Lab};
+
+/// Options of `metac-bench spine`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Nodes for the advert propagation run
+    #[arg(long, default_value_t = 20)]
+    nodes: usize,
+    /// Seconds of idle to measure RSS and CPU over
+    #[arg(long, default_value_t = 10)]
+    idle_secs: u64,
+    /// Repetitions of timed runs (the median is printed)
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+}
+
+/// GET on the node's API socket, straight from this process (cheaper than running the CLI, so polls are tight).
+fn api_get(sock: &Path, path: &str) -> Option<serde_json::Value> {
+    let mut s = UnixStream::connect(sock).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: metac\r\nConnection: close\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let body = buf.split_once("\r\n\r\n")?.1;
+    if !buf.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    // Bodies are small JSON documents sent with a content-length.
+    serde_json::from_str(body).ok()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn proc_stat(pid: u32) -> Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no VmRSS")?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat.rsplit_once(')').context("bad stat")?.1.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    Ok((rss_kib, ticks))
+}
+
+/// Runs every spine measurement and prints the figures.
+pub fn run(a: Args) -> Result<()> {
+    let bin = metac_bin()?;
+    println!("# metac spine benchmark, binary {}", bin.display());
+
+    // Start to ready: from spawning the process to the API answering status.
+    let lab = Lab::new(1)?;
+    let h = lab.host(1);
+    let mut ready = vec![];
+    for i in 0..a.runs {
+        let state = h.dir().join(format!("start-{i}"));
+        let sock = h.dir().join(format!("start-{i}.sock"));
+        let t = Instant::now();
+        let p = h.spawn(
+            &bin,
+            ["--socket", sock.to_str().unwrap(), "node", "--state", state.to_str().unwrap(), "--port", "0", "--log-level", "warn"],
+        )?;
+        wait_until(Duration::from_secs(20), Duration::from_millis(1), || Ok(api_get(&sock, "/v1/status").is_some()))
+            .context("node did not get ready")?;
+        ready.push(t.elapsed().as_secs_f64() * 1000.0);
+        p.stop(Duration::from_secs(3));
+    }
+    println!("start_to_ready_ms: {:.1} (median of {}; first start, key generated)", median(ready), a.runs);
+    drop(lab);
+
+    // mDNS discovery between 3 hosts: from all APIs answering to every node connected to both others.
+    let mut disc = vec![];
+    for _ in 0..a.runs {
+        let lab = Lab::new(3)?;
+        let nodes = lab.start_nodes(&["--log-level", "warn"])?;
+        let socks: Vec<_> = nodes.iter().map(|n| n.socket()).collect();
+        let took = wait_until(Duration::from_secs(20), Duration::from_millis(2), || {
+            Ok(socks.iter().all(|s| api_get(s, "/v1/status").is_some_and(|v| v["peers"].as_u64() >= Some(2))))
+        })?;
+        disc.push(took.as_secs_f64() * 1000.0);
+    }
+    println!("mdns_discovery_3_hosts_ms: {:.1} (median of {}, goal <= 250)", median(disc), a.runs);
+
+    // Advert propagation: N nodes, one exports, time until every node lists the resource.
+    let lab = Lab::new(a.nodes)?;
+    let nodes = lab.start_nodes(&["--log-level", "warn"])?;
+    let socks: Vec<_> = nodes.iter().map(|n| n.socket()).collect();
+    let n = a.nodes as u64;
+    let mesh = wait_until(Duration::from_secs(60), Duration::from_millis(5), || {
+        Ok(socks.iter().all(|s| api_get(s, "/v1/status").is_some_and(|v| v["peers"].as_u64() >= Some(n - 1))))
+    })?;
+    println!("full_mesh_{}_nodes_ms: {:.1}", a.nodes, mesh.as_secs_f64() * 1000.0);
+    let mut prop = vec![];
+    for i in 0..a.runs {
+        let f = lab.host(1).dir().join(format!("advert-{i}.bin"));
+        std::fs::write(&f, b"x")?;
+        let name = format!("advert-{i}");
+        let t = Instant::now();
+        let out = lab.host(1).metac(&["file", "export", f.to_str().unwrap(), "--name", &name])?;
+        if !out.status.success() {
+            bail!("export failed");
+        }
+        let export_ms = t.elapsed();
+        // One poller thread per node, each noting when its node first lists the resource.
+        let seen: Vec<Duration> = std::thread::scope(|sc| {
+            let hs: Vec<_> = socks
+                .iter()
+                .map(|s| {
+                    let name = name.clone();
+                    sc.spawn(move || {
+                        wait_until(Duration::from_secs(30), Duration::from_millis(2), || {
+                            Ok(api_get(s, "/v1/resources")
+                                .is_some_and(|v| v.as_array().is_some_and(|l| l.iter().any(|r| r["name"] == name.as_str()))))
+                        })
+                        .map(|_| t.elapsed())
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().expect("poller").unwrap_or(Duration::MAX)).collect()
+        });
+        let last = seen.iter().max().copied().unwrap_or(Duration::MAX);
+        if last == Duration::MAX {
+            bail!("advert {name} did not reach every node within 30 s");
+        }
+        prop.push(last.saturating_sub(export_ms).as_secs_f64() * 1000.0);
+    }
+    println!("advert_to_all_{}_nodes_ms: {:.1} (median of {}, from the export's answer to the last node listing it; goal < 1000)", a.nodes, median(prop), a.runs);
+
+    // Idle cost of one node in that mesh.
+    let pid = nodes[a.nodes / 2].pid();
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, t0) = proc_stat(pid)?;
+    std::thread::sleep(Duration::from_secs(a.idle_secs));
+    let (rss, t1) = proc_stat(pid)?;
+    let hz = USER_HZ;
+    println!("idle_rss_mib: {:.1} (one node in a {}-node mesh; goal <= 20)", rss as f64 / 1024.0, a.nodes);
+    println!("idle_cpu_ms_per_{}s: {:.0} (goal <= 15 per 10 s)", a.idle_secs, (t1 - t0) as f64 * 1000.0 / hz as f64);
+    drop(nodes);
+    drop(lab);
+
+    // Token verification: a root token plus two delegations, audience and expiry set, on one core.
+    let issuer = Identity::from_secret([1; 32]);
+    let bearer = Identity::from_secret([2; 32]).public();
+    let t = Token::issue(&issuer, ResourceId([3; 16]), Kind::File, Kind::File.rights(), Some(u64::MAX / 2), None)?;
+    let t = t.attenuate(&Caveat { rights: Some(Rights::READ), ..Default::default() })?;
+    let t = t.attenuate(&Caveat { audience: Some(bearer), expires: Some(u64::MAX / 4), ..Default::default() })?;
+    let me = issuer.public();
+    let start = Instant::now();
+    let mut count = 0u64;
+    while start.elapsed() < Duration::from_secs(2) {
+        for _ in 0..100 {
+            t.verify(&me, 1, &bearer, |_| false)?;
+        }
+        count += 100;
+    }
+    println!(
+        "token_verifies_per_sec_one_core: {:.0} (3-block chain; goal >= 20000)",
+        count as f64 / start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Clock ticks per second of /proc/PID/stat: USER_HZ, 100 on every Linux architecture metac targets.
+const USER_HZ: u64 = 100;
