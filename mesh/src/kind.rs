@@ -20,6 +20,7 @@ pub enum Error {
 
 /// What sort of resource a token is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Kind {
     /// A single file or block device, served over NBD.
     /// read: read its bytes; write: write its bytes; admin: resize it, manage its export.

@@ -116,6 +116,8 @@ pub struct Snapshot {
     pub nodes: Vec<NodeView>,
     /// Peers with at least one connection up.
     pub connected: usize,
+    /// Connections up (one per peer once duplicates are closed).
+    pub connections: usize,
 }
 
 /// Things the mesh tells the node.
@@ -222,7 +224,7 @@ pub fn node_key(peer: &PeerId) -> Option<NodeKey> {
     Some(NodeKey(pk.try_into_ed25519().ok()?.to_bytes()))
 }
 
-/// Parses a `--peer` value: a multiaddr, or HOST[:PORT] (IPv6 in brackets when a port is given), port 4747 by default.
+/// Parses a `--peer` value: a multiaddr, or `HOST[:PORT]` (IPv6 in brackets when a port is given), port 4747 by default.
 pub fn parse_peer_addr(s: &str) -> Result<Multiaddr, String> {
     if s.starts_with('/') {
         return s.parse().map_err(|e| format!("{s:?} is not a valid multiaddr: {e}"));
@@ -258,6 +260,13 @@ fn is_routable(addr: &Multiaddr) -> bool {
         Some(Protocol::Ip4(a)) => !(a.is_loopback() || a.is_unspecified() || a.is_link_local()),
         _ => true,
     }
+}
+
+/// Orders dial addresses TCP first: on Linux, TCP + noise + yamux is the faster and lighter of the two here
+/// (DESIGN section 6), and one connection per peer is all we keep.
+fn tcp_first(mut addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
+    addrs.sort_by_key(|a| a.iter().any(|p| matches!(p, Protocol::QuicV1)));
+    addrs
 }
 
 fn mesh_secret(key: Option<&[u8]>) -> [u8; 32] {
@@ -398,7 +407,6 @@ pub async fn spawn(
             let mdns4 = mdns_on.then(|| mdns::tokio::Behaviour::new(mdns_cfg(false), peer)).transpose()?;
             let mdns6 = mdns_on.then(|| mdns::tokio::Behaviour::new(mdns_cfg(true), peer)).transpose()?;
             let gossip_cfg = gossipsub::ConfigBuilder::default()
-                .heartbeat_interval(Duration::from_millis(700))
                 .validation_mode(gossipsub::ValidationMode::Strict)
                 .validate_messages()
                 .max_transmit_size(crate::advert::MAX_ADVERT_BYTES + 1024)
@@ -413,7 +421,7 @@ pub async fn spawn(
                         .with_agent_version(format!("metac/{}", env!("CARGO_PKG_VERSION"))),
                 ),
                 ping: ping::Behaviour::new(
-                    ping::Config::new().with_interval(Duration::from_secs(5)).with_timeout(Duration::from_secs(10)),
+                    ping::Config::new().with_interval(Duration::from_secs(10)).with_timeout(Duration::from_secs(10)),
                 ),
                 mdns4: mdns4.into(),
                 mdns6: mdns6.into(),
@@ -496,6 +504,8 @@ pub async fn spawn(
         inbound: HashMap::new(),
         next_inbound: 0,
         events: ev_tx,
+        conns: HashMap::new(),
+        syncs: HashMap::new(),
     };
     let task = tokio::spawn(driver.run(cmd_rx, cancel));
     Ok((Handle { tx: cmd_tx, control, me }, ev_rx, task))
@@ -520,6 +530,8 @@ struct Driver {
     inbound: HashMap<u64, ResponseChannel<Response>>,
     next_inbound: u64,
     events: mpsc::Sender<Event>,
+    conns: HashMap<PeerId, Vec<(ConnectionId, bool)>>,
+    syncs: HashMap<OutboundRequestId, PeerId>,
 }
 
 impl Driver {
@@ -528,7 +540,7 @@ impl Driver {
     }
 
     async fn run(mut self, mut commands: mpsc::Receiver<Command>, cancel: CancellationToken) {
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -641,7 +653,7 @@ impl Driver {
         let first = !self.waiting.contains_key(&peer);
         self.waiting.entry(peer).or_default().push(tx);
         if first {
-            if let Err(e) = self.swarm.dial(DialOpts::peer_id(peer).addresses(addrs).build()) {
+            if let Err(e) = self.swarm.dial(DialOpts::peer_id(peer).addresses(tcp_first(addrs)).build()) {
                 self.fail_waiting(&peer, e.to_string());
             }
         }
@@ -685,6 +697,29 @@ impl Driver {
             listen: self.listen.iter().map(|a| a.to_string()).collect(),
             nodes,
             connected: self.swarm.connected_peers().count(),
+            connections: self.swarm.network_info().connection_counters().num_established() as usize,
+        }
+    }
+
+    fn send_sync(&mut self, p: PeerId, digest: Vec<(NodeKey, u64)>) {
+        let proof = admission_proof(&self.secret, self.swarm.local_peer_id(), &p);
+        let id = self.swarm.behaviour_mut().rpc.send_request(&p, Request::Sync { proof, digest });
+        self.syncs.insert(id, p);
+    }
+
+    /// Keeps one connection per peer: the one dialed by the smaller peer id (both ends agree on it without
+    /// talking), or the oldest if there is none such. Simultaneous dials (mDNS finds both ends at once) would
+    /// otherwise double every peer's connections, pings and gossip.
+    fn dedupe(&mut self, peer: PeerId) {
+        let Some(list) = self.conns.get(&peer) else { return };
+        if list.len() < 2 {
+            return;
+        }
+        let i_dial = self.swarm.local_peer_id().to_bytes() < peer.to_bytes();
+        let keep = list.iter().find(|c| c.1 == i_dial).unwrap_or(&list[0]).0;
+        let close: Vec<ConnectionId> = list.iter().map(|c| c.0).filter(|c| *c != keep).collect();
+        for c in close {
+            self.swarm.close_connection(c);
         }
     }
 
@@ -693,8 +728,7 @@ impl Driver {
             match a {
                 Action::SendSync { to, digest } => {
                     if let Some(p) = peer_id(&to) {
-                        let proof = admission_proof(&self.secret, self.swarm.local_peer_id(), &p);
-                        self.swarm.behaviour_mut().rpc.send_request(&p, Request::Sync { proof, digest });
+                        self.send_sync(p, digest);
                     }
                 }
                 Action::Publish(signed) => {
@@ -711,7 +745,7 @@ impl Driver {
                         let addrs: Vec<Multiaddr> = addrs.iter().filter_map(|a| a.parse().ok()).collect();
                         if !addrs.is_empty() {
                             self.via.entry(p).or_insert(Via::Gossip);
-                            let _ = self.swarm.dial(DialOpts::peer_id(p).addresses(addrs).build());
+                            let _ = self.swarm.dial(DialOpts::peer_id(p).addresses(tcp_first(addrs)).build());
                         }
                     }
                 }
@@ -754,6 +788,8 @@ impl Driver {
                 if let ConnectedPoint::Dialer { address, .. } = &endpoint {
                     tracing::debug!(%peer, %address, "connected (outbound)");
                 }
+                self.conns.entry(peer).or_default().push((connection_id, endpoint.is_dialer()));
+                self.dedupe(peer);
                 let via =
                     *self.via.entry(peer).or_insert(if endpoint.is_dialer() { Via::Bootstrap } else { Via::Inbound });
                 if let Some(node) = node_key(&peer) {
@@ -763,7 +799,13 @@ impl Driver {
                     let _ = tx.send(Ok(()));
                 }
             }
-            SwarmEvent::ConnectionClosed { peer_id: peer, num_established, .. } => {
+            SwarmEvent::ConnectionClosed { peer_id: peer, connection_id, num_established, .. } => {
+                if let Some(list) = self.conns.get_mut(&peer) {
+                    list.retain(|c| c.0 != connection_id);
+                    if list.is_empty() {
+                        self.conns.remove(&peer);
+                    }
+                }
                 if let Some(node) = node_key(&peer) {
                     self.core.handle_disconnected(node, now);
                 }
@@ -807,7 +849,7 @@ impl Driver {
                     if !self.swarm.is_connected(&p) {
                         tracing::debug!(%p, ?addrs, "discovered by mDNS");
                         self.via.insert(p, Via::Mdns);
-                        let _ = self.swarm.dial(DialOpts::peer_id(p).addresses(addrs).build());
+                        let _ = self.swarm.dial(DialOpts::peer_id(p).addresses(tcp_first(addrs)).build());
                     }
                 }
             }
@@ -845,6 +887,12 @@ impl Driver {
                 }
             },
             BehaviourEvent::Rpc(request_response::Event::OutboundFailure { request_id, error, peer, .. }) => {
+                // A sync lost with a connection that was closed as a duplicate is sent again on the one kept.
+                if self.syncs.remove(&request_id).is_some() && self.swarm.is_connected(&peer) {
+                    tracing::debug!(%peer, "sync failed ({error}), sending it again");
+                    let digest = self.core.digest();
+                    self.send_sync(peer, digest);
+                }
                 if let Some(tx) = self.pending.remove(&request_id) {
                     let node = node_key(&peer).unwrap_or(self.me);
                     let _ = tx.send(Err(Error::Rpc { node, reason: error.to_string() }));
@@ -896,6 +944,7 @@ impl Driver {
         let node = node_key(&peer).unwrap_or(self.me);
         match response {
             Response::Sync { proof, adverts } => {
+                self.syncs.remove(&id);
                 if proof != admission_proof(&self.secret, &peer, self.swarm.local_peer_id()) {
                     self.deny(peer, "its sync answer does not prove our mesh key");
                     return;
@@ -954,6 +1003,13 @@ mod tests {
         assert_ne!(admission_proof(&k1, &a, &b), admission_proof(&k2, &a, &b));
         assert_ne!(admission_proof(&k1, &a, &b), admission_proof(&k1, &b, &a));
         assert_ne!(admission_proof(&k1, &a, &b), admission_proof(&open, &a, &b));
+    }
+
+    #[test]
+    fn tcp_is_dialed_first() {
+        let a: Vec<Multiaddr> =
+            ["/ip6/fd00::1/udp/1/quic-v1", "/ip6/fd00::1/tcp/1"].iter().map(|a| a.parse().unwrap()).collect();
+        assert_eq!(tcp_first(a)[0].to_string(), "/ip6/fd00::1/tcp/1");
     }
 
     #[test]

@@ -350,6 +350,43 @@ fn seal_digest(last: &Sig) -> [u8; 32] {
     blake3::derive_key(SEAL_CONTEXT, &last.0)
 }
 
+/// Signatures and proofs already verified, as keyed hashes of what was checked; bounded (it starts over when
+/// full), and only ever remembers successes, so it can make verification faster but never more lenient.
+pub struct SigCache {
+    key: [u8; 32],
+    seen: std::sync::Mutex<std::collections::HashSet<[u8; 32]>>,
+    capacity: usize,
+}
+
+impl SigCache {
+    /// A cache of at most `capacity` entries.
+    pub fn new(capacity: usize) -> SigCache {
+        // A random hash key: entries cannot be predicted or planted from outside.
+        let key = random_bytes().unwrap_or([7; 32]);
+        SigCache { key, seen: std::sync::Mutex::new(Default::default()), capacity }
+    }
+
+    fn check(&self, parts: &[&[u8]], verify: impl FnOnce() -> bool) -> bool {
+        let mut h = blake3::Hasher::new_keyed(&self.key);
+        for p in parts {
+            h.update(&(p.len() as u32).to_le_bytes()).update(p);
+        }
+        let id = *h.finalize().as_bytes();
+        if self.seen.lock().expect("sig cache lock").contains(&id) {
+            return true;
+        }
+        let ok = verify();
+        if ok {
+            let mut seen = self.seen.lock().expect("sig cache lock");
+            if seen.len() >= self.capacity {
+                seen.clear();
+            }
+            seen.insert(id);
+        }
+        ok
+    }
+}
+
 /// Strict ed25519 verification: also refuses weak keys, so a crafted `next_key` cannot make forging trivial.
 fn check_sig(key: &[u8; 32], msg: &[u8; 32], sig: &Sig) -> bool {
     match ed25519_dalek::VerifyingKey::from_bytes(key) {
@@ -602,6 +639,38 @@ impl Token {
         bearer: &NodeKey,
         is_revoked: impl Fn(&TokenId) -> bool,
     ) -> Result<Grant, VerifyError> {
+        self.verify_with(issuer, now_unix, bearer, is_revoked, None)
+    }
+
+    /// [`Token::verify`] that skips the curve operations for signatures and proofs `cache` has seen verified; the
+    /// exporter keeps one, so a ref bound again costs a few hashes.
+    pub fn verify_cached(
+        &self,
+        issuer: &NodeKey,
+        now_unix: u64,
+        bearer: &NodeKey,
+        is_revoked: impl Fn(&TokenId) -> bool,
+        cache: &SigCache,
+    ) -> Result<Grant, VerifyError> {
+        self.verify_with(issuer, now_unix, bearer, is_revoked, Some(cache))
+    }
+
+    fn verify_with(
+        &self,
+        issuer: &NodeKey,
+        now_unix: u64,
+        bearer: &NodeKey,
+        is_revoked: impl Fn(&TokenId) -> bool,
+        cache: Option<&SigCache>,
+    ) -> Result<Grant, VerifyError> {
+        let check_sig = |key: &[u8; 32], msg: &[u8; 32], sig: &Sig| match cache {
+            Some(c) => c.check(&[key, msg, &sig.0[..32], &sig.0[32..]], || check_sig(key, msg, sig)),
+            None => check_sig(key, msg, sig),
+        };
+        let public_is = |secret: &[u8; 32], key: &[u8; 32]| match cache {
+            Some(c) => c.check(&[b"secret", secret, key], || public_of(secret) == *key),
+            None => public_of(secret) == *key,
+        };
         if self.issuer != *issuer {
             return Err(VerifyError::WrongIssuer { issuer: self.issuer, verifier: *issuer });
         }
@@ -618,7 +687,7 @@ impl Token {
         }
         let last = self.last();
         let proven = match &self.proof {
-            Proof::Secret(secret) => public_of(secret) == *key,
+            Proof::Secret(secret) => public_is(secret, key),
             Proof::Seal(sig) => check_sig(key, &seal_digest(&last.sig), sig),
         };
         if !proven {
@@ -794,6 +863,36 @@ mod tests {
         let next = [0x42; 32];
         c.next_key = public_of(&next);
         t.extend_unchecked(secret, c, next)
+    }
+
+    #[test]
+    fn cached_verification_agrees_and_never_accepts_what_failed() {
+        let (issuer, t) = fs_token(Rights::READ | Rights::WRITE);
+        let t = t.attenuate(&caveat_rights(Rights::READ)).unwrap();
+        let cache = SigCache::new(2);
+        for _ in 0..3 {
+            assert_eq!(t.verify_cached(&issuer.public(), NOW, &bearer(), |_| false, &cache), check(&issuer, &t));
+        }
+        // A widening block forged by a holder of the secret fails the same way with a warm cache.
+        let bad = forge(&t, |c| c.rights = Rights::READ | Rights::WRITE);
+        let cached = bad.verify_cached(&issuer.public(), NOW, &bearer(), |_| false, &cache);
+        assert_eq!(cached, check(&issuer, &bad));
+        assert!(cached.is_err());
+        // A flipped signature byte in block 1 fails although block 0 is cached.
+        let mut bytes = t.encode();
+        let good = check(&issuer, &t).unwrap();
+        let mut refused = 0;
+        for i in 0..bytes.len() {
+            bytes[i] ^= 0x10;
+            if let Ok(m) = Token::decode(&bytes) {
+                match m.verify_cached(&issuer.public(), NOW, &bearer(), |_| false, &cache) {
+                    Ok(g) => assert!(m == t || g == good, "byte {i} changed the grant"),
+                    Err(_) => refused += 1,
+                }
+            }
+            bytes[i] ^= 0x10;
+        }
+        assert!(refused > 100, "most single-byte changes are refused ({refused})");
     }
 
     #[test]

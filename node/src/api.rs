@@ -125,6 +125,7 @@ async fn status(node: &Node) -> Result<serde_json::Value, ApiError> {
         "overlay": snap.overlay,
         "listen": snap.listen,
         "peers": snap.connected,
+        "connections": snap.connections,
         "known_nodes": snap.nodes.len(),
         "exports": exports,
         "state": node.state_dir(),

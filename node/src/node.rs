@@ -12,7 +12,7 @@ use futures::StreamExt;
 use metac_mesh::advert::ResourceInfo;
 use metac_mesh::kind::{Kind, Rights};
 use metac_mesh::net::{self, Handle, Snapshot};
-use metac_mesh::token::{Caveat, Ref, ResourceId, Token, TokenId};
+use metac_mesh::token::{Caveat, Ref, ResourceId, SigCache, Token, TokenId};
 use metac_mesh::{Identity, NodeKey};
 use metac_resource::{frame, Bind, BoxFuture, BoxStream, ExportSpec, Hello, Reply, Transport, RESOURCE_PROTOCOL};
 use serde::Serialize;
@@ -82,6 +82,7 @@ pub struct Node {
     mesh: Handle,
     registry: Registry,
     revoked: Mutex<HashSet<TokenId>>,
+    sigs: SigCache,
     sessions: Mutex<HashMap<u64, Session>>,
     next_session: AtomicU64,
     cancel: CancellationToken,
@@ -245,6 +246,7 @@ impl Node {
             mesh,
             registry: Registry::with_builtin(),
             revoked: Mutex::new(revoked),
+            sigs: SigCache::new(4096),
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
             cancel: cancel.clone(),
@@ -625,7 +627,7 @@ impl Node {
         let token = Token::decode(&hello.token).map_err(|e| format!("bad token: {e}"))?;
         let revoked = self.revoked.lock().expect("revoked lock");
         let grant =
-            token.verify(&self.me(), unix_now(), &peer, |id| revoked.contains(id)).map_err(|e| e.to_string())?;
+            token.verify_cached(&self.me(), unix_now(), &peer, |id| revoked.contains(id), &self.sigs).map_err(|e| e.to_string())?;
         drop(revoked);
         let export = self
             .store
