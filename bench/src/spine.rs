@@ -74,7 +74,17 @@ pub fn run(a: Args) -> Result<()> {
         let t = Instant::now();
         let p = h.spawn(
             &bin,
-            ["--socket", sock.to_str().unwrap(), "node", "--state", state.to_str().unwrap(), "--port", "0", "--log-level", "warn"],
+            [
+                "--socket",
+                sock.to_str().unwrap(),
+                "node",
+                "--state",
+                state.to_str().unwrap(),
+                "--port",
+                "0",
+                "--log-level",
+                "warn",
+            ],
         )?;
         wait_until(Duration::from_secs(20), Duration::from_millis(1), || Ok(api_get(&sock, "/v1/status").is_some()))
             .context("node did not get ready")?;
@@ -131,8 +141,9 @@ pub fn run(a: Args) -> Result<()> {
                     let name = name.clone();
                     sc.spawn(move || {
                         wait_until(Duration::from_secs(30), Duration::from_millis(2), || {
-                            Ok(api_get(s, "/v1/resources")
-                                .is_some_and(|v| v.as_array().is_some_and(|l| l.iter().any(|r| r["name"] == name.as_str()))))
+                            Ok(api_get(s, "/v1/resources").is_some_and(|v| {
+                                v.as_array().is_some_and(|l| l.iter().any(|r| r["name"] == name.as_str()))
+                            }))
                         })
                         .map(|_| t.elapsed())
                     })

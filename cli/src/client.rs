@@ -1,6 +1,7 @@
 //! A small HTTP/1.1 client for the node's Unix socket API.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
@@ -43,7 +44,7 @@ impl Client {
             .header("host", "metac")
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(bytes)))?;
-        Ok(sender.send_request(req).await.context("API request")?)
+        sender.send_request(req).await.context("API request")
     }
 
     /// Calls an endpoint and returns its JSON, turning API errors into errors with the node's message.
@@ -59,12 +60,14 @@ impl Client {
         Ok(v)
     }
 
-    /// Calls a streaming endpoint and copies the body to `out`. Returns the bytes copied.
+    /// Calls a streaming endpoint and copies the body to `out`, with progress on stderr if asked. Returns the bytes
+    /// copied.
     pub async fn stream_to<W: tokio::io::AsyncWrite + Unpin>(
         &self,
         path: &str,
         body: serde_json::Value,
         out: &mut W,
+        show_progress: bool,
     ) -> Result<u64> {
         let resp = self.send(Method::POST, path, Some(body)).await?;
         let status = resp.status();
@@ -75,14 +78,55 @@ impl Client {
             bail!("{}", v.get("error").and_then(|e| e.as_str()).unwrap_or("unknown error"));
         }
         let mut n = 0u64;
+        let mut progress = Progress::new(show_progress);
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| anyhow!("transfer interrupted after {n} bytes: {e}"))?;
+            let frame = frame.map_err(|e| {
+                progress.finish(n);
+                anyhow!("transfer interrupted after {n} bytes: {e}")
+            })?;
             if let Ok(data) = frame.into_data() {
                 out.write_all(&data).await?;
                 n += data.len() as u64;
+                progress.update(n);
             }
         }
         out.flush().await?;
+        progress.finish(n);
         Ok(n)
+    }
+}
+
+/// Bytes and rate on stderr, redrawn at most four times a second; only when asked (stderr is a terminal).
+struct Progress {
+    on: bool,
+    start: Instant,
+    last: Instant,
+}
+
+impl Progress {
+    fn new(on: bool) -> Progress {
+        let now = Instant::now();
+        Progress { on, start: now, last: now }
+    }
+
+    fn update(&mut self, n: u64) {
+        if self.on && self.last.elapsed() >= Duration::from_millis(250) {
+            self.last = Instant::now();
+            self.draw(n);
+        }
+    }
+
+    fn draw(&self, n: u64) {
+        let secs = self.start.elapsed().as_secs_f64().max(1e-3);
+        let mib = n as f64 / (1 << 20) as f64;
+        eprint!("\r{mib:10.1} MiB  {:8.1} MiB/s", mib / secs);
+    }
+
+    fn finish(&mut self, n: u64) {
+        if self.on && self.start.elapsed() >= Duration::from_millis(250) {
+            self.draw(n);
+            eprintln!();
+        }
+        self.on = false;
     }
 }

@@ -233,13 +233,14 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::File(FileCmd::Cat { reference, output }) => {
             let body = json!({ "ref": reference });
+            let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
             let n = match output {
                 Some(p) => {
                     let mut f =
                         tokio::fs::File::create(&p).await.with_context(|| format!("cannot create {}", p.display()))?;
-                    c.stream_to("/v1/file/cat", body, &mut f).await?
+                    c.stream_to("/v1/file/cat", body, &mut f, tty).await?
                 }
-                None => c.stream_to("/v1/file/cat", body, &mut tokio::io::stdout()).await?,
+                None => c.stream_to("/v1/file/cat", body, &mut tokio::io::stdout(), tty).await?,
             };
             tracing::debug!("copied {n} bytes");
         }

@@ -83,6 +83,7 @@ pub struct Node {
     registry: Registry,
     revoked: Mutex<HashSet<TokenId>>,
     sigs: SigCache,
+    remembered: Mutex<HashMap<String, Vec<String>>>,
     sessions: Mutex<HashMap<u64, Session>>,
     next_session: AtomicU64,
     cancel: CancellationToken,
@@ -247,6 +248,7 @@ impl Node {
             registry: Registry::with_builtin(),
             revoked: Mutex::new(revoked),
             sigs: SigCache::new(4096),
+            remembered: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
             cancel: cancel.clone(),
@@ -322,6 +324,11 @@ impl Node {
         let Ok(snap) = self.mesh.snapshot().await else { return };
         for n in snap.nodes.iter().filter(|n| n.reachable) {
             let addrs: Vec<String> = n.addrs.iter().map(|a| format!("{a}/p2p/{}", n.peer_id)).collect();
+            // Write only what changed: an idle node should not touch its disk.
+            if self.remembered.lock().expect("remembered lock").get(&n.key) == Some(&addrs) {
+                continue;
+            }
+            self.remembered.lock().expect("remembered lock").insert(n.key.clone(), addrs.clone());
             if let Err(e) = self.store.put_peer(&n.key, &addrs) {
                 tracing::warn!("cannot remember peer {}: {e}", n.key);
             }
@@ -626,8 +633,9 @@ impl Node {
     fn authorize(&self, peer: NodeKey, hello: &Hello) -> Result<(ExportSpec, Bind, Vec<TokenId>, ResourceId), String> {
         let token = Token::decode(&hello.token).map_err(|e| format!("bad token: {e}"))?;
         let revoked = self.revoked.lock().expect("revoked lock");
-        let grant =
-            token.verify_cached(&self.me(), unix_now(), &peer, |id| revoked.contains(id), &self.sigs).map_err(|e| e.to_string())?;
+        let grant = token
+            .verify_cached(&self.me(), unix_now(), &peer, |id| revoked.contains(id), &self.sigs)
+            .map_err(|e| e.to_string())?;
         drop(revoked);
         let export = self
             .store

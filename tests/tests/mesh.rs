@@ -100,7 +100,8 @@ fn three_hosts_discover_each_other_and_read_files_across() {
     // The adverts reached host 3: both exports are listed there with their owner.
     let h1key = key(h1);
     wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
-        Ok(json(h3, &["resources", "--kind", "file"]).as_array().unwrap().iter().filter(|r| r["node"] == h1key).count() == 2)
+        Ok(json(h3, &["resources", "--kind", "file"]).as_array().unwrap().iter().filter(|r| r["node"] == h1key).count()
+            == 2)
     })
     .expect("host 3 lists host 1's two files");
     // Unexport removes it from the mesh and revokes its refs.

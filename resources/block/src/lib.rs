@@ -51,7 +51,7 @@ pub enum Error {
     #[error("NBD client sent more than {0} options without starting transmission")]
     TooManyOptions(usize),
     /// The server refused an option the client needs.
-    #[error("NBD server refused option {option}: reply type {reply:#x}{}", if message.is_empty() { String::new() } else { format!(" ({message})") })]
+    #[error("NBD server refused option {option} (reply type {reply:#x}): {message:?}")]
     Refused {
         /// The option code.
         option: u32,

@@ -3,21 +3,25 @@
 //! Handshake: fixed newstyle option haggling, one option at a time. [`Haggle::answer`] decides the reply to each
 //! option without IO; the driver around it reads bounded option payloads and writes the replies.
 //!
-//! Transmission: two futures joined in the caller's task. The reader decodes requests, checks them
-//! ([`check`]), starts the file IO on tokio's blocking pool, and queues the pending reply in a bounded channel. The
-//! writer takes pending replies in request order, waits for their IO, and writes each reply (header and data in one
-//! buffer, so a READ costs one copy from the page cache and one write). It flushes its buffer whenever the next
-//! reply is not ready yet. Work in flight is bounded by count (the channel) and by bytes (a semaphore), so a client
-//! that pipelines many requests gets back-pressure instead of memory growth, and no deadlock: a queued reply never
-//! waits on more input from the client. Buffers go back from the writer to the reader over a small bounded channel
-//! and are reused.
+//! Transmission: a reader (in the caller's task) and a writer (its own task, so that socket writes overlap the
+//! reader's work on another core). The reader decodes requests, checks them ([`check`]) and starts each one's IO:
+//! a READ whose data is in the page cache is copied right away with `preadv2(RWF_NOWAIT)`; anything that needs
+//! the disk, and every WRITE, runs on tokio's blocking pool, so one connection can keep several disk reads in
+//! flight. (Measured on 1 GiB cached reads: the inline copy saves the thread hand-off, which cost as much CPU as
+//! the copy itself.) The reader queues each pending reply in a bounded channel; the writer takes them in request
+//! order, waits for their IO, and writes each reply (header and data in one buffer: a READ costs one copy from the
+//! page cache and one write). It flushes its buffer whenever the next reply is not ready yet. Work in flight is
+//! bounded by count (the channel) and by bytes (a semaphore), so a client that pipelines many requests gets
+//! back-pressure instead of memory growth, and no deadlock: a queued reply never waits on more input from the
+//! client. Buffers go back from the writer to the reader over a small bounded channel and are reused.
 
 use std::io;
+use std::sync::Arc;
 
 use futures::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::mpsc::{self, error::TryRecvError};
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -36,6 +40,9 @@ const MAX_IN_FLIGHT: usize = 16;
 const MAX_BYTES_IN_FLIGHT: usize = 64 << 20;
 /// Buffers up to this size are reused; larger ones are freed after their reply.
 const REUSE_MAX: usize = (1 << 20) + SimpleReply::LEN;
+/// Largest READ tried inline from the page cache; larger ones always go to the blocking pool, to keep the task
+/// from holding its worker thread for long.
+const INLINE_READ_MAX: usize = 1 << 20;
 /// Buffer size of the stream reader and writer.
 const STREAM_BUF: usize = 128 << 10;
 /// Preferred block size advertised: smaller writes may cost the page cache a read-modify-write.
@@ -59,9 +66,10 @@ pub struct Stats {
 /// Any export name is accepted: there is one export per stream. Several connections may serve the same `Export`
 /// at once (the export advertises `NBD_FLAG_CAN_MULTI_CONN`). A client that disconnects, with `NBD_CMD_DISC` or by
 /// closing the stream between messages, ends the session with `Ok`; cancellation returns [`Error::Cancelled`].
+/// The stream must be `'static` because replies are written from a task of their own.
 pub async fn serve<S>(stream: S, export: &Export, cancel: CancellationToken) -> Result<Stats, Error>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     tokio::select! {
         biased;
@@ -72,7 +80,7 @@ where
 
 async fn run<S>(stream: S, export: &Export) -> Result<Stats, Error>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut stream = BufReader::with_capacity(STREAM_BUF, stream);
     if !negotiate(&mut stream, export).await? {
@@ -272,8 +280,8 @@ impl Done {
 
 /// How a request's reply is produced.
 enum Work {
-    /// Known already: a validation error, or an empty success.
-    Ready(u32),
+    /// Known already: a validation error, an empty success, or a read served from the page cache.
+    Done(Done),
     /// File IO running on a blocking thread.
     Io(JoinHandle<Done>),
     /// A flush, run by the writer once every earlier reply has been sent, so it covers all earlier writes.
@@ -281,35 +289,36 @@ enum Work {
 }
 
 /// A request waiting for its reply.
-struct Pending<'a> {
+struct Pending {
     handle: u64,
     work: Work,
     /// Share of the bytes-in-flight budget, released when the reply is sent.
-    _budget: Option<SemaphorePermit<'a>>,
+    _budget: Option<OwnedSemaphorePermit>,
 }
 
 async fn transmission<S>(stream: BufReader<S>, export: &Export) -> Result<Stats, Error>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (rd, wr) = tokio::io::split(stream);
-    let budget = Semaphore::new(MAX_BYTES_IN_FLIGHT);
+    let budget = Arc::new(Semaphore::new(MAX_BYTES_IN_FLIGHT));
     let (pending_tx, pending_rx) = mpsc::channel(MAX_IN_FLIGHT);
     let (spare_tx, spare_rx) = mpsc::channel(MAX_IN_FLIGHT);
-    let (requests, mut stats) = tokio::try_join!(
-        read_requests(rd, export, &budget, pending_tx, spare_rx),
-        write_replies(wr, export, pending_rx, spare_tx),
-    )?;
+    // Aborted when dropped: if reading fails or `serve` is cancelled, the writer stops too.
+    let mut writer = AbortOnDrop(tokio::spawn(write_replies(wr, export.clone(), pending_rx, spare_tx)));
+    let (requests, mut stats) = tokio::try_join!(read_requests(rd, export, &budget, pending_tx, spare_rx), async {
+        (&mut writer.0).await.map_err(|e| Error::Io(io::Error::other(e)))?
+    })?;
     stats.requests = requests;
     Ok(stats)
 }
 
 /// Reads requests until `NBD_CMD_DISC` or end of stream; returns how many were read.
-async fn read_requests<'a, R>(
+async fn read_requests<R>(
     mut rd: R,
     export: &Export,
-    budget: &'a Semaphore,
-    pending: mpsc::Sender<Pending<'a>>,
+    budget: &Arc<Semaphore>,
+    pending: mpsc::Sender<Pending>,
     mut spare: mpsc::Receiver<Vec<u8>>,
 ) -> Result<u64, Error>
 where
@@ -333,21 +342,30 @@ where
                 if req.command == cmd::WRITE {
                     discard(&mut rd, req.len).await?;
                 }
-                Work::Ready(e)
+                Work::Done(Done::error(e))
             }
             Ok(()) if req.command == cmd::FLUSH => Work::Flush,
-            Ok(()) if len == 0 => Work::Ready(0),
+            Ok(()) if len == 0 => Work::Done(Done::error(0)),
             Ok(()) => {
-                permit = budget.acquire_many(req.len).await.ok();
+                permit = budget.clone().acquire_many_owned(req.len).await.ok();
                 let file = export.file();
                 if req.command == cmd::READ {
                     let mut buf = take_buf(&mut spare, SimpleReply::LEN + len);
-                    Work::Io(tokio::task::spawn_blocking(move || {
-                        match export::read_at(&file, &mut buf[SimpleReply::LEN..SimpleReply::LEN + len], req.offset) {
-                            Ok(()) => Done { error: 0, buf, data: len, written: 0 },
-                            Err(e) => Done { error: export::nbd_errno(&e), buf, data: 0, written: 0 },
-                        }
-                    }))
+                    let data = &mut buf[SimpleReply::LEN..SimpleReply::LEN + len];
+                    // Cached data is copied right here (a memcpy as cheap as a hand-off to another thread);
+                    // only what needs the disk goes to the blocking pool.
+                    let cached = if len <= INLINE_READ_MAX { export::read_cached(&file, data, req.offset) } else { 0 };
+                    if cached >= len {
+                        Work::Done(Done { error: 0, buf, data: len, written: 0 })
+                    } else {
+                        Work::Io(tokio::task::spawn_blocking(move || {
+                            let rest = &mut buf[SimpleReply::LEN + cached..SimpleReply::LEN + len];
+                            match export::read_at(&file, rest, req.offset + cached as u64) {
+                                Ok(()) => Done { error: 0, buf, data: len, written: 0 },
+                                Err(e) => Done { error: export::nbd_errno(&e), buf, data: 0, written: 0 },
+                            }
+                        }))
+                    }
                 } else {
                     let mut buf = take_buf(&mut spare, len);
                     rd.read_exact(&mut buf[..len]).await?;
@@ -368,6 +386,15 @@ where
     }
 }
 
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A buffer of at least `len` bytes, reused if one is spare.
 fn take_buf(spare: &mut mpsc::Receiver<Vec<u8>>, len: usize) -> Vec<u8> {
     let mut buf = spare.try_recv().unwrap_or_default();
@@ -380,8 +407,8 @@ fn take_buf(spare: &mut mpsc::Receiver<Vec<u8>>, len: usize) -> Vec<u8> {
 /// Writes replies in request order until the reader is done and every reply is sent.
 async fn write_replies<W>(
     wr: W,
-    export: &Export,
-    mut pending: mpsc::Receiver<Pending<'_>>,
+    export: Export,
+    mut pending: mpsc::Receiver<Pending>,
     spare: mpsc::Sender<Vec<u8>>,
 ) -> Result<Stats, Error>
 where
@@ -403,7 +430,7 @@ where
             Err(TryRecvError::Disconnected) => break,
         };
         let done = match p.work {
-            Work::Ready(error) => Done::error(error),
+            Work::Done(done) => done,
             Work::Io(mut task) => {
                 let joined = match (&mut task).now_or_never() {
                     Some(joined) => joined,
@@ -419,7 +446,7 @@ where
             }
             Work::Flush => {
                 w.flush().await?;
-                flush(export).await
+                flush(&export).await
             }
         };
         let header = SimpleReply { error: done.error, handle: p.handle }.encode();

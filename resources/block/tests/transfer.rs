@@ -79,3 +79,11 @@ async fn cancel_mid_transfer() {
     let waited = ended.duration_since(fired.expect("cancel fired"));
     assert!(waited < Duration::from_millis(500), "serve took {waited:?} to return after cancel");
 }
+
+/// The node spawns both futures on a multi-threaded runtime, so they must be `Send`.
+#[allow(dead_code)]
+fn futures_are_send(export: &Export, a: tokio::net::UnixStream, b: tokio::net::UnixStream, out: &mut tokio::fs::File) {
+    fn is_send<T: Send>(_: &T) {}
+    is_send(&serve(a, export, CancellationToken::new()));
+    is_send(&cat(b, out, |_, _| {}));
+}
