@@ -15,6 +15,7 @@
 //! back-pressure instead of memory growth, and no deadlock: a queued reply never waits on more input from the
 //! client. Buffers go back from the writer to the reader over a small bounded channel and are reused.
 
+use std::fs::File;
 use std::io;
 use std::sync::Arc;
 
@@ -348,34 +349,12 @@ where
             Ok(()) if len == 0 => Work::Done(Done::error(0)),
             Ok(()) => {
                 permit = budget.clone().acquire_many_owned(req.len).await.ok();
-                let file = export.file();
                 if req.command == cmd::READ {
-                    let mut buf = take_buf(&mut spare, SimpleReply::LEN + len);
-                    let data = &mut buf[SimpleReply::LEN..SimpleReply::LEN + len];
-                    // Cached data is copied right here (a memcpy as cheap as a hand-off to another thread);
-                    // only what needs the disk goes to the blocking pool.
-                    let cached = if len <= INLINE_READ_MAX { export::read_cached(&file, data, req.offset) } else { 0 };
-                    if cached >= len {
-                        Work::Done(Done { error: 0, buf, data: len, written: 0 })
-                    } else {
-                        Work::Io(tokio::task::spawn_blocking(move || {
-                            let rest = &mut buf[SimpleReply::LEN + cached..SimpleReply::LEN + len];
-                            match export::read_at(&file, rest, req.offset + cached as u64) {
-                                Ok(()) => Done { error: 0, buf, data: len, written: 0 },
-                                Err(e) => Done { error: export::nbd_errno(&e), buf, data: 0, written: 0 },
-                            }
-                        }))
-                    }
+                    start_read(export.file(), take_buf(&mut spare, SimpleReply::LEN + len), req.offset, len)
                 } else {
                     let mut buf = take_buf(&mut spare, len);
                     rd.read_exact(&mut buf[..len]).await?;
-                    let fua = req.flags & cflag::FUA != 0;
-                    Work::Io(tokio::task::spawn_blocking(move || {
-                        match export::write_at(&file, &buf[..len], req.offset, fua) {
-                            Ok(()) => Done { error: 0, buf, data: 0, written: len },
-                            Err(e) => Done { error: export::nbd_errno(&e), buf, data: 0, written: 0 },
-                        }
-                    }))
+                    start_write(export.file(), buf, req.offset, len, req.flags & cflag::FUA != 0)
                 }
             }
         };
@@ -384,6 +363,32 @@ where
             return Ok(requests);
         }
     }
+}
+
+/// Starts a checked READ into `buf[SimpleReply::LEN..][..len]`.
+fn start_read(file: Arc<File>, mut buf: Vec<u8>, offset: u64, len: usize) -> Work {
+    // Cached data is copied right here, which costs less than handing it to another thread; only what needs the
+    // disk goes to the blocking pool.
+    let data = &mut buf[SimpleReply::LEN..SimpleReply::LEN + len];
+    let cached = if len <= INLINE_READ_MAX { export::read_cached(&file, data, offset) } else { 0 };
+    if cached >= len {
+        return Work::Done(Done { error: 0, buf, data: len, written: 0 });
+    }
+    Work::Io(tokio::task::spawn_blocking(move || {
+        let rest = &mut buf[SimpleReply::LEN + cached..SimpleReply::LEN + len];
+        match export::read_at(&file, rest, offset + cached as u64) {
+            Ok(()) => Done { error: 0, buf, data: len, written: 0 },
+            Err(e) => Done { error: export::nbd_errno(&e), buf, data: 0, written: 0 },
+        }
+    }))
+}
+
+/// Starts a checked WRITE of `buf[..len]`.
+fn start_write(file: Arc<File>, buf: Vec<u8>, offset: u64, len: usize, fua: bool) -> Work {
+    Work::Io(tokio::task::spawn_blocking(move || match export::write_at(&file, &buf[..len], offset, fua) {
+        Ok(()) => Done { error: 0, buf, data: 0, written: len },
+        Err(e) => Done { error: export::nbd_errno(&e), buf, data: 0, written: 0 },
+    }))
 }
 
 /// Aborts a spawned task when dropped.
@@ -429,26 +434,7 @@ where
             }
             Err(TryRecvError::Disconnected) => break,
         };
-        let done = match p.work {
-            Work::Done(done) => done,
-            Work::Io(mut task) => {
-                let joined = match (&mut task).now_or_never() {
-                    Some(joined) => joined,
-                    None => {
-                        w.flush().await?;
-                        task.await
-                    }
-                };
-                joined.unwrap_or_else(|e| {
-                    tracing::error!("NBD IO task failed: {e}");
-                    Done::error(errno::EIO)
-                })
-            }
-            Work::Flush => {
-                w.flush().await?;
-                flush(&export).await
-            }
-        };
+        let done = finish(p.work, &mut w, &export).await?;
         let header = SimpleReply { error: done.error, handle: p.handle }.encode();
         let mut buf = done.buf;
         if done.error == 0 && done.data > 0 {
@@ -470,6 +456,31 @@ where
     // The peer may already be gone after NBD_CMD_DISC; everything it asked for has been sent.
     let _ = w.shutdown().await;
     Ok(stats)
+}
+
+/// Waits for a request's IO; flushes `w` first if that means waiting, so earlier replies are not held back.
+async fn finish<W>(work: Work, w: &mut BufWriter<W>, export: &Export) -> io::Result<Done>
+where
+    W: AsyncWrite + Unpin,
+{
+    let joined = match work {
+        Work::Done(done) => return Ok(done),
+        Work::Flush => {
+            w.flush().await?;
+            return Ok(flush(export).await);
+        }
+        Work::Io(mut task) => match (&mut task).now_or_never() {
+            Some(joined) => joined,
+            None => {
+                w.flush().await?;
+                task.await
+            }
+        },
+    };
+    Ok(joined.unwrap_or_else(|e| {
+        tracing::error!("NBD IO task failed: {e}");
+        Done::error(errno::EIO)
+    }))
 }
 
 /// Makes every completed write durable.
