@@ -293,6 +293,11 @@ impl Core {
         self.peers.iter()
     }
 
+    /// One peer's connection state.
+    pub fn peer(&self, node: &NodeKey) -> Option<&Peer> {
+        self.peers.get(node)
+    }
+
     /// True while at least one connection to `node` is up.
     pub fn is_reachable(&self, node: &NodeKey) -> bool {
         self.peers.get(node).is_some_and(|p| p.connections > 0)

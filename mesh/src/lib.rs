@@ -6,8 +6,10 @@ pub mod core;
 pub mod identity;
 pub mod kind;
 pub mod net;
+pub mod reference;
 pub mod token;
 
 pub use identity::{Identity, NodeKey};
 pub use kind::{Kind, Rights};
-pub use token::{Caveat, Grant, Ref, ResourceId, Token, TokenId, VerifyError};
+pub use reference::Ref;
+pub use token::{Caveat, Grant, ResourceId, Token, TokenId, VerifyError};

@@ -114,7 +114,7 @@ pub struct Snapshot {
     pub listen: Vec<String>,
     /// Every other node known.
     pub nodes: Vec<NodeView>,
-    /// Peers with at least one connection up.
+    /// Nodes with an advert in the table and at least one connection up (admitted and synced).
     pub connected: usize,
     /// Connections up (one per peer once duplicates are closed).
     pub connections: usize,
@@ -402,8 +402,7 @@ pub async fn spawn(
         .map_err(|e| Error::Transport(e.to_string()))?
         .with_behaviour(|key| {
             let peer = key.public().to_peer_id();
-            let mdns_cfg =
-                |v6| mdns::Config { enable_ipv6: v6, query_interval: Duration::from_secs(60), ..Default::default() };
+            let mdns_cfg = |v6| mdns::Config { enable_ipv6: v6, ..Default::default() };
             let mdns4 = mdns_on.then(|| mdns::tokio::Behaviour::new(mdns_cfg(false), peer)).transpose()?;
             let mdns6 = mdns_on.then(|| mdns::tokio::Behaviour::new(mdns_cfg(true), peer)).transpose()?;
             let gossip_cfg = gossipsub::ConfigBuilder::default()
@@ -421,7 +420,7 @@ pub async fn spawn(
                         .with_agent_version(format!("metac/{}", env!("CARGO_PKG_VERSION"))),
                 ),
                 ping: ping::Behaviour::new(
-                    ping::Config::new().with_interval(Duration::from_secs(10)).with_timeout(Duration::from_secs(10)),
+                    ping::Config::new().with_interval(Duration::from_secs(15)).with_timeout(Duration::from_secs(10)),
                 ),
                 mdns4: mdns4.into(),
                 mdns6: mdns6.into(),
@@ -505,6 +504,7 @@ pub async fn spawn(
         next_inbound: 0,
         events: ev_tx,
         conns: HashMap::new(),
+        redial: HashMap::new(),
         syncs: HashMap::new(),
     };
     let task = tokio::spawn(driver.run(cmd_rx, cancel));
@@ -531,6 +531,7 @@ struct Driver {
     next_inbound: u64,
     events: mpsc::Sender<Event>,
     conns: HashMap<PeerId, Vec<(ConnectionId, bool)>>,
+    redial: HashMap<PeerId, (Instant, Duration)>,
     syncs: HashMap<OutboundRequestId, PeerId>,
 }
 
@@ -564,6 +565,7 @@ impl Driver {
             self.publish_local();
         }
         self.core.handle_tick(now);
+        self.redial_lost();
         let t = Instant::now();
         for i in 0..self.bootstrap.len() {
             let b = &mut self.bootstrap[i];
@@ -669,12 +671,12 @@ impl Driver {
     fn snapshot(&self) -> Snapshot {
         let now = self.now();
         let me = self.me;
-        let nodes = self
+        let nodes: Vec<NodeView> = self
             .core
             .entries()
             .filter(|(k, _)| **k != me)
             .map(|(k, e)| {
-                let peer = self.core.peers().find(|(p, _)| *p == k).map(|(_, p)| p);
+                let peer = self.core.peer(k);
                 let last = peer.map(|p| p.last_seen.max(e.last_heard)).unwrap_or(e.last_heard);
                 let reachable = self.core.is_reachable(k);
                 NodeView {
@@ -690,13 +692,14 @@ impl Driver {
                 }
             })
             .collect();
+        let connected = nodes.iter().filter(|n| n.reachable).count();
         Snapshot {
             key: me.to_hex(),
             peer_id: self.swarm.local_peer_id().to_string(),
             overlay: me.overlay_addr(),
             listen: self.listen.iter().map(|a| a.to_string()).collect(),
             nodes,
-            connected: self.swarm.connected_peers().count(),
+            connected,
             connections: self.swarm.network_info().connection_counters().num_established() as usize,
         }
     }
@@ -707,19 +710,44 @@ impl Driver {
         self.syncs.insert(id, p);
     }
 
-    /// Keeps one connection per peer: the one dialed by the smaller peer id (both ends agree on it without
-    /// talking), or the oldest if there is none such. Simultaneous dials (mDNS finds both ends at once) would
-    /// otherwise double every peer's connections, pings and gossip.
+    /// Closes duplicate connections to a peer: once a connection dialed by the smaller peer id is up, those
+    /// dialed the other way go. Both ends see the same set of such connections, so they agree without talking,
+    /// and a connection of the kept kind is never closed (ordering by local ids could make each end close the
+    /// other's choice). Simultaneous dials (mDNS finds both ends at once) would otherwise double every peer's
+    /// connections, pings and gossip.
     fn dedupe(&mut self, peer: PeerId) {
         let Some(list) = self.conns.get(&peer) else { return };
-        if list.len() < 2 {
+        let i_dial = self.swarm.local_peer_id().to_bytes() < peer.to_bytes();
+        if !list.iter().any(|c| c.1 == i_dial) {
             return;
         }
-        let i_dial = self.swarm.local_peer_id().to_bytes() < peer.to_bytes();
-        let keep = list.iter().find(|c| c.1 == i_dial).unwrap_or(&list[0]).0;
-        let close: Vec<ConnectionId> = list.iter().map(|c| c.0).filter(|c| *c != keep).collect();
+        let close: Vec<ConnectionId> = list.iter().filter(|c| c.1 != i_dial).map(|c| c.0).collect();
         for c in close {
             self.swarm.close_connection(c);
+        }
+    }
+
+    /// Dials known nodes whose connections all went down, with backoff, while their advert is still in the
+    /// table: a partition that heals reconnects without waiting for mDNS or a bootstrap retry.
+    fn redial_lost(&mut self) {
+        let now = Instant::now();
+        let due: Vec<PeerId> = self.redial.iter().filter(|(_, (at, _))| *at <= now).map(|(p, _)| *p).collect();
+        for p in due {
+            let addrs = node_key(&p).and_then(|k| self.core.entry(&k)).map(|e| {
+                e.advert.advert().addrs.iter().filter_map(|a| a.parse::<Multiaddr>().ok()).collect::<Vec<_>>()
+            });
+            match addrs {
+                Some(addrs) if !addrs.is_empty() && !self.swarm.is_connected(&p) && !self.denied.contains(&p) => {
+                    let entry = self.redial.get_mut(&p).expect("due entry");
+                    entry.1 = (entry.1 * 2).min(Duration::from_secs(60));
+                    entry.0 = now + entry.1;
+                    tracing::debug!(%p, "redialing a lost peer");
+                    let _ = self.swarm.dial(DialOpts::peer_id(p).addresses(tcp_first(addrs)).build());
+                }
+                _ => {
+                    self.redial.remove(&p);
+                }
+            }
         }
     }
 
@@ -788,6 +816,7 @@ impl Driver {
                 if let ConnectedPoint::Dialer { address, .. } = &endpoint {
                     tracing::debug!(%peer, %address, "connected (outbound)");
                 }
+                self.redial.remove(&peer);
                 self.conns.entry(peer).or_default().push((connection_id, endpoint.is_dialer()));
                 self.dedupe(peer);
                 let via =
@@ -811,6 +840,9 @@ impl Driver {
                 }
                 if num_established == 0 {
                     self.admitted.remove(&peer);
+                    if !self.denied.contains(&peer) {
+                        self.redial.insert(peer, (Instant::now() + Duration::from_secs(1), Duration::from_secs(1)));
+                    }
                     for i in 0..self.bootstrap.len() {
                         if self.bootstrap[i].peer == Some(peer) && !self.denied.contains(&peer) {
                             self.bootstrap[i].backoff = Duration::from_secs(1).min(self.bootstrap[i].backoff);

@@ -1,4 +1,4 @@
-//! Capability tokens and refs (DESIGN section 3).
+//! Capability tokens (DESIGN section 3).
 //!
 //! A [`Token`] is a chain of signed blocks in the style of Biscuit. Block 0 is signed by the issuing node and names
 //! the resource, its kind, the rights, and optionally an expiry and an audience. Every block names the public half of
@@ -10,11 +10,10 @@
 //! Each signature covers the block's body bytes and the previous block's signature, so blocks from different tokens
 //! cannot be spliced together; verification checks exactly the bytes that were received.
 //!
-//! A [`Ref`] is what users pass around: `ref://[OVERLAY_ADDR]/TOKEN`, the issuer's overlay address and the token in
-//! base64url. Decoding is bounded: at most [`MAX_TOKEN_BYTES`] bytes and [`MAX_BLOCKS`] blocks.
+//! Users pass tokens around inside a [`Ref`] (see [`crate::reference`]), in base64url. Decoding is bounded: at most
+//! [`MAX_TOKEN_BYTES`] bytes and [`MAX_BLOCKS`] blocks.
 
 use std::fmt;
-use std::net::Ipv6Addr;
 use std::str::FromStr;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -23,8 +22,10 @@ use serde::de::{self, SeqAccess, Visitor};
 use serde::ser::SerializeTuple;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::identity::{self, hex, is_overlay_addr, random_bytes, Identity, NodeKey};
+use crate::identity::{self, hex, random_bytes, Identity, NodeKey};
 use crate::kind::{Kind, Rights};
+/// Re-exported so that `token::Ref` paths keep working.
+pub use crate::reference::Ref;
 
 /// The largest encoded token accepted, in bytes.
 pub const MAX_TOKEN_BYTES: usize = 4096;
@@ -37,7 +38,7 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL
 const BLOCK_CONTEXT: &str = "metac token block v1";
 const SEAL_CONTEXT: &str = "metac token seal v1";
 
-/// Errors issuing, attenuating, decoding or parsing tokens and refs.
+/// Errors issuing, attenuating, decoding or parsing tokens.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
@@ -70,16 +71,6 @@ pub enum Error {
     Base64(base64::DecodeError),
     #[error("{0:?} is not an id: ids are 32 hex digits")]
     BadId(String),
-    #[error("{0:?} is not a ref: refs look like ref://[fd6f:e1da:f01c:...]/TOKEN")]
-    NotARef(String),
-    #[error("{0:?} in the ref is not an IPv6 address; copy the whole ref again")]
-    BadAddr(String),
-    #[error("address {0} is not a metac overlay address (fd6f:e1da:f01c::/48); the ref is damaged")]
-    NotOverlayAddr(Ipv6Addr),
-    #[error(
-        "address {addr} does not belong to the token's issuer (its address is {issuer_addr}); the ref was altered"
-    )]
-    AddrMismatch { addr: Ipv6Addr, issuer_addr: Ipv6Addr },
 }
 
 /// Why a token does not verify. Each message tells the user what happened and what to do.
@@ -789,59 +780,15 @@ fn decode_exact<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Option<T> {
     }
 }
 
-/// A token with the overlay address of the node that issued it: `ref://[ADDR]/TOKEN`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ref {
-    /// The issuer's overlay address.
-    pub addr: Ipv6Addr,
-    /// The token.
-    pub token: Token,
-}
-
-impl Ref {
-    /// The ref for `token`, at its issuer's overlay address.
-    pub fn new(token: Token) -> Ref {
-        Ref { addr: token.issuer().overlay_addr(), token }
-    }
-}
-
-impl fmt::Display for Ref {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ref://[{}]/{}", self.addr, self.token.to_base64())
-    }
-}
-
-impl FromStr for Ref {
-    type Err = Error;
-
-    /// Parses `ref://[ADDR]/TOKEN`, ignoring surrounding whitespace, and checks that ADDR is the issuer's address.
-    fn from_str(s: &str) -> Result<Ref, Error> {
-        let s = s.trim();
-        let not_a_ref = || Error::NotARef(s.chars().take(40).collect());
-        let rest = s.strip_prefix("ref://[").ok_or_else(not_a_ref)?;
-        let (addr, text) = rest.split_once("]/").ok_or_else(not_a_ref)?;
-        let addr: Ipv6Addr = addr.parse().map_err(|_| Error::BadAddr(addr.chars().take(45).collect()))?;
-        if !is_overlay_addr(&addr) {
-            return Err(Error::NotOverlayAddr(addr));
-        }
-        let token = Token::from_base64(text)?;
-        let issuer_addr = token.issuer().overlay_addr();
-        if addr != issuer_addr {
-            return Err(Error::AddrMismatch { addr, issuer_addr });
-        }
-        Ok(Ref { addr, token })
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
     const NOW: u64 = 1_000;
     const LATER: u64 = 2_000_000_000;
 
-    fn ident(n: u8) -> Identity {
+    pub(crate) fn ident(n: u8) -> Identity {
         Identity::from_secret([n; 32])
     }
 
@@ -849,7 +796,7 @@ mod tests {
         ident(9).public()
     }
 
-    fn fs_token(rights: Rights) -> (Identity, Token) {
+    pub(crate) fn fs_token(rights: Rights) -> (Identity, Token) {
         let issuer = ident(1);
         let t = Token::issue(&issuer, ResourceId([5; 16]), Kind::Fs, rights, Some(LATER), None).unwrap();
         (issuer, t)
@@ -1187,31 +1134,6 @@ mod tests {
     }
 
     #[test]
-    fn refs_round_trip_and_parse_errors() {
-        let (issuer, t) = fs_token(Rights::READ);
-        let r = Ref::new(t.clone());
-        let s = r.to_string();
-        assert!(s.starts_with(&format!("ref://[{}]/", issuer.overlay_addr())), "{s}");
-        assert_eq!(format!("  {s}\n").parse::<Ref>().unwrap(), r);
-
-        let b64 = t.to_base64();
-        let other = ident(2).overlay_addr();
-        let err = |s: &str| s.parse::<Ref>().unwrap_err();
-        assert!(matches!(err("http://x"), Error::NotARef(_)));
-        assert!(matches!(err("ref://fd6f::1/abc"), Error::NotARef(_)));
-        assert!(matches!(err("ref://[fd6f::1]abc"), Error::NotARef(_)));
-        assert!(matches!(err(&format!("ref://[fd6f::g]/{b64}")), Error::BadAddr(_)));
-        assert!(matches!(err(&format!("ref://[fd00::1]/{b64}")), Error::NotOverlayAddr(_)));
-        assert!(matches!(err(&format!("ref://[{other}]/{}", "A".repeat(6000))), Error::TextTooLong { .. }));
-        assert!(matches!(err(&format!("ref://[{other}]/{b64}!")), Error::Base64(_)));
-        assert!(matches!(err(&format!("ref://[{other}]/AAAA")), Error::BlockCount { count: 0 }));
-        let e = err(&format!("ref://[{other}]/{b64}"));
-        assert!(matches!(e, Error::AddrMismatch { .. }));
-        assert!(e.to_string().contains("does not belong to the token's issuer"), "{e}");
-        assert!(matches!(err(&format!("'{s}'")), Error::NotARef(_)));
-    }
-
-    #[test]
     fn debug_does_not_print_the_secret() {
         let (_, t) = fs_token(Rights::READ);
         let Proof::Secret(secret) = t.proof else { unreachable!() };
@@ -1238,7 +1160,7 @@ mod tests {
     }
 
     /// A random valid token: issued by one of a few nodes, then attenuated by whichever random caveats are valid.
-    fn token() -> impl Strategy<Value = (Identity, Token)> {
+    pub(crate) fn token() -> impl Strategy<Value = (Identity, Token)> {
         (
             0u8..3,
             prop::sample::select(Kind::ALL.to_vec()),
@@ -1261,19 +1183,11 @@ mod tests {
             })
     }
 
-    fn bearer_of(t: &Token) -> NodeKey {
+    pub(crate) fn bearer_of(t: &Token) -> NodeKey {
         t.effective().audience.unwrap_or_else(bearer)
     }
 
     proptest! {
-        #[test]
-        fn prop_ref_round_trip((issuer, t) in token()) {
-            let r = Ref::new(t);
-            let back: Ref = r.to_string().parse().unwrap();
-            prop_assert_eq!(&back, &r);
-            prop_assert!(back.token.verify(&issuer.public(), 0, &bearer_of(&back.token), |_| false).is_ok());
-        }
-
         #[test]
         fn prop_caveats_never_widen((issuer, t) in token(), caveats in proptest::collection::vec(caveat(), 1..6)) {
             let mut t = t;
@@ -1311,10 +1225,8 @@ mod tests {
 
         #[test]
         fn prop_parse_never_panics(s in ".{0,300}", tail in "[A-Za-z0-9_-]{0,300}") {
-            let _ = s.parse::<Ref>();
             let _ = Token::from_base64(&s);
             let _ = Token::from_base64(&tail);
-            let _ = format!("ref://[{}]/{tail}", ident(1).overlay_addr()).parse::<Ref>();
         }
 
         #[test]
