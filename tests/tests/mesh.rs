@@ -300,3 +300,26 @@ fn a_node_with_another_mesh_key_stays_out() {
         assert_eq!(json(lab.host(i), &["peers"]).as_array().unwrap().len(), 0, "outsider {i} knows nobody");
     }
 }
+
+#[test]
+fn bad_input_gets_a_clear_error() {
+    require_root();
+    let lab = Lab::new(1).unwrap();
+    let _n = lab.start_nodes(&[]).unwrap();
+    let h = lab.host(1);
+    let dir = h.dir().to_str().unwrap().to_string();
+    let cases: [(&[&str], &str); 7] = [
+        (&["file", "export", "/nonexistent/file"], "/nonexistent/file"),
+        (&["file", "export", &dir], "neither a regular file nor a block device"),
+        (&["resources", "--kind", "bogus"], "file"),
+        (&["ref", "show", "ref://[fd6f:e1da:f01c::1]/!!!"], "bad ref"),
+        (&["ref", "delegate", "ref://[::1]/AAAA", "--read-only"], "fd6f:e1da:f01c::/48"),
+        (&["unexport", "nosuchexport"], "no export matches"),
+        (&["ref", "delegate", "ref://[fd6f:e1da:f01c::1]/AAAA", "--to", "nobody"], "bad ref"),
+    ];
+    for (args, needle) in cases {
+        let err = fails(h, args);
+        assert!(err.to_lowercase().contains(&needle.to_lowercase()), "metac {args:?}: {err}");
+    }
+    assert!(json(h, &["exports"]).as_array().unwrap().is_empty(), "nothing was exported by the bad requests");
+}
