@@ -57,7 +57,10 @@ impl Node {
         std::fs::create_dir_all(&state).map_err(|e| Error::io(format!("create {}", state.display()), e))?;
 
         let mut args: Vec<OsString> = vec!["node".into(), "--state".into(), state.into(), "--socket".into()];
-        args.extend([sock.into(), "--port".into(), "0".into()]);
+        args.push(sock.into());
+        if !self.extra.iter().any(|a| a == "--port" || a.starts_with("--port=")) {
+            args.extend(["--port".into(), "0".into()]);
+        }
         if !self.extra.iter().any(|a| a == "--log-level" || a.starts_with("--log-level=")) {
             args.extend(["--log-level".into(), "debug".into()]);
         }

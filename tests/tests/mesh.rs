@@ -323,3 +323,26 @@ fn bad_input_gets_a_clear_error() {
     }
     assert!(json(h, &["exports"]).as_array().unwrap().is_empty(), "nothing was exported by the bad requests");
 }
+
+#[test]
+fn bootstrap_peers_without_mdns_retry_and_gossip_the_rest() {
+    require_root();
+    let lab = Lab::new(3).unwrap();
+    let h1 = lab.host(1);
+    let peer = format!("[{}]:4747", h1.addr());
+    // Hosts 2 and 3 start first and know only host 1, which is not up yet: they retry with backoff.
+    let _n2 = lab.host(2).start_node(&["--no-mdns", "--peer", &peer]).unwrap();
+    let _n3 = lab.host(3).start_node(&["--no-mdns", "--peer", &peer]).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(json(lab.host(2), &["status"])["peers"], 0);
+    let _n1 = h1.start_node(&["--no-mdns", "--port", "4747"]).unwrap();
+    // Hosts 2 and 3 reach host 1 on a retry, then learn of each other from its adverts and connect directly.
+    let took = all_see_each_other(&lab, 2);
+    eprintln!("bootstrap + gossip full mesh {took:?} after host 1 started");
+    let peers = json(lab.host(2), &["peers"]);
+    let via: Vec<&str> = peers.as_array().unwrap().iter().map(|p| p["via"].as_str().unwrap()).collect();
+    assert!(via.contains(&"bootstrap"), "{peers}");
+    let h3key = key(lab.host(3));
+    let p3 = peers.as_array().unwrap().iter().find(|p| p["key"] == h3key.as_str()).expect("host 2 knows host 3");
+    assert!(p3["via"] == "gossip" || p3["via"] == "inbound", "host 3 came from gossip: {p3}");
+}
