@@ -322,6 +322,28 @@ fn bad_input_gets_a_clear_error() {
         assert!(err.to_lowercase().contains(&needle.to_lowercase()), "metac {args:?}: {err}");
     }
     assert!(json(h, &["exports"]).as_array().unwrap().is_empty(), "nothing was exported by the bad requests");
+
+    // The API socket is private to its owner, and a second node cannot take it over.
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(h.socket()).unwrap().permissions().mode() & 0o777, 0o600);
+    let bin = metac_tests::metac_bin().unwrap();
+    let other_state = h.dir().join("second");
+    let sock = h.socket();
+    let args = ["--socket", sock.to_str().unwrap(), "node", "--state", other_state.to_str().unwrap(), "--port", "0"];
+    let err = match h.run(&bin, args) {
+        Err(Error::Failed { output, .. }) => String::from_utf8_lossy(&output.stderr).to_string(),
+        other => panic!("a second node on the same socket must refuse to start: {other:?}"),
+    };
+    assert!(err.contains("already running"), "{err}");
+    // And one state dir serves one node.
+    let state = h.state_dir();
+    let args = ["--socket", "/tmp/metac-unused.sock", "node", "--state", state.to_str().unwrap(), "--port", "0"];
+    let err = match h.run(&bin, args) {
+        Err(Error::Failed { output, .. }) => String::from_utf8_lossy(&output.stderr).to_string(),
+        other => panic!("a second node on the same state dir must refuse to start: {other:?}"),
+    };
+    assert!(err.contains("in use by another metac node"), "{err}");
+    assert_eq!(json(h, &["status"])["exports"], 0, "the first node still answers");
 }
 
 #[test]
