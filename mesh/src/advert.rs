@@ -95,6 +95,15 @@ fn signing_input(body: &[u8]) -> Vec<u8> {
     m
 }
 
+/// Decodes exactly one value: trailing bytes are refused, so every advert has one encoding.
+fn exact<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    let (v, rest) = postcard::take_from_bytes(bytes).map_err(|e| Error::Decode(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(Error::Decode(format!("{} unexpected bytes after the advert", rest.len())));
+    }
+    Ok(v)
+}
+
 /// The wire form of a signed advert.
 #[derive(Serialize, Deserialize)]
 struct Wire {
@@ -146,8 +155,8 @@ impl Signed {
         if bytes.len() > MAX_ADVERT_BYTES {
             return Err(Error::TooLarge(bytes.len()));
         }
-        let wire: Wire = postcard::from_bytes(bytes).map_err(|e| Error::Decode(e.to_string()))?;
-        let advert: Advert = postcard::from_bytes(&wire.body).map_err(|e| Error::Decode(e.to_string()))?;
+        let wire: Wire = exact(bytes)?;
+        let advert: Advert = exact(&wire.body)?;
         advert.check_bounds()?;
         Ok(Signed { body: wire.body, sig: wire.sig, advert })
     }
@@ -170,7 +179,7 @@ impl<'de> Deserialize<'de> for Signed {
         if wire.body.len() > MAX_ADVERT_BYTES {
             return Err(serde::de::Error::custom(Error::TooLarge(wire.body.len())));
         }
-        let advert: Advert = postcard::from_bytes(&wire.body).map_err(serde::de::Error::custom)?;
+        let advert: Advert = exact(&wire.body).map_err(serde::de::Error::custom)?;
         advert.check_bounds().map_err(serde::de::Error::custom)?;
         Ok(Signed { body: wire.body, sig: wire.sig, advert })
     }
@@ -224,6 +233,14 @@ mod tests {
         if let Ok(s) = Signed::decode(&bytes) {
             assert!(s.verify().is_err());
         }
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() {
+        let id = Identity::from_secret([9; 32]);
+        let mut bytes = sample(&id, 1).sign(&id).encode();
+        bytes.push(0);
+        assert_eq!(Signed::decode(&bytes), Err(Error::Decode("1 unexpected bytes after the advert".into())));
     }
 
     #[test]

@@ -41,7 +41,11 @@ pub async fn read<R: AsyncRead + Unpin, T: DeserializeOwned>(r: &mut R, max: usi
 
 /// Decodes a frame body.
 pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
-    postcard::from_bytes(body).map_err(|e| Error::Decode(e.to_string()))
+    let (v, rest) = postcard::take_from_bytes(body).map_err(|e| Error::Decode(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(Error::Decode(format!("{} unexpected bytes after the message", rest.len())));
+    }
+    Ok(v)
 }
 
 #[cfg(test)]
@@ -70,6 +74,17 @@ mod tests {
         let err = crate::hello(&mut a, &h).await.unwrap_err();
         assert_eq!(err.to_string(), "refused by the exporting node: expired");
         server.await.unwrap();
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() {
+        let mut body = postcard::to_allocvec(&Reply::Accept).unwrap();
+        assert_eq!(decode::<Reply>(&body).unwrap(), Reply::Accept);
+        body.push(0);
+        assert_eq!(
+            decode::<Reply>(&body).unwrap_err().to_string(),
+            "malformed frame: 1 unexpected bytes after the message"
+        );
     }
 
     proptest::proptest! {
