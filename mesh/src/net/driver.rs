@@ -1,546 +1,155 @@
-//! The libp2p driver of the mesh core: one task that owns the swarm and the [`Core`] and loops over commands,
-//! network events and a tick (an actor, like iroh's). Callers hold a cheap [`Handle`] that sends commands over a
-//! bounded channel; resource data flows over raw libp2p streams opened through the handle.
+//! The mesh task: one actor that owns the swarm and the [`Core`] and loops over commands from the [`Handle`],
+//! swarm events and a one-second tick. It turns swarm events into core inputs and core actions into swarm calls,
+//! and keeps the connection bookkeeping the core does not see: bootstrap dials and redials with backoff, admission
+//! of peers by mesh key, duplicate connections, and requests in flight.
 //!
-//! Transports: QUIC and TCP (noise + yamux). Discovery: mDNS on IPv4 and IPv6, `--peer` bootstrap addresses
-//! redialed with backoff, and nodes learned from adverts. A private mesh (`--mesh-key`) is enforced at admission:
-//! the first sync request and its response carry a keyed hash proving knowledge of the mesh key, bound to both
-//! peer ids; a peer that fails it is disconnected and never dialed again, and nothing it gossips is accepted.
+//! [`Handle`]: super::Handle
 
 use std::collections::{HashMap, HashSet};
-use std::io;
-use std::net::Ipv6Addr;
 use std::time::{Duration, Instant};
 
-use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use futures::StreamExt;
 use libp2p::core::ConnectedPoint;
-use libp2p::multiaddr::Protocol;
-use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
-use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::DialOpts;
-use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
-use libp2p::{gossipsub, identify, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
-use serde::{Deserialize, Serialize};
+use libp2p::swarm::{ConnectionId, SwarmEvent};
+use libp2p::{gossipsub, mdns, ping, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::addr::{is_routable, node_key, peer_id, tcp_first};
+use super::rpc::{admission_proof, mesh_secret, Request, Response};
+use super::swarm::{Behaviour, BehaviourEvent};
+use super::{Command, Config, Error, Event, NodeView, Snapshot};
 use crate::advert::{ResourceInfo, Signed};
 use crate::core::{self, Action, Core, Millis, Via};
-use crate::identity::{Identity, NodeKey};
+use crate::identity::NodeKey;
 
-/// Protocol of the mesh RPC (sync + application requests).
-const RPC_PROTOCOL: StreamProtocol = StreamProtocol::new("/metac/rpc/1");
-/// Largest RPC message, checked before allocating.
-pub const MAX_RPC_BYTES: usize = 16 * 1024 * 1024;
-/// Gossip topic of adverts.
-const ADVERT_TOPIC: &str = "metac/adverts/1";
 /// Most connections we open to nodes learned only from gossip.
 const MAX_GOSSIP_DIALS: usize = 64;
-/// How long `connect` waits for a dial.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Errors of the mesh driver.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("cannot set up the libp2p transport: {0}")]
-    Transport(String),
-    #[error("cannot listen on port {port}: {reason}")]
-    Listen { port: u16, reason: String },
-    #[error("the mesh task has stopped")]
-    Stopped,
-    #[error("node {0} is unknown: no advert of it has reached this node (is it running and in the same mesh?)")]
-    UnknownNode(NodeKey),
-    #[error("cannot reach node {node}: {reason}")]
-    Unreachable { node: NodeKey, reason: String },
-    #[error("cannot open a stream to node {node}: {reason}")]
-    Stream { node: NodeKey, reason: String },
-    #[error("request to node {node} failed: {reason}")]
-    Rpc { node: NodeKey, reason: String },
-    #[error("{0} is not a valid node key")]
-    BadKey(String),
-}
-
-/// How a node joins the mesh.
-pub struct Config {
-    /// The node's identity; its libp2p key is the same ed25519 key.
-    pub identity: Identity,
-    /// TCP and UDP port to listen on; 0 picks one.
-    pub port: u16,
-    /// Addresses to dial at start and redial with backoff while disconnected.
-    pub bootstrap: Vec<Multiaddr>,
-    /// Addresses of peers remembered from earlier runs (dialed once at start).
-    pub remembered: Vec<Multiaddr>,
-    /// Discover peers on the LAN by mDNS.
-    pub mdns: bool,
-    /// The private mesh key, if any (from `--mesh-key FILE`).
-    pub mesh_key: Option<Vec<u8>>,
-    /// Core tunables.
-    pub core: core::Config,
-}
-
-/// A view of one node for the local API.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct NodeView {
-    /// Node key, hex.
-    pub key: String,
-    /// libp2p peer id.
-    pub peer_id: String,
-    /// Overlay address.
-    pub overlay: Ipv6Addr,
-    /// Addresses from its advert.
-    pub addrs: Vec<String>,
-    /// True while a connection to it is up.
-    pub reachable: bool,
-    /// How we learned of it.
-    pub via: Via,
-    /// Milliseconds since we last heard of it.
-    pub last_seen_ms: u64,
-    /// Its advert's sequence number.
-    pub seq: u64,
-    /// Its resources.
-    pub resources: Vec<ResourceInfo>,
-}
-
-/// What the mesh looks like from this node.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Snapshot {
-    /// This node's key, hex.
-    pub key: String,
-    /// This node's libp2p peer id.
-    pub peer_id: String,
-    /// This node's overlay address.
-    pub overlay: Ipv6Addr,
-    /// Addresses this node listens on.
-    pub listen: Vec<String>,
-    /// Every other node known.
-    pub nodes: Vec<NodeView>,
-    /// Nodes with an advert in the table and at least one connection up (admitted and synced).
-    pub connected: usize,
-    /// Connections up (one per peer once duplicates are closed).
-    pub connections: usize,
-}
-
-/// Things the mesh tells the node.
-#[derive(Debug)]
-pub enum Event {
-    /// An application request from a peer; answer with [`Handle::reply`].
-    Request { from: NodeKey, id: u64, body: Vec<u8> },
-}
-
-enum Command {
-    SetResources(Vec<ResourceInfo>),
-    Snapshot(oneshot::Sender<Snapshot>),
-    Connect(NodeKey, oneshot::Sender<Result<(), Error>>),
-    Request(NodeKey, Vec<u8>, oneshot::Sender<Result<Vec<u8>, Error>>),
-    Reply(u64, Vec<u8>),
-}
-
-/// A cheap handle to the mesh task.
-#[derive(Clone)]
-pub struct Handle {
-    tx: mpsc::Sender<Command>,
-    control: libp2p_stream::Control,
-    me: NodeKey,
-}
-
-impl Handle {
-    /// This node's key.
-    pub fn me(&self) -> NodeKey {
-        self.me
-    }
-
-    async fn call<T>(&self, f: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Error> {
-        let (tx, rx) = oneshot::channel();
-        self.tx.send(f(tx)).await.map_err(|_| Error::Stopped)?;
-        rx.await.map_err(|_| Error::Stopped)
-    }
-
-    /// Replaces the resources this node adverts.
-    pub async fn set_resources(&self, resources: Vec<ResourceInfo>) -> Result<(), Error> {
-        self.tx.send(Command::SetResources(resources)).await.map_err(|_| Error::Stopped)
-    }
-
-    /// The mesh as this node sees it.
-    pub async fn snapshot(&self) -> Result<Snapshot, Error> {
-        self.call(Command::Snapshot).await
-    }
-
-    /// Makes sure a connection to `node` is up, dialing its advertised addresses if needed.
-    pub async fn connect(&self, node: NodeKey) -> Result<(), Error> {
-        match tokio::time::timeout(CONNECT_TIMEOUT, self.call(|tx| Command::Connect(node, tx))).await {
-            Ok(r) => r?,
-            Err(_) => Err(Error::Unreachable { node, reason: format!("no connection within {CONNECT_TIMEOUT:?}") }),
-        }
-    }
-
-    /// Sends an application request to `node` and waits for its answer.
-    pub async fn request(&self, node: NodeKey, body: Vec<u8>) -> Result<Vec<u8>, Error> {
-        self.connect(node).await?;
-        self.call(|tx| Command::Request(node, body, tx)).await?
-    }
-
-    /// Answers an [`Event::Request`].
-    pub async fn reply(&self, id: u64, body: Vec<u8>) -> Result<(), Error> {
-        self.tx.send(Command::Reply(id, body)).await.map_err(|_| Error::Stopped)
-    }
-
-    /// Opens a raw stream for `protocol` to `node`, authenticated to its key by the connection's handshake.
-    pub async fn open_stream(&self, node: NodeKey, protocol: &'static str) -> Result<libp2p::Stream, Error> {
-        self.connect(node).await?;
-        let peer = peer_id(&node).ok_or(Error::BadKey(node.to_hex()))?;
-        let mut control = self.control.clone();
-        control
-            .open_stream(peer, StreamProtocol::new(protocol))
-            .await
-            .map_err(|e| Error::Stream { node, reason: e.to_string() })
-    }
-
-    /// Accepts inbound raw streams for `protocol`: yields (peer's node key, stream).
-    pub fn accept(
-        &self,
-        protocol: &'static str,
-    ) -> Result<impl futures::Stream<Item = (NodeKey, libp2p::Stream)>, Error> {
-        let mut control = self.control.clone();
-        let incoming = control
-            .accept(StreamProtocol::new(protocol))
-            .map_err(|e| Error::Transport(format!("protocol {protocol}: {e}")))?;
-        Ok(incoming.filter_map(|(peer, s)| async move { node_key(&peer).map(|k| (k, s)) }))
-    }
-}
-
-/// The libp2p peer id of a node key, if the key is a valid ed25519 point.
-pub fn peer_id(key: &NodeKey) -> Option<PeerId> {
-    let pk = libp2p::identity::ed25519::PublicKey::try_from_bytes(&key.0).ok()?;
-    Some(libp2p::identity::PublicKey::from(pk).to_peer_id())
-}
-
-/// The node key inside a libp2p peer id (ed25519 ids inline the key).
-pub fn node_key(peer: &PeerId) -> Option<NodeKey> {
-    let mh: &libp2p::multihash::Multihash<64> = peer.as_ref();
-    if mh.code() != 0 {
-        return None;
-    }
-    let pk = libp2p::identity::PublicKey::try_decode_protobuf(mh.digest()).ok()?;
-    Some(NodeKey(pk.try_into_ed25519().ok()?.to_bytes()))
-}
-
-/// Parses a `--peer` value: a multiaddr, or `HOST[:PORT]` (IPv6 in brackets when a port is given), port 4747 by default.
-pub fn parse_peer_addr(s: &str) -> Result<Multiaddr, String> {
-    if s.starts_with('/') {
-        return s.parse().map_err(|e| format!("{s:?} is not a valid multiaddr: {e}"));
-    }
-    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-        let (h, tail) = rest.split_once(']').ok_or_else(|| format!("{s:?}: missing ']' after the IPv6 address"))?;
-        let port = match tail.strip_prefix(':') {
-            Some(p) => p.parse::<u16>().map_err(|_| format!("{s:?}: bad port {p:?}"))?,
-            None if tail.is_empty() => 4747,
-            None => return Err(format!("{s:?}: expected ':PORT' after ']'")),
-        };
-        (h.to_string(), port)
-    } else if s.matches(':').count() > 1 {
-        (s.to_string(), 4747) // a bare IPv6 address
-    } else if let Some((h, p)) = s.split_once(':') {
-        (h.to_string(), p.parse::<u16>().map_err(|_| format!("{s:?}: bad port {p:?}"))?)
-    } else {
-        (s.to_string(), 4747)
-    };
-    let proto = match host.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V4(a)) => Protocol::Ip4(a),
-        Ok(std::net::IpAddr::V6(a)) => Protocol::Ip6(a),
-        Err(_) if !host.is_empty() => Protocol::Dns(host.into()),
-        Err(_) => return Err(format!("{s:?}: empty host")),
-    };
-    Ok(Multiaddr::empty().with(proto).with(Protocol::Tcp(port)))
-}
-
-/// True for addresses worth telling others about: not loopback, link-local or unspecified.
-fn is_routable(addr: &Multiaddr) -> bool {
-    match addr.iter().next() {
-        Some(Protocol::Ip6(a)) => !(a.is_loopback() || a.is_unspecified() || (a.segments()[0] & 0xffc0) == 0xfe80),
-        Some(Protocol::Ip4(a)) => !(a.is_loopback() || a.is_unspecified() || a.is_link_local()),
-        _ => true,
-    }
-}
-
-/// Orders dial addresses TCP first: on Linux, TCP + noise + yamux is the faster and lighter of the two here
-/// (DESIGN section 6), and one connection per peer is all we keep.
-fn tcp_first(mut addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
-    addrs.sort_by_key(|a| a.iter().any(|p| matches!(p, Protocol::QuicV1)));
-    addrs
-}
-
-fn mesh_secret(key: Option<&[u8]>) -> [u8; 32] {
-    match key {
-        Some(k) => blake3::derive_key("metac mesh key v1", k),
-        None => blake3::derive_key("metac public mesh v1", b""),
-    }
-}
-
-/// Proof that `from` knows the mesh key, bound to both peers so it cannot be replayed by anyone else.
-fn admission_proof(secret: &[u8; 32], from: &PeerId, to: &PeerId) -> [u8; 32] {
-    let mut h = blake3::Hasher::new_keyed(secret);
-    h.update(b"metac admit v1");
-    h.update(&from.to_bytes());
-    h.update(&to.to_bytes());
-    *h.finalize().as_bytes()
-}
-
-/// RPC requests between nodes.
-#[derive(Debug, Serialize, Deserialize)]
-enum Request {
-    Sync { proof: [u8; 32], digest: Vec<(NodeKey, u64)> },
-    App(Vec<u8>),
-}
-
-/// RPC responses.
-#[derive(Debug, Serialize, Deserialize)]
-enum Response {
-    Sync { proof: [u8; 32], adverts: Vec<Signed> },
-    Denied(String),
-    App(Vec<u8>),
-}
-
-/// Length-prefixed postcard frames, bounded by [`MAX_RPC_BYTES`].
-#[derive(Clone, Default)]
-struct Codec;
-
-async fn read_frame<T: AsyncRead + Unpin + Send, M: serde::de::DeserializeOwned>(io: &mut T) -> io::Result<M> {
-    let mut len = [0u8; 4];
-    io.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_RPC_BYTES {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("rpc frame of {len} bytes is too large")));
-    }
-    let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await?;
-    postcard::from_bytes(&buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad rpc frame: {e}")))
-}
-
-async fn write_frame<T: AsyncWrite + Unpin + Send, M: Serialize>(io: &mut T, msg: &M) -> io::Result<()> {
-    let buf = postcard::to_allocvec(msg).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-    if buf.len() > MAX_RPC_BYTES {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "rpc frame too large"));
-    }
-    io.write_all(&(buf.len() as u32).to_be_bytes()).await?;
-    io.write_all(&buf).await?;
-    io.close().await
-}
-
-impl request_response::Codec for Codec {
-    type Protocol = StreamProtocol;
-    type Request = Request;
-    type Response = Response;
-
-    async fn read_request<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<Request> {
-        read_frame(io).await
-    }
-
-    async fn read_response<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<Response> {
-        read_frame(io).await
-    }
-
-    async fn write_request<T: AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        req: Request,
-    ) -> io::Result<()> {
-        write_frame(io, &req).await
-    }
-
-    async fn write_response<T: AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        res: Response,
-    ) -> io::Result<()> {
-        write_frame(io, &res).await
-    }
-}
-
-#[derive(NetworkBehaviour)]
-struct Behaviour {
-    identify: identify::Behaviour,
-    ping: ping::Behaviour,
-    mdns4: Toggle<mdns::tokio::Behaviour>,
-    mdns6: Toggle<mdns::tokio::Behaviour>,
-    gossip: gossipsub::Behaviour,
-    rpc: request_response::Behaviour<Codec>,
-    streams: libp2p_stream::Behaviour,
-}
-
+/// A `--peer` address (or one remembered from an earlier run) and the state of dialing it.
 struct Bootstrap {
     addr: Multiaddr,
+    /// The peer it turned out to be, once a dial succeeded.
     peer: Option<PeerId>,
+    /// When to dial it next; `None` while connected, dialing, or given up.
     next: Option<Instant>,
+    /// Delay before the next retry; `Duration::MAX` for a remembered address, which is tried once.
     backoff: Duration,
+    /// The dial in progress.
     dialing: Option<ConnectionId>,
 }
 
-/// Starts the mesh task. Returns its handle, the events it sends the node, and the task.
-pub async fn spawn(
-    config: Config,
-    cancel: CancellationToken,
-) -> Result<(Handle, mpsc::Receiver<Event>, tokio::task::JoinHandle<()>), Error> {
-    let keypair = libp2p::identity::Keypair::ed25519_from_bytes(config.identity.secret())
-        .map_err(|e| Error::Transport(e.to_string()))?;
-    let mdns_on = config.mdns;
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
-        .map_err(|e| Error::Transport(e.to_string()))?
-        .with_quic()
-        .with_dns()
-        .map_err(|e| Error::Transport(e.to_string()))?
-        .with_behaviour(|key| {
-            let peer = key.public().to_peer_id();
-            let mdns_cfg = |v6| mdns::Config { enable_ipv6: v6, ..Default::default() };
-            let mdns4 = mdns_on.then(|| mdns::tokio::Behaviour::new(mdns_cfg(false), peer)).transpose()?;
-            let mdns6 = mdns_on.then(|| mdns::tokio::Behaviour::new(mdns_cfg(true), peer)).transpose()?;
-            let gossip_cfg = gossipsub::ConfigBuilder::default()
-                .validation_mode(gossipsub::ValidationMode::Strict)
-                .validate_messages()
-                .max_transmit_size(crate::advert::MAX_ADVERT_BYTES + 1024)
-                .message_id_fn(|m| gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec()))
-                .build()
-                .map_err(|e| io::Error::other(e.to_string()))?;
-            let gossip = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_cfg)
-                .map_err(io::Error::other)?;
-            Ok(Behaviour {
-                identify: identify::Behaviour::new(
-                    identify::Config::new("/metac/id/1".into(), key.public())
-                        .with_agent_version(format!("metac/{}", env!("CARGO_PKG_VERSION"))),
-                ),
-                ping: ping::Behaviour::new(
-                    ping::Config::new().with_interval(Duration::from_secs(15)).with_timeout(Duration::from_secs(10)),
-                ),
-                mdns4: mdns4.into(),
-                mdns6: mdns6.into(),
-                gossip,
-                rpc: request_response::Behaviour::with_codec(
-                    Codec,
-                    [(RPC_PROTOCOL, ProtocolSupport::Full)],
-                    request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
-                ),
-                streams: libp2p_stream::Behaviour::new(),
-            })
-        })
-        .map_err(|e| Error::Transport(e.to_string()))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(24 * 3600)))
-        .build();
-
-    let port = config.port;
-    let tcp6: Multiaddr = format!("/ip6/::/tcp/{port}").parse().expect("valid");
-    swarm.listen_on(tcp6).map_err(|e| Error::Listen { port, reason: e.to_string() })?;
-    // The other listeners are best effort: a host may lack IPv4, or UDP may be filtered.
-    for a in [
-        format!("/ip6/::/udp/{port}/quic-v1"),
-        format!("/ip4/0.0.0.0/tcp/{port}"),
-        format!("/ip4/0.0.0.0/udp/{port}/quic-v1"),
-    ] {
-        if let Err(e) = swarm.listen_on(a.parse().expect("valid")) {
-            tracing::warn!("cannot listen on {a}: {e}");
-        }
-    }
-    let topic = gossipsub::IdentTopic::new(ADVERT_TOPIC);
-    swarm.behaviour_mut().gossip.subscribe(&topic).map_err(|e| Error::Transport(e.to_string()))?;
-
-    let control = swarm.behaviour().streams.new_control();
-    let me = config.identity.public();
-    let seq =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(1);
-    let start = Instant::now();
-    let core = Core::new(config.identity.clone(), config.core.clone(), seq, 0);
-    let (cmd_tx, cmd_rx) = mpsc::channel(256);
-    let (ev_tx, ev_rx) = mpsc::channel(256);
-    let mut bootstrap: Vec<Bootstrap> = config
-        .bootstrap
-        .into_iter()
-        .map(|addr| Bootstrap {
-            addr,
-            peer: None,
-            next: Some(Instant::now()),
-            backoff: Duration::from_secs(1),
-            dialing: None,
-        })
-        .collect();
-    for addr in config.remembered {
-        if !bootstrap.iter().any(|b| b.addr == addr) {
-            // Remembered peers are dialed once; mDNS and gossip find them again if they moved.
-            bootstrap.push(Bootstrap {
-                addr,
-                peer: None,
-                next: Some(Instant::now()),
-                backoff: Duration::MAX,
-                dialing: None,
-            });
-        }
-    }
-    let driver = Driver {
-        swarm,
-        core,
-        topic,
-        start,
-        secret: mesh_secret(config.mesh_key.as_deref()),
-        me,
-        bootstrap,
-        resources: vec![],
-        listen: vec![],
-        addrs_dirty: false,
-        via: HashMap::new(),
-        admitted: HashSet::new(),
-        denied: HashSet::new(),
-        waiting: HashMap::new(),
-        pending: HashMap::new(),
-        inbound: HashMap::new(),
-        next_inbound: 0,
-        events: ev_tx,
-        conns: HashMap::new(),
-        redial: HashMap::new(),
-        syncs: HashMap::new(),
-    };
-    let task = tokio::spawn(driver.run(cmd_rx, cancel));
-    Ok((Handle { tx: cmd_tx, control, me }, ev_rx, task))
-}
-
-struct Driver {
+/// The state the mesh task owns.
+pub(super) struct Driver {
     swarm: Swarm<Behaviour>,
     core: Core,
+    /// The gossip topic adverts are published on.
     topic: gossipsub::IdentTopic,
+    /// Time zero of the core's clock.
     start: Instant,
+    /// Key of the admission proofs, from the mesh key.
     secret: [u8; 32],
     me: NodeKey,
     bootstrap: Vec<Bootstrap>,
+    /// Resources this node adverts.
     resources: Vec<ResourceInfo>,
+    /// Addresses the swarm listens on.
     listen: Vec<Multiaddr>,
+    /// The listen addresses changed since the local advert was last published.
     addrs_dirty: bool,
+    /// How each peer was found.
     via: HashMap<PeerId, Via>,
+    /// Peers that proved they know the mesh key.
     admitted: HashSet<PeerId>,
+    /// Peers that failed admission: disconnected and never dialed again.
     denied: HashSet<PeerId>,
+    /// `connect` callers waiting for a dial to each peer.
     waiting: HashMap<PeerId, Vec<oneshot::Sender<Result<(), Error>>>>,
+    /// Application requests sent, waiting for their answers.
     pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, Error>>>,
+    /// Application requests received, waiting for [`super::Handle::reply`].
     inbound: HashMap<u64, ResponseChannel<Response>>,
     next_inbound: u64,
+    /// Events for the node.
     events: mpsc::Sender<Event>,
+    /// Connections up to each peer, and whether we dialed them.
     conns: HashMap<PeerId, Vec<(ConnectionId, bool)>>,
+    /// Peers whose connections all went down: when to redial next, and the backoff.
     redial: HashMap<PeerId, (Instant, Duration)>,
+    /// Sync requests in flight.
     syncs: HashMap<OutboundRequestId, PeerId>,
 }
 
 impl Driver {
+    /// A driver for `swarm`, publishing adverts on `topic` and sending events to `events`.
+    pub(super) fn new(
+        swarm: Swarm<Behaviour>,
+        topic: gossipsub::IdentTopic,
+        config: Config,
+        events: mpsc::Sender<Event>,
+    ) -> Driver {
+        let me = config.identity.public();
+        let seq = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(1);
+        let start = Instant::now();
+        let core = Core::new(config.identity, config.core, seq, 0);
+        let mut bootstrap: Vec<Bootstrap> = config
+            .bootstrap
+            .into_iter()
+            .map(|addr| Bootstrap {
+                addr,
+                peer: None,
+                next: Some(Instant::now()),
+                backoff: Duration::from_secs(1),
+                dialing: None,
+            })
+            .collect();
+        for addr in config.remembered {
+            if !bootstrap.iter().any(|b| b.addr == addr) {
+                // Remembered peers are dialed once; mDNS and gossip find them again if they moved.
+                bootstrap.push(Bootstrap {
+                    addr,
+                    peer: None,
+                    next: Some(Instant::now()),
+                    backoff: Duration::MAX,
+                    dialing: None,
+                });
+            }
+        }
+        Driver {
+            swarm,
+            core,
+            topic,
+            start,
+            secret: mesh_secret(config.mesh_key.as_deref()),
+            me,
+            bootstrap,
+            resources: vec![],
+            listen: vec![],
+            addrs_dirty: false,
+            via: HashMap::new(),
+            admitted: HashSet::new(),
+            denied: HashSet::new(),
+            waiting: HashMap::new(),
+            pending: HashMap::new(),
+            inbound: HashMap::new(),
+            next_inbound: 0,
+            events,
+            conns: HashMap::new(),
+            redial: HashMap::new(),
+            syncs: HashMap::new(),
+        }
+    }
+
     fn now(&self) -> Millis {
         self.start.elapsed().as_millis() as Millis
     }
 
-    async fn run(mut self, mut commands: mpsc::Receiver<Command>, cancel: CancellationToken) {
+    pub(super) async fn run(mut self, mut commands: mpsc::Receiver<Command>, cancel: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -996,64 +605,6 @@ impl Driver {
                     let _ = tx.send(Ok(body));
                 }
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn peer_id_round_trip() {
-        let id = Identity::from_secret([5; 32]);
-        let p = peer_id(&id.public()).unwrap();
-        assert_eq!(node_key(&p), Some(id.public()));
-        let kp = libp2p::identity::Keypair::ed25519_from_bytes(id.secret()).unwrap();
-        assert_eq!(kp.public().to_peer_id(), p);
-    }
-
-    #[test]
-    fn peer_addr_forms() {
-        assert_eq!(parse_peer_addr("[fd00:77::2]:4000").unwrap().to_string(), "/ip6/fd00:77::2/tcp/4000");
-        assert_eq!(parse_peer_addr("fd00:77::2").unwrap().to_string(), "/ip6/fd00:77::2/tcp/4747");
-        assert_eq!(parse_peer_addr("127.0.0.1:9").unwrap().to_string(), "/ip4/127.0.0.1/tcp/9");
-        assert_eq!(parse_peer_addr("node1").unwrap().to_string(), "/dns/node1/tcp/4747");
-        assert_eq!(parse_peer_addr("/ip6/::1/udp/5/quic-v1").unwrap().to_string(), "/ip6/::1/udp/5/quic-v1");
-        assert!(parse_peer_addr("[fd00::1").unwrap_err().contains("missing ']'"));
-        assert!(parse_peer_addr("host:notaport").unwrap_err().contains("bad port"));
-        assert!(parse_peer_addr("/nonsense").is_err());
-    }
-
-    #[test]
-    fn admission_proof_depends_on_key_and_direction() {
-        let a = PeerId::random();
-        let b = PeerId::random();
-        let k1 = mesh_secret(Some(b"one"));
-        let k2 = mesh_secret(Some(b"two"));
-        let open = mesh_secret(None);
-        assert_ne!(admission_proof(&k1, &a, &b), admission_proof(&k2, &a, &b));
-        assert_ne!(admission_proof(&k1, &a, &b), admission_proof(&k1, &b, &a));
-        assert_ne!(admission_proof(&k1, &a, &b), admission_proof(&open, &a, &b));
-    }
-
-    #[test]
-    fn tcp_is_dialed_first() {
-        let a: Vec<Multiaddr> =
-            ["/ip6/fd00::1/udp/1/quic-v1", "/ip6/fd00::1/tcp/1"].iter().map(|a| a.parse().unwrap()).collect();
-        assert_eq!(tcp_first(a)[0].to_string(), "/ip6/fd00::1/tcp/1");
-    }
-
-    #[test]
-    fn routable_filter() {
-        for (a, ok) in [
-            ("/ip6/::1/tcp/1", false),
-            ("/ip6/fe80::1/tcp/1", false),
-            ("/ip6/fd00:77::1/tcp/1", true),
-            ("/ip4/127.0.0.1/tcp/1", false),
-            ("/ip4/0.0.0.0/tcp/1", false),
-        ] {
-            assert_eq!(is_routable(&a.parse().unwrap()), ok, "{a}");
         }
     }
 }

@@ -1,0 +1,132 @@
+//! The mesh RPC: the messages nodes exchange (anti-entropy sync and application requests), their length-prefixed
+//! postcard framing, and the admission proof that keeps a private mesh private.
+
+use std::io;
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::request_response;
+use libp2p::{PeerId, StreamProtocol};
+use serde::{Deserialize, Serialize};
+
+use crate::advert::Signed;
+use crate::identity::NodeKey;
+
+/// Protocol of the mesh RPC (sync + application requests).
+pub(super) const RPC_PROTOCOL: StreamProtocol = StreamProtocol::new("/metac/rpc/1");
+/// Largest RPC message, checked before allocating.
+pub const MAX_RPC_BYTES: usize = 16 * 1024 * 1024;
+
+/// The key of admission proofs: derived from the mesh key, or a fixed one for the public mesh.
+pub(super) fn mesh_secret(key: Option<&[u8]>) -> [u8; 32] {
+    match key {
+        Some(k) => blake3::derive_key("metac mesh key v1", k),
+        None => blake3::derive_key("metac public mesh v1", b""),
+    }
+}
+
+/// Proof that `from` knows the mesh key, bound to both peers so it cannot be replayed by anyone else.
+pub(super) fn admission_proof(secret: &[u8; 32], from: &PeerId, to: &PeerId) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_keyed(secret);
+    h.update(b"metac admit v1");
+    h.update(&from.to_bytes());
+    h.update(&to.to_bytes());
+    *h.finalize().as_bytes()
+}
+
+/// RPC requests between nodes.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum Request {
+    Sync { proof: [u8; 32], digest: Vec<(NodeKey, u64)> },
+    App(Vec<u8>),
+}
+
+/// RPC responses.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum Response {
+    Sync { proof: [u8; 32], adverts: Vec<Signed> },
+    Denied(String),
+    App(Vec<u8>),
+}
+
+/// Length-prefixed postcard frames, bounded by [`MAX_RPC_BYTES`].
+#[derive(Clone, Default)]
+pub(super) struct Codec;
+
+async fn read_frame<T: AsyncRead + Unpin + Send, M: serde::de::DeserializeOwned>(io: &mut T) -> io::Result<M> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_RPC_BYTES {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("rpc frame of {len} bytes is too large")));
+    }
+    let mut buf = vec![0u8; len];
+    io.read_exact(&mut buf).await?;
+    postcard::from_bytes(&buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad rpc frame: {e}")))
+}
+
+async fn write_frame<T: AsyncWrite + Unpin + Send, M: Serialize>(io: &mut T, msg: &M) -> io::Result<()> {
+    let buf = postcard::to_allocvec(msg).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    if buf.len() > MAX_RPC_BYTES {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "rpc frame too large"));
+    }
+    io.write_all(&(buf.len() as u32).to_be_bytes()).await?;
+    io.write_all(&buf).await?;
+    io.close().await
+}
+
+impl request_response::Codec for Codec {
+    type Protocol = StreamProtocol;
+    type Request = Request;
+    type Response = Response;
+
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Request> {
+        read_frame(io).await
+    }
+
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Response> {
+        read_frame(io).await
+    }
+
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Request,
+    ) -> io::Result<()> {
+        write_frame(io, &req).await
+    }
+
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Response,
+    ) -> io::Result<()> {
+        write_frame(io, &res).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admission_proof_depends_on_key_and_direction() {
+        let a = PeerId::random();
+        let b = PeerId::random();
+        let k1 = mesh_secret(Some(b"one"));
+        let k2 = mesh_secret(Some(b"two"));
+        let open = mesh_secret(None);
+        assert_ne!(admission_proof(&k1, &a, &b), admission_proof(&k2, &a, &b));
+        assert_ne!(admission_proof(&k1, &a, &b), admission_proof(&k1, &b, &a));
+        assert_ne!(admission_proof(&k1, &a, &b), admission_proof(&open, &a, &b));
+    }
+}

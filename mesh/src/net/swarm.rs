@@ -1,0 +1,95 @@
+//! The swarm: transports (QUIC, and TCP with noise + yamux), the behaviours every node runs (identify, ping, mDNS on
+//! IPv4 and IPv6, gossipsub for adverts, the mesh RPC, raw streams), and the listeners on the node's port.
+
+use std::io;
+use std::time::Duration;
+
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{gossipsub, identify, mdns, noise, ping, tcp, yamux, Multiaddr, Swarm};
+
+use super::rpc::{Codec, RPC_PROTOCOL};
+use super::{Config, Error};
+
+/// Gossip topic of adverts.
+const ADVERT_TOPIC: &str = "metac/adverts/1";
+
+/// Every protocol a node runs, over one swarm.
+#[derive(NetworkBehaviour)]
+pub(super) struct Behaviour {
+    pub(super) identify: identify::Behaviour,
+    pub(super) ping: ping::Behaviour,
+    pub(super) mdns4: Toggle<mdns::tokio::Behaviour>,
+    pub(super) mdns6: Toggle<mdns::tokio::Behaviour>,
+    pub(super) gossip: gossipsub::Behaviour,
+    pub(super) rpc: request_response::Behaviour<Codec>,
+    pub(super) streams: libp2p_stream::Behaviour,
+}
+
+/// Builds the swarm for `config`, listens on its port and subscribes to the advert topic.
+pub(super) fn build(config: &Config) -> Result<(Swarm<Behaviour>, gossipsub::IdentTopic), Error> {
+    let keypair = libp2p::identity::Keypair::ed25519_from_bytes(config.identity.secret())
+        .map_err(|e| Error::Transport(e.to_string()))?;
+    let mdns_on = config.mdns;
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .map_err(|e| Error::Transport(e.to_string()))?
+        .with_quic()
+        .with_dns()
+        .map_err(|e| Error::Transport(e.to_string()))?
+        .with_behaviour(|key| {
+            let peer = key.public().to_peer_id();
+            let mdns_cfg = |v6| mdns::Config { enable_ipv6: v6, ..Default::default() };
+            let mdns4 = mdns_on.then(|| mdns::tokio::Behaviour::new(mdns_cfg(false), peer)).transpose()?;
+            let mdns6 = mdns_on.then(|| mdns::tokio::Behaviour::new(mdns_cfg(true), peer)).transpose()?;
+            let gossip_cfg = gossipsub::ConfigBuilder::default()
+                .validation_mode(gossipsub::ValidationMode::Strict)
+                .validate_messages()
+                .max_transmit_size(crate::advert::MAX_ADVERT_BYTES + 1024)
+                .message_id_fn(|m| gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec()))
+                .build()
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            let gossip = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_cfg)
+                .map_err(io::Error::other)?;
+            Ok(Behaviour {
+                identify: identify::Behaviour::new(
+                    identify::Config::new("/metac/id/1".into(), key.public())
+                        .with_agent_version(format!("metac/{}", env!("CARGO_PKG_VERSION"))),
+                ),
+                ping: ping::Behaviour::new(
+                    ping::Config::new().with_interval(Duration::from_secs(15)).with_timeout(Duration::from_secs(10)),
+                ),
+                mdns4: mdns4.into(),
+                mdns6: mdns6.into(),
+                gossip,
+                rpc: request_response::Behaviour::with_codec(
+                    Codec,
+                    [(RPC_PROTOCOL, ProtocolSupport::Full)],
+                    request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
+                ),
+                streams: libp2p_stream::Behaviour::new(),
+            })
+        })
+        .map_err(|e| Error::Transport(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(24 * 3600)))
+        .build();
+
+    let port = config.port;
+    let tcp6: Multiaddr = format!("/ip6/::/tcp/{port}").parse().expect("valid");
+    swarm.listen_on(tcp6).map_err(|e| Error::Listen { port, reason: e.to_string() })?;
+    // The other listeners are best effort: a host may lack IPv4, or UDP may be filtered.
+    for a in [
+        format!("/ip6/::/udp/{port}/quic-v1"),
+        format!("/ip4/0.0.0.0/tcp/{port}"),
+        format!("/ip4/0.0.0.0/udp/{port}/quic-v1"),
+    ] {
+        if let Err(e) = swarm.listen_on(a.parse().expect("valid")) {
+            tracing::warn!("cannot listen on {a}: {e}");
+        }
+    }
+    let topic = gossipsub::IdentTopic::new(ADVERT_TOPIC);
+    swarm.behaviour_mut().gossip.subscribe(&topic).map_err(|e| Error::Transport(e.to_string()))?;
+    Ok((swarm, topic))
+}
