@@ -271,12 +271,20 @@ async fn ref_cmd(c: &Client, json_out: bool, cmd: RefCmd) -> Result<()> {
             });
         }
         RefCmd::Show { reference } => {
-            // Decoding needs no node: anyone can read a ref, only its exporter can verify it.
+            // Decoding needs no node: anyone can read a ref, only its exporter can verify it. A running node adds
+            // what it knows of the ref's revocation.
             let r = metac_node::node::parse_ref(&reference).map_err(|e| anyhow::anyhow!(e.message))?;
-            let v = json!(metac_node::node::describe(&r));
+            let v = match c.call(Method::POST, "/v1/refs/show", Some(json!({ "ref": reference }))).await {
+                Ok(v) => v,
+                Err(_) => {
+                    let mut v = json!(metac_node::node::describe(&r));
+                    v["state"] = json!("unknown: no local node to ask");
+                    v
+                }
+            };
             print(json_out, &v, |v| {
                 format!(
-                    "issuer    {}\noverlay   {}\nresource  {} ({})\nrights    {}\nexpires   {}\naudience  {}\npath      {}\ntoken id  {}\nchain     {}\nsealed    {}",
+                    "issuer    {}\noverlay   {}\nresource  {} ({})\nrights    {}\nexpires   {}\naudience  {}\npath      {}\ntoken id  {}\nchain     {}\nsealed    {}\nstate     {}",
                     s(&v["issuer"]),
                     s(&v["overlay"]),
                     s(&v["resource"]),
@@ -288,6 +296,7 @@ async fn ref_cmd(c: &Client, json_out: bool, cmd: RefCmd) -> Result<()> {
                     s(&v["id"]),
                     v["chain"].as_array().map(|a| a.iter().map(s).collect::<Vec<_>>().join(" -> ")).unwrap_or_default(),
                     v["sealed"],
+                    s(&v["state"]),
                 )
             });
         }

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::identity::{Identity, NodeKey};
 use crate::kind::Kind;
-use crate::token::ResourceId;
+use crate::token::{ResourceId, TokenId};
 
 /// Largest encoded advert accepted, checked before decoding.
 pub const MAX_ADVERT_BYTES: usize = 64 * 1024;
@@ -13,6 +13,8 @@ pub const MAX_ADVERT_BYTES: usize = 64 * 1024;
 pub const MAX_RESOURCES: usize = 1024;
 /// Most listen addresses one advert may list.
 pub const MAX_ADDRS: usize = 32;
+/// Most revoked token ids one advert may list.
+pub const MAX_REVOKED: usize = 256;
 /// Longest name, description or address string in an advert.
 pub const MAX_STRING: usize = 1024;
 
@@ -59,12 +61,18 @@ pub struct Advert {
     pub tunnel: Option<String>,
     /// The resources the node exports.
     pub resources: Vec<ResourceInfo>,
+    /// Token ids this node revoked, newest first (at most [`MAX_REVOKED`]), for everyone's information: the
+    /// exporter enforces revocation itself, this lets others tell a user before they try.
+    pub revoked: Vec<TokenId>,
 }
 
 impl Advert {
     fn check_bounds(&self) -> Result<(), Error> {
         if self.resources.len() > MAX_RESOURCES {
             return Err(Error::TooMany(self.resources.len(), "resources", MAX_RESOURCES));
+        }
+        if self.revoked.len() > MAX_REVOKED {
+            return Err(Error::TooMany(self.revoked.len(), "revoked tokens", MAX_REVOKED));
         }
         if self.addrs.len() > MAX_ADDRS {
             return Err(Error::TooMany(self.addrs.len(), "addresses", MAX_ADDRS));
@@ -203,6 +211,7 @@ mod tests {
                 description: String::new(),
                 public_ref: None,
             }],
+            revoked: vec![TokenId([2; 16])],
         }
     }
 

@@ -12,6 +12,7 @@ use std::collections::{HashMap, VecDeque};
 
 use crate::advert::{self, Advert, ResourceInfo, Signed};
 use crate::identity::{Identity, NodeKey};
+use crate::token::TokenId;
 
 /// Milliseconds on the driver's clock (monotonic in a node, virtual in the simulator).
 pub type Millis = u64;
@@ -112,7 +113,7 @@ impl Core {
     /// A core whose own advert starts at `seq` (the driver persists the last seq so restarts keep increasing it).
     pub fn new(id: Identity, config: Config, seq: u64, now: Millis) -> Core {
         let me = id.public();
-        let advert = Advert { node: me, seq, addrs: vec![], tunnel: None, resources: vec![] };
+        let advert = Advert { node: me, seq, addrs: vec![], tunnel: None, resources: vec![], revoked: vec![] };
         let signed = advert.sign(&id);
         let mut table = HashMap::new();
         table.insert(me, Entry { advert: signed, last_heard: now });
@@ -139,9 +140,16 @@ impl Core {
     }
 
     /// Replaces what this node adverts, signs it with the next seq and publishes it.
-    pub fn set_local(&mut self, addrs: Vec<String>, tunnel: Option<String>, resources: Vec<ResourceInfo>, now: Millis) {
+    pub fn set_local(
+        &mut self,
+        addrs: Vec<String>,
+        tunnel: Option<String>,
+        resources: Vec<ResourceInfo>,
+        revoked: Vec<TokenId>,
+        now: Millis,
+    ) {
         let seq = self.own().seq + 1;
-        let advert = Advert { node: self.me, seq, addrs, tunnel, resources };
+        let advert = Advert { node: self.me, seq, addrs, tunnel, resources, revoked };
         self.install_own(advert, now);
     }
 
@@ -350,8 +358,8 @@ mod tests {
     #[test]
     fn connect_sends_one_sync_and_exchange_converges() {
         let (mut a, mut b, mut c) = (node(1), node(2), node(3));
-        a.set_local(vec![], None, vec![res("a")], 1);
-        c.set_local(vec![], None, vec![res("c")], 1);
+        a.set_local(vec![], None, vec![res("a")], vec![], 1);
+        c.set_local(vec![], None, vec![res("c")], vec![], 1);
         connect(&mut b, &mut c, 2);
         connect(&mut a, &mut b, 3);
         // b learned c's advert before, and hands it to a in the same round trip.
@@ -365,9 +373,9 @@ mod tests {
     #[test]
     fn newer_seq_wins_and_older_is_ignored() {
         let (mut a, mut b) = (node(1), node(2));
-        b.set_local(vec![], None, vec![res("v1")], 1);
+        b.set_local(vec![], None, vec![res("v1")], vec![], 1);
         let v1 = b.entry(&b.me()).unwrap().advert.clone();
-        b.set_local(vec![], None, vec![res("v2")], 2);
+        b.set_local(vec![], None, vec![res("v2")], vec![], 2);
         let v2 = b.entry(&b.me()).unwrap().advert.clone();
         assert!(a.handle_gossip(v2, 3));
         assert!(!a.handle_gossip(v1, 4));
@@ -425,7 +433,7 @@ mod tests {
         let mut a = node(1);
         let mut b = node(2);
         for t in 1..=5 {
-            b.set_local(vec![], None, vec![], t);
+            b.set_local(vec![], None, vec![], vec![], t);
         }
         connect(&mut a, &mut b, 6);
         assert_eq!(a.entry(&b.me()).unwrap().advert.seq(), 5);

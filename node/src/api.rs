@@ -104,7 +104,7 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
             .await
             .map(|e| json!({ "removed": e.id.to_string(), "name": e.name })),
         (Method::GET, "/v1/refs") => node.refs().map(|r| json!(r)),
-        (Method::POST, "/v1/refs/show") => show(req).await,
+        (Method::POST, "/v1/refs/show") => show(&node, req).await,
         (Method::POST, "/v1/refs/delegate") => delegate(&node, req).await,
         (Method::POST, "/v1/refs/revoke") => revoke(&node, req).await,
         (Method::POST, "/v1/file/cat") => return cat(&node, req).await.unwrap_or_else(error_response),
@@ -197,9 +197,12 @@ struct RefReq {
     reference: String,
 }
 
-async fn show(req: Request<Incoming>) -> Result<serde_json::Value, ApiError> {
+async fn show(node: &Node, req: Request<Incoming>) -> Result<serde_json::Value, ApiError> {
     let r: RefReq = read_json(req).await?;
-    Ok(json!(describe(&parse_ref(&r.reference)?)))
+    let reference = parse_ref(&r.reference)?;
+    let mut v = json!(describe(&reference));
+    v["state"] = json!(node.revocation_state(&reference).await);
+    Ok(v)
 }
 
 #[derive(Deserialize)]

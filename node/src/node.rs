@@ -352,7 +352,14 @@ impl Node {
                 return;
             }
         };
-        let _ = self.mesh.set_resources(resources).await;
+        let revoked = match self.store.recent_revocations(metac_mesh::advert::MAX_REVOKED) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("cannot read revocations: {e}");
+                vec![]
+            }
+        };
+        let _ = self.mesh.set_local(resources, revoked).await;
     }
 
     /// The mesh as this node sees it.
@@ -511,7 +518,7 @@ impl Node {
     pub async fn revoke(&self, r: &Ref) -> Result<String, ApiError> {
         let issuer = r.token.issuer();
         if issuer == self.me() {
-            return self.revoke_local(&r.token).map_err(ApiError::refused);
+            return self.revoke_local(&r.token).await.map_err(ApiError::refused);
         }
         let body = rpc::encode(&rpc::Request::Revoke { token: r.token.encode() });
         let answer = self.mesh.request(issuer, body).await.map_err(|e| ApiError::remote(e.to_string()))?;
@@ -521,7 +528,7 @@ impl Node {
         }
     }
 
-    fn revoke_local(&self, token: &Token) -> Result<String, String> {
+    async fn revoke_local(&self, token: &Token) -> Result<String, String> {
         let me = self.me();
         // Only authentic tokens may revoke: check the chain (any expiry, any audience).
         let bearer = token.effective().audience.unwrap_or(me);
@@ -535,13 +542,15 @@ impl Node {
             cut += 1;
         }
         tracing::info!(%id, cut, "token revoked");
+        // Tell the mesh too, for everyone's information (this node enforces it either way).
+        self.publish().await;
         Ok(format!("revoked token {id}{}", if cut > 0 { format!("; cut {cut} live bind(s)") } else { String::new() }))
     }
 
     async fn on_request(&self, from: NodeKey, body: &[u8]) -> rpc::Response {
         match rpc::decode::<rpc::Request>(body) {
             Ok(rpc::Request::Revoke { token }) => match Token::decode(&token) {
-                Ok(t) => match self.revoke_local(&t) {
+                Ok(t) => match self.revoke_local(&t).await {
                     Ok(m) => {
                         tracing::info!(%from, "revocation requested by peer");
                         rpc::Response::Ok(m)
@@ -551,6 +560,23 @@ impl Node {
                 Err(e) => rpc::Response::Err(format!("bad token: {e}")),
             },
             Err(e) => rpc::Response::Err(e),
+        }
+    }
+
+    /// What this node knows of a ref's revocation: from its own list when it issued the ref, otherwise from the
+    /// revocations its exporter adverts (the newest few hundred; only the exporter knows for sure).
+    pub async fn revocation_state(&self, r: &Ref) -> &'static str {
+        let ids = r.token.ids();
+        if r.token.issuer() == self.me() {
+            let revoked = self.revoked.lock().expect("revoked lock");
+            return if ids.iter().any(|i| revoked.contains(i)) { "revoked" } else { "valid" };
+        }
+        let Ok(snap) = self.mesh.snapshot().await else { return "unknown" };
+        let issuer = r.token.issuer().to_hex();
+        match snap.nodes.iter().find(|n| n.key == issuer) {
+            Some(n) if ids.iter().any(|i| n.revoked.contains(i)) => "revoked",
+            Some(_) => "not revoked as far as its exporter's advert says",
+            None => "unknown: this node has no advert of the exporter",
         }
     }
 

@@ -180,6 +180,21 @@ impl Store {
         Ok(out)
     }
 
+    /// The `limit` most recently revoked token ids, newest first.
+    pub fn recent_revocations(&self, limit: usize) -> Result<Vec<TokenId>, Error> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(REVOKED)?;
+        let mut all = vec![];
+        for row in t.iter()? {
+            let (k, v) = row?;
+            if let Ok(id) = k.value().parse::<TokenId>() {
+                all.push((v.value(), id));
+            }
+        }
+        all.sort_unstable_by(|a, b| b.cmp(a));
+        Ok(all.into_iter().take(limit).map(|(_, id)| id).collect())
+    }
+
     /// Remembers a peer's addresses.
     pub fn put_peer(&self, key_hex: &str, addrs: &[String]) -> Result<(), Error> {
         self.put(PEERS, key_hex, &enc(&addrs))
@@ -214,6 +229,9 @@ mod tests {
         assert_eq!(s.tokens().unwrap(), vec![t.clone()]);
         assert_eq!(s.remove_export(&id, 5).unwrap(), Some(e));
         assert_eq!(s.revoked().unwrap(), vec![t.id.to_string()]);
+        s.revoke(&TokenId([3; 16]), 9).unwrap();
+        assert_eq!(s.recent_revocations(10).unwrap(), vec![TokenId([3; 16]), t.id]);
+        assert_eq!(s.recent_revocations(1).unwrap(), vec![TokenId([3; 16])]);
         assert!(s.exports().unwrap().is_empty());
         assert_eq!(s.remove_export(&id, 6).unwrap(), None);
     }

@@ -163,6 +163,7 @@ fn bad_refs_are_refused_each_with_its_own_message() {
 
     // Delegation only narrows: a read-only ref shows it.
     let shown = json(h3, &["ref", "show", &for2]);
+    assert_eq!(shown["state"], "not revoked as far as its exporter's advert says");
     assert!(!shown["rights"].as_str().unwrap().contains("write"), "{shown}");
 
     // Revoked: at once, for the ref and everything delegated from it, from a holder on another node.
@@ -173,6 +174,12 @@ fn bad_refs_are_refused_each_with_its_own_message() {
         let err = fails(h, &["file", "cat", reference]);
         assert!(err.contains("revoked"), "{err}");
     }
+    // The revocation is adverted: other nodes can tell before anyone tries the ref.
+    assert_eq!(json(h1, &["ref", "show", &r])["state"], "revoked");
+    wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
+        Ok(json(h2, &["ref", "show", &child])["state"] == "revoked")
+    })
+    .expect("host 2 learns of the revocation from host 1's advert");
     let listed = json(h1, &["ref", "ls"]);
     assert!(listed.as_array().unwrap().iter().any(|t| t["revoked"] == true), "{listed}");
 

@@ -24,6 +24,7 @@ use super::{Command, Config, Error, Event, NodeView, Snapshot};
 use crate::advert::{ResourceInfo, Signed};
 use crate::core::{self, Action, Core, Millis, Via};
 use crate::identity::NodeKey;
+use crate::token::TokenId;
 
 /// Most connections we open to nodes learned only from gossip.
 const MAX_GOSSIP_DIALS: usize = 64;
@@ -55,6 +56,8 @@ pub(super) struct Driver {
     bootstrap: Vec<Bootstrap>,
     /// Resources this node adverts.
     resources: Vec<ResourceInfo>,
+    /// Token ids this node revoked, adverted for everyone's information.
+    revoked: Vec<TokenId>,
     /// Addresses the swarm listens on.
     listen: Vec<Multiaddr>,
     /// The listen addresses changed since the local advert was last published.
@@ -129,6 +132,7 @@ impl Driver {
             me,
             bootstrap,
             resources: vec![],
+            revoked: vec![],
             listen: vec![],
             addrs_dirty: false,
             via: HashMap::new(),
@@ -213,13 +217,14 @@ impl Driver {
         }
         addrs.truncate(crate::advert::MAX_ADDRS);
         let now = self.now();
-        self.core.set_local(addrs, None, self.resources.clone(), now);
+        self.core.set_local(addrs, None, self.resources.clone(), self.revoked.clone(), now);
     }
 
     fn on_command(&mut self, cmd: Command) {
         match cmd {
-            Command::SetResources(r) => {
+            Command::SetLocal(r, revoked) => {
                 self.resources = r;
+                self.revoked = revoked;
                 self.publish_local();
             }
             Command::Snapshot(tx) => {
@@ -298,6 +303,7 @@ impl Driver {
                     last_seen_ms: if reachable { 0 } else { now.saturating_sub(last) },
                     seq: e.advert.seq(),
                     resources: e.advert.advert().resources.clone(),
+                    revoked: e.advert.advert().revoked.clone(),
                 }
             })
             .collect();

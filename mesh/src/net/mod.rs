@@ -31,6 +31,7 @@ pub use rpc::MAX_RPC_BYTES;
 use crate::advert::ResourceInfo;
 use crate::core::{self, Via};
 use crate::identity::{Identity, NodeKey};
+use crate::token::TokenId;
 use driver::Driver;
 
 /// How long `connect` waits for a dial.
@@ -96,6 +97,8 @@ pub struct NodeView {
     pub seq: u64,
     /// Its resources.
     pub resources: Vec<ResourceInfo>,
+    /// Token ids it says it revoked (newest first).
+    pub revoked: Vec<TokenId>,
 }
 
 /// What the mesh looks like from this node.
@@ -126,7 +129,7 @@ pub enum Event {
 
 /// What a [`Handle`] asks of the mesh task.
 enum Command {
-    SetResources(Vec<ResourceInfo>),
+    SetLocal(Vec<ResourceInfo>, Vec<TokenId>),
     Snapshot(oneshot::Sender<Snapshot>),
     Connect(NodeKey, oneshot::Sender<Result<(), Error>>),
     Request(NodeKey, Vec<u8>, oneshot::Sender<Result<Vec<u8>, Error>>),
@@ -153,9 +156,9 @@ impl Handle {
         rx.await.map_err(|_| Error::Stopped)
     }
 
-    /// Replaces the resources this node adverts.
-    pub async fn set_resources(&self, resources: Vec<ResourceInfo>) -> Result<(), Error> {
-        self.tx.send(Command::SetResources(resources)).await.map_err(|_| Error::Stopped)
+    /// Replaces what this node adverts: its resources and the token ids it revoked.
+    pub async fn set_local(&self, resources: Vec<ResourceInfo>, revoked: Vec<TokenId>) -> Result<(), Error> {
+        self.tx.send(Command::SetLocal(resources, revoked)).await.map_err(|_| Error::Stopped)
     }
 
     /// The mesh as this node sees it.
