@@ -23,6 +23,8 @@ use crate::registry::Registry;
 use crate::store::{Export, Store, TokenRecord};
 use crate::{rpc, Config, Error};
 
+/// Extra attempts of a bind whose stream failed before the exporter answered.
+const BIND_RETRIES: u64 = 3;
 /// How long a binder has to send its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -582,6 +584,22 @@ impl Node {
 
     /// Opens a bind to the resource a ref names: a stream to its exporter, past the handshake.
     pub async fn bind(self: &Arc<Self>, r: &Ref, protocol: &'static str) -> Result<BoxStream, ApiError> {
+        // A stream can die with its connection while the mesh settles (a duplicate connection closed, a peer
+        // that just restarted): such failures are retried a few times; a refusal by the exporter never is.
+        let mut attempt = 0;
+        loop {
+            match self.try_bind(r, protocol).await {
+                Err(e) if e.status == 502 && attempt < BIND_RETRIES => {
+                    attempt += 1;
+                    tracing::debug!("bind attempt {attempt} failed, retrying: {}", e.message);
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_bind(self: &Arc<Self>, r: &Ref, protocol: &'static str) -> Result<BoxStream, ApiError> {
         let issuer = r.token.issuer();
         let mut stream: BoxStream = if issuer == self.me() {
             // A ref of our own: serve it in-process through the same checks.
@@ -590,10 +608,12 @@ impl Node {
             tokio::spawn(async move { n.serve_bind(n.me(), Box::new(b)).await });
             Box::new(a)
         } else {
-            MeshTransport(self.mesh.clone())
-                .open(issuer, RESOURCE_PROTOCOL)
-                .await
-                .map_err(|e| ApiError::remote(e.to_string()))?
+            match MeshTransport(self.mesh.clone()).open(issuer, RESOURCE_PROTOCOL).await {
+                Ok(s) => s,
+                // An unknown node will not become known by retrying at once.
+                Err(e) if e.to_string().contains("is unknown") => return Err(ApiError::not_found(e.to_string())),
+                Err(e) => return Err(ApiError::remote(e.to_string())),
+            }
         };
         let hello = Hello { token: r.token.encode(), protocol: protocol.into(), version: 1 };
         match metac_resource::hello(&mut stream, &hello).await {
