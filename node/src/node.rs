@@ -208,6 +208,10 @@ impl Node {
     pub async fn start(config: &Config, cancel: CancellationToken) -> Result<Arc<Node>, Error> {
         std::fs::create_dir_all(&config.state)
             .map_err(|source| Error::StateDir { path: config.state.display().to_string(), source })?;
+        // The store holds tokens that grant access: the state directory is the node's alone (like ~/.ssh).
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config.state, std::fs::Permissions::from_mode(0o700))
+            .map_err(|source| Error::StateDir { path: config.state.display().to_string(), source })?;
         let id = Identity::load_or_create(&config.state.join("identity.key"))?;
         let store = Store::open(&config.state.join("metac.redb"))?;
         let mesh_key = match &config.mesh_key {

@@ -335,6 +335,7 @@ fn bad_input_gets_a_clear_error() {
     // The API socket is private to its owner, and a second node cannot take it over.
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(h.socket()).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::metadata(h.state_dir()).unwrap().permissions().mode() & 0o777, 0o700, "state dir is private");
     let bin = metac_tests::metac_bin().unwrap();
     let other_state = h.dir().join("second");
     let sock = h.socket();
