@@ -5,8 +5,10 @@ set -euo pipefail
 need_pkgs=()
 want() { dpkg -s "$1" >/dev/null 2>&1 || need_pkgs+=("$1"); }
 # Kernel tools for the netns lab and the node (ip, tc, nft, ping), real NBD clients and servers for the file
-# kind's tests, pkg-config/gcc for -sys crates.
-for p in bc iproute2 iputils-ping nftables procps psmisc libnbd-bin nbdkit qemu-utils gcc pkg-config ca-certificates curl; do
+# kind's tests, iperf3 and a stock WireGuard (wireguard-go + wg-quick) for the overlay's tests and benchmark,
+# pkg-config/gcc for -sys crates.
+for p in bc iproute2 iputils-ping nftables procps psmisc libnbd-bin nbdkit qemu-utils iperf3 wireguard-go \
+  wireguard-tools jq gcc pkg-config ca-certificates curl; do
   want "$p"
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -16,6 +18,8 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   fi
   echo "install-deps: installing ${need_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # iperf3 must not install a system-wide server: the tests and benchmarks start their own.
+  echo 'iperf3 iperf3/start_daemon boolean false' | debconf-set-selections 2>/dev/null || true
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
 fi

@@ -2,6 +2,7 @@
 //! lines, so runs can be compared and pasted into notes. Needs root. Build with `--release` and point
 //! `METAC_BIN` at a release `metac` (scripts/bench.sh does both).
 
+mod overlay;
 mod spine;
 
 use clap::{Parser, Subcommand};
@@ -17,6 +18,8 @@ struct Cli {
 enum Command {
     /// The spine: start-to-ready, idle RSS and CPU, mDNS discovery, advert propagation, token verifies/s
     Spine(spine::Args),
+    /// The overlay: iperf3 TCP and ping RTT over the raw veth, wireguard-go and the metac overlay, with ratios
+    Overlay(overlay::Args),
 }
 
 fn main() {
@@ -24,6 +27,7 @@ fn main() {
     metac_tests::require_root();
     let r = match cli.command {
         Command::Spine(a) => spine::run(a),
+        Command::Overlay(a) => overlay::run(a),
     };
     if let Err(e) = r {
         eprintln!("metac-bench: error: {e:#}");

@@ -53,6 +53,32 @@ enum Command {
     /// Files and block devices
     #[command(subcommand)]
     File(FileCmd),
+    /// The fd6f overlay network: status, and configurations for stock WireGuard peers
+    #[command(subcommand)]
+    Overlay(OverlayCmd),
+}
+
+#[derive(Subcommand)]
+enum OverlayCmd {
+    /// Show the overlay: device, port, and per peer its address, endpoint, path (udp/relay), last handshake, traffic
+    Status,
+    /// Admit a stock WireGuard peer (wireguard-go, wg-quick) named NAME and print its wg-quick configuration, with
+    /// which it reaches this node's overlay address
+    WgConfig {
+        /// Name of the guest (1-32 letters, digits, '-', '_'); running it again for a name replaces its key
+        name: String,
+        /// Address (IP or IP:PORT) at which the guest reaches this node [default: its first routable listen address]
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// The guest's own WireGuard public key (base64), so that its private key never leaves it
+        #[arg(long)]
+        public_key: Option<String>,
+        /// Write the configuration here (mode 0600) instead of stdout
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Remove a guest added with wg-config
+    RemoveGuest { name: String },
 }
 
 #[derive(Args)]
@@ -72,6 +98,15 @@ struct NodeArgs {
     /// Join only nodes holding the same key file (a private mesh)
     #[arg(long, value_name = "FILE")]
     mesh_key: Option<PathBuf>,
+    /// Do not run the overlay network (no TUN device, no WireGuard tunnels)
+    #[arg(long)]
+    no_overlay: bool,
+    /// Name of the overlay's TUN device
+    #[arg(long, value_name = "NAME", default_value = "metac0")]
+    tun: String,
+    /// UDP port of the overlay's WireGuard tunnels (0 picks one)
+    #[arg(long, value_name = "PORT", default_value_t = 51820)]
+    overlay_port: u16,
     /// Log level or tracing filter (error, warn, info, debug, trace, or e.g. "metac_mesh=debug")
     #[arg(long, default_value = "info", env = "METAC_LOG")]
     log_level: String,
@@ -225,6 +260,7 @@ async fn run(cli: Cli) -> Result<()> {
             print(json_out, &v, |v| format!("removed {} ({}); its refs are revoked", s(&v["removed"]), s(&v["name"])));
         }
         Command::Ref(cmd) => ref_cmd(&c, json_out, cmd).await?,
+        Command::Overlay(cmd) => overlay_cmd(&c, json_out, cmd).await?,
         Command::File(FileCmd::Export { path, name, read_only }) => {
             let path = std::path::absolute(&path).with_context(|| format!("{}", path.display()))?;
             let body = json!({ "kind": "file", "source": path, "name": name, "read_only": read_only });
@@ -316,6 +352,84 @@ async fn ref_cmd(c: &Client, json_out: bool, cmd: RefCmd) -> Result<()> {
     Ok(())
 }
 
+async fn overlay_cmd(c: &Client, json_out: bool, cmd: OverlayCmd) -> Result<()> {
+    match cmd {
+        OverlayCmd::Status => {
+            let v = c.call(Method::GET, "/v1/overlay", None).await?;
+            print(json_out, &v, |v| {
+                if v["tun"].is_null() {
+                    return format!("overlay   {}", s(&v["state"]));
+                }
+                let head = format!(
+                    "overlay   {}\naddress   {}\nmtu       {} (offload {}, UDP GSO x{}, GRO x{})\ndropped   {} to unknown addresses, {} rejected, {} forged sources\n",
+                    s(&v["state"]),
+                    s(&v["addr"]),
+                    s(&v["mtu"]),
+                    if v["offload"] == true { "on" } else { "off" },
+                    s(&v["gso_segments"]),
+                    s(&v["gro_segments"]),
+                    s(&v["unknown_dst"]),
+                    s(&v["rejected"]),
+                    s(&v["spoofed"]),
+                );
+                let peers = v["peers"].as_array().cloned().unwrap_or_default();
+                let rows = peers.iter().map(|p| {
+                    let name = s(&p["name"]);
+                    vec![
+                        if name.starts_with("guest:") { name } else { name.chars().take(16).collect() },
+                        s(&p["addr"]),
+                        s(&p["endpoint"]),
+                        s(&p["path"]),
+                        match p["last_handshake_secs"].as_f64() {
+                            Some(t) => format!("{t:.0}s ago"),
+                            None if p["tunnel"] == true => "pending".into(),
+                            None => "-".into(),
+                        },
+                        human_bytes(p["rx_bytes"].as_u64().unwrap_or(0)),
+                        human_bytes(p["tx_bytes"].as_u64().unwrap_or(0)),
+                    ]
+                });
+                head + &table(&["PEER", "ADDRESS", "ENDPOINT", "PATH", "HANDSHAKE", "RX", "TX"], rows)
+            });
+        }
+        OverlayCmd::WgConfig { name, endpoint, public_key, output } => {
+            let body = json!({ "name": name, "endpoint": endpoint, "public_key": public_key });
+            let v = c.call(Method::POST, "/v1/overlay/wg-config", Some(body)).await?;
+            if let Some(path) = output {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                f.write_all(s(&v["config"]).as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+                eprintln!("wrote {} (guest {} at {})", path.display(), s(&v["name"]), s(&v["addr"]));
+            } else if json_out {
+                print(true, &v, |_| String::new());
+            } else {
+                print!("{}", s(&v["config"]));
+            }
+        }
+        OverlayCmd::RemoveGuest { name } => {
+            let v = c.call(Method::DELETE, &format!("/v1/overlay/guests/{name}"), None).await?;
+            print(json_out, &v, |v| format!("removed guest {}", s(&v["removed"])));
+        }
+    }
+    Ok(())
+}
+
+fn human_bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} B"),
+    }
+}
+
 async fn run_node(a: NodeArgs, socket: PathBuf) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&a.log_level)
         .with_context(|| format!("--log-level {:?} is not a level or filter", a.log_level))?;
@@ -327,6 +441,7 @@ async fn run_node(a: NodeArgs, socket: PathBuf) -> Result<()> {
         peers: a.peers,
         mdns: !a.no_mdns,
         mesh_key: a.mesh_key,
+        overlay: metac_node::overlay::OverlayConfig { enabled: !a.no_overlay, tun: a.tun, port: a.overlay_port },
     };
     let cancel = tokio_util::sync::CancellationToken::new();
     let c = cancel.clone();

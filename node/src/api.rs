@@ -107,6 +107,11 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
         (Method::POST, "/v1/refs/show") => show(&node, req).await,
         (Method::POST, "/v1/refs/delegate") => delegate(&node, req).await,
         (Method::POST, "/v1/refs/revoke") => revoke(&node, req).await,
+        (Method::GET, "/v1/overlay") => Ok(node.overlay().status()),
+        (Method::POST, "/v1/overlay/wg-config") => wg_config(&node, req).await,
+        (Method::DELETE, p) if p.starts_with("/v1/overlay/guests/") => node
+            .remove_guest(&p["/v1/overlay/guests/".len()..])
+            .map(|_| json!({ "removed": &p["/v1/overlay/guests/".len()..] })),
         (Method::POST, "/v1/file/cat") => return cat(&node, req).await.unwrap_or_else(error_response),
         (_, p) => Err(ApiError::not_found(format!("no API endpoint {p}"))),
     };
@@ -114,6 +119,18 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
         Ok(v) => json_response(StatusCode::OK, v),
         Err(e) => error_response(e),
     }
+}
+
+#[derive(Deserialize)]
+struct WgConfigReq {
+    name: String,
+    endpoint: Option<String>,
+    public_key: Option<String>,
+}
+
+async fn wg_config(node: &Node, req: Request<Incoming>) -> Result<serde_json::Value, ApiError> {
+    let r: WgConfigReq = read_json(req).await?;
+    node.wg_config(&r.name, r.endpoint.as_deref(), r.public_key.as_deref()).await
 }
 
 async fn status(node: &Node) -> Result<serde_json::Value, ApiError> {
@@ -129,7 +146,7 @@ async fn status(node: &Node) -> Result<serde_json::Value, ApiError> {
         "known_nodes": snap.nodes.len(),
         "exports": exports,
         "state": node.state_dir(),
-        "overlay_status": "off: the overlay network is not in this build yet; resource binds use libp2p streams",
+        "overlay_status": node.overlay().summary(),
         "version": env!("CARGO_PKG_VERSION"),
     }))
 }

@@ -17,6 +17,8 @@ pub struct Config {
     pub mdns: bool,
     /// Private mesh key file.
     pub mesh_key: Option<PathBuf>,
+    /// The overlay network.
+    pub overlay: crate::overlay::OverlayConfig,
 }
 
 fn is_root() -> bool {

@@ -2,12 +2,13 @@
 //! API together, and owns the lifecycle of exports, tokens and live binds.
 //!
 //! Module map: [`config`] (paths and flags), [`store`] (redb), [`registry`] (one handler per resource kind),
-//! [`node`] (exports, tokens, binds, revocation), [`api`] (HTTP + JSON on a Unix socket), [`rpc`] (node-to-node
+//! [`node`] (exports, tokens, binds, revocation), [`overlay`] (the fd6f network's wiring), [`api`] (HTTP + JSON on a Unix socket), [`rpc`] (node-to-node
 //! requests).
 
 pub mod api;
 pub mod config;
 pub mod node;
+pub mod overlay;
 pub mod registry;
 pub mod rpc;
 pub mod store;

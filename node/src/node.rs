@@ -19,6 +19,7 @@ use serde::Serialize;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::overlay::NodeOverlay;
 use crate::registry::Registry;
 use crate::store::{Export, Store, TokenRecord};
 use crate::{rpc, Config, Error};
@@ -80,8 +81,9 @@ struct Session {
 /// A running node.
 pub struct Node {
     id: Identity,
-    store: Store,
+    store: Arc<Store>,
     mesh: Handle,
+    overlay: NodeOverlay,
     registry: Registry,
     revoked: Mutex<HashSet<TokenId>>,
     sigs: SigCache,
@@ -213,7 +215,7 @@ impl Node {
         std::fs::set_permissions(&config.state, std::fs::Permissions::from_mode(0o700))
             .map_err(|source| Error::StateDir { path: config.state.display().to_string(), source })?;
         let id = Identity::load_or_create(&config.state.join("identity.key"))?;
-        let store = Store::open(&config.state.join("metac.redb"))?;
+        let store = Arc::new(Store::open(&config.state.join("metac.redb"))?);
         let mesh_key = match &config.mesh_key {
             Some(p) => {
                 let k = std::fs::read(p)
@@ -233,6 +235,7 @@ impl Node {
             bootstrap.push(net::parse_peer_addr(p).map_err(|e| Error::Api(format!("--peer {e}")))?);
         }
         let remembered = store.peer_addrs()?.iter().filter_map(|a| a.parse().ok()).collect();
+        let overlay = NodeOverlay::start(&config.overlay, &id);
         let (mesh, mut events, mesh_task) = net::spawn(
             net::Config {
                 identity: id.clone(),
@@ -242,15 +245,19 @@ impl Node {
                 mdns: config.mdns,
                 mesh_key,
                 core: Default::default(),
+                tunnel: overlay.tunnel_advert(),
             },
             cancel.clone(),
         )
         .await?;
         let revoked = store.revoked()?.iter().filter_map(|s| s.parse().ok()).collect();
+        let mut tasks = vec![mesh_task];
+        tasks.extend(overlay.attach(mesh.clone(), Arc::clone(&store), cancel.clone())?);
         let node = Arc::new(Node {
             id,
             store,
             mesh,
+            overlay,
             registry: Registry::with_builtin(),
             revoked: Mutex::new(revoked),
             sigs: SigCache::new(4096),
@@ -258,7 +265,7 @@ impl Node {
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
             cancel: cancel.clone(),
-            tasks: Mutex::new(vec![mesh_task]),
+            tasks: Mutex::new(tasks),
             state: config.state.clone(),
         });
         node.publish().await;
@@ -323,6 +330,33 @@ impl Node {
         let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock().expect("tasks lock"));
         for t in tasks {
             let _ = tokio::time::timeout(Duration::from_secs(3), t).await;
+        }
+        self.overlay.stop();
+    }
+
+    /// The overlay: status and guests.
+    pub fn overlay(&self) -> &NodeOverlay {
+        &self.overlay
+    }
+
+    /// `metac overlay wg-config`.
+    pub async fn wg_config(
+        &self,
+        name: &str,
+        endpoint: Option<&str>,
+        public_key: Option<&str>,
+    ) -> Result<serde_json::Value, ApiError> {
+        let snap = self.snapshot().await?;
+        self.overlay.wg_config(&self.store, &snap, name, endpoint, public_key)
+    }
+
+    /// Removes a guest of the overlay.
+    pub fn remove_guest(&self, name: &str) -> Result<(), ApiError> {
+        if self.store.remove_guest(name)? {
+            self.overlay.request_refresh();
+            Ok(())
+        } else {
+            Err(ApiError::not_found(format!("no overlay guest named {name:?} (see `metac overlay status`)")))
         }
     }
 

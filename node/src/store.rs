@@ -15,6 +15,7 @@ const EXPORTS: TableDefinition<&str, &[u8]> = TableDefinition::new("exports");
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 const REVOKED: TableDefinition<&str, u64> = TableDefinition::new("revoked");
 const PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("peers");
+const GUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("wg_guests");
 
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +65,17 @@ pub struct TokenRecord {
     pub parent: Option<TokenId>,
 }
 
+/// A stock WireGuard peer allowed into the overlay by `metac overlay wg-config`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Guest {
+    /// Its name on this node.
+    pub name: String,
+    /// Its X25519 public key.
+    pub public: [u8; 32],
+    /// Unix seconds when added.
+    pub created: u64,
+}
+
 /// The store handle (cheap to share behind an `Arc`).
 pub struct Store {
     db: Database,
@@ -90,6 +102,7 @@ impl Store {
         w.open_table(TOKENS)?;
         w.open_table(REVOKED)?;
         w.open_table(PEERS)?;
+        w.open_table(GUESTS)?;
         w.commit()?;
         Ok(Store { db })
     }
@@ -200,6 +213,24 @@ impl Store {
         self.put(PEERS, key_hex, &enc(&addrs))
     }
 
+    /// Records a stock WireGuard peer (guest) of the overlay, replacing one of the same name.
+    pub fn put_guest(&self, g: &Guest) -> Result<(), Error> {
+        self.put(GUESTS, &g.name, &enc(g))
+    }
+
+    /// Every guest.
+    pub fn guests(&self) -> Result<Vec<Guest>, Error> {
+        self.all(GUESTS, "wg_guests")
+    }
+
+    /// Forgets a guest. Returns whether there was one.
+    pub fn remove_guest(&self, name: &str) -> Result<bool, Error> {
+        let w = self.db.begin_write()?;
+        let had = w.open_table(GUESTS)?.remove(name)?.is_some();
+        w.commit()?;
+        Ok(had)
+    }
+
     /// Every remembered peer address.
     pub fn peer_addrs(&self) -> Result<Vec<String>, Error> {
         Ok(self.all::<Vec<String>>(PEERS, "peers")?.into_iter().flatten().collect())
@@ -234,5 +265,10 @@ mod tests {
         assert_eq!(s.recent_revocations(1).unwrap(), vec![TokenId([3; 16])]);
         assert!(s.exports().unwrap().is_empty());
         assert_eq!(s.remove_export(&id, 6).unwrap(), None);
+        let g = Guest { name: "laptop".into(), public: [4; 32], created: 1 };
+        s.put_guest(&g).unwrap();
+        assert_eq!(s.guests().unwrap(), vec![g]);
+        assert!(s.remove_guest("laptop").unwrap());
+        assert!(!s.remove_guest("laptop").unwrap());
     }
 }

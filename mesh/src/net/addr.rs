@@ -51,10 +51,25 @@ pub fn parse_peer_addr(s: &str) -> Result<Multiaddr, String> {
     Ok(Multiaddr::empty().with(proto).with(Protocol::Tcp(port)))
 }
 
-/// True for addresses worth telling others about: not loopback, link-local or unspecified.
+/// The IP address a multiaddr starts with, if it does.
+pub fn ip_of(addr: &Multiaddr) -> Option<std::net::IpAddr> {
+    match addr.iter().next() {
+        Some(Protocol::Ip6(a)) => Some(a.into()),
+        Some(Protocol::Ip4(a)) => Some(a.into()),
+        _ => None,
+    }
+}
+
+/// True for addresses worth telling others about: not loopback, link-local or unspecified, and not an overlay
+/// address (the mesh must never run over the overlay it carries).
 pub(super) fn is_routable(addr: &Multiaddr) -> bool {
     match addr.iter().next() {
-        Some(Protocol::Ip6(a)) => !(a.is_loopback() || a.is_unspecified() || (a.segments()[0] & 0xffc0) == 0xfe80),
+        Some(Protocol::Ip6(a)) => {
+            !(a.is_loopback()
+                || a.is_unspecified()
+                || (a.segments()[0] & 0xffc0) == 0xfe80
+                || crate::identity::is_overlay_addr(&a))
+        }
         Some(Protocol::Ip4(a)) => !(a.is_loopback() || a.is_unspecified() || a.is_link_local()),
         _ => true,
     }
@@ -108,6 +123,7 @@ mod tests {
             ("/ip6/fd00:77::1/tcp/1", true),
             ("/ip4/127.0.0.1/tcp/1", false),
             ("/ip4/0.0.0.0/tcp/1", false),
+            ("/ip6/fd6f:e1da:f01c::1/tcp/1", false),
         ] {
             assert_eq!(is_routable(&a.parse().unwrap()), ok, "{a}");
         }

@@ -17,7 +17,7 @@ use libp2p::{gossipsub, mdns, ping, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::addr::{is_routable, node_key, peer_id, tcp_first};
+use super::addr::{ip_of, is_routable, node_key, peer_id, tcp_first};
 use super::rpc::{admission_proof, mesh_secret, Request, Response};
 use super::swarm::{Behaviour, BehaviourEvent};
 use super::{Command, Config, Error, Event, NodeView, Snapshot};
@@ -77,8 +77,10 @@ pub(super) struct Driver {
     next_inbound: u64,
     /// Events for the node.
     events: mpsc::Sender<Event>,
-    /// Connections up to each peer, and whether we dialed them.
-    conns: HashMap<PeerId, Vec<(ConnectionId, bool)>>,
+    /// Connections up to each peer, whether we dialed them, and the remote address.
+    conns: HashMap<PeerId, Vec<(ConnectionId, bool, Multiaddr)>>,
+    /// What this node adverts of its overlay tunnel.
+    tunnel: Option<String>,
     /// Peers whose connections all went down: when to redial next, and the backoff.
     redial: HashMap<PeerId, (Instant, Duration)>,
     /// Sync requests in flight.
@@ -144,6 +146,7 @@ impl Driver {
             next_inbound: 0,
             events,
             conns: HashMap::new(),
+            tunnel: config.tunnel,
             redial: HashMap::new(),
             syncs: HashMap::new(),
         }
@@ -217,7 +220,7 @@ impl Driver {
         }
         addrs.truncate(crate::advert::MAX_ADDRS);
         let now = self.now();
-        self.core.set_local(addrs, None, self.resources.clone(), self.revoked.clone(), now);
+        self.core.set_local(addrs, self.tunnel.clone(), self.resources.clone(), self.revoked.clone(), now);
     }
 
     fn on_command(&mut self, cmd: Command) {
@@ -304,6 +307,11 @@ impl Driver {
                     seq: e.advert.seq(),
                     resources: e.advert.advert().resources.clone(),
                     revoked: e.advert.advert().revoked.clone(),
+                    tunnel: e.advert.advert().tunnel.clone(),
+                    remote_ip: peer_id(k)
+                        .and_then(|p| self.conns.get(&p))
+                        .and_then(|c| c.first())
+                        .and_then(|c| ip_of(&c.2)),
                 }
             })
             .collect();
@@ -432,7 +440,11 @@ impl Driver {
                     tracing::debug!(%peer, %address, "connected (outbound)");
                 }
                 self.redial.remove(&peer);
-                self.conns.entry(peer).or_default().push((connection_id, endpoint.is_dialer()));
+                let remote = match &endpoint {
+                    ConnectedPoint::Dialer { address, .. } => address.clone(),
+                    ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr.clone(),
+                };
+                self.conns.entry(peer).or_default().push((connection_id, endpoint.is_dialer(), remote));
                 self.dedupe(peer);
                 let via =
                     *self.via.entry(peer).or_insert(if endpoint.is_dialer() { Via::Bootstrap } else { Via::Inbound });

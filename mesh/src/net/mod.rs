@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-pub use addr::{node_key, parse_peer_addr, peer_id};
+pub use addr::{ip_of, node_key, parse_peer_addr, peer_id};
 pub use rpc::MAX_RPC_BYTES;
 
 use crate::advert::ResourceInfo;
@@ -74,6 +74,8 @@ pub struct Config {
     pub mesh_key: Option<Vec<u8>>,
     /// Core tunables.
     pub core: core::Config,
+    /// What this node adverts of its overlay tunnel endpoint (the overlay's format), if it runs one.
+    pub tunnel: Option<String>,
 }
 
 /// A view of one node for the local API.
@@ -99,6 +101,10 @@ pub struct NodeView {
     pub resources: Vec<ResourceInfo>,
     /// Token ids it says it revoked (newest first).
     pub revoked: Vec<TokenId>,
+    /// Its overlay tunnel endpoint as adverted, if it runs the overlay.
+    pub tunnel: Option<String>,
+    /// The IP address its live connection comes from (what we observe of it), if connected.
+    pub remote_ip: Option<std::net::IpAddr>,
 }
 
 /// What the mesh looks like from this node.

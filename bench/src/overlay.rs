@@ -1,0 +1,170 @@
+//! Overlay figures: iperf3 TCP throughput and ping RTT between the same two netns hosts, in the same run, over
+//! (a) the raw veth and bridge, (b) a wireguard-go tunnel (the userspace WireGuard a userspace overlay competes
+//! with, set up as ../shared/lab/anchor-overlay.sh does), and (c) the metac overlay; then the ratios.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use metac_tests::{wait_until, Host, Lab, Proc};
+
+/// Options of `metac-bench overlay`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// iperf3 runs per path (the median is printed)
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Seconds per iperf3 run
+    #[arg(long, default_value_t = 4)]
+    secs: u64,
+    /// Pings per RTT figure (10 ms apart)
+    #[arg(long, default_value_t = 50)]
+    pings: u32,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn run_ok(h: &Host, program: &str, args: &[&str]) -> Result<String> {
+    let o = h.run(program, args).with_context(|| format!("{program} {args:?} in host {}", h.index()))?;
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+fn tcp_gbit(from: &Host, to: &str, secs: u64) -> Result<f64> {
+    let out = run_ok(from, "iperf3", &["-6", "-c", to, "-t", &secs.to_string(), "-J", "--connect-timeout", "5000"])?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 JSON")?;
+    v["end"]["sum_received"]["bits_per_second"].as_f64().map(|b| b / 1e9).context("no throughput in iperf3 output")
+}
+
+fn rtt_ms(from: &Host, to: &str, count: u32) -> Result<f64> {
+    let out = run_ok(from, "ping", &["-6", "-n", "-q", "-c", &count.to_string(), "-i", "0.01", to])?;
+    // rtt min/avg/max/mdev = 0.041/0.052/0.081/0.010 ms
+    out.lines()
+        .find(|l| l.starts_with("rtt") || l.starts_with("round-trip"))
+        .and_then(|l| l.split('=').nth(1)?.trim().split('/').nth(1)?.parse().ok())
+        .with_context(|| format!("no RTT in ping output: {out}"))
+}
+
+fn wg(args: &[&str], input: Option<&str>) -> Result<String> {
+    use std::io::Write;
+    let mut c = Command::new("wg")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("run wg (install wireguard-tools)")?;
+    if let Some(i) = input {
+        c.stdin.take().context("wg stdin")?.write_all(i.as_bytes())?;
+    }
+    let o = c.wait_with_output()?;
+    if !o.status.success() {
+        bail!("wg {args:?} failed");
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+/// A wireguard-go tunnel between hosts 1 and 2 with inner addresses fd00:88::1 and fd00:88::2. Its processes stop
+/// when the returned values are dropped.
+fn wireguard_go(lab: &Lab) -> Result<Vec<Proc>> {
+    let tag = std::process::id() % 10_000;
+    let names = [format!("mbwa{tag}"), format!("mbwb{tag}")];
+    let keys: Vec<(String, String)> = (0..2)
+        .map(|_| {
+            let k = wg(&["genkey"], None)?;
+            let p = wg(&["pubkey"], Some(&k))?;
+            Ok((k, p))
+        })
+        .collect::<Result<_>>()?;
+    let mut procs = vec![];
+    for (i, name) in names.iter().enumerate() {
+        let h = lab.host(i + 1);
+        let mut cmd = h.cmd("wireguard-go", ["-f", name.as_str()]);
+        cmd.env("WG_PROCESS_FOREGROUND", "1").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        procs.push(h.spawn_cmd(cmd)?);
+    }
+    for name in &names {
+        let sock = Path::new("/var/run/wireguard").join(format!("{name}.sock"));
+        wait_until(Duration::from_secs(5), Duration::from_millis(50), || Ok(sock.exists()))
+            .with_context(|| format!("wireguard-go made no control socket {}", sock.display()))?;
+    }
+    for i in 0..2 {
+        let (h, j) = (lab.host(i + 1), 1 - i);
+        let key = h.dir().join("wg.key");
+        std::fs::write(&key, &keys[i].0)?;
+        let endpoint = format!("[{}]:51821", lab.host(j + 1).addr());
+        let allowed = format!("fd00:88::{}/128", j + 1);
+        let key = key.to_string_lossy().into_owned();
+        run_ok(
+            h,
+            "wg",
+            &[
+                "set",
+                &names[i],
+                "private-key",
+                &key,
+                "listen-port",
+                "51821",
+                "peer",
+                &keys[j].1,
+                "allowed-ips",
+                &allowed,
+                "endpoint",
+                &endpoint,
+            ],
+        )?;
+        run_ok(h, "ip", &["-6", "addr", "add", &format!("fd00:88::{}/64", i + 1), "dev", &names[i], "nodad"])?;
+        run_ok(h, "ip", &["link", "set", &names[i], "up"])?;
+    }
+    wait_until(Duration::from_secs(10), Duration::from_millis(100), || lab.host(1).ping("fd00:88::2".parse().unwrap()))
+        .context("the wireguard-go tunnel did not come up")?;
+    Ok(procs)
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let lab = Lab::new(2)?;
+    let (h1, h2) = (lab.host(1), lab.host(2));
+    let _wg = wireguard_go(&lab)?;
+    let nodes = lab.start_nodes(&[])?;
+    let target: String = nodes[1].status()?["overlay"].as_str().context("overlay address")?.into();
+    wait_until(Duration::from_secs(20), Duration::from_millis(100), || h1.ping(target.parse().unwrap()))
+        .context("the metac overlay did not carry a ping")?;
+    let _server = h2.spawn("iperf3", ["-s"])?;
+    wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        Ok(!h2.run("ss", ["-ltnH", "sport = :5201"])?.stdout.is_empty())
+    })?;
+
+    let paths = [("raw", h2.addr().to_string()), ("wggo", "fd00:88::2".to_string()), ("metac", target.clone())];
+    let mut tcp = vec![vec![]; 3];
+    // Interleaved, so that a noisy neighbour hurts every path alike.
+    for rep in 0..a.reps {
+        for (i, (name, addr)) in paths.iter().enumerate() {
+            let g = tcp_gbit(h1, addr, a.secs)?;
+            eprintln!("run {}: {name} {g:.2} Gbit/s", rep + 1);
+            tcp[i].push(g);
+        }
+    }
+    let mut rtt = vec![];
+    for (_, addr) in &paths {
+        rtt.push(rtt_ms(h1, addr, a.pings)?);
+    }
+    let tcp: Vec<f64> = tcp.into_iter().map(median).collect();
+    let s = nodes[0].host().metac(&["--json", "overlay", "status"])?;
+    let v: serde_json::Value = serde_json::from_slice(&s.stdout)?;
+    println!("overlay_offload: {} (UDP GSO x{}, GRO x{})", v["offload"], v["gso_segments"], v["gro_segments"]);
+    for (i, (name, _)) in paths.iter().enumerate() {
+        println!("{name}_tcp_gbit: {:.2} Gbit/s", tcp[i]);
+    }
+    for (i, (name, _)) in paths.iter().enumerate() {
+        println!("{name}_rtt_ms: {:.3} ms", rtt[i]);
+    }
+    let (wg_added, metac_added) = (rtt[1] - rtt[0], rtt[2] - rtt[0]);
+    println!("metac_vs_wggo_tcp: {:.2}x (goal >= 2)", tcp[2] / tcp[1]);
+    println!("metac_vs_raw_tcp: {:.2}x", tcp[2] / tcp[0]);
+    println!("wggo_added_rtt_ms: {wg_added:.3} ms");
+    println!("metac_added_rtt_ms: {metac_added:.3} ms");
+    println!("metac_vs_wggo_added_rtt: {:.2}x (goal <= 0.5)", metac_added / wg_added.max(1e-6));
+    Ok(())
+}

@@ -1,0 +1,764 @@
+//! The engine: the TUN device, the UDP socket, the peer table and three threads (TUN to network, network to
+//! TUN, timers). Relayed datagrams come in through [`Overlay::relay_input`] and leave through the [`Relay`] the
+//! node provides; the engine never touches the mesh itself.
+
+use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use boringtun::noise::errors::WireGuardError;
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+use boringtun::x25519::{PublicKey, StaticSecret};
+use metac_mesh::identity::NodeKey;
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use tun_rs::{GROTable, SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
+
+use crate::device;
+use crate::packet;
+use crate::table::{Path, Peer, PeerInfo, Step, Table, IDLE};
+
+/// The default MTU of the TUN: a 1500-byte underlay minus IPv6 (40), UDP (8) and WireGuard (32) headers.
+pub const DEFAULT_MTU: u16 = 1420;
+
+/// WireGuard's data packet overhead (type, index, counter, tag).
+const WG_OVERHEAD: usize = 32;
+
+/// Datagrams per `recvmmsg` (each may hold up to 64 GRO segments).
+const RX_BATCH: usize = 16;
+
+/// Largest UDP payload read at once (a GRO train).
+const RX_BUF: usize = 65535;
+
+/// Most payload bytes in one GSO send: a UDP datagram's length field (and IPv6's payload length) is 16 bits.
+const MAX_GSO_BYTES: usize = 65535 - 8;
+
+/// How long the data threads block before they look at the stop flag.
+const POLL: Duration = Duration::from_millis(200);
+
+/// How often the timer thread runs (boringtun asks for at least every 250 ms).
+const TICK: Duration = Duration::from_millis(100);
+
+/// Handshakes per second accepted before cookies are required (boringtun's rate limiter).
+const HANDSHAKE_RATE: u64 = 100;
+
+/// How the overlay starts.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// TUN device name.
+    pub tun: String,
+    /// UDP port of the tunnels; 0 picks one.
+    pub port: u16,
+    /// MTU of the TUN.
+    pub mtu: u16,
+    /// This node's X25519 secret (derived from its ed25519 key).
+    pub secret: [u8; 32],
+    /// This node's overlay address.
+    pub addr: Ipv6Addr,
+}
+
+/// Why the overlay did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The TUN device cannot be made (no privilege, no /dev/net/tun, name taken).
+    #[error("{0}")]
+    Tun(String),
+    /// The UDP port cannot be bound.
+    #[error("cannot bind UDP port {port} for the overlay tunnels: {source} (choose another with --overlay-port)")]
+    Udp {
+        /// The port asked for.
+        port: u16,
+        /// Why.
+        source: io::Error,
+    },
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Sends WireGuard datagrams to a node over the mesh (the relay path). It must not block: drop the datagram when
+/// its queue is full, as a congested link would.
+pub trait Relay: Send + Sync + 'static {
+    /// Queue one datagram for `node`.
+    fn send(&self, node: &NodeKey, datagram: &[u8]);
+}
+
+/// What `metac overlay status` shows of one peer.
+#[derive(Debug, Clone)]
+pub struct PeerStatus {
+    /// Node key (hex) or `guest:NAME`.
+    pub name: String,
+    /// Overlay address.
+    pub addr: Ipv6Addr,
+    /// Current UDP endpoint.
+    pub endpoint: Option<SocketAddr>,
+    /// `udp` or `relay`.
+    pub path: &'static str,
+    /// Whether a tunnel exists now (they are made on demand and dropped when idle).
+    pub tunnel: bool,
+    /// Seconds since the last completed handshake, if a session is up.
+    pub last_handshake_secs: Option<f64>,
+    /// Bytes received from it.
+    pub rx_bytes: u64,
+    /// Bytes sent to it.
+    pub tx_bytes: u64,
+    /// Packets from it with a forged source address, dropped.
+    pub spoofed: u64,
+}
+
+/// What `metac overlay status` shows.
+#[derive(Debug, Clone)]
+pub struct OverlayStatus {
+    /// TUN device name.
+    pub tun: String,
+    /// This node's overlay address.
+    pub addr: Ipv6Addr,
+    /// UDP port of the tunnels.
+    pub port: u16,
+    /// MTU of the TUN.
+    pub mtu: u16,
+    /// Whether the TUN runs with TSO/GSO offloads.
+    pub offload: bool,
+    /// UDP GSO segments per send (1 = none).
+    pub gso_segments: usize,
+    /// UDP GRO segments per receive (1 = none).
+    pub gro_segments: usize,
+    /// Packets read from the TUN for an address no peer owns.
+    pub unknown_dst: u64,
+    /// Datagrams that were not valid WireGuard, came from unknown keys, or failed authentication.
+    pub rejected: u64,
+    /// Packets from peers with a forged source address.
+    pub spoofed: u64,
+    /// Per peer.
+    pub peers: Vec<PeerStatus>,
+}
+
+/// Scratch buffers for [`Overlay::relay_input`]; one per relay reader, allocated once.
+pub struct RelayScratch {
+    buf: Vec<Vec<u8>>,
+    gro: GROTable,
+}
+
+impl Default for RelayScratch {
+    fn default() -> Self {
+        RelayScratch { buf: vec![Vec::with_capacity(VIRTIO_NET_HDR_LEN + RX_BUF)], gro: GROTable::default() }
+    }
+}
+
+/// Where a datagram came from.
+#[derive(Clone, Copy)]
+enum Src {
+    Udp(SocketAddr),
+    Relay(NodeKey),
+}
+
+#[derive(Default)]
+struct Counters {
+    unknown_dst: AtomicU64,
+    rejected: AtomicU64,
+    spoofed: AtomicU64,
+}
+
+struct Inner {
+    tun: SyncDevice,
+    tun_name: String,
+    udp: UdpSocket,
+    udp_state: UdpSocketState,
+    port: u16,
+    mtu: usize,
+    secret: StaticSecret,
+    public: PublicKey,
+    addr: Ipv6Addr,
+    table: RwLock<Arc<Table>>,
+    next_index: Mutex<u32>,
+    rate_limiter: Arc<RateLimiter>,
+    relay: Box<dyn Relay>,
+    stop: AtomicBool,
+    refresh: AtomicBool,
+    counters: Counters,
+    offload: bool,
+}
+
+/// The running overlay. Dropping it stops the threads and removes the TUN device.
+pub struct Overlay {
+    inner: Arc<Inner>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Overlay {
+    /// Creates the TUN device and the UDP socket and starts the threads.
+    pub fn start(config: Config, relay: Box<dyn Relay>) -> Result<Overlay, StartError> {
+        let tun = device::open_tun(&config.tun, config.addr, config.mtu).map_err(StartError::Tun)?;
+        let udp = device::bind_udp(config.port).map_err(|source| StartError::Udp { port: config.port, source })?;
+        let port = udp.local_addr().map_err(|e| StartError::Other(e.to_string()))?.port();
+        let udp_state = UdpSocketState::new((&udp).into()).map_err(|e| StartError::Other(e.to_string()))?;
+        let secret = StaticSecret::from(config.secret);
+        let public = PublicKey::from(&secret);
+        let offload = tun.tcp_gso();
+        let inner = Arc::new(Inner {
+            tun_name: tun.name().unwrap_or(config.tun),
+            tun,
+            udp,
+            udp_state,
+            port,
+            mtu: config.mtu as usize,
+            rate_limiter: Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE)),
+            secret,
+            public,
+            addr: config.addr,
+            table: RwLock::new(Arc::new(Table::default())),
+            next_index: Mutex::new(0),
+            relay,
+            stop: AtomicBool::new(false),
+            refresh: AtomicBool::new(false),
+            counters: Counters::default(),
+            offload,
+        });
+        let mut threads = vec![];
+        for (name, f) in [
+            ("metac-ovl-tx", Inner::tx_loop as fn(&Inner)),
+            ("metac-ovl-rx", Inner::rx_loop),
+            ("metac-ovl-timer", Inner::timer_loop),
+        ] {
+            let i = Arc::clone(&inner);
+            let t = std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || f(&i))
+                .map_err(|e| StartError::Other(format!("cannot start thread {name}: {e}")))?;
+            threads.push(t);
+        }
+        tracing::info!(
+            tun = %inner.tun_name, addr = %inner.addr, port, offload,
+            gso = inner.udp_state.max_gso_segments(), gro = inner.udp_state.gro_segments(),
+            "overlay up"
+        );
+        Ok(Overlay { inner, threads: Mutex::new(threads) })
+    }
+
+    /// The UDP port the tunnels listen on.
+    pub fn port(&self) -> u16 {
+        self.inner.port
+    }
+
+    /// The TUN device's name.
+    pub fn tun_name(&self) -> &str {
+        &self.inner.tun_name
+    }
+
+    /// This node's X25519 public key.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.inner.public.to_bytes()
+    }
+
+    /// The MTU of the TUN.
+    pub fn mtu(&self) -> u16 {
+        self.inner.mtu as u16
+    }
+
+    /// Replaces the peer set (state of peers that stay is kept).
+    pub fn set_peers(&self, infos: Vec<PeerInfo>) {
+        let mut next = self.inner.next_index.lock().unwrap_or_else(|e| e.into_inner());
+        let mut table = self.inner.table.write().unwrap_or_else(|e| e.into_inner());
+        let new = table.update(infos, &mut next, Instant::now());
+        *table = Arc::new(new);
+    }
+
+    /// Asks the node to refresh the peer set at once (a guest was added).
+    pub fn request_refresh(&self) {
+        self.inner.refresh.store(true, Ordering::Relaxed);
+    }
+
+    /// True (once) if a packet went to an overlay address no peer owns since the last call: the node should
+    /// refresh the peer set now rather than at its next tick.
+    pub fn wants_refresh(&self) -> bool {
+        self.inner.refresh.swap(false, Ordering::Relaxed)
+    }
+
+    /// A datagram that arrived over the relay path from `node`.
+    pub fn relay_input(&self, node: NodeKey, datagram: &[u8], scratch: &mut RelayScratch) {
+        let inner = &self.inner;
+        let table = inner.table();
+        let buf = &mut scratch.buf[0];
+        buf.clear();
+        buf.resize(VIRTIO_NET_HDR_LEN + datagram.len().max(inner.mtu + WG_OVERHEAD + 64), 0);
+        if let Some(n) = inner.handle_datagram(&table, Src::Relay(node), datagram, &mut buf[VIRTIO_NET_HDR_LEN..]) {
+            buf.truncate(VIRTIO_NET_HDR_LEN + n);
+            if let Err(e) = inner.tun.send_multiple(&mut scratch.gro, &mut scratch.buf[..1], VIRTIO_NET_HDR_LEN) {
+                tracing::debug!(error = %e, "TUN write of a relayed packet");
+            }
+        }
+    }
+
+    /// The state of the overlay and of every peer.
+    pub fn status(&self) -> OverlayStatus {
+        let inner = &self.inner;
+        let table = inner.table();
+        let peers = table
+            .peers()
+            .iter()
+            .map(|p| {
+                let st = p.state();
+                PeerStatus {
+                    name: p.name.clone(),
+                    addr: p.addr,
+                    endpoint: st.endpoint,
+                    path: st.path.as_str(),
+                    tunnel: st.tunn.is_some(),
+                    last_handshake_secs: st
+                        .tunn
+                        .as_ref()
+                        .and_then(|t| t.time_since_last_handshake())
+                        .map(|d| d.as_secs_f64()),
+                    rx_bytes: p.counters.rx_bytes.load(Ordering::Relaxed),
+                    tx_bytes: p.counters.tx_bytes.load(Ordering::Relaxed),
+                    spoofed: p.counters.spoofed.load(Ordering::Relaxed),
+                }
+            })
+            .collect();
+        OverlayStatus {
+            tun: inner.tun_name.clone(),
+            addr: inner.addr,
+            port: inner.port,
+            mtu: inner.mtu as u16,
+            offload: inner.offload,
+            gso_segments: inner.udp_state.max_gso_segments(),
+            gro_segments: inner.udp_state.gro_segments(),
+            unknown_dst: inner.counters.unknown_dst.load(Ordering::Relaxed),
+            rejected: inner.counters.rejected.load(Ordering::Relaxed),
+            spoofed: inner.counters.spoofed.load(Ordering::Relaxed),
+            peers,
+        }
+    }
+
+    /// Stops the threads (within about [`POLL`]) and removes the TUN device.
+    pub fn stop(&self) {
+        self.inner.stop.store(true, Ordering::Relaxed);
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Inner {
+    fn table(&self) -> Arc<Table> {
+        Arc::clone(&self.table.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    fn new_tunn(&self, peer: &Peer) -> Box<Tunn> {
+        Box::new(Tunn::new(
+            self.secret.clone(),
+            PublicKey::from(peer.public),
+            None,
+            None,
+            peer.index,
+            Some(Arc::clone(&self.rate_limiter)),
+        ))
+    }
+
+    /// TUN -> network: read a (possibly 64 KiB) packet, split it, encrypt the pieces into one buffer, send them
+    /// with one GSO call per run of equal sizes.
+    fn tx_loop(&self) {
+        let seg_len = self.mtu.max(1500) + 128;
+        let mut orig = vec![0u8; VIRTIO_NET_HDR_LEN + 65535];
+        let mut segs: Vec<Vec<u8>> = (0..IDEAL_BATCH_SIZE).map(|_| vec![0u8; seg_len]).collect();
+        let mut sizes = vec![0usize; IDEAL_BATCH_SIZE];
+        let stride = seg_len + WG_OVERHEAD;
+        let mut out = vec![0u8; IDEAL_BATCH_SIZE * stride];
+        let mut lens: Vec<usize> = Vec::with_capacity(IDEAL_BATCH_SIZE);
+        let fd = self.tun.as_raw_fd();
+        let mut errors = ErrorLog::new("TUN read");
+        while !self.stopped() {
+            if !device::wait_fd(fd, false, POLL) {
+                continue;
+            }
+            let n = match self.tun.recv_multiple(&mut orig, &mut segs, &mut sizes, 0) {
+                Ok(n) => n,
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => continue,
+                Err(e) => {
+                    errors.log(&e);
+                    continue;
+                }
+            };
+            let table = self.table();
+            let mut i = 0;
+            while i < n {
+                let Some(dst) = packet::dst(&segs[i][..sizes[i]]) else {
+                    i += 1;
+                    continue;
+                };
+                let mut j = i + 1;
+                while j < n && packet::dst(&segs[j][..sizes[j]]) == Some(dst) {
+                    j += 1;
+                }
+                match table.by_addr(&dst) {
+                    Some(peer) => self.send_run(peer, &segs[i..j], &sizes[i..j], &mut out, &mut lens),
+                    // Multicast and link-local traffic (neighbour discovery, mDNS) has nowhere to go.
+                    None if !metac_mesh::identity::is_overlay_addr(&dst) => {}
+                    None => {
+                        self.counters.unknown_dst.fetch_add((j - i) as u64, Ordering::Relaxed);
+                        self.refresh.store(true, Ordering::Relaxed);
+                    }
+                }
+                i = j;
+            }
+        }
+    }
+
+    fn send_run(&self, peer: &Peer, segs: &[Vec<u8>], sizes: &[usize], out: &mut [u8], lens: &mut Vec<usize>) {
+        let now = Instant::now();
+        let mut st = peer.state();
+        let mut tunn = st.tunn.take().unwrap_or_else(|| self.new_tunn(peer));
+        lens.clear();
+        let (mut off, mut bytes, mut handshake) = (0, 0, false);
+        for (s, &n) in segs.iter().zip(sizes) {
+            let room = (off + n + WG_OVERHEAD + 148).min(out.len());
+            match tunn.encapsulate(&s[..n], &mut out[off..room]) {
+                TunnResult::WriteToNetwork(p) => {
+                    handshake |= p[0] == 1;
+                    lens.push(p.len());
+                    off += p.len();
+                    bytes += n as u64;
+                }
+                TunnResult::Err(e) => tracing::trace!(?e, "encapsulate"),
+                _ => bytes += n as u64, // queued until the handshake completes
+            }
+        }
+        st.tunn = Some(tunn);
+        st.last_active = now;
+        if handshake {
+            st.handshake_sent(now);
+        }
+        let (path, endpoint) = (st.path, st.endpoint);
+        drop(st);
+        crate::table::Counters::add(&peer.counters.tx_bytes, bytes);
+        self.transmit(peer, path, endpoint, &out[..off], lens);
+    }
+
+    /// Sends encrypted datagrams laid end to end in `buf` (lengths in `lens`) on `path`.
+    fn transmit(&self, peer: &Peer, path: Path, endpoint: Option<SocketAddr>, buf: &[u8], lens: &[usize]) {
+        match (path, endpoint, peer.node) {
+            (Path::Udp, Some(ep), _) => {
+                let max = self.udp_state.max_gso_segments().max(1);
+                let (mut start, mut k) = (0, 0);
+                while k < lens.len() {
+                    let size = lens[k];
+                    let (mut m, mut len) = (k + 1, size);
+                    while m < lens.len() && m - k < max && lens[m] == size && len + size <= MAX_GSO_BYTES {
+                        len += size;
+                        m += 1;
+                    }
+                    if m < lens.len() && m - k < max && lens[m] < size && len + lens[m] <= MAX_GSO_BYTES {
+                        len += lens[m]; // a shorter last segment may end a GSO train
+                        m += 1;
+                    }
+                    let seg = (m - k > 1).then_some(size);
+                    self.udp_send(ep, &buf[start..start + len], seg);
+                    start += len;
+                    k = m;
+                }
+            }
+            (Path::Relay, _, Some(node)) => {
+                let mut start = 0;
+                for &l in lens {
+                    self.relay.send(&node, &buf[start..start + l]);
+                    start += l;
+                }
+            }
+            _ => crate::table::Counters::add(&peer.counters.no_path, lens.len() as u64),
+        }
+    }
+
+    fn udp_send(&self, ep: SocketAddr, contents: &[u8], segment_size: Option<usize>) {
+        let destination = match ep {
+            SocketAddr::V4(v4) => SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port()),
+            v6 => v6,
+        };
+        let t = Transmit { destination, ecn: None, contents, segment_size, src_ip: None };
+        for _ in 0..50 {
+            match self.udp_state.try_send((&self.udp).into(), &t) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    device::wait_fd(self.udp.as_raw_fd(), true, Duration::from_millis(20));
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, %ep, len = contents.len(), ?segment_size, "UDP send failed");
+                    return;
+                }
+                Ok(()) => return,
+            }
+        }
+    }
+
+    /// Network -> TUN: read many datagrams per call, decrypt, coalesce, write.
+    fn rx_loop(&self) {
+        let mut rbufs: Vec<Vec<u8>> = (0..RX_BATCH).map(|_| vec![0u8; RX_BUF]).collect();
+        let mut meta = [RecvMeta::default(); RX_BATCH];
+        let mut tbufs: Vec<Vec<u8>> =
+            (0..IDEAL_BATCH_SIZE).map(|_| Vec::with_capacity(VIRTIO_NET_HDR_LEN + RX_BUF)).collect();
+        let mut gro = GROTable::default();
+        let fd = self.udp.as_raw_fd();
+        let mut errors = ErrorLog::new("UDP receive");
+        let mut tun_errors = ErrorLog::new("TUN write");
+        let room = self.mtu.max(1500) + WG_OVERHEAD + 148;
+        while !self.stopped() {
+            if !device::wait_fd(fd, false, POLL) {
+                continue;
+            }
+            let n = {
+                let mut it = rbufs.iter_mut();
+                let mut iovs: [IoSliceMut; RX_BATCH] = std::array::from_fn(|_| IoSliceMut::new(it.next().unwrap()));
+                match self.udp_state.recv((&self.udp).into(), &mut iovs, &mut meta) {
+                    Ok(n) => n,
+                    Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => continue,
+                    Err(e) => {
+                        errors.log(&e);
+                        continue;
+                    }
+                }
+            };
+            let table = self.table();
+            let mut count = 0;
+            for (m, buf) in meta[..n].iter().zip(&rbufs) {
+                let stride = if m.stride == 0 { m.len } else { m.stride };
+                let from = unmap(m.addr);
+                for dgram in buf[..m.len].chunks(stride.max(1)) {
+                    let tb = &mut tbufs[count];
+                    tb.clear();
+                    tb.resize(VIRTIO_NET_HDR_LEN + dgram.len().max(room), 0);
+                    if let Some(len) =
+                        self.handle_datagram(&table, Src::Udp(from), dgram, &mut tb[VIRTIO_NET_HDR_LEN..])
+                    {
+                        tb.truncate(VIRTIO_NET_HDR_LEN + len);
+                        count += 1;
+                        if count == tbufs.len() {
+                            self.write_tun(&mut gro, &mut tbufs[..count], &mut tun_errors);
+                            count = 0;
+                        }
+                    }
+                }
+            }
+            if count > 0 {
+                self.write_tun(&mut gro, &mut tbufs[..count], &mut tun_errors);
+            }
+        }
+    }
+
+    fn write_tun(&self, gro: &mut GROTable, bufs: &mut [Vec<u8>], errors: &mut ErrorLog) {
+        if let Err(e) = self.tun.send_multiple(gro, bufs, VIRTIO_NET_HDR_LEN) {
+            errors.log(&e);
+        }
+    }
+
+    /// Handles one WireGuard datagram. Returns the length of an inner packet written at the start of `out`, to be
+    /// written to the TUN; handshake answers and queued packets are sent from here.
+    fn handle_datagram(&self, table: &Table, src: Src, datagram: &[u8], out: &mut [u8]) -> Option<usize> {
+        let reject = || {
+            self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+            None
+        };
+        let Ok(parsed) = Tunn::parse_incoming_packet(datagram) else { return reject() };
+        let (peer, is_init, is_cookie) = match &parsed {
+            Packet::HandshakeInit(p) => {
+                let ip = match src {
+                    Src::Udp(a) => Some(a.ip()),
+                    Src::Relay(_) => None,
+                };
+                let mut cookie = [0u8; 64];
+                match self.rate_limiter.verify_packet(ip, datagram, &mut cookie) {
+                    Ok(_) => {}
+                    Err(TunnResult::WriteToNetwork(c)) => {
+                        if let Src::Udp(a) = src {
+                            self.udp_send(a, c, None);
+                        }
+                        return None;
+                    }
+                    Err(_) => return reject(),
+                }
+                let Ok(half) = parse_handshake_anon(&self.secret, &self.public, p) else { return reject() };
+                match table.by_public(&half.peer_static_public) {
+                    Some(peer) => (peer, true, false),
+                    None => {
+                        tracing::debug!(key = %crate::wgconf::key_to_string(&half.peer_static_public),
+                            "handshake from an unknown key");
+                        self.refresh.store(true, Ordering::Relaxed); // perhaps a node whose advert is on its way
+                        return reject();
+                    }
+                }
+            }
+            Packet::HandshakeResponse(p) => (table.by_receiver_index(p.receiver_idx)?, false, false),
+            Packet::PacketCookieReply(p) => (table.by_receiver_index(p.receiver_idx)?, false, true),
+            Packet::PacketData(p) => match table.by_receiver_index(p.receiver_idx) {
+                Some(peer) => (peer, false, false),
+                None => return reject(),
+            },
+        };
+        if let Src::Relay(node) = src {
+            if peer.node != Some(node) {
+                return reject(); // a node may only relay its own packets
+            }
+        }
+        let now = Instant::now();
+        let mut st = peer.state();
+        let mut tunn = st.tunn.take().unwrap_or_else(|| self.new_tunn(peer));
+        let ip = match src {
+            Src::Udp(a) => Some(a.ip()),
+            Src::Relay(_) => None,
+        };
+        let from = match src {
+            Src::Udp(a) => Some(a),
+            Src::Relay(_) => None,
+        };
+        let mut result = None;
+        match tunn.decapsulate(ip, datagram, out) {
+            TunnResult::WriteToNetwork(reply) => {
+                if !is_cookie {
+                    st.authenticated(from, is_init, now);
+                }
+                match src {
+                    Src::Udp(a) => self.udp_send(a, reply, None),
+                    Src::Relay(n) => self.relay.send(&n, reply),
+                }
+                // Packets queued while the handshake ran go out now.
+                let (path, ep) = (st.path, st.endpoint);
+                while let TunnResult::WriteToNetwork(p) = tunn.decapsulate(None, &[], out) {
+                    let l = p.len();
+                    self.transmit(peer, path, ep, p, &[l]);
+                }
+            }
+            TunnResult::WriteToTunnelV6(p, addr) => {
+                st.authenticated(from, false, now);
+                if addr != peer.addr {
+                    crate::table::Counters::add(&peer.counters.spoofed, 1);
+                    self.counters.spoofed.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(peer = %peer.name, claimed = %addr, "dropped a packet with a forged source address");
+                } else {
+                    crate::table::Counters::add(&peer.counters.rx_bytes, p.len() as u64);
+                    result = Some(p.len());
+                }
+            }
+            TunnResult::WriteToTunnelV4(..) => {
+                st.authenticated(from, false, now);
+                self.counters.rejected.fetch_add(1, Ordering::Relaxed); // the overlay is IPv6 only
+            }
+            TunnResult::Done => {
+                if !is_cookie {
+                    st.authenticated(from, false, now); // a keepalive
+                }
+            }
+            TunnResult::Err(e) => {
+                tracing::trace!(peer = %peer.name, ?e, "decapsulate");
+                self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        st.tunn = Some(tunn);
+        result
+    }
+
+    /// Timers: boringtun's (handshake retries, keepalives, session expiry), path choice, idle tunnels.
+    fn timer_loop(&self) {
+        let mut buf = vec![0u8; self.mtu.max(1500) + 256];
+        let mut last_reset = Instant::now();
+        while !self.stopped() {
+            std::thread::sleep(TICK);
+            let now = Instant::now();
+            if now.duration_since(last_reset) >= Duration::from_secs(1) {
+                self.rate_limiter.reset_count();
+                last_reset = now;
+            }
+            let table = self.table();
+            for peer in table.peers() {
+                let mut st = peer.state();
+                let Some(mut tunn) = st.tunn.take() else { continue };
+                let mut keep = true;
+                match tunn.update_timers(&mut buf) {
+                    TunnResult::WriteToNetwork(p) => {
+                        if p[0] == 1 {
+                            st.handshake_sent(now);
+                        }
+                        let l = p.len();
+                        self.transmit(peer, st.path, st.endpoint, p, &[l]);
+                    }
+                    TunnResult::Err(WireGuardError::ConnectionExpired) => keep = false,
+                    _ => {}
+                }
+                let session = tunn.time_since_last_handshake().is_some();
+                match st.step(session, now) {
+                    Step::None => {}
+                    Step::Handshake => {
+                        if let TunnResult::WriteToNetwork(p) = tunn.format_handshake_initiation(&mut buf, true) {
+                            let l = p.len();
+                            self.transmit(peer, st.path, st.endpoint, p, &[l]);
+                        }
+                    }
+                    Step::Probe(ep) => {
+                        if let TunnResult::WriteToNetwork(p) = tunn.format_handshake_initiation(&mut buf, true) {
+                            let l = p.len();
+                            self.transmit(peer, Path::Udp, Some(ep), p, &[l]);
+                        }
+                    }
+                }
+                if now.duration_since(st.last_active) > IDLE {
+                    keep = false;
+                }
+                if keep {
+                    st.tunn = Some(tunn);
+                } else {
+                    st.waiting_since = None;
+                }
+            }
+        }
+    }
+}
+
+/// An IPv4-mapped IPv6 address back to IPv4.
+fn unmap(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => a,
+        },
+        v4 => v4,
+    }
+}
+
+/// Logs an error of a data thread at most once a second, with the count of those not logged.
+struct ErrorLog {
+    what: &'static str,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl ErrorLog {
+    fn new(what: &'static str) -> ErrorLog {
+        ErrorLog { what, last: None, suppressed: 0 }
+    }
+
+    fn log(&mut self, e: &io::Error) {
+        let now = Instant::now();
+        if self.last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
+            self.suppressed += 1;
+            if self.suppressed.is_multiple_of(1000) {
+                std::thread::sleep(Duration::from_millis(1)); // a persistent error must not spin a core
+            }
+            return;
+        }
+        tracing::warn!(error = %e, suppressed = self.suppressed, "overlay {}", self.what);
+        self.last = Some(now);
+        self.suppressed = 0;
+    }
+}
