@@ -161,6 +161,13 @@ enum FileCmd {
 
 fn main() {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Node(_)) {
+        // A client whose output goes to a closed pipe (`metac ... | head`) ends quietly, as other CLI tools do.
+        // SAFETY: setting a signal's disposition to its default at start, before any thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
     if let Err(e) = rt.block_on(run(cli)) {
         eprintln!("metac: error: {e:#}");

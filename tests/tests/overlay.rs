@@ -250,3 +250,55 @@ fn without_the_overlay_the_node_says_why() {
     let links = h.run("ip", ["link"]).unwrap();
     assert!(!String::from_utf8_lossy(&links.stdout).contains("metac0"), "no TUN device");
 }
+
+#[test]
+fn an_unprivileged_node_runs_without_the_overlay_and_says_why() {
+    require_root();
+    let lab = Lab::new(1).unwrap();
+    let h = lab.host(1);
+    // A directory the unprivileged user (nobody) owns, reachable through directories it may enter.
+    let dir = std::path::PathBuf::from(format!("/tmp/metac-unpriv-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).unwrap();
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(dir.clone());
+    std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+    let sock = dir.join("metac.sock");
+    let bin = metac_tests::metac_bin().unwrap();
+    let node = h
+        .spawn(
+            "setpriv",
+            [
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+                "--bounding-set=-all",
+                bin.to_str().unwrap(),
+                "node",
+                "--state",
+                dir.join("state").to_str().unwrap(),
+                "--socket",
+                sock.to_str().unwrap(),
+                "--port",
+                "0",
+            ],
+        )
+        .unwrap();
+    let status = || -> metac_tests::Result<serde_json::Value> {
+        let o = h.run(&bin, ["--socket", sock.to_str().unwrap(), "--json", "status"])?;
+        Ok(serde_json::from_slice(&o.stdout).unwrap_or_default())
+    };
+    wait_until(Duration::from_secs(20), Duration::from_millis(100), || Ok(status().is_ok()))
+        .unwrap_or_else(|e| panic!("the unprivileged node did not answer: {e}"));
+    let s = status().unwrap();
+    let why = s["overlay_status"].as_str().unwrap();
+    eprintln!("unprivileged node: overlay {why}");
+    assert!(why.starts_with("off: ") && why.contains("CAP_NET_ADMIN"), "says the overlay is off and why: {why}");
+    drop(node);
+}
