@@ -2,6 +2,7 @@
 # The main job, shown end to end: builds metac, starts N nodes (default 3) in network namespaces on one bridge
 # (IPv6 ULA only, no configuration: they find each other by mDNS), exports a file on host 1, reads it on the last
 # host byte for byte, delegates a narrower ref, revokes the original and shows it refused. Cleans up on exit.
+# Also shows the overlay: host 1 pings the last host's fd6f address through a WireGuard tunnel.
 #   sudo ./scripts/demo.sh [N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -68,6 +69,12 @@ done
 printf "every node sees the other %d within %.2f s of start\n" $((N - 1)) "$(echo "$(date +%s.%N) - $start" | bc)"
 echo; echo "\$ metac status   (host 1)"; m 1 status
 echo; echo "\$ metac peers    (host 1)"; m 1 peers
+
+echo; echo "== the overlay: every node's fd6f address is reachable from every other, over WireGuard tunnels"
+A_N=$(m "$N" --json status | sed -n 's/.*"overlay": "\([0-9a-f:]*\)".*/\1/p')
+echo "\$ ping $A_N   (host $N's overlay address, from host 1)"
+ip netns exec "$P-1" ping -6 -n -c 3 -i 0.2 "$A_N" | grep -E "bytes from|packet loss"
+echo; echo "\$ metac overlay status   (host 1)"; m 1 overlay status
 
 echo; echo "== host 1 exports a 64 MiB file"
 head -c $((64 << 20)) /dev/urandom >"$DIR/1/disk.img"
