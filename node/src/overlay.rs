@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use metac_mesh::net::{self, Handle, Snapshot};
@@ -22,8 +22,10 @@ use crate::store::{Guest, Store};
 
 /// Datagrams queued per peer on the relay path before new ones are dropped.
 const RELAY_QUEUE: usize = 256;
-/// How often the peer table is rebuilt from the mesh (sooner when a packet finds no peer).
-const REFRESH: Duration = Duration::from_secs(1);
+/// How often the peer table is rebuilt from the mesh (at once when the engine asks: a packet found no peer).
+const REFRESH: Duration = Duration::from_secs(2);
+/// Least time between two rebuilds (a flood of packets to unknown addresses must not spin the node).
+const REFRESH_MIN: Duration = Duration::from_millis(100);
 /// How long a relay writer that could not open its stream holds its queue (dropping into it) before retrying.
 const RELAY_RETRY: Duration = Duration::from_secs(1);
 
@@ -57,6 +59,7 @@ struct MeshRelay {
     mesh: OnceLock<Handle>,
     rt: tokio::runtime::Handle,
     queues: Mutex<HashMap<NodeKey, mpsc::Sender<Vec<u8>>>>,
+    refresh: tokio::sync::Notify,
 }
 
 impl Relay for MeshRelay {
@@ -75,6 +78,10 @@ impl Relay for MeshRelay {
         let _ = tx.try_send(datagram.to_vec());
         queues.insert(*node, tx);
         self.rt.spawn(relay_writer(mesh.clone(), *node, rx));
+    }
+
+    fn wake(&self) {
+        self.refresh.notify_one();
     }
 }
 
@@ -144,6 +151,7 @@ impl NodeOverlay {
             mesh: OnceLock::new(),
             rt: tokio::runtime::Handle::current(),
             queues: Mutex::new(HashMap::new()),
+            refresh: tokio::sync::Notify::new(),
         });
         let epoch = u64::from_le_bytes(metac_mesh::identity::random_bytes::<8>().unwrap_or_default()) | 1;
         let off = |off: String| NodeOverlay { overlay: None, off, relay: Arc::clone(&relay), epoch };
@@ -204,22 +212,22 @@ impl NodeOverlay {
                 }
             }
         });
+        let relay = Arc::clone(&self.relay);
         let refresh = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(100));
-            let mut last: Option<Instant> = None;
             loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    _ = tick.tick() => {}
-                }
-                let due = last.is_none_or(|t| t.elapsed() >= REFRESH);
-                if !due && !overlay.wants_refresh() {
-                    continue;
-                }
-                last = Some(Instant::now());
+                overlay.wants_refresh(); // cleared before the snapshot, so a later miss wakes us again
                 let Ok(snap) = mesh.snapshot().await else { break };
                 let guests = store.guests().unwrap_or_default();
                 overlay.set_peers(peer_infos(&snap, &guests));
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(REFRESH_MIN) => {}
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = relay.refresh.notified() => {}
+                    _ = tokio::time::sleep(REFRESH - REFRESH_MIN) => {}
+                }
             }
             overlay.stop();
         });
@@ -335,6 +343,10 @@ struct RelayRef(Arc<MeshRelay>);
 impl Relay for RelayRef {
     fn send(&self, node: &NodeKey, datagram: &[u8]) {
         self.0.send(node, datagram)
+    }
+
+    fn wake(&self) {
+        self.0.wake()
     }
 }
 

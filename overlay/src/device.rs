@@ -3,7 +3,7 @@
 
 use std::io;
 use std::net::{Ipv6Addr, SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -74,10 +74,46 @@ fn setsockopt_int(fd: RawFd, opt: libc::c_int, value: usize) -> io::Result<()> {
     }
 }
 
-/// Waits until `fd` is readable (or writable with `write`), for at most `timeout`. Returns whether it is.
-pub(crate) fn wait_fd(fd: RawFd, write: bool, timeout: Duration) -> bool {
-    let mut p = libc::pollfd { fd, events: if write { libc::POLLOUT } else { libc::POLLIN }, revents: 0 };
+/// Waits until `fd` is writable, for at most `timeout`. Returns whether it is.
+pub(crate) fn wait_writable(fd: RawFd, timeout: Duration) -> bool {
+    let mut p = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
     // SAFETY: one valid pollfd on the stack, count 1; `fd` stays open for the call (owned by the engine).
     let r = unsafe { libc::poll(&mut p, 1, timeout.as_millis().min(i32::MAX as u128) as libc::c_int) };
     r > 0 && p.revents != 0
+}
+
+/// An eventfd that tells the engine's threads to stop: they wait on it beside their own descriptor, so an idle
+/// overlay sleeps in the kernel instead of waking up to look at a flag.
+pub(crate) struct StopFd(OwnedFd);
+
+impl StopFd {
+    pub(crate) fn new() -> io::Result<StopFd> {
+        // SAFETY: eventfd has no memory arguments; the result is checked before it is owned.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a new descriptor that nothing else owns.
+        Ok(StopFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Wakes every waiter, for good (the counter is never read back).
+    pub(crate) fn signal(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a u64 on the stack to the eventfd we own.
+        unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// Waits until `fd` is readable (true), or until stopped or `timeout` passes (false). `None` waits for ever.
+    pub(crate) fn wait_readable(&self, fd: Option<RawFd>, timeout: Option<Duration>) -> bool {
+        let mut p = [
+            libc::pollfd { fd: self.0.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: fd.unwrap_or(-1), events: libc::POLLIN, revents: 0 },
+        ];
+        let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as libc::c_int);
+        // SAFETY: two valid pollfds on the stack (a negative fd is ignored by poll); both descriptors stay open
+        // for the call (owned by the engine).
+        let r = unsafe { libc::poll(p.as_mut_ptr(), 2, ms) };
+        r > 0 && p[0].revents == 0 && p[1].revents != 0
+    }
 }

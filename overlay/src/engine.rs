@@ -38,11 +38,16 @@ const RX_BUF: usize = 65535;
 /// Most payload bytes in one GSO send: a UDP datagram's length field (and IPv6's payload length) is 16 bits.
 const MAX_GSO_BYTES: usize = 65535 - 8;
 
-/// How long the data threads block before they look at the stop flag.
-const POLL: Duration = Duration::from_millis(200);
-
-/// How often the timer thread runs (boringtun asks for at least every 250 ms).
+/// How often the timer thread runs while tunnels exist (boringtun asks for at least every 250 ms).
 const TICK: Duration = Duration::from_millis(100);
+
+/// How often it runs while there are none (only the rate limiter's reset and path probes are due).
+const IDLE_TICK: Duration = Duration::from_secs(1);
+
+/// Packets to overlay addresses no peer owns yet, kept until the peer set is refreshed (the node learns of a peer
+/// a moment after its first packet), and how long they stay useful.
+const PENDING: usize = 16;
+const PENDING_TTL: Duration = Duration::from_secs(3);
 
 /// Handshakes per second accepted before cookies are required (boringtun's rate limiter).
 const HANDSHAKE_RATE: u64 = 100;
@@ -86,6 +91,9 @@ pub enum StartError {
 pub trait Relay: Send + Sync + 'static {
     /// Queue one datagram for `node`.
     fn send(&self, node: &NodeKey, datagram: &[u8]);
+
+    /// The peer set may be stale (a packet found no peer, or a guest changed): refresh it soon.
+    fn wake(&self) {}
 }
 
 /// What `metac overlay status` shows of one peer.
@@ -179,7 +187,10 @@ struct Inner {
     rate_limiter: Arc<RateLimiter>,
     relay: Box<dyn Relay>,
     stop: AtomicBool,
+    stop_fd: device::StopFd,
     refresh: AtomicBool,
+    pending: Mutex<std::collections::VecDeque<(Instant, Vec<u8>)>>,
+    pending_handshakes: Mutex<std::collections::VecDeque<(Instant, Src, Vec<u8>)>>,
     counters: Counters,
     offload: bool,
 }
@@ -215,7 +226,10 @@ impl Overlay {
             next_index: Mutex::new(0),
             relay,
             stop: AtomicBool::new(false),
+            stop_fd: device::StopFd::new().map_err(|e| StartError::Other(format!("eventfd: {e}")))?,
             refresh: AtomicBool::new(false),
+            pending: Mutex::new(std::collections::VecDeque::with_capacity(PENDING)),
+            pending_handshakes: Mutex::new(std::collections::VecDeque::with_capacity(PENDING)),
             counters: Counters::default(),
             offload,
         });
@@ -264,13 +278,41 @@ impl Overlay {
     pub fn set_peers(&self, infos: Vec<PeerInfo>) {
         let mut next = self.inner.next_index.lock().unwrap_or_else(|e| e.into_inner());
         let mut table = self.inner.table.write().unwrap_or_else(|e| e.into_inner());
-        let new = table.update(infos, &mut next, Instant::now());
-        *table = Arc::new(new);
+        let new = Arc::new(table.update(infos, &mut next, Instant::now()));
+        *table = Arc::clone(&new);
+        drop(table);
+        drop(next);
+        // Packets that found no peer a moment ago may have one now.
+        let pending: Vec<(Instant, Vec<u8>)> =
+            self.inner.pending.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
+        let mut out = vec![];
+        let mut lens = vec![];
+        // Handshakes from keys unknown a moment ago: answer them now rather than after the initiator's retry.
+        let handshakes: Vec<(Instant, Src, Vec<u8>)> =
+            self.inner.pending_handshakes.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
+        for (at, src, d) in handshakes {
+            let known = match Tunn::parse_incoming_packet(&d) {
+                Ok(Packet::HandshakeInit(p)) => parse_handshake_anon(&self.inner.secret, &self.inner.public, &p)
+                    .is_ok_and(|h| new.by_public(&h.peer_static_public).is_some()),
+                _ => false,
+            };
+            if known && at.elapsed() < PENDING_TTL {
+                out.resize(self.inner.mtu + 256, 0);
+                self.inner.handle_datagram(&new, src, &d, &mut out);
+            }
+        }
+        for (at, p) in pending {
+            let peer = packet::dst(&p).and_then(|d| new.by_addr(&d));
+            if let (Some(peer), true) = (peer, at.elapsed() < PENDING_TTL) {
+                out.resize(p.len() + WG_OVERHEAD + 148, 0);
+                self.inner.send_run(peer, std::slice::from_ref(&p), &[p.len()], &mut out, &mut lens);
+            }
+        }
     }
 
     /// Asks the node to refresh the peer set at once (a guest was added).
     pub fn request_refresh(&self) {
-        self.inner.refresh.store(true, Ordering::Relaxed);
+        self.inner.want_refresh();
     }
 
     /// True (once) if a packet went to an overlay address no peer owns since the last call: the node should
@@ -335,9 +377,10 @@ impl Overlay {
         }
     }
 
-    /// Stops the threads (within about [`POLL`]) and removes the TUN device.
+    /// Stops the threads and removes the TUN device.
     pub fn stop(&self) {
         self.inner.stop.store(true, Ordering::Relaxed);
+        self.inner.stop_fd.signal();
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
         for t in threads {
             let _ = t.join();
@@ -358,6 +401,12 @@ impl Inner {
 
     fn stopped(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
+    }
+
+    fn want_refresh(&self) {
+        if !self.refresh.swap(true, Ordering::Relaxed) {
+            self.relay.wake();
+        }
     }
 
     fn new_tunn(&self, peer: &Peer) -> Box<Tunn> {
@@ -384,7 +433,7 @@ impl Inner {
         let fd = self.tun.as_raw_fd();
         let mut errors = ErrorLog::new("TUN read");
         while !self.stopped() {
-            if !device::wait_fd(fd, false, POLL) {
+            if !self.stop_fd.wait_readable(Some(fd), None) {
                 continue;
             }
             let n = match self.tun.recv_multiple(&mut orig, &mut segs, &mut sizes, 0) {
@@ -412,7 +461,15 @@ impl Inner {
                     None if !metac_mesh::identity::is_overlay_addr(&dst) => {}
                     None => {
                         self.counters.unknown_dst.fetch_add((j - i) as u64, Ordering::Relaxed);
-                        self.refresh.store(true, Ordering::Relaxed);
+                        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                        for k in i..j {
+                            if pending.len() == PENDING {
+                                pending.pop_front();
+                            }
+                            pending.push_back((Instant::now(), segs[k][..sizes[k]].to_vec()));
+                        }
+                        drop(pending);
+                        self.want_refresh();
                     }
                 }
                 i = j;
@@ -493,7 +550,7 @@ impl Inner {
         for _ in 0..50 {
             match self.udp_state.try_send((&self.udp).into(), &t) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    device::wait_fd(self.udp.as_raw_fd(), true, Duration::from_millis(20));
+                    device::wait_writable(self.udp.as_raw_fd(), Duration::from_millis(20));
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, %ep, len = contents.len(), ?segment_size, "UDP send failed");
@@ -516,7 +573,7 @@ impl Inner {
         let mut tun_errors = ErrorLog::new("TUN write");
         let room = self.mtu.max(1500) + WG_OVERHEAD + 148;
         while !self.stopped() {
-            if !device::wait_fd(fd, false, POLL) {
+            if !self.stop_fd.wait_readable(Some(fd), None) {
                 continue;
             }
             let n = {
@@ -595,7 +652,13 @@ impl Inner {
                     None => {
                         tracing::debug!(key = %crate::wgconf::key_to_string(&half.peer_static_public),
                             "handshake from an unknown key");
-                        self.refresh.store(true, Ordering::Relaxed); // perhaps a node whose advert is on its way
+                        let mut pending = self.pending_handshakes.lock().unwrap_or_else(|e| e.into_inner());
+                        if pending.len() == PENDING {
+                            pending.pop_front();
+                        }
+                        pending.push_back((Instant::now(), src, datagram.to_vec()));
+                        drop(pending);
+                        self.want_refresh(); // perhaps a node whose advert is on its way
                         return reject();
                     }
                 }
@@ -673,17 +736,21 @@ impl Inner {
     fn timer_loop(&self) {
         let mut buf = vec![0u8; self.mtu.max(1500) + 256];
         let mut last_reset = Instant::now();
+        let mut tick = TICK;
         while !self.stopped() {
-            std::thread::sleep(TICK);
+            self.stop_fd.wait_readable(None, Some(tick));
             let now = Instant::now();
             if now.duration_since(last_reset) >= Duration::from_secs(1) {
                 self.rate_limiter.reset_count();
                 last_reset = now;
             }
             let table = self.table();
+            let mut busy = false;
             for peer in table.peers() {
                 let mut st = peer.state();
+                busy |= st.path == Path::Relay;
                 let Some(mut tunn) = st.tunn.take() else { continue };
+                busy = true;
                 let mut keep = true;
                 match tunn.update_timers(&mut buf) {
                     TunnResult::WriteToNetwork(p) => {
@@ -721,6 +788,9 @@ impl Inner {
                     st.waiting_since = None;
                 }
             }
+            // A new tunnel is made by a data thread; its first timers can wait up to IDLE_TICK, which only
+            // delays a handshake retry (boringtun sends the first initiation itself).
+            tick = if busy { TICK } else { IDLE_TICK };
         }
     }
 }

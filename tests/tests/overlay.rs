@@ -45,7 +45,7 @@ fn iperf(from: &Host, to: Ipv6Addr, mib: u64) {
     let received = v["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
     let gbit = v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9;
     eprintln!("iperf3 host {} -> {to}: sent {sent} B, received {received} B, {gbit:.2} Gbit/s", from.index());
-    assert_eq!(sent, mib << 20, "iperf3 sent everything");
+    assert!(sent >= mib << 20, "iperf3 sent everything: {sent} B");
     assert!(received >= (mib << 20) / 2, "the server received {received} of {sent} bytes");
 }
 
