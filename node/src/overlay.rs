@@ -183,7 +183,10 @@ impl NodeOverlay {
     /// One line for `metac status`.
     pub fn summary(&self) -> String {
         match &self.overlay {
-            Some(o) => format!("on: {} udp port {}", o.tun_name(), o.port()),
+            Some(o) => match o.failed() {
+                Some(f) => format!("failed: {f}"),
+                None => format!("on: {} udp port {}", o.tun_name(), o.port()),
+            },
             None => self.off.clone(),
         }
     }
@@ -253,7 +256,7 @@ impl NodeOverlay {
         let Some(o) = &self.overlay else { return json!({ "state": self.off }) };
         let s = o.status();
         json!({
-            "state": self.summary(),
+            "state": s.failed.as_ref().map(|f| format!("failed: {f}")).unwrap_or_else(|| self.summary()),
             "tun": s.tun,
             "addr": s.addr,
             "port": s.port,

@@ -122,6 +122,8 @@ pub struct PeerStatus {
 /// What `metac overlay status` shows.
 #[derive(Debug, Clone)]
 pub struct OverlayStatus {
+    /// Why the data path stopped, if it did (the TUN device was removed under the node).
+    pub failed: Option<String>,
     /// TUN device name.
     pub tun: String,
     /// This node's overlay address.
@@ -188,6 +190,7 @@ struct Inner {
     relay: Box<dyn Relay>,
     stop: AtomicBool,
     stop_fd: device::StopFd,
+    failed: Mutex<Option<String>>,
     refresh: AtomicBool,
     pending: Mutex<std::collections::VecDeque<(Instant, Vec<u8>)>>,
     pending_handshakes: Mutex<std::collections::VecDeque<(Instant, Src, Vec<u8>)>>,
@@ -226,6 +229,7 @@ impl Overlay {
             next_index: Mutex::new(0),
             relay,
             stop: AtomicBool::new(false),
+            failed: Mutex::new(None),
             stop_fd: device::StopFd::new().map_err(|e| StartError::Other(format!("eventfd: {e}")))?,
             refresh: AtomicBool::new(false),
             pending: Mutex::new(std::collections::VecDeque::with_capacity(PENDING)),
@@ -336,6 +340,11 @@ impl Overlay {
         }
     }
 
+    /// Why the data path stopped, if it did.
+    pub fn failed(&self) -> Option<String> {
+        self.inner.failed.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// The state of the overlay and of every peer.
     pub fn status(&self) -> OverlayStatus {
         let inner = &self.inner;
@@ -363,6 +372,7 @@ impl Overlay {
             })
             .collect();
         OverlayStatus {
+            failed: inner.failed.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             tun: inner.tun_name.clone(),
             addr: inner.addr,
             port: inner.port,
@@ -403,6 +413,14 @@ impl Inner {
         self.stop.load(Ordering::Relaxed)
     }
 
+    /// The data path cannot go on: say so in the status, and stop every thread.
+    fn fail(&self, why: String) {
+        tracing::error!("overlay stopped: {why}");
+        *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+        self.stop.store(true, Ordering::Relaxed);
+        self.stop_fd.signal();
+    }
+
     fn want_refresh(&self) {
         if !self.refresh.swap(true, Ordering::Relaxed) {
             self.relay.wake();
@@ -439,6 +457,10 @@ impl Inner {
             let n = match self.tun.recv_multiple(&mut orig, &mut segs, &mut sizes, 0) {
                 Ok(n) => n,
                 Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => continue,
+                Err(e) if is_fatal(&e) => {
+                    self.fail(format!("reading TUN device {}: {e} (was it removed?)", self.tun_name));
+                    return;
+                }
                 Err(e) => {
                     errors.log(&e);
                     continue;
@@ -795,6 +817,11 @@ impl Inner {
     }
 }
 
+/// Errors after which a descriptor is useless (the device or socket is gone).
+fn is_fatal(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EBADFD) | Some(libc::EBADF) | Some(libc::ENODEV) | Some(libc::EIO))
+}
+
 /// An IPv4-mapped IPv6 address back to IPv4.
 fn unmap(a: SocketAddr) -> SocketAddr {
     match a {
@@ -822,9 +849,7 @@ impl ErrorLog {
         let now = Instant::now();
         if self.last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
             self.suppressed += 1;
-            if self.suppressed.is_multiple_of(1000) {
-                std::thread::sleep(Duration::from_millis(1)); // a persistent error must not spin a core
-            }
+            std::thread::sleep(Duration::from_millis(1)); // a persistent error must not spin a core
             return;
         }
         tracing::warn!(error = %e, suppressed = self.suppressed, "overlay {}", self.what);

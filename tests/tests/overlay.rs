@@ -302,3 +302,30 @@ fn an_unprivileged_node_runs_without_the_overlay_and_says_why() {
     assert!(why.starts_with("off: ") && why.contains("CAP_NET_ADMIN"), "says the overlay is off and why: {why}");
     drop(node);
 }
+
+#[test]
+fn a_tun_device_removed_under_the_node_is_reported_and_costs_nothing() {
+    require_root();
+    let lab = Lab::new(1).unwrap();
+    let h = lab.host(1);
+    let node = h.start_node(&[]).unwrap();
+    h.run("ip", ["link", "del", "metac0"]).unwrap();
+    wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
+        Ok(node.status()?["overlay_status"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("failed: reading TUN device metac0")))
+    })
+    .unwrap_or_else(|e| panic!("the node reports the lost device: {e}\n{}", node.log_tail(20)));
+    // The data threads stopped instead of spinning on the dead descriptor: a second of wall time costs well under
+    // a tenth of a second of CPU (clock ticks are 10 ms).
+    let ticks = || -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", node.pid())).unwrap();
+        let f: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    };
+    let t0 = ticks();
+    std::thread::sleep(Duration::from_secs(1));
+    let used = ticks() - t0;
+    assert!(used < 10, "the node used {used} ticks of CPU in a second with its TUN gone");
+    assert_eq!(json(h, &["overlay", "status"])["state"].as_str().unwrap().split(':').next(), Some("failed"));
+}
