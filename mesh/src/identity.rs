@@ -103,7 +103,14 @@ pub fn hex(bytes: &[u8]) -> String {
 /// The overlay address of an ed25519 public key: the /48 prefix, then the first 80 bits of
 /// `blake3::derive_key("metac overlay address v1", key)`.
 pub fn overlay_addr(public: &[u8; 32]) -> Ipv6Addr {
-    let h = blake3::derive_key("metac overlay address v1", public);
+    overlay_addr_in("metac overlay address v1", public)
+}
+
+/// An address in the overlay prefix for `key` under a blake3 key-derivation `context`: the prefix, then the first
+/// 80 bits of `blake3::derive_key(context, key)`. Nodes use [`overlay_addr`]'s context; other kinds of overlay
+/// members (stock WireGuard guests) use their own, so their addresses never follow from a node's.
+pub fn overlay_addr_in(context: &str, key: &[u8; 32]) -> Ipv6Addr {
+    let h = blake3::derive_key(context, key);
     let mut a = [0u8; 16];
     a[..6].copy_from_slice(&OVERLAY_PREFIX);
     a[6..].copy_from_slice(&h[..10]);

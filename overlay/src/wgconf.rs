@@ -7,16 +7,11 @@ use std::net::{Ipv6Addr, SocketAddr};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use metac_mesh::identity::OVERLAY_PREFIX;
 use x25519_dalek::{PublicKey, StaticSecret};
 
 /// The overlay address of a guest with X25519 public key `public`.
 pub fn guest_addr(public: &[u8; 32]) -> Ipv6Addr {
-    let h = blake3::derive_key("metac overlay guest address v1", public);
-    let mut a = [0u8; 16];
-    a[..6].copy_from_slice(&OVERLAY_PREFIX);
-    a[6..].copy_from_slice(&h[..10]);
-    Ipv6Addr::from(a)
+    metac_mesh::identity::overlay_addr_in("metac overlay guest address v1", public)
 }
 
 /// A new X25519 key pair: (secret, public).
