@@ -217,11 +217,18 @@ impl NodeOverlay {
         });
         let relay = Arc::clone(&self.relay);
         let refresh = tokio::spawn(async move {
+            let mut keys = KeyCache::default();
+            let mut last: Option<Vec<PeerInfo>> = None;
             loop {
                 overlay.wants_refresh(); // cleared before the snapshot, so a later miss wakes us again
                 let Ok(snap) = mesh.snapshot().await else { break };
                 let guests = store.guests().unwrap_or_default();
-                overlay.set_peers(peer_infos(&snap, &guests));
+                let infos = peer_infos(&snap, &guests, &mut keys);
+                // An idle mesh changes rarely: rebuild the table only when something did.
+                if last.as_ref() != Some(&infos) {
+                    overlay.set_peers(infos.clone());
+                    last = Some(infos);
+                }
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     _ = tokio::time::sleep(REFRESH_MIN) => {}
@@ -386,13 +393,26 @@ fn routable(ip: &IpAddr) -> bool {
     }
 }
 
+/// Nodes' X25519 keys, derived once (a point decompression each).
+#[derive(Default)]
+pub struct KeyCache(HashMap<NodeKey, Option<[u8; 32]>>);
+
+impl KeyCache {
+    fn get(&mut self, key: NodeKey) -> Option<[u8; 32]> {
+        if self.0.len() > 100_000 {
+            self.0.clear(); // bounded: a churning mesh must not grow it for ever
+        }
+        *self.0.entry(key).or_insert_with(|| key.x25519_public().ok())
+    }
+}
+
 /// The overlay's peers: every node whose advert says it runs the overlay, and the guests.
-pub fn peer_infos(snap: &Snapshot, guests: &[Guest]) -> Vec<PeerInfo> {
+pub fn peer_infos(snap: &Snapshot, guests: &[Guest], keys: &mut KeyCache) -> Vec<PeerInfo> {
     let mut out = vec![];
     for n in &snap.nodes {
         let Some(t) = n.tunnel.as_deref().and_then(|t| t.parse::<TunnelAdvert>().ok()) else { continue };
         let Some(key) = NodeKey::from_hex(&n.key) else { continue };
-        let Ok(public) = key.x25519_public() else { continue };
+        let Some(public) = keys.get(key) else { continue };
         let mut endpoints: Vec<SocketAddr> = vec![];
         let adverted =
             n.addrs.iter().filter_map(|a| a.parse::<libp2p::Multiaddr>().ok()).filter_map(|a| net::ip_of(&a));

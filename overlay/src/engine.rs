@@ -443,7 +443,10 @@ impl Inner {
     fn tx_loop(&self) {
         let seg_len = self.mtu.max(1500) + 128;
         let mut orig = vec![0u8; VIRTIO_NET_HDR_LEN + 65535];
-        let mut segs: Vec<Vec<u8>> = (0..IDEAL_BATCH_SIZE).map(|_| vec![0u8; seg_len]).collect();
+        // One allocation for all the pieces: large enough to be mapped on its own, so an idle overlay keeps none
+        // of it resident.
+        let mut seg_mem = vec![0u8; IDEAL_BATCH_SIZE * seg_len];
+        let mut segs: Vec<&mut [u8]> = seg_mem.chunks_mut(seg_len).collect();
         let mut sizes = vec![0usize; IDEAL_BATCH_SIZE];
         let stride = seg_len + WG_OVERHEAD;
         let mut out = vec![0u8; IDEAL_BATCH_SIZE * stride];
@@ -499,7 +502,14 @@ impl Inner {
         }
     }
 
-    fn send_run(&self, peer: &Peer, segs: &[Vec<u8>], sizes: &[usize], out: &mut [u8], lens: &mut Vec<usize>) {
+    fn send_run<B: AsRef<[u8]>>(
+        &self,
+        peer: &Peer,
+        segs: &[B],
+        sizes: &[usize],
+        out: &mut [u8],
+        lens: &mut Vec<usize>,
+    ) {
         let now = Instant::now();
         let mut st = peer.state();
         let mut tunn = st.tunn.take().unwrap_or_else(|| self.new_tunn(peer));
@@ -507,7 +517,7 @@ impl Inner {
         let (mut off, mut bytes, mut handshake) = (0, 0, false);
         for (s, &n) in segs.iter().zip(sizes) {
             let room = (off + n + WG_OVERHEAD + 148).min(out.len());
-            match tunn.encapsulate(&s[..n], &mut out[off..room]) {
+            match tunn.encapsulate(&s.as_ref()[..n], &mut out[off..room]) {
                 TunnResult::WriteToNetwork(p) => {
                     handshake |= p[0] == 1;
                     lens.push(p.len());
@@ -585,10 +595,11 @@ impl Inner {
 
     /// Network -> TUN: read many datagrams per call, decrypt, coalesce, write.
     fn rx_loop(&self) {
-        let mut rbufs: Vec<Vec<u8>> = (0..RX_BATCH).map(|_| vec![0u8; RX_BUF]).collect();
+        // One mapping for the receive buffers (resident only once used), and TUN buffers reserved on first use: an
+        // idle overlay holds little memory, a busy one allocates nothing per packet.
+        let mut rbuf_mem = vec![0u8; RX_BATCH * RX_BUF];
         let mut meta = [RecvMeta::default(); RX_BATCH];
-        let mut tbufs: Vec<Vec<u8>> =
-            (0..IDEAL_BATCH_SIZE).map(|_| Vec::with_capacity(VIRTIO_NET_HDR_LEN + RX_BUF)).collect();
+        let mut tbufs: Vec<Vec<u8>> = (0..IDEAL_BATCH_SIZE).map(|_| Vec::new()).collect();
         let mut gro = GROTable::default();
         let fd = self.udp.as_raw_fd();
         let mut errors = ErrorLog::new("UDP receive");
@@ -599,7 +610,7 @@ impl Inner {
                 continue;
             }
             let n = {
-                let mut it = rbufs.iter_mut();
+                let mut it = rbuf_mem.chunks_mut(RX_BUF);
                 let mut iovs: [IoSliceMut; RX_BATCH] = std::array::from_fn(|_| IoSliceMut::new(it.next().unwrap()));
                 match self.udp_state.recv((&self.udp).into(), &mut iovs, &mut meta) {
                     Ok(n) => n,
@@ -612,12 +623,15 @@ impl Inner {
             };
             let table = self.table();
             let mut count = 0;
-            for (m, buf) in meta[..n].iter().zip(&rbufs) {
+            for (m, buf) in meta[..n].iter().zip(rbuf_mem.chunks(RX_BUF)) {
                 let stride = if m.stride == 0 { m.len } else { m.stride };
                 let from = unmap(m.addr);
                 for dgram in buf[..m.len].chunks(stride.max(1)) {
                     let tb = &mut tbufs[count];
                     tb.clear();
+                    if tb.capacity() < VIRTIO_NET_HDR_LEN + RX_BUF {
+                        tb.reserve_exact(VIRTIO_NET_HDR_LEN + RX_BUF); // once per buffer: room to coalesce into
+                    }
                     tb.resize(VIRTIO_NET_HDR_LEN + dgram.len().max(room), 0);
                     if let Some(len) =
                         self.handle_datagram(&table, Src::Udp(from), dgram, &mut tb[VIRTIO_NET_HDR_LEN..])
