@@ -21,7 +21,7 @@ use tun_rs::{GROTable, SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 use crate::device;
 use crate::packet;
-use crate::table::{Path, Peer, PeerInfo, Step, Table, IDLE};
+use crate::table::{Path, Peer, PeerInfo, Step, Table};
 
 /// The default MTU of the TUN: a 1500-byte underlay minus IPv6 (40), UDP (8) and WireGuard (32) headers.
 pub const DEFAULT_MTU: u16 = 1420;
@@ -815,7 +815,7 @@ impl Inner {
                         }
                     }
                 }
-                if now.duration_since(st.last_active) > IDLE {
+                if st.is_idle(now) {
                     keep = false;
                 }
                 if keep {

@@ -316,6 +316,11 @@ impl PeerState {
         Step::None
     }
 
+    /// True once the tunnel has carried nothing for [`IDLE`]: it is dropped (and made again on the next packet).
+    pub fn is_idle(&self, now: Instant) -> bool {
+        now.duration_since(self.last_active) > IDLE
+    }
+
     fn probe(&mut self, now: Instant) -> Step {
         if self.path != Path::Relay || self.last_probe.is_some_and(|t| now.duration_since(t) < PROBE_EVERY) {
             return Step::None;
@@ -405,6 +410,18 @@ mod tests {
         // UDP works again.
         st.authenticated(Some("[fd00::1]:1".parse().unwrap()), false, t2 + PROBE_EVERY);
         assert_eq!(st.path, Path::Udp);
+    }
+
+    #[test]
+    fn tunnels_go_idle_after_the_timeout_and_traffic_keeps_them() {
+        let t0 = Instant::now();
+        let mut next = 0;
+        let t = Table::default().update(vec![info(1, &["[fd00::1]:1"], 1, true)], &mut next, t0);
+        let mut st = t.by_public(&[1; 32]).unwrap().state();
+        assert!(!st.is_idle(t0 + IDLE));
+        st.authenticated(None, false, t0 + IDLE);
+        assert!(!st.is_idle(t0 + IDLE + IDLE / 2), "a packet resets the idle clock");
+        assert!(st.is_idle(t0 + IDLE * 2 + Duration::from_millis(1)));
     }
 
     #[test]
