@@ -100,6 +100,9 @@ struct NetnsArgs {
     /// Link latency: needs the netem qdisc, which this kernel may lack (then the run stops and says so).
     #[arg(long)]
     latency: Option<String>,
+    /// How long the partition lasts in `partition-heal` (longer than ~25 s lets ping timeouts close connections).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    hold: Micros,
     /// The `metac` binary (default: $METAC_BIN, or `metac` next to this binary).
     #[arg(long)]
     metac: Option<PathBuf>,
@@ -120,6 +123,7 @@ fn main() -> Result<()> {
                 loss: a.loss,
                 latency: a.latency,
                 metac: a.metac,
+                hold: std::time::Duration::from_micros(a.hold),
             };
             let (rows, summary) = netns::run(&opts)?;
             report::write(&a.out, &rows, &summary)?;

@@ -584,8 +584,16 @@ impl<'p> Sim<'p> {
         loop {
             let Some(action) = self.nodes[i as usize].core.as_mut().and_then(|c| c.poll_action()) else { return };
             match action {
-                Action::SendSync { to, digest } => {
+                Action::SendSync { to, mut digest } => {
                     if let Some(&j) = self.index.get(&to) {
+                        // The shared content is part of the digest a node with it would send; of it, only the
+                        // receiver's own entry changes the receiver's answer (it re-signs past a seq a peer
+                        // holds), so that one is added for real.
+                        if self.mode == Mode::Steady && self.nodes[i as usize].has_base {
+                            if let Err(pos) = digest.binary_search_by(|(k, _)| k.cmp(&to)) {
+                                digest.insert(pos, (to, self.base_seq));
+                            }
+                        }
                         self.send(i, j, Msg::SyncReq(digest));
                     }
                 }
