@@ -10,8 +10,9 @@
 //! - `churn`: several rounds of kill -9 (or SIGTERM) and restart of a random node, each followed by an export on
 //!   the restarted node, timed until every node lists it.
 //!
-//! Nodes are watched through their local API socket directly (HTTP over the Unix socket, no process per poll),
-//! every 5 ms from one thread per node, so sub-second figures are measurable.
+//! Nodes are driven and watched through their local API socket directly (HTTP over the Unix socket, no process
+//! per call), every 5 ms from one thread per node, so sub-second figures are measurable. Times run from the
+//! export request.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -80,15 +81,33 @@ fn metac_bin(o: &Options) -> Result<PathBuf> {
 
 /// GET `path` from a node's local API over its Unix socket.
 pub fn api(sock: &Path, path: &str) -> Result<Value> {
+    request(sock, &format!("GET {path} HTTP/1.1\r\nHost: metac\r\nConnection: close\r\n\r\n"), path)
+}
+
+/// POST a JSON body to a node's local API.
+pub fn api_post(sock: &Path, path: &str, body: &Value) -> Result<Value> {
+    let body = body.to_string();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: metac\r\nConnection: close\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    request(sock, &head, path)
+}
+
+fn request(sock: &Path, req: &str, path: &str) -> Result<Value> {
     let mut s = UnixStream::connect(sock).with_context(|| format!("cannot connect to {}", sock.display()))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: metac\r\nConnection: close\r\n\r\n")?;
+    s.write_all(req.as_bytes())?;
     let mut buf = vec![];
     s.read_to_end(&mut buf)?;
     let text = String::from_utf8_lossy(&buf);
     let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| anyhow!("bad HTTP answer from {}", sock.display()))?;
     let body =
         if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.into() };
+    if !head.starts_with("HTTP/1.1 2") {
+        bail!("{path} on {}: {}: {body}", sock.display(), head.lines().next().unwrap_or(""));
+    }
     serde_json::from_str(&body).with_context(|| format!("{path} from {}: not JSON: {body}", sock.display()))
 }
 
@@ -148,26 +167,22 @@ fn lists(view: &Value, node: &str, name: &str) -> bool {
     view.as_array().is_some_and(|a| a.iter().any(|r| r["node"] == node && r["name"] == name))
 }
 
-/// Exports a small file named `name` on `h`.
-fn export(h: &Host, bin: &Path, name: &str) -> Result<()> {
+/// Exports a small file named `name` on `h` through its API (no CLI process in the measured time).
+fn export(h: &Host, name: &str) -> Result<()> {
     let path = h.dir().join(name);
     std::fs::write(&path, name.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
-    let mut cmd = h.cmd(bin, ["--socket".as_ref(), h.socket().as_os_str(), "file".as_ref(), "export".as_ref()]);
-    cmd.arg(&path);
-    let out = metac_tests::checked(&mut cmd, Duration::from_secs(30))?;
-    if !out.status.success() {
-        bail!("export on host {} failed", h.index());
-    }
+    let body = serde_json::json!({ "kind": "file", "source": path.display().to_string(), "name": name });
+    api_post(&h.socket(), "/v1/exports", &body).with_context(|| format!("export on host {}", h.index()))?;
     Ok(())
 }
 
-/// Exports `name` on host `from` and times until every live node lists it.
-fn spread(lab: &Lab, bin: &Path, from: usize, name: &str, skip: &[usize]) -> Result<Vec<Option<Micros>>> {
+/// Exports `name` on host `from` and times until every node lists it, from the export request.
+fn spread(lab: &Lab, from: usize, name: &str) -> Result<Vec<Option<Micros>>> {
     let h = lab.host(from);
     let k = key(h)?;
     let t0 = Instant::now();
-    export(h, bin, name)?;
-    Ok(watch(lab.hosts(), skip, "/v1/resources", t0, |_, v| lists(v, &k, name)))
+    export(h, name)?;
+    Ok(watch(lab.hosts(), &[], "/v1/resources", t0, |_, v| lists(v, &k, name)))
 }
 
 /// Peers each host sees as reachable, and how many nodes it knows.
@@ -220,7 +235,7 @@ pub fn run(o: &Options) -> Result<(Vec<Row>, Summary)> {
     ];
 
     // A new advert, from the export command's start.
-    let delivered = spread(&lab, &bin, 1, "new-advert", &[])?;
+    let delivered = spread(&lab, 1, "new-advert")?;
     let mut rows: Vec<Row> =
         (0..n).map(|i| Row { node: i + 1, alive: true, delivered: delivered[i], ..Row::default() }).collect();
     let advert = Convergence::from_times(&delivered[1..]);
@@ -235,8 +250,8 @@ pub fn run(o: &Options) -> Result<(Vec<Row>, Summary)> {
             lab.partition(&a, &b)?;
             thread::sleep(o.hold / 2);
             let (ka, kb) = (key(lab.host(1))?, key(lab.host(n))?);
-            export(lab.host(1), &bin, "side-a")?;
-            export(lab.host(n), &bin, "side-b")?;
+            export(lab.host(1), "side-a")?;
+            export(lab.host(n), "side-b")?;
             thread::sleep(o.hold / 2);
             let during = views(&lab);
             let t0 = Instant::now();
@@ -305,7 +320,7 @@ pub fn run(o: &Options) -> Result<(Vec<Row>, Summary)> {
                 }
                 thread::sleep(Duration::from_secs(2));
                 nodes[victim - 1].restart().context("cannot restart a churned node")?;
-                let times = spread(&lab, &bin, victim, &format!("churn-{r}"), &[])?;
+                let times = spread(&lab, victim, &format!("churn-{r}"))?;
                 let c = Convergence::from_times(&times);
                 let t = c.t100_ms.unwrap_or(f64::NAN);
                 eprintln!("churn round {r}: host {victim} back, its new export at all nodes after {t:.1} ms");
@@ -327,6 +342,9 @@ pub fn run(o: &Options) -> Result<(Vec<Row>, Summary)> {
         settings.push(("partition".into(), format!("hosts 1..={} | rest, {:?}", n / 2, o.hold)));
     }
     drop(nodes);
+    for f in &mut figures {
+        f.1 = (f.1 * 1000.0).round() / 1000.0;
+    }
     Ok((
         rows,
         Summary {
