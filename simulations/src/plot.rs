@@ -50,7 +50,7 @@ fn cumulative(times: &[Option<u64>]) -> Vec<(f64, f64)> {
     let step = (got.len() / 1000).max(1);
     let mut pts = vec![(0.0, 0.0)];
     for (k, t) in got.iter().enumerate() {
-        if k % step == 0 || k + 1 == got.len() {
+        if k.is_multiple_of(step) || k + 1 == got.len() {
             pts.push((*t as f64 / 1000.0, (k + 1) as f64 / n));
         }
     }

@@ -377,7 +377,7 @@ pub fn run(p: &Params, mut progress: impl FnMut(Micros)) -> Outcome {
         }
         sim.now = item.at;
         sim.events += 1;
-        if sim.events % 65_536 == 0 {
+        if sim.events.is_multiple_of(65_536) {
             progress(sim.now);
         }
         sim.handle(item.ev);
