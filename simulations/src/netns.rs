@@ -196,6 +196,17 @@ fn views(lab: &Lab) -> Vec<(usize, usize)> {
         .collect()
 }
 
+/// Waits until every node is connected to all others again (a restarted node rebuilds its view by sync), records
+/// how long that took, and returns how many healthy nodes are missing from the views ("reported gone").
+fn settle(lab: &Lab, figures: &mut Vec<(String, f64)>) -> u64 {
+    let all = lab.len() - 1;
+    let t0 = Instant::now();
+    let reach = watch(lab.hosts(), &[], "/v1/status", t0, |_, v| v["peers"].as_u64() == Some(all as u64));
+    let worst = reach.iter().map(|t| t.map(|x| x as f64 / 1000.0)).collect::<Option<Vec<_>>>();
+    figures.push(("full_mesh_again_ms".into(), worst.map_or(f64::NAN, |v| v.into_iter().fold(0.0, f64::max))));
+    views(lab).iter().map(|&(_, known)| all.saturating_sub(known) as u64).sum()
+}
+
 /// Runs a scenario and returns per-host rows and the summary.
 pub fn run(o: &Options) -> Result<(Vec<Row>, Summary)> {
     metac_tests::require_root();
@@ -302,8 +313,7 @@ pub fn run(o: &Options) -> Result<(Vec<Row>, Summary)> {
                 holders: n - 1,
                 expired_all_ms: None,
             });
-            let after = views(&lab);
-            gone = after.iter().map(|&(_, known)| all.saturating_sub(known) as u64).sum();
+            gone = settle(&lab, &mut figures);
             "kill"
         }
         Scenario::Churn => {
@@ -330,8 +340,7 @@ pub fn run(o: &Options) -> Result<(Vec<Row>, Summary)> {
             figures.push(("churn_rounds".into(), rounds as f64));
             figures.push(("churn_rejoin_advert_all_mean_ms".into(), sum / rounds as f64));
             figures.push(("churn_rejoin_advert_all_max_ms".into(), worst));
-            let after = views(&lab);
-            gone = after.iter().map(|&(_, known)| all.saturating_sub(known) as u64).sum();
+            gone = settle(&lab, &mut figures);
             "churn"
         }
     };
