@@ -18,7 +18,7 @@ pub struct Row {
     pub node: usize,
     /// Up at the end of the run.
     pub alive: bool,
-    /// When it first held the new advert, after its publication.
+    /// When it first held the new advert, after its publication (or after its restart, if later).
     pub delivered: Option<Micros>,
     /// When it held the adverts published on both sides of the partition, after the heal.
     pub heal: Option<Micros>,
@@ -131,7 +131,7 @@ pub fn rows(o: &Outcome) -> Vec<Row> {
         .map(|i| Row {
             node: i,
             alive: o.alive[i],
-            delivered: main.delivered[i].map(|t| t.saturating_sub(main.at)),
+            delivered: main.delivered[i].map(|t| t.saturating_sub(main.at.max(main.since[i]))),
             heal: heal_time(o, i),
             traffic: o.traffic[i],
         })
@@ -141,7 +141,7 @@ pub fn rows(o: &Outcome) -> Vec<Row> {
 fn heal_time(o: &Outcome, i: usize) -> Option<Micros> {
     let heal = o.healed_at?;
     let (a, b) = (o.tracks.get(1)?, o.tracks.get(2)?);
-    Some(a.delivered[i]?.max(b.delivered[i]?).saturating_sub(heal))
+    Some(a.delivered[i]?.max(b.delivered[i]?).saturating_sub(heal.max(a.since[i])))
 }
 
 /// The summary of a simulation.

@@ -173,6 +173,9 @@ impl Sim<'_> {
         n.has_base = false;
         n.announced = false;
         let epoch = n.epoch;
+        for t in &mut self.tracks {
+            t.since[i as usize] = self.now;
+        }
         for peer in n.bootstrap.clone() {
             self.push(self.now, Ev::Redial { node: i, peer, epoch, backoff: SEC });
         }

@@ -184,6 +184,8 @@ pub struct Track {
     pub at: Micros,
     /// Per node: when it first held it; `None` if it never did (or lost it in a restart and did not get it back).
     pub delivered: Vec<Option<Micros>>,
+    /// Per node: when it (re)started, if that was after the publication: its delivery counts from then.
+    pub since: Vec<Micros>,
 }
 
 /// What happened to the nodes crashed with `--crash`.
@@ -520,7 +522,8 @@ impl<'p> Sim<'p> {
             }
         }
         for (k, (label, at)) in tracks.into_iter().enumerate() {
-            self.tracks.push(Track { label, origin: 0, seq: 0, at, delivered: vec![None; self.p.nodes] });
+            let n = self.p.nodes;
+            self.tracks.push(Track { label, origin: 0, seq: 0, at, delivered: vec![None; n], since: vec![0; n] });
             self.push(at, Ev::Publish { track: k });
         }
         if let Some(c) = &self.p.crash {
