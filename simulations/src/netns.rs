@@ -221,8 +221,13 @@ pub fn run(o: &Options) -> Result<(Vec<Row>, Summary)> {
     let lab = Lab::new(n).context("cannot build the netns lab")?;
     if let Some(lat) = &o.latency {
         for i in 1..=n {
-            lab.netem(i, &format!("delay {lat}")).map_err(|e| {
-                anyhow!("--latency {lat}: {e}. Run without --latency (loss works: it is done with nftables)")
+            lab.netem(i, &format!("delay {lat}")).map_err(|e| match e {
+                metac_tests::Error::Unsupported(_) => anyhow!(
+                    "--latency {lat}: this kernel has no netem qdisc (CONFIG_NET_SCH_NETEM), so a netns run cannot \
+                     add latency here; run without --latency (--loss works: it uses nftables at the bridge), or use \
+                     `metac-sim run --latency` to simulate it"
+                ),
+                e => anyhow!("--latency {lat}: {e}"),
             })?;
         }
     }
