@@ -28,6 +28,8 @@ use crate::model::{Crash, Latency, LossModel, Micros, Partition, MS, SEC};
 
 /// Largest number of nodes a run accepts.
 pub const MAX_NODES: usize = 1_000_000;
+/// Most nodes `--mode full` accepts: about 19 GiB of tables.
+pub const FULL_MAX: usize = 5_000;
 /// At or below this many nodes, `--mode auto` runs `full`; above it, `steady`.
 pub const FULL_AUTO_MAX: usize = 500;
 
@@ -130,11 +132,12 @@ impl Params {
                 return Err(format!("--crash {}@..: cannot crash {} of {} nodes", c.count, c.count, self.nodes));
             }
         }
-        if self.resolved_mode() == Mode::Full && self.nodes > 20_000 {
+        if self.resolved_mode() == Mode::Full && self.nodes > FULL_MAX {
             return Err(format!(
-                "--mode full keeps every advert at every node (O(N^2)): {} nodes would need far more memory than \
-                 this machine has; use --mode steady",
-                self.nodes
+                "--mode full keeps every advert at every node (O(N^2), ~0.8 KB per entry): {} nodes would need \
+                 about {} GiB; use at most {FULL_MAX} nodes, or --mode steady",
+                self.nodes,
+                self.nodes * self.nodes * 800 / (1 << 30)
             ));
         }
         Ok(())
@@ -714,7 +717,10 @@ impl<'p> Sim<'p> {
         let n = self.p.nodes as u32;
         let protected: Vec<u32> = self.tracks.iter().filter(|t| t.seq > 0).map(|t| t.origin).collect();
         let mut done = 0;
-        while done < c.count {
+        for _ in 0..c.count.saturating_mul(1000) {
+            if done == c.count {
+                break;
+            }
             let i = self.rng.gen_range(0..n);
             if !self.nodes[i as usize].alive() || protected.contains(&i) {
                 continue;
