@@ -189,6 +189,18 @@ pub fn summarize(o: &Outcome) -> Summary {
     if let Some(c) = &p.crash {
         settings.push(("crash".into(), format!("{} at {}", c.count, fmt_micros(c.at))));
     }
+    let mut figures = vec![
+        ("mean_degree".into(), round3(o.mean_degree)),
+        ("mean_mesh_degree".into(), round3(o.mean_mesh)),
+        ("adverts_published".into(), o.adverts as f64),
+        ("expiries".into(), o.expiries as f64),
+        ("churn_events".into(), o.churn_events as f64),
+        ("events".into(), o.events as f64),
+        ("end_ms".into(), ms(o.end)),
+    ];
+    if let Some(t) = o.full_sync {
+        figures.insert(0, ("full_sync_from_empty_ms".into(), ms(t)));
+    }
     Summary {
         source: "sim".into(),
         scenario: format!("{:?}", o.mode).to_lowercase(),
@@ -199,15 +211,7 @@ pub fn summarize(o: &Outcome) -> Summary {
         healthy_reported_gone: o.false_expiries,
         crashes,
         traffic: Some(traffic),
-        figures: vec![
-            ("mean_degree".into(), round3(o.mean_degree)),
-            ("mean_mesh_degree".into(), round3(o.mean_mesh)),
-            ("adverts_published".into(), o.adverts as f64),
-            ("expiries".into(), o.expiries as f64),
-            ("churn_events".into(), o.churn_events as f64),
-            ("events".into(), o.events as f64),
-            ("end_ms".into(), ms(o.end)),
-        ],
+        figures,
     }
 }
 

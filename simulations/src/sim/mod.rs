@@ -244,6 +244,8 @@ pub struct Outcome {
     pub mean_mesh: f64,
     /// Distinct adverts gossiped (every publication, including refreshes and seq jumps).
     pub adverts: usize,
+    /// Full mode: when every live node first held an advert of every live node (anti-entropy from empty tables).
+    pub full_sync: Option<Micros>,
 }
 
 /// One connection end: the peer, the connection's id, and its one-way latency.
@@ -369,6 +371,7 @@ pub struct Sim<'p> {
     events: u64,
     stop: bool,
     healed_at: Option<Micros>,
+    full_sync: Option<Micros>,
 }
 
 /// Runs a simulation. `progress` is called now and then with the virtual time.
@@ -456,6 +459,7 @@ impl<'p> Sim<'p> {
             events: 0,
             stop: false,
             healed_at: None,
+            full_sync: None,
         }
     }
 
@@ -751,13 +755,20 @@ impl<'p> Sim<'p> {
 
     /// Stops early once everything measured has converged and nothing more is scheduled.
     fn check(&mut self) {
+        if self.mode == Mode::Full && self.full_sync.is_none() {
+            let live = self.nodes.iter().filter(|n| n.alive()).count();
+            if self.nodes.iter().filter_map(|n| n.core.as_ref()).all(|c| c.entries().count() >= live) {
+                self.full_sync = Some(self.now);
+            }
+        }
         if self.p.duration.is_none() && self.p.churn == 0.0 && self.now >= self.p.scenario_end() + 5 * SEC {
             let tracks_done = self
                 .tracks
                 .iter()
                 .all(|t| t.seq > 0 && self.nodes.iter().zip(&t.delivered).all(|(n, d)| !n.alive() || d.is_some()));
             let crashes_done = self.crashes.iter().all(|c| c.expired_all.is_some() && c.detected_all.is_some());
-            if tracks_done && crashes_done {
+            let synced = self.mode != Mode::Full || self.full_sync.is_some();
+            if tracks_done && crashes_done && synced {
                 self.stop = true;
                 return;
             }
@@ -785,6 +796,7 @@ impl<'p> Sim<'p> {
             mean_degree: conns as f64 / live,
             mean_mesh: mesh as f64 / live,
             adverts: self.arena.len(),
+            full_sync: self.full_sync,
         }
     }
 }
