@@ -1,6 +1,6 @@
 //! Netns scenarios: real `metac node`s in network namespaces on one bridge ([`metac_tests::Lab`]), measured with
-//! the simulator's summary format so the figures sit side by side. Every scenario first measures a new advert (a
-//! `metac file export` on one host until every node lists it), then:
+//! the simulator's summary format so the figures sit side by side. Every scenario first measures a new advert (an
+//! export of a file through the API of one host, timed until every node lists it), then:
 //!
 //! - `partition-heal`: splits the hosts in two halves (nftables at the bridge), exports on each side while split,
 //!   heals, and measures until every node lists both exports; a node that drops a healthy peer from its view
@@ -250,7 +250,7 @@ pub fn run(o: &Options) -> Result<(Vec<Row>, Summary)> {
         ("full_mesh_after_all_answer_ms".to_string(), full_mesh as f64 / 1000.0),
     ];
 
-    // A new advert, from the export command's start.
+    // A new advert, from the export request.
     let delivered = spread(&lab, 1, "new-advert")?;
     let mut rows: Vec<Row> =
         (0..n).map(|i| Row { node: i + 1, alive: true, delivered: delivered[i], ..Row::default() }).collect();
