@@ -6,9 +6,9 @@ need_pkgs=()
 want() { dpkg -s "$1" >/dev/null 2>&1 || need_pkgs+=("$1"); }
 # Kernel tools for the netns lab and the node (ip, tc, nft, ping), real NBD clients and servers for the file
 # kind's tests, iperf3 and a stock WireGuard (wireguard-go + wg-quick) for the overlay's tests and benchmark,
-# pkg-config/gcc for -sys crates.
+# pkg-config/gcc for -sys crates, a TrueType font for metac-sim's plots.
 for p in bc iproute2 iputils-ping nftables procps psmisc libnbd-bin nbdkit qemu-utils iperf3 wireguard-go \
-  wireguard-tools jq gcc pkg-config ca-certificates curl; do
+  wireguard-tools jq gcc pkg-config ca-certificates curl fonts-dejavu-core; do
   want "$p"
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then

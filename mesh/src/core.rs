@@ -204,9 +204,10 @@ impl Core {
             .map(|(_, e)| e.advert.clone())
             .collect();
         out.sort_unstable_by_key(|s| s.node());
-        // If they hold a newer advert of ours (we lost state), jump past it.
+        // If they hold a newer advert of ours (we lost state), jump past it. An equal seq is our current advert:
+        // jumping then would make every reconnect re-sign and re-gossip to the whole mesh (found by metac-sim).
         if let Some(&seq) = theirs.get(&self.me) {
-            if seq >= self.own().seq {
+            if seq > self.own().seq {
                 let mut a = self.own().clone();
                 a.seq = seq + 1;
                 self.install_own(a, now);
@@ -426,6 +427,19 @@ mod tests {
             a.handle_tick(t);
         }
         assert!(a.entry(&b.me()).is_some());
+    }
+
+    #[test]
+    fn reconnecting_to_an_up_to_date_peer_does_not_resign() {
+        let (mut a, mut b) = (node(1), node(2));
+        connect(&mut a, &mut b, 1);
+        let seq = b.own().seq;
+        a.handle_disconnected(b.me(), 2);
+        b.handle_disconnected(a.me(), 2);
+        drain(&mut b);
+        connect(&mut a, &mut b, 3);
+        assert_eq!(b.own().seq, seq, "a holds b's current advert: nothing to jump past");
+        assert!(!drain(&mut b).iter().any(|x| matches!(x, Action::Publish(_))), "no re-gossip on reconnect");
     }
 
     #[test]
