@@ -54,6 +54,17 @@ pub(crate) fn bind_udp(port: u16) -> io::Result<UdpSocket> {
     Ok(s.into())
 }
 
+/// Sets O_NONBLOCK on `fd`.
+pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor the caller owns, with integer arguments only.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn setsockopt_int(fd: RawFd, opt: libc::c_int, value: usize) -> io::Result<()> {
     let v = value as libc::c_int;
     // SAFETY: `fd` is an open socket owned by the caller; the option value is a c_int on the stack whose size is

@@ -190,6 +190,8 @@ struct Inner {
     relay: Box<dyn Relay>,
     stop: AtomicBool,
     stop_fd: device::StopFd,
+    /// Held while a packet is read from the TUN and sent on (see `rx_loop`).
+    tx_lock: Mutex<()>,
     failed: Mutex<Option<String>>,
     refresh: AtomicBool,
     pending: Mutex<std::collections::VecDeque<(Instant, Vec<u8>)>>,
@@ -214,6 +216,8 @@ impl Overlay {
         let secret = StaticSecret::from(config.secret);
         let public = PublicKey::from(&secret);
         let offload = tun.tcp_gso();
+        // Two threads may read the TUN (see rx_loop): a read that finds nothing must not block.
+        device::set_nonblocking(tun.as_raw_fd()).map_err(|e| StartError::Other(format!("TUN O_NONBLOCK: {e}")))?;
         let inner = Arc::new(Inner {
             tun_name: tun.name().unwrap_or(config.tun),
             tun,
@@ -230,6 +234,7 @@ impl Overlay {
             relay,
             stop: AtomicBool::new(false),
             failed: Mutex::new(None),
+            tx_lock: Mutex::new(()),
             stop_fd: device::StopFd::new().map_err(|e| StartError::Other(format!("eventfd: {e}")))?,
             refresh: AtomicBool::new(false),
             pending: Mutex::new(std::collections::VecDeque::with_capacity(PENDING)),
@@ -441,65 +446,64 @@ impl Inner {
     /// TUN -> network: read a (possibly 64 KiB) packet, split it, encrypt the pieces into one buffer, send them
     /// with one GSO call per run of equal sizes.
     fn tx_loop(&self) {
-        let seg_len = self.mtu.max(1500) + 128;
-        let mut orig = vec![0u8; VIRTIO_NET_HDR_LEN + 65535];
-        // One allocation for all the pieces: large enough to be mapped on its own, so an idle overlay keeps none
-        // of it resident.
-        let mut seg_mem = vec![0u8; IDEAL_BATCH_SIZE * seg_len];
-        let mut segs: Vec<&mut [u8]> = seg_mem.chunks_mut(seg_len).collect();
-        let mut sizes = vec![0usize; IDEAL_BATCH_SIZE];
-        let stride = seg_len + WG_OVERHEAD;
-        let mut out = vec![0u8; IDEAL_BATCH_SIZE * stride];
-        let mut lens: Vec<usize> = Vec::with_capacity(IDEAL_BATCH_SIZE);
+        let mut seg_mem = TxBufs::memory(self.mtu);
+        let mut bufs = TxBufs::new(&mut seg_mem, self.mtu);
         let fd = self.tun.as_raw_fd();
         let mut errors = ErrorLog::new("TUN read");
         while !self.stopped() {
             if !self.stop_fd.wait_readable(Some(fd), None) {
                 continue;
             }
-            let n = match self.tun.recv_multiple(&mut orig, &mut segs, &mut sizes, 0) {
-                Ok(n) => n,
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => continue,
+            let guard = self.tx_lock.lock().unwrap_or_else(|e| e.into_inner());
+            let r = self.tx_batch(&mut bufs);
+            drop(guard);
+            match r {
+                Ok(()) => {}
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
                 Err(e) if is_fatal(&e) => {
                     self.fail(format!("reading TUN device {}: {e} (was it removed?)", self.tun_name));
                     return;
                 }
-                Err(e) => {
-                    errors.log(&e);
-                    continue;
-                }
-            };
-            let table = self.table();
-            let mut i = 0;
-            while i < n {
-                let Some(dst) = packet::dst(&segs[i][..sizes[i]]) else {
-                    i += 1;
-                    continue;
-                };
-                let mut j = i + 1;
-                while j < n && packet::dst(&segs[j][..sizes[j]]) == Some(dst) {
-                    j += 1;
-                }
-                match table.by_addr(&dst) {
-                    Some(peer) => self.send_run(peer, &segs[i..j], &sizes[i..j], &mut out, &mut lens),
-                    // Multicast and link-local traffic (neighbour discovery, mDNS) has nowhere to go.
-                    None if !metac_mesh::identity::is_overlay_addr(&dst) => {}
-                    None => {
-                        self.counters.unknown_dst.fetch_add((j - i) as u64, Ordering::Relaxed);
-                        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-                        for k in i..j {
-                            if pending.len() == PENDING {
-                                pending.pop_front();
-                            }
-                            pending.push_back((Instant::now(), segs[k][..sizes[k]].to_vec()));
-                        }
-                        drop(pending);
-                        self.want_refresh();
-                    }
-                }
-                i = j;
+                Err(e) => errors.log(&e),
             }
         }
+    }
+
+    /// Reads one packet (or GSO super-packet) from the TUN, without blocking, and sends it on.
+    fn tx_batch(&self, b: &mut TxBufs<'_>) -> io::Result<()> {
+        let n = self.tun.recv_multiple(&mut b.orig, &mut b.segs, &mut b.sizes, 0)?;
+        let table = self.table();
+        let (segs, sizes) = (&b.segs, &b.sizes);
+        let mut i = 0;
+        while i < n {
+            let Some(dst) = packet::dst(&segs[i][..sizes[i]]) else {
+                i += 1;
+                continue;
+            };
+            let mut j = i + 1;
+            while j < n && packet::dst(&segs[j][..sizes[j]]) == Some(dst) {
+                j += 1;
+            }
+            match table.by_addr(&dst) {
+                Some(peer) => self.send_run(peer, &segs[i..j], &sizes[i..j], &mut b.out, &mut b.lens),
+                // Multicast and link-local traffic (neighbour discovery, mDNS) has nowhere to go.
+                None if !metac_mesh::identity::is_overlay_addr(&dst) => {}
+                None => {
+                    self.counters.unknown_dst.fetch_add((j - i) as u64, Ordering::Relaxed);
+                    let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                    for k in i..j {
+                        if pending.len() == PENDING {
+                            pending.pop_front();
+                        }
+                        pending.push_back((Instant::now(), segs[k][..sizes[k]].to_vec()));
+                    }
+                    drop(pending);
+                    self.want_refresh();
+                }
+            }
+            i = j;
+        }
+        Ok(())
     }
 
     fn send_run<B: AsRef<[u8]>>(
@@ -605,6 +609,8 @@ impl Inner {
         let mut errors = ErrorLog::new("UDP receive");
         let mut tun_errors = ErrorLog::new("TUN write");
         let room = self.mtu.max(1500) + WG_OVERHEAD + 148;
+        let mut seg_mem = TxBufs::memory(self.mtu);
+        let mut tx = TxBufs::new(&mut seg_mem, self.mtu);
         while !self.stopped() {
             if !self.stop_fd.wait_readable(Some(fd), None) {
                 continue;
@@ -647,6 +653,16 @@ impl Inner {
             }
             if count > 0 {
                 self.write_tun(&mut gro, &mut tbufs[..count], &mut tun_errors);
+            }
+            // A packet or two written to the TUN is usually a request, and the kernel answers some at once, inside
+            // the write (ping, TCP handshakes and ACKs): send the answer from here rather than wake the TUN thread,
+            // which saves a thread wake-up per round trip. Bulk batches are left to the TUN thread, so that one
+            // thread sends a flow's data. Reading and sending happen under `tx_lock`, so that what is read first is
+            // sent first whichever thread reads it (reordering would cost TCP spurious retransmits).
+            if (1..=2).contains(&count) {
+                if let Ok(_guard) = self.tx_lock.try_lock() {
+                    let _ = self.tx_batch(&mut tx);
+                }
             }
         }
     }
@@ -844,6 +860,38 @@ fn unmap(a: SocketAddr) -> SocketAddr {
             None => a,
         },
         v4 => v4,
+    }
+}
+
+/// The buffers of the TUN -> network path, allocated once per thread.
+struct TxBufs<'a> {
+    orig: Vec<u8>,
+    segs: Vec<&'a mut [u8]>,
+    sizes: Vec<usize>,
+    out: Vec<u8>,
+    lens: Vec<usize>,
+}
+
+impl<'a> TxBufs<'a> {
+    fn seg_len(mtu: usize) -> usize {
+        mtu.max(1500) + 128
+    }
+
+    /// The memory the pieces of a split packet go to: one allocation, large enough to be mapped on its own, so
+    /// none of it is resident until used.
+    fn memory(mtu: usize) -> Vec<u8> {
+        vec![0u8; IDEAL_BATCH_SIZE * Self::seg_len(mtu)]
+    }
+
+    fn new(memory: &'a mut [u8], mtu: usize) -> TxBufs<'a> {
+        let seg_len = Self::seg_len(mtu);
+        TxBufs {
+            orig: vec![0u8; VIRTIO_NET_HDR_LEN + 65535],
+            segs: memory.chunks_mut(seg_len).collect(),
+            sizes: vec![0usize; IDEAL_BATCH_SIZE],
+            out: vec![0u8; IDEAL_BATCH_SIZE * (seg_len + WG_OVERHEAD)],
+            lens: Vec::with_capacity(IDEAL_BATCH_SIZE),
+        }
     }
 }
 
