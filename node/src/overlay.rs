@@ -377,20 +377,8 @@ fn default_endpoint(snap: &Snapshot, port: u16) -> Option<SocketAddr> {
         .iter()
         .filter_map(|a| a.parse::<libp2p::Multiaddr>().ok())
         .filter_map(|a| net::ip_of(&a))
-        .find(routable)
+        .find(net::is_routable_ip)
         .map(|ip| SocketAddr::new(ip, port))
-}
-
-fn routable(ip: &IpAddr) -> bool {
-    match ip {
-        IpAddr::V6(a) => {
-            !(a.is_loopback()
-                || a.is_unspecified()
-                || (a.segments()[0] & 0xffc0) == 0xfe80
-                || metac_mesh::identity::is_overlay_addr(a))
-        }
-        IpAddr::V4(a) => !(a.is_loopback() || a.is_unspecified() || a.is_link_local()),
-    }
 }
 
 /// Nodes' X25519 keys, derived once (a point decompression each).
@@ -416,7 +404,7 @@ pub fn peer_infos(snap: &Snapshot, guests: &[Guest], keys: &mut KeyCache) -> Vec
         let mut endpoints: Vec<SocketAddr> = vec![];
         let adverted =
             n.addrs.iter().filter_map(|a| a.parse::<libp2p::Multiaddr>().ok()).filter_map(|a| net::ip_of(&a));
-        for ip in n.remote_ip.into_iter().chain(adverted).filter(routable) {
+        for ip in n.remote_ip.into_iter().chain(adverted).filter(net::is_routable_ip) {
             let e = SocketAddr::new(ip, t.port);
             if !endpoints.contains(&e) {
                 endpoints.push(e);

@@ -167,6 +167,16 @@ enum Src {
     Relay(NodeKey),
 }
 
+impl Src {
+    /// The UDP source, if it came over UDP.
+    fn udp(self) -> Option<SocketAddr> {
+        match self {
+            Src::Udp(a) => Some(a),
+            Src::Relay(_) => None,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Counters {
     unknown_dst: AtomicU64,
@@ -683,12 +693,8 @@ impl Inner {
         let Ok(parsed) = Tunn::parse_incoming_packet(datagram) else { return reject() };
         let (peer, is_init, is_cookie) = match &parsed {
             Packet::HandshakeInit(p) => {
-                let ip = match src {
-                    Src::Udp(a) => Some(a.ip()),
-                    Src::Relay(_) => None,
-                };
                 let mut cookie = [0u8; 64];
-                match self.rate_limiter.verify_packet(ip, datagram, &mut cookie) {
+                match self.rate_limiter.verify_packet(src.udp().map(|a| a.ip()), datagram, &mut cookie) {
                     Ok(_) => {}
                     Err(TunnResult::WriteToNetwork(c)) => {
                         if let Src::Udp(a) = src {
@@ -730,16 +736,9 @@ impl Inner {
         let now = Instant::now();
         let mut st = peer.state();
         let mut tunn = st.tunn.take().unwrap_or_else(|| self.new_tunn(peer));
-        let ip = match src {
-            Src::Udp(a) => Some(a.ip()),
-            Src::Relay(_) => None,
-        };
-        let from = match src {
-            Src::Udp(a) => Some(a),
-            Src::Relay(_) => None,
-        };
+        let from = src.udp();
         let mut result = None;
-        match tunn.decapsulate(ip, datagram, out) {
+        match tunn.decapsulate(from.map(|a| a.ip()), datagram, out) {
             TunnResult::WriteToNetwork(reply) => {
                 if !is_cookie {
                     st.authenticated(from, is_init, now);

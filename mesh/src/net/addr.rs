@@ -63,15 +63,19 @@ pub fn ip_of(addr: &Multiaddr) -> Option<std::net::IpAddr> {
 /// True for addresses worth telling others about: not loopback, link-local or unspecified, and not an overlay
 /// address (the mesh must never run over the overlay it carries).
 pub(super) fn is_routable(addr: &Multiaddr) -> bool {
-    match addr.iter().next() {
-        Some(Protocol::Ip6(a)) => {
+    ip_of(addr).is_none_or(|ip| is_routable_ip(&ip))
+}
+
+/// [`is_routable`] for a bare IP address (also the overlay's rule for tunnel endpoints).
+pub fn is_routable_ip(ip: &std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V6(a) => {
             !(a.is_loopback()
                 || a.is_unspecified()
                 || (a.segments()[0] & 0xffc0) == 0xfe80
-                || crate::identity::is_overlay_addr(&a))
+                || crate::identity::is_overlay_addr(a))
         }
-        Some(Protocol::Ip4(a)) => !(a.is_loopback() || a.is_unspecified() || a.is_link_local()),
-        _ => true,
+        std::net::IpAddr::V4(a) => !(a.is_loopback() || a.is_unspecified() || a.is_link_local()),
     }
 }
 

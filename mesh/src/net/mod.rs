@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-pub use addr::{ip_of, node_key, parse_peer_addr, peer_id};
+pub use addr::{ip_of, is_routable_ip, node_key, parse_peer_addr, peer_id};
 pub use rpc::MAX_RPC_BYTES;
 
 use crate::advert::ResourceInfo;
