@@ -150,6 +150,13 @@ pub fn run(a: Args) -> Result<()> {
     for (_, addr) in &paths {
         rtt.push(rtt_ms(h1, addr, a.pings)?);
     }
+    if std::env::var_os("METAC_BENCH_DEBUG").is_some() {
+        for n in &nodes {
+            let s = n.host().metac(&["overlay", "status"])?;
+            eprintln!("{}", String::from_utf8_lossy(&s.stdout));
+            eprintln!("{}", n.log_tail(40));
+        }
+    }
     let tcp: Vec<f64> = tcp.into_iter().map(median).collect();
     let s = nodes[0].host().metac(&["--json", "overlay", "status"])?;
     let v: serde_json::Value = serde_json::from_slice(&s.stdout)?;

@@ -385,7 +385,7 @@ async fn overlay_cmd(c: &Client, json_out: bool, cmd: OverlayCmd) -> Result<()> 
                     vec![
                         if name.starts_with("guest:") { name } else { name.chars().take(16).collect() },
                         s(&p["addr"]),
-                        s(&p["endpoint"]),
+                        if p["narrow"] == true { s(&p["endpoint"]) + " (narrow)" } else { s(&p["endpoint"]) },
                         s(&p["path"]),
                         match p["last_handshake_secs"].as_f64() {
                             Some(t) => format!("{t:.0}s ago"),

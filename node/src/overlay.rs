@@ -278,6 +278,7 @@ impl NodeOverlay {
                 "name": p.name,
                 "addr": p.addr,
                 "endpoint": p.endpoint.map(|e| e.to_string()),
+                "narrow": p.narrow,
                 "path": p.path,
                 "tunnel": p.tunnel,
                 "last_handshake_secs": p.last_handshake_secs,

@@ -26,18 +26,23 @@ pub(crate) fn tun_error(name: &str, e: io::Error) -> String {
     }
 }
 
-/// Opens the TUN device `name` with `addr`/48 and `mtu`, with offloads where the kernel has them.
-pub(crate) fn open_tun(name: &str, addr: Ipv6Addr, mtu: u16) -> Result<SyncDevice, String> {
+/// Opens the TUN device `name` with `addr`/48 and `mtu`, with offloads where the kernel has them, and two queues.
+/// The kernel sends a flow's packets to the queue that last wrote one of that flow (its "automq" steering), so
+/// what the receiving thread writes through its own queue is answered on that queue.
+pub(crate) fn open_tun(name: &str, addr: Ipv6Addr, mtu: u16) -> Result<(SyncDevice, SyncDevice), String> {
     if !std::path::Path::new("/dev/net/tun").exists() {
         return Err("no /dev/net/tun on this system (the tun module is missing)".into());
     }
-    DeviceBuilder::new()
+    let first = DeviceBuilder::new()
         .name(name)
         .ipv6(addr, PREFIX_LEN)
         .mtu(mtu)
         .offload(true)
+        .multi_queue(true)
         .build_sync()
-        .map_err(|e| tun_error(name, e))
+        .map_err(|e| tun_error(name, e))?;
+    let second = first.try_clone().map_err(|e| format!("cannot open a second queue of TUN device {name}: {e}"))?;
+    Ok((first, second))
 }
 
 /// Binds the tunnels' UDP socket on `[::]:port` (IPv4 too), non-blocking.
@@ -46,8 +51,8 @@ pub(crate) fn bind_udp(port: u16) -> io::Result<UdpSocket> {
     s.set_only_v6(false)?;
     s.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)).into())?;
     for (force, plain) in [(libc::SO_SNDBUFFORCE, libc::SO_SNDBUF), (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF)] {
-        if setsockopt_int(s.as_raw_fd(), force, SOCKET_BUFFER).is_err() {
-            let _ = setsockopt_int(s.as_raw_fd(), plain, SOCKET_BUFFER);
+        if setsockopt_int(s.as_raw_fd(), libc::SOL_SOCKET, force, SOCKET_BUFFER as libc::c_int).is_err() {
+            let _ = setsockopt_int(s.as_raw_fd(), libc::SOL_SOCKET, plain, SOCKET_BUFFER as libc::c_int);
         }
     }
     s.set_nonblocking(true)?;
@@ -65,14 +70,22 @@ pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-fn setsockopt_int(fd: RawFd, opt: libc::c_int, value: usize) -> io::Result<()> {
-    let v = value as libc::c_int;
+/// Lets the kernel fragment a datagram larger than the route to its destination, as WireGuard does: quinn-udp
+/// forbids fragmentation (QUIC probes the path MTU instead), but a tunnel must still work behind a narrower link.
+/// The engine sends such datagrams one by one, since a GSO train cannot be fragmented.
+pub(crate) fn allow_fragments(fd: RawFd) -> io::Result<()> {
+    setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 0)?;
+    setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, libc::IPV6_PMTUDISC_WANT)?;
+    setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_WANT)
+}
+
+fn setsockopt_int(fd: RawFd, level: libc::c_int, opt: libc::c_int, v: libc::c_int) -> io::Result<()> {
     // SAFETY: `fd` is an open socket owned by the caller; the option value is a c_int on the stack whose size is
     // passed alongside it.
     let r = unsafe {
         libc::setsockopt(
             fd,
-            libc::SOL_SOCKET,
+            level,
             opt,
             (&v as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
@@ -117,14 +130,25 @@ impl StopFd {
 
     /// Waits until `fd` is readable (true), or until stopped or `timeout` passes (false). `None` waits for ever.
     pub(crate) fn wait_readable(&self, fd: Option<RawFd>, timeout: Option<Duration>) -> bool {
+        let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as libc::c_int);
+        self.wait([fd.unwrap_or(-1), -1], ms) & 1 != 0
+    }
+
+    /// Waits until one of `fds` is readable, or until stopped, for at most `ms` milliseconds (-1: for ever, 0: a
+    /// look). Returns a bit per descriptor that is readable (bit i for `fds[i]`); 0 when stopped or timed out. A
+    /// negative descriptor is left out.
+    pub(crate) fn wait(&self, fds: [RawFd; 2], ms: libc::c_int) -> u32 {
         let mut p = [
             libc::pollfd { fd: self.0.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: fd.unwrap_or(-1), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: fds[0], events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: fds[1], events: libc::POLLIN, revents: 0 },
         ];
-        let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as libc::c_int);
-        // SAFETY: two valid pollfds on the stack (a negative fd is ignored by poll); both descriptors stay open
+        // SAFETY: three valid pollfds on the stack (a negative fd is ignored by poll); every descriptor stays open
         // for the call (owned by the engine).
-        let r = unsafe { libc::poll(p.as_mut_ptr(), 2, ms) };
-        r > 0 && p[0].revents == 0 && p[1].revents != 0
+        let r = unsafe { libc::poll(p.as_mut_ptr(), 3, ms) };
+        if r <= 0 || p[0].revents != 0 {
+            return 0;
+        }
+        u32::from(p[1].revents != 0) | u32::from(p[2].revents != 0) << 1
     }
 }

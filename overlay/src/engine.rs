@@ -21,7 +21,7 @@ use tun_rs::{GROTable, SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 use crate::device;
 use crate::packet;
-use crate::table::{Path, Peer, PeerInfo, Step, Table};
+use crate::table::{Path, Peer, PeerInfo, PeerState, Route, Step, Table};
 
 /// The default MTU of the TUN: a 1500-byte underlay minus IPv6 (40), UDP (8) and WireGuard (32) headers.
 pub const DEFAULT_MTU: u16 = 1420;
@@ -105,6 +105,8 @@ pub struct PeerStatus {
     pub addr: Ipv6Addr,
     /// Current UDP endpoint.
     pub endpoint: Option<SocketAddr>,
+    /// The route to the endpoint is narrower than a full-size datagram: datagrams go out fragmented.
+    pub narrow: bool,
     /// `udp` or `relay`.
     pub path: &'static str,
     /// Whether a tunnel exists now (they are made on demand and dropped when idle).
@@ -185,7 +187,11 @@ struct Counters {
 }
 
 struct Inner {
+    /// The TUN queue the TUN thread reads.
     tun: SyncDevice,
+    /// The TUN queue of the receiving thread: it writes what it decrypts here (but pure TCP ACKs), so the kernel
+    /// puts those flows' answers here too, and the same thread sends them (see `rx_loop`).
+    tun_rx: SyncDevice,
     tun_name: String,
     udp: UdpSocket,
     udp_state: UdpSocketState,
@@ -200,8 +206,6 @@ struct Inner {
     relay: Box<dyn Relay>,
     stop: AtomicBool,
     stop_fd: device::StopFd,
-    /// Held while a packet is read from the TUN and sent on (see `rx_loop`).
-    tx_lock: Mutex<()>,
     failed: Mutex<Option<String>>,
     refresh: AtomicBool,
     pending: Mutex<std::collections::VecDeque<(Instant, Vec<u8>)>>,
@@ -219,18 +223,22 @@ pub struct Overlay {
 impl Overlay {
     /// Creates the TUN device and the UDP socket and starts the threads.
     pub fn start(config: Config, relay: Box<dyn Relay>) -> Result<Overlay, StartError> {
-        let tun = device::open_tun(&config.tun, config.addr, config.mtu).map_err(StartError::Tun)?;
+        let (tun, tun_rx) = device::open_tun(&config.tun, config.addr, config.mtu).map_err(StartError::Tun)?;
         let udp = device::bind_udp(config.port).map_err(|source| StartError::Udp { port: config.port, source })?;
         let port = udp.local_addr().map_err(|e| StartError::Other(e.to_string()))?.port();
         let udp_state = UdpSocketState::new((&udp).into()).map_err(|e| StartError::Other(e.to_string()))?;
+        device::allow_fragments(udp.as_raw_fd()).map_err(|e| StartError::Other(format!("UDP socket options: {e}")))?;
         let secret = StaticSecret::from(config.secret);
         let public = PublicKey::from(&secret);
         let offload = tun.tcp_gso();
-        // Two threads may read the TUN (see rx_loop): a read that finds nothing must not block.
-        device::set_nonblocking(tun.as_raw_fd()).map_err(|e| StartError::Other(format!("TUN O_NONBLOCK: {e}")))?;
+        // The threads wait in poll (beside the stop signal) and then read until nothing is left.
+        for fd in [tun.as_raw_fd(), tun_rx.as_raw_fd()] {
+            device::set_nonblocking(fd).map_err(|e| StartError::Other(format!("TUN O_NONBLOCK: {e}")))?;
+        }
         let inner = Arc::new(Inner {
             tun_name: tun.name().unwrap_or(config.tun),
             tun,
+            tun_rx,
             udp,
             udp_state,
             port,
@@ -244,7 +252,6 @@ impl Overlay {
             relay,
             stop: AtomicBool::new(false),
             failed: Mutex::new(None),
-            tx_lock: Mutex::new(()),
             stop_fd: device::StopFd::new().map_err(|e| StartError::Other(format!("eventfd: {e}")))?,
             refresh: AtomicBool::new(false),
             pending: Mutex::new(std::collections::VecDeque::with_capacity(PENDING)),
@@ -373,6 +380,7 @@ impl Overlay {
                     name: p.name.clone(),
                     addr: p.addr,
                     endpoint: st.endpoint,
+                    narrow: st.endpoint.is_some_and(|e| st.is_narrow(e)),
                     path: st.path.as_str(),
                     tunnel: st.tunn.is_some(),
                     last_handshake_secs: st
@@ -464,10 +472,7 @@ impl Inner {
             if !self.stop_fd.wait_readable(Some(fd), None) {
                 continue;
             }
-            let guard = self.tx_lock.lock().unwrap_or_else(|e| e.into_inner());
-            let r = self.tx_batch(&mut bufs);
-            drop(guard);
-            match r {
+            match self.tx_batch(&self.tun, &mut bufs) {
                 Ok(()) => {}
                 Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
                 Err(e) if is_fatal(&e) => {
@@ -479,9 +484,9 @@ impl Inner {
         }
     }
 
-    /// Reads one packet (or GSO super-packet) from the TUN, without blocking, and sends it on.
-    fn tx_batch(&self, b: &mut TxBufs<'_>) -> io::Result<()> {
-        let n = self.tun.recv_multiple(&mut b.orig, &mut b.segs, &mut b.sizes, 0)?;
+    /// Reads one packet (or GSO super-packet) from a TUN queue, without blocking, and sends it on.
+    fn tx_batch(&self, queue: &SyncDevice, b: &mut TxBufs<'_>) -> io::Result<()> {
+        let n = queue.recv_multiple(&mut b.orig, &mut b.segs, &mut b.sizes, 0)?;
         let table = self.table();
         let (segs, sizes) = (&b.segs, &b.sizes);
         let mut i = 0;
@@ -547,17 +552,43 @@ impl Inner {
         if handshake {
             st.handshake_sent(now);
         }
-        let (path, endpoint) = (st.path, st.endpoint);
+        let route = st.route();
         drop(st);
         crate::table::Counters::add(&peer.counters.tx_bytes, bytes);
-        self.transmit(peer, path, endpoint, &out[..off], lens);
+        self.transmit(peer, route, &out[..off], lens);
+        if let Some(ep) = peer.take_narrow_hint() {
+            self.leave_narrow(peer, &mut peer.state(), ep, now);
+        }
+    }
+
+    /// A send found `ep` narrower than a full-size datagram (see `table`): moves the peer to a wider endpoint and
+    /// starts a handshake there, or says that its datagrams will go out fragmented.
+    fn leave_narrow(&self, peer: &Peer, st: &mut PeerState, ep: SocketAddr, now: Instant) {
+        match st.too_narrow(ep, now) {
+            Some(next) => {
+                tracing::info!(peer = %peer.name, from = %ep, to = %next,
+                    "the route to the peer's endpoint is narrower than the overlay's datagrams: moving");
+                let mut buf = [0u8; 256];
+                let Some(tunn) = st.tunn.as_mut() else { return };
+                if let TunnResult::WriteToNetwork(p) = tunn.format_handshake_initiation(&mut buf, true) {
+                    let l = p.len();
+                    self.transmit(peer, Route { path: Path::Udp, endpoint: Some(next), narrow: false }, p, &[l]);
+                    st.handshake_sent(now);
+                }
+            }
+            None if st.endpoint == Some(ep) => tracing::info!(peer = %peer.name, %ep,
+                "the route to the peer is narrower than the overlay's datagrams: they go out fragmented"),
+            None => {}
+        }
     }
 
     /// Sends encrypted datagrams laid end to end in `buf` (lengths in `lens`) on `path`.
-    fn transmit(&self, peer: &Peer, path: Path, endpoint: Option<SocketAddr>, buf: &[u8], lens: &[usize]) {
-        match (path, endpoint, peer.node) {
+    /// The caller may hold the peer's state lock: this must not take it.
+    fn transmit(&self, peer: &Peer, route: Route, buf: &[u8], lens: &[usize]) {
+        match (route.path, route.endpoint, peer.node) {
             (Path::Udp, Some(ep), _) => {
-                let max = self.udp_state.max_gso_segments().max(1);
+                // To a narrow endpoint, one datagram per send, for the kernel to fragment.
+                let max = if route.narrow { 1 } else { self.udp_state.max_gso_segments().max(1) };
                 let (mut start, mut k) = (0, 0);
                 while k < lens.len() {
                     let size = lens[k];
@@ -571,7 +602,14 @@ impl Inner {
                         m += 1;
                     }
                     let seg = (m - k > 1).then_some(size);
-                    self.udp_send(ep, &buf[start..start + len], seg);
+                    if let Err(e) = self.udp_send(ep, &buf[start..start + len], seg) {
+                        if is_too_big(&e, seg.is_some()) {
+                            peer.hint_narrow(ep);
+                            for d in buf[start..start + len].chunks(size) {
+                                let _ = self.udp_send(ep, d, None);
+                            }
+                        }
+                    }
                     start += len;
                     k = m;
                 }
@@ -587,98 +625,119 @@ impl Inner {
         }
     }
 
-    fn udp_send(&self, ep: SocketAddr, contents: &[u8], segment_size: Option<usize>) {
+    /// Sends one datagram, or a GSO train of `segment_size` pieces; waits (a little) for room in the socket buffer.
+    fn udp_send(&self, ep: SocketAddr, contents: &[u8], segment_size: Option<usize>) -> io::Result<()> {
         let destination = match ep {
             SocketAddr::V4(v4) => SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port()),
             v6 => v6,
         };
         let t = Transmit { destination, ecn: None, contents, segment_size, src_ip: None };
+        let mut result = Ok(());
         for _ in 0..50 {
-            match self.udp_state.try_send((&self.udp).into(), &t) {
+            result = self.udp_state.try_send((&self.udp).into(), &t);
+            match &result {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     device::wait_writable(self.udp.as_raw_fd(), Duration::from_millis(20));
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, %ep, len = contents.len(), ?segment_size, "UDP send failed");
-                    return;
+                    break;
                 }
-                Ok(()) => return,
+                Ok(()) => break,
             }
         }
+        result
     }
 
-    /// Network -> TUN: read many datagrams per call, decrypt, coalesce, write.
+    /// Network -> TUN, and the answers: read many datagrams per call, decrypt, coalesce, write; and send on what
+    /// the kernel puts on this thread's TUN queue.
+    ///
+    /// What this thread decrypts is written through its own TUN queue, except pure TCP ACKs, which go through the
+    /// TUN thread's. The kernel steers a flow's packets to the queue that last wrote one of that flow, so the
+    /// answers to what arrives here (a ping's reply, a response to a request, the ACKs of a stream this host
+    /// receives) come back to this thread, which sends them at once: no other thread is woken on the way, which
+    /// saves a wake-up per round trip. A host sending a bulk stream receives only its ACKs; they go through the TUN
+    /// thread's queue, so that thread keeps sending the stream while this one receives.
     fn rx_loop(&self) {
-        // One mapping for the receive buffers (resident only once used), and TUN buffers reserved on first use: an
-        // idle overlay holds little memory, a busy one allocates nothing per packet.
-        let mut rbuf_mem = vec![0u8; RX_BATCH * RX_BUF];
-        let mut meta = [RecvMeta::default(); RX_BATCH];
-        let mut tbufs: Vec<Vec<u8>> = (0..IDEAL_BATCH_SIZE).map(|_| Vec::new()).collect();
-        let mut gro = GROTable::default();
-        let fd = self.udp.as_raw_fd();
-        let mut errors = ErrorLog::new("UDP receive");
-        let mut tun_errors = ErrorLog::new("TUN write");
-        let room = self.mtu.max(1500) + WG_OVERHEAD + 148;
+        let mut rx = RxBufs::new();
         let mut seg_mem = TxBufs::memory(self.mtu);
         let mut tx = TxBufs::new(&mut seg_mem, self.mtu);
+        let mut errors = ErrorLog::new("TUN read");
+        let fds = [self.udp.as_raw_fd(), self.tun_rx.as_raw_fd()];
         while !self.stopped() {
-            if !self.stop_fd.wait_readable(Some(fd), None) {
-                continue;
+            let ready = self.stop_fd.wait(fds, -1);
+            if ready & 1 != 0 {
+                self.rx_batch(&mut rx);
             }
-            let n = {
-                let mut it = rbuf_mem.chunks_mut(RX_BUF);
-                let mut iovs: [IoSliceMut; RX_BATCH] = std::array::from_fn(|_| IoSliceMut::new(it.next().unwrap()));
-                match self.udp_state.recv((&self.udp).into(), &mut iovs, &mut meta) {
-                    Ok(n) => n,
-                    Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => continue,
-                    Err(e) => {
-                        errors.log(&e);
-                        continue;
+            if ready & 2 != 0 {
+                match self.tx_batch(&self.tun_rx, &mut tx) {
+                    Ok(()) => {}
+                    Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+                    Err(e) if is_fatal(&e) => {
+                        self.fail(format!("reading TUN device {}: {e} (was it removed?)", self.tun_name));
+                        return;
                     }
-                }
-            };
-            let table = self.table();
-            let mut count = 0;
-            for (m, buf) in meta[..n].iter().zip(rbuf_mem.chunks(RX_BUF)) {
-                let stride = if m.stride == 0 { m.len } else { m.stride };
-                let from = unmap(m.addr);
-                for dgram in buf[..m.len].chunks(stride.max(1)) {
-                    let tb = &mut tbufs[count];
-                    tb.clear();
-                    if tb.capacity() < VIRTIO_NET_HDR_LEN + RX_BUF {
-                        tb.reserve_exact(VIRTIO_NET_HDR_LEN + RX_BUF); // once per buffer: room to coalesce into
-                    }
-                    tb.resize(VIRTIO_NET_HDR_LEN + dgram.len().max(room), 0);
-                    if let Some(len) =
-                        self.handle_datagram(&table, Src::Udp(from), dgram, &mut tb[VIRTIO_NET_HDR_LEN..])
-                    {
-                        tb.truncate(VIRTIO_NET_HDR_LEN + len);
-                        count += 1;
-                        if count == tbufs.len() {
-                            self.write_tun(&mut gro, &mut tbufs[..count], &mut tun_errors);
-                            count = 0;
-                        }
-                    }
-                }
-            }
-            if count > 0 {
-                self.write_tun(&mut gro, &mut tbufs[..count], &mut tun_errors);
-            }
-            // A packet or two written to the TUN is usually a request, and the kernel answers some at once, inside
-            // the write (ping, TCP handshakes and ACKs): send the answer from here rather than wake the TUN thread,
-            // which saves a thread wake-up per round trip. Bulk batches are left to the TUN thread, so that one
-            // thread sends a flow's data. Reading and sending happen under `tx_lock`, so that what is read first is
-            // sent first whichever thread reads it (reordering would cost TCP spurious retransmits).
-            if (1..=2).contains(&count) {
-                if let Ok(_guard) = self.tx_lock.try_lock() {
-                    let _ = self.tx_batch(&mut tx);
+                    Err(e) => errors.log(&e),
                 }
             }
         }
     }
 
-    fn write_tun(&self, gro: &mut GROTable, bufs: &mut [Vec<u8>], errors: &mut ErrorLog) {
-        if let Err(e) = self.tun.send_multiple(gro, bufs, VIRTIO_NET_HDR_LEN) {
+    /// Reads one batch of datagrams from the UDP socket, without blocking, and writes what they carry to the TUN.
+    fn rx_batch(&self, b: &mut RxBufs) {
+        let n = {
+            let mut it = b.mem.chunks_mut(RX_BUF);
+            let mut iovs: [IoSliceMut; RX_BATCH] = std::array::from_fn(|_| IoSliceMut::new(it.next().unwrap()));
+            match self.udp_state.recv((&self.udp).into(), &mut iovs, &mut b.meta) {
+                Ok(n) => n,
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => return,
+                Err(e) => return b.udp_errors.log(&e),
+            }
+        };
+        let table = self.table();
+        let room = self.mtu.max(1500) + WG_OVERHEAD + 148;
+        let (mut own, mut acks) = (0, 0);
+        for (m, buf) in b.meta[..n].iter().zip(b.mem.chunks(RX_BUF)) {
+            let stride = if m.stride == 0 { m.len } else { m.stride };
+            let from = unmap(m.addr);
+            for dgram in buf[..m.len].chunks(stride.max(1)) {
+                let tb = &mut b.own[own];
+                tb.clear();
+                if tb.capacity() < VIRTIO_NET_HDR_LEN + RX_BUF {
+                    tb.reserve_exact(VIRTIO_NET_HDR_LEN + RX_BUF); // once per buffer: room to coalesce into
+                }
+                tb.resize(VIRTIO_NET_HDR_LEN + dgram.len().max(room), 0);
+                let Some(len) = self.handle_datagram(&table, Src::Udp(from), dgram, &mut tb[VIRTIO_NET_HDR_LEN..])
+                else {
+                    continue;
+                };
+                tb.truncate(VIRTIO_NET_HDR_LEN + len);
+                if packet::is_pure_tcp_ack(&tb[VIRTIO_NET_HDR_LEN..]) {
+                    std::mem::swap(&mut b.own[own], &mut b.acks[acks]);
+                    acks += 1;
+                    if acks == b.acks.len() {
+                        self.write_tun(&self.tun, &mut b.gro, &mut b.acks[..acks], &mut b.tun_errors);
+                        acks = 0;
+                    }
+                } else {
+                    own += 1;
+                    if own == b.own.len() {
+                        self.write_tun(&self.tun_rx, &mut b.gro, &mut b.own[..own], &mut b.tun_errors);
+                        own = 0;
+                    }
+                }
+            }
+        }
+        if own > 0 {
+            self.write_tun(&self.tun_rx, &mut b.gro, &mut b.own[..own], &mut b.tun_errors);
+        }
+        if acks > 0 {
+            self.write_tun(&self.tun, &mut b.gro, &mut b.acks[..acks], &mut b.tun_errors);
+        }
+    }
+
+    fn write_tun(&self, queue: &SyncDevice, gro: &mut GROTable, bufs: &mut [Vec<u8>], errors: &mut ErrorLog) {
+        if let Err(e) = queue.send_multiple(gro, bufs, VIRTIO_NET_HDR_LEN) {
             errors.log(&e);
         }
     }
@@ -698,7 +757,7 @@ impl Inner {
                     Ok(_) => {}
                     Err(TunnResult::WriteToNetwork(c)) => {
                         if let Src::Udp(a) = src {
-                            self.udp_send(a, c, None);
+                            let _ = self.udp_send(a, c, None);
                         }
                         return None;
                     }
@@ -744,14 +803,16 @@ impl Inner {
                     st.authenticated(from, is_init, now);
                 }
                 match src {
-                    Src::Udp(a) => self.udp_send(a, reply, None),
+                    Src::Udp(a) => {
+                        let _ = self.udp_send(a, reply, None);
+                    }
                     Src::Relay(n) => self.relay.send(&n, reply),
                 }
                 // Packets queued while the handshake ran go out now.
-                let (path, ep) = (st.path, st.endpoint);
+                let route = st.route();
                 while let TunnResult::WriteToNetwork(p) = tunn.decapsulate(None, &[], out) {
                     let l = p.len();
-                    self.transmit(peer, path, ep, p, &[l]);
+                    self.transmit(peer, route, p, &[l]);
                 }
             }
             TunnResult::WriteToTunnelV6(p, addr) => {
@@ -800,6 +861,9 @@ impl Inner {
             for peer in table.peers() {
                 let mut st = peer.state();
                 busy |= st.path == Path::Relay;
+                if let Some(ep) = peer.take_narrow_hint() {
+                    self.leave_narrow(peer, &mut st, ep, now);
+                }
                 let Some(mut tunn) = st.tunn.take() else { continue };
                 busy = true;
                 let mut keep = true;
@@ -809,7 +873,7 @@ impl Inner {
                             st.handshake_sent(now);
                         }
                         let l = p.len();
-                        self.transmit(peer, st.path, st.endpoint, p, &[l]);
+                        self.transmit(peer, st.route(), p, &[l]);
                     }
                     TunnResult::Err(WireGuardError::ConnectionExpired) => keep = false,
                     _ => {}
@@ -820,13 +884,13 @@ impl Inner {
                     Step::Handshake => {
                         if let TunnResult::WriteToNetwork(p) = tunn.format_handshake_initiation(&mut buf, true) {
                             let l = p.len();
-                            self.transmit(peer, st.path, st.endpoint, p, &[l]);
+                            self.transmit(peer, st.route(), p, &[l]);
                         }
                     }
                     Step::Probe(ep) => {
                         if let TunnResult::WriteToNetwork(p) = tunn.format_handshake_initiation(&mut buf, true) {
                             let l = p.len();
-                            self.transmit(peer, Path::Udp, Some(ep), p, &[l]);
+                            self.transmit(peer, Route { path: Path::Udp, endpoint: Some(ep), narrow: false }, p, &[l]);
                         }
                     }
                 }
@@ -849,6 +913,11 @@ impl Inner {
 /// Errors after which a descriptor is useless (the device or socket is gone).
 fn is_fatal(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EBADFD) | Some(libc::EBADF) | Some(libc::ENODEV) | Some(libc::EIO))
+}
+
+/// Whether a send failed because the datagram (or a GSO segment) is larger than the route to its destination.
+fn is_too_big(e: &io::Error, gso: bool) -> bool {
+    e.raw_os_error() == Some(libc::EMSGSIZE) || (gso && e.raw_os_error() == Some(libc::EINVAL))
 }
 
 /// An IPv4-mapped IPv6 address back to IPv4.
@@ -890,6 +959,35 @@ impl<'a> TxBufs<'a> {
             sizes: vec![0usize; IDEAL_BATCH_SIZE],
             out: vec![0u8; IDEAL_BATCH_SIZE * (seg_len + WG_OVERHEAD)],
             lens: Vec::with_capacity(IDEAL_BATCH_SIZE),
+        }
+    }
+}
+
+/// The buffers of the network -> TUN path, allocated once per thread; the TUN buffers are reserved on first use,
+/// so an idle overlay holds little memory and a busy one allocates nothing per packet.
+struct RxBufs {
+    /// One mapping for the datagrams of a `recvmmsg` (resident only once used).
+    mem: Vec<u8>,
+    meta: [RecvMeta; RX_BATCH],
+    /// Packets to write through the receiving thread's TUN queue.
+    own: Vec<Vec<u8>>,
+    /// Pure TCP ACKs, written through the TUN thread's queue.
+    acks: Vec<Vec<u8>>,
+    gro: GROTable,
+    udp_errors: ErrorLog,
+    tun_errors: ErrorLog,
+}
+
+impl RxBufs {
+    fn new() -> RxBufs {
+        RxBufs {
+            mem: vec![0u8; RX_BATCH * RX_BUF],
+            meta: [RecvMeta::default(); RX_BATCH],
+            own: (0..IDEAL_BATCH_SIZE).map(|_| Vec::new()).collect(),
+            acks: (0..IDEAL_BATCH_SIZE).map(|_| Vec::new()).collect(),
+            gro: GROTable::default(),
+            udp_errors: ErrorLog::new("UDP receive"),
+            tun_errors: ErrorLog::new("TUN write"),
         }
     }
 }

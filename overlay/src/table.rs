@@ -7,6 +7,11 @@
 //! [`HANDSHAKE_WAIT`] moves it to the next candidate, and after the last one to the relay path (if the mesh has a
 //! connection to it). On the relay path a UDP handshake is tried every [`PROBE_EVERY`]; any packet that
 //! authenticates over UDP moves the peer back to UDP at the address it came from (WireGuard's roaming).
+//!
+//! An endpoint whose route cannot carry a full-size datagram (the kernel refuses the send: the address sits behind
+//! a link with a smaller MTU, such as another VPN's tunnel) is marked *narrow*: the peer moves to the next
+//! candidate that is not, and is not roamed back to it. If every candidate is narrow, it stays, and its datagrams
+//! go out one by one for the kernel to fragment.
 
 use std::collections::HashMap;
 use std::net::{Ipv6Addr, SocketAddr};
@@ -67,6 +72,17 @@ pub struct PeerInfo {
     pub relay: bool,
 }
 
+/// Where a peer's datagrams go, as read under its lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// UDP or the relay.
+    pub path: Path,
+    /// The UDP endpoint.
+    pub endpoint: Option<SocketAddr>,
+    /// The endpoint is narrow: one datagram per send, for the kernel to fragment.
+    pub narrow: bool,
+}
+
 /// Byte and packet counters of one peer.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -108,6 +124,8 @@ pub struct PeerState {
     pub last_active: Instant,
     /// The endpoint was learned from an authenticated packet (it outranks the candidates).
     pub roamed: bool,
+    /// Endpoints whose route is narrower than a full-size datagram (at most `MAX_CANDIDATES + 1`).
+    pub narrow: Vec<SocketAddr>,
 }
 
 /// One peer.
@@ -125,12 +143,25 @@ pub struct Peer {
     /// Counters.
     pub counters: Counters,
     state: Mutex<PeerState>,
+    /// An endpoint a send found narrow, for the timer to act on (a sender may hold the state lock, so it cannot
+    /// take it to change the endpoint itself).
+    narrow_hint: Mutex<Option<SocketAddr>>,
 }
 
 impl Peer {
     /// Locks its state (a poisoned lock is taken over: the state stays consistent field by field).
     pub fn state(&self) -> MutexGuard<'_, PeerState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A send to `ep` was refused as too large for its route.
+    pub fn hint_narrow(&self, ep: SocketAddr) {
+        *self.narrow_hint.lock().unwrap_or_else(|e| e.into_inner()) = Some(ep);
+    }
+
+    /// The endpoint last found narrow, once.
+    pub fn take_narrow_hint(&self) -> Option<SocketAddr> {
+        self.narrow_hint.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
 
@@ -185,13 +216,21 @@ impl Table {
                             st.path = Path::Udp;
                             st.roamed = false;
                             st.waiting_since = None;
+                            st.narrow.clear();
                         }
                         st.epoch = info.epoch;
                     }
-                    if (!st.roamed && st.candidates != candidates) || st.endpoint.is_none() {
-                        st.endpoint = candidates.first().copied();
-                    }
+                    let changed = st.candidates != candidates;
                     st.candidates = candidates;
+                    let on_narrow = st.endpoint.is_some_and(|e| st.is_narrow(e));
+                    if (changed && (!st.roamed || on_narrow)) || st.endpoint.is_none() {
+                        let best = st.best_candidate();
+                        // Off a narrow endpoint only for a wider one.
+                        if !on_narrow || best.is_some_and(|b| !st.is_narrow(b)) {
+                            st.endpoint = best;
+                            st.roamed = false;
+                        }
+                    }
                     st.relay_ok = info.relay && p.node.is_some();
                     drop(st);
                     Arc::clone(p)
@@ -216,7 +255,9 @@ impl Table {
                             last_probe: None,
                             last_active: now,
                             roamed: false,
+                            narrow: vec![],
                         }),
+                        narrow_hint: Mutex::new(None),
                     })
                 }
             };
@@ -260,6 +301,11 @@ impl PeerState {
     pub fn authenticated(&mut self, from: Option<SocketAddr>, handshake_init: bool, now: Instant) {
         self.last_active = now;
         match from {
+            // Roaming to a narrow endpoint would undo the move away from it.
+            Some(addr) if self.is_narrow(addr) && self.endpoint.is_some_and(|e| !self.is_narrow(e)) => {
+                self.path = Path::Udp;
+                self.waiting_since = None;
+            }
             Some(addr) => {
                 self.endpoint = Some(addr);
                 self.roamed = true;
@@ -301,19 +347,54 @@ impl PeerState {
             if self.relay_ok {
                 self.path = Path::Relay;
                 self.roamed = false;
-                self.endpoint = self.candidates.first().copied();
+                self.endpoint = self.best_candidate();
                 self.waiting_since = Some(now);
                 self.last_probe = Some(now);
                 return Step::Handshake;
             }
             // Nothing else to try: start over at the first candidate (boringtun keeps retrying).
             self.roamed = false;
-            self.endpoint = self.candidates.first().copied();
+            self.endpoint = self.best_candidate();
             self.waiting_since = Some(now);
             return Step::None;
         }
         self.waiting_since = None;
         Step::None
+    }
+
+    /// The kernel refused a full-size datagram to `ep`: its route is narrower. Moves the peer to the first candidate
+    /// that is not narrow and returns it (a handshake should go there at once); `None` if there is none, and the
+    /// peer stays where it is.
+    pub fn too_narrow(&mut self, ep: SocketAddr, now: Instant) -> Option<SocketAddr> {
+        if !self.narrow.contains(&ep) {
+            if self.narrow.len() > MAX_CANDIDATES {
+                self.narrow.remove(0);
+            }
+            self.narrow.push(ep);
+        }
+        if self.endpoint != Some(ep) {
+            return None; // moved already
+        }
+        let next = self.best_candidate().filter(|c| !self.is_narrow(*c))?;
+        self.endpoint = Some(next);
+        self.roamed = false;
+        self.waiting_since = Some(now);
+        Some(next)
+    }
+
+    /// Where datagrams go now.
+    pub fn route(&self) -> Route {
+        Route { path: self.path, endpoint: self.endpoint, narrow: self.endpoint.is_some_and(|e| self.is_narrow(e)) }
+    }
+
+    /// The first candidate not found narrow, else the first.
+    fn best_candidate(&self) -> Option<SocketAddr> {
+        self.candidates.iter().copied().find(|c| !self.is_narrow(*c)).or_else(|| self.candidates.first().copied())
+    }
+
+    /// Whether `ep` was found narrower than a full-size datagram.
+    pub fn is_narrow(&self, ep: SocketAddr) -> bool {
+        self.narrow.contains(&ep)
     }
 
     /// True once the tunnel has carried nothing for [`IDLE`]: it is dropped (and made again on the next packet).
@@ -422,6 +503,49 @@ mod tests {
         st.authenticated(None, false, t0 + IDLE);
         assert!(!st.is_idle(t0 + IDLE + IDLE / 2), "a packet resets the idle clock");
         assert!(st.is_idle(t0 + IDLE * 2 + Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn a_narrow_endpoint_is_left_and_not_roamed_back_to() {
+        let t0 = Instant::now();
+        let mut next = 0;
+        let (a, b, c) = ("[fd00:88::2]:1".parse().unwrap(), "[fd00:77::2]:1".parse().unwrap(), "[fd00:99::2]:1");
+        let t = Table::default().update(vec![info(1, &["[fd00:88::2]:1", "[fd00:77::2]:1"], 1, true)], &mut next, t0);
+        let mut st = t.by_public(&[1; 32]).unwrap().state();
+        assert_eq!(st.endpoint, Some(a));
+        assert_eq!(st.too_narrow(a, t0), Some(b));
+        assert_eq!(st.endpoint, Some(b));
+        assert!(st.waiting_since.is_some(), "the new endpoint is handshaken");
+        // The peer still sends from the narrow address: we stay on the wide one.
+        st.authenticated(Some(a), false, t0);
+        assert_eq!(st.endpoint, Some(b));
+        // Roaming elsewhere still works.
+        st.authenticated(Some(c.parse().unwrap()), false, t0);
+        assert_eq!(st.endpoint, Some(c.parse().unwrap()));
+        // Every candidate narrow: stay put.
+        assert_eq!(st.too_narrow(c.parse().unwrap(), t0), Some(b));
+        assert_eq!(st.too_narrow(b, t0), None);
+        assert_eq!(st.endpoint, Some(b));
+        assert!(st.is_narrow(b) && st.is_narrow(a));
+        // A late refusal for an endpoint already left changes nothing.
+        assert_eq!(st.too_narrow(a, t0), None);
+        assert_eq!(st.endpoint, Some(b));
+        drop(st);
+        // A new candidate that is not known narrow: the peer moves there.
+        let t =
+            t.update(vec![info(1, &["[fd00:88::2]:1", "[fd00:77::2]:1", "[fd00:66::2]:1"], 1, true)], &mut next, t0);
+        let mut st = t.by_public(&[1; 32]).unwrap().state();
+        assert_eq!(st.endpoint, Some("[fd00:66::2]:1".parse().unwrap()));
+        // A roamed, wide endpoint stays when the candidates do not change.
+        let roamed: SocketAddr = "[fd00:55::2]:1".parse().unwrap();
+        st.authenticated(Some(roamed), false, t0);
+        drop(st);
+        let t =
+            t.update(vec![info(1, &["[fd00:88::2]:1", "[fd00:77::2]:1", "[fd00:66::2]:1"], 1, true)], &mut next, t0);
+        assert_eq!(t.by_public(&[1; 32]).unwrap().state().endpoint, Some(roamed));
+        // A restart forgets what was narrow.
+        let t = t.update(vec![info(1, &["[fd00:88::2]:1", "[fd00:77::2]:1"], 2, true)], &mut next, t0);
+        assert!(t.by_public(&[1; 32]).unwrap().state().narrow.is_empty());
     }
 
     #[test]

@@ -168,6 +168,61 @@ fn with_udp_blocked_the_overlay_falls_back_to_the_relay() {
     eprintln!("UDP unblocked: back on UDP after {took:?}");
 }
 
+#[test]
+fn a_link_narrower_than_the_tunnel_is_left_for_a_wider_one_and_fragmented_when_alone() {
+    require_root();
+    let lab = Lab::new(2).unwrap();
+    let (h1, h2) = (lab.host(1), lab.host(2));
+    // The hosts first share only a narrow link (MTU 1280, as behind another tunnel): their bridge addresses go,
+    // and a veth pair with fd00:79::/64 joins them directly. The lab's namespaces take the pair with them.
+    for h in [h1, h2] {
+        h.run("ip", ["addr", "del", &format!("{}/64", h.addr()), "dev", "eth0"]).unwrap();
+    }
+    let out = std::process::Command::new("ip")
+        .args(["link", "add", "narrow0", "netns", h1.name(), "mtu", "1280", "type", "veth"])
+        .args(["peer", "name", "narrow0", "netns", h2.name(), "mtu", "1280"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ip link add: {}", String::from_utf8_lossy(&out.stderr));
+    for h in [h1, h2] {
+        let addr = format!("fd00:79::{}/64", h.index());
+        h.run("ip", ["addr", "add", &addr, "dev", "narrow0", "nodad"]).unwrap();
+        h.run("ip", ["link", "set", "narrow0", "up"]).unwrap();
+    }
+    let _nodes = start_all(&lab);
+    let (a1, a2) = (overlay_addr(h1), overlay_addr(h2));
+    wait_ping(h1, a2, Duration::from_secs(10));
+    let _servers = [h1.spawn("iperf3", ["-s"]).unwrap(), h2.spawn("iperf3", ["-s"]).unwrap()];
+    wait_listening(h1, 5201);
+    wait_listening(h2, 5201);
+    // Alone, the narrow link carries the tunnel: its datagrams go out fragmented, both ways.
+    iperf(h1, a2, 8);
+    iperf(h2, a1, 8);
+    for (h, to, ep) in [(h1, a2, "[fd00:79::2]"), (h2, a1, "[fd00:79::1]")] {
+        let p = peer_status(h, to).unwrap();
+        assert!(p["endpoint"].as_str().unwrap().starts_with(ep), "host {} uses the narrow link: {p}", h.index());
+        assert_eq!(p["narrow"], true, "host {} knows the link is narrow: {p}", h.index());
+    }
+    // The bridge comes back: each node adverts its new address, and the peers move there.
+    for h in [h1, h2] {
+        h.run("ip", ["addr", "add", &format!("{}/64", h.addr()), "dev", "eth0", "nodad"]).unwrap();
+    }
+    for (h, to, wide) in [(h1, a2, h2.addr()), (h2, a1, h1.addr())] {
+        let took = wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
+            Ok(peer_status(h, to).is_some_and(|p| p["endpoint"].as_str().unwrap().starts_with(&format!("[{wide}]"))))
+        })
+        .unwrap_or_else(|e| panic!("host {} moves to the wider link: {e}: {:?}", h.index(), peer_status(h, to)));
+        eprintln!("host {}: on the wider link {took:?} after it came up", h.index());
+    }
+    iperf(h1, a2, 8);
+    iperf(h2, a1, 8);
+    for (h, to) in [(h1, a2), (h2, a1)] {
+        let p = peer_status(h, to).unwrap();
+        assert_eq!(p["narrow"], false, "host {} is off the narrow link: {p}", h.index());
+        assert_eq!(p["path"], "udp", "host {}: {p}", h.index());
+    }
+}
+
 /// A stock WireGuard peer (wg-quick with wireguard-go) configured from `metac overlay wg-config`.
 struct Guest<'a> {
     host: &'a Host,
