@@ -21,6 +21,9 @@ pub struct Args {
     /// Pings per RTT figure (10 ms apart)
     #[arg(long, default_value_t = 50)]
     pings: u32,
+    /// Print both nodes' `metac overlay status` after the runs
+    #[arg(long)]
+    verbose: bool,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -39,13 +42,16 @@ fn tcp_gbit(from: &Host, to: &str, secs: u64) -> Result<f64> {
     v["end"]["sum_received"]["bits_per_second"].as_f64().map(|b| b / 1e9).context("no throughput in iperf3 output")
 }
 
-fn rtt_ms(from: &Host, to: &str, count: u32) -> Result<f64> {
-    let out = run_ok(from, "ping", &["-6", "-n", "-q", "-c", &count.to_string(), "-i", "0.01", to])?;
-    // rtt min/avg/max/mdev = 0.041/0.052/0.081/0.010 ms
-    out.lines()
-        .find(|l| l.starts_with("rtt") || l.starts_with("round-trip"))
-        .and_then(|l| l.split('=').nth(1)?.trim().split('/').nth(1)?.parse().ok())
-        .with_context(|| format!("no RTT in ping output: {out}"))
+/// Per-packet round-trip times in ms of `count` pings 10 ms apart.
+fn rtts_ms(from: &Host, to: &str, count: u32) -> Result<Vec<f64>> {
+    let out = run_ok(from, "ping", &["-6", "-n", "-c", &count.to_string(), "-i", "0.01", to])?;
+    // 64 bytes from fd00:77::2: icmp_seq=1 ttl=64 time=0.052 ms
+    let v: Vec<f64> =
+        out.lines().filter_map(|l| l.split("time=").nth(1)?.split_whitespace().next()?.parse().ok()).collect();
+    if v.len() < count as usize / 2 {
+        bail!("only {} of {count} pings to {to} answered: {out}", v.len());
+    }
+    Ok(v)
 }
 
 fn wg(args: &[&str], input: Option<&str>) -> Result<String> {
@@ -126,11 +132,13 @@ fn wireguard_go(lab: &Lab) -> Result<Vec<Proc>> {
 pub fn run(a: Args) -> Result<()> {
     let lab = Lab::new(2)?;
     let (h1, h2) = (lab.host(1), lab.host(2));
-    let _wg = wireguard_go(&lab)?;
+    // The nodes first: a mesh connection made over the wireguard-go tunnel's addresses would put the overlay's
+    // endpoints inside that tunnel.
     let nodes = lab.start_nodes(&[])?;
     let target: String = nodes[1].status()?["overlay"].as_str().context("overlay address")?.into();
     wait_until(Duration::from_secs(20), Duration::from_millis(100), || h1.ping(target.parse().unwrap()))
         .context("the metac overlay did not carry a ping")?;
+    let _wg = wireguard_go(&lab)?;
     let _server = h2.spawn("iperf3", ["-s"])?;
     wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
         Ok(!h2.run("ss", ["-ltnH", "sport = :5201"])?.stdout.is_empty())
@@ -146,15 +154,20 @@ pub fn run(a: Args) -> Result<()> {
             tcp[i].push(g);
         }
     }
-    let mut rtt = vec![];
-    for (_, addr) in &paths {
-        rtt.push(rtt_ms(h1, addr, a.pings)?);
+    // Pings interleaved too, in rounds of at most 50 per path.
+    let mut samples = vec![vec![]; 3];
+    let rounds = a.pings.div_ceil(50);
+    for r in 0..rounds {
+        for (i, (_, addr)) in paths.iter().enumerate() {
+            samples[i].extend(rtts_ms(h1, addr, a.pings / rounds + u32::from(r < a.pings % rounds))?);
+        }
     }
-    if std::env::var_os("METAC_BENCH_DEBUG").is_some() {
+    let rtt: Vec<f64> = samples.iter().map(|v| v.iter().sum::<f64>() / v.len() as f64).collect();
+    let rtt_median: Vec<f64> = samples.into_iter().map(median).collect();
+    if a.verbose {
         for n in &nodes {
             let s = n.host().metac(&["overlay", "status"])?;
-            eprintln!("{}", String::from_utf8_lossy(&s.stdout));
-            eprintln!("{}", n.log_tail(40));
+            eprintln!("host {}:\n{}", n.host().index(), String::from_utf8_lossy(&s.stdout));
         }
     }
     let tcp: Vec<f64> = tcp.into_iter().map(median).collect();
@@ -165,7 +178,7 @@ pub fn run(a: Args) -> Result<()> {
         println!("{name}_tcp_gbit: {:.2} Gbit/s", tcp[i]);
     }
     for (i, (name, _)) in paths.iter().enumerate() {
-        println!("{name}_rtt_ms: {:.3} ms", rtt[i]);
+        println!("{name}_rtt_ms: {:.3} ms (median {:.3})", rtt[i], rtt_median[i]);
     }
     let (wg_added, metac_added) = (rtt[1] - rtt[0], rtt[2] - rtt[0]);
     println!("metac_vs_wggo_tcp: {:.2}x (goal >= 2)", tcp[2] / tcp[1]);
@@ -173,5 +186,7 @@ pub fn run(a: Args) -> Result<()> {
     println!("wggo_added_rtt_ms: {wg_added:.3} ms");
     println!("metac_added_rtt_ms: {metac_added:.3} ms");
     println!("metac_vs_wggo_added_rtt: {:.2}x (goal <= 0.5)", metac_added / wg_added.max(1e-6));
+    let (wg_med, metac_med) = (rtt_median[1] - rtt_median[0], rtt_median[2] - rtt_median[0]);
+    println!("median: wggo added {wg_med:.3} ms, metac added {metac_med:.3} ms, {:.2}x", metac_med / wg_med.max(1e-6));
     Ok(())
 }

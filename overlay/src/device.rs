@@ -79,6 +79,16 @@ pub(crate) fn allow_fragments(fd: RawFd) -> io::Result<()> {
     setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_WANT)
 }
 
+/// Turns off what quinn-udp asks the kernel to attach to every received datagram and the engine never reads
+/// (receive timestamps, destination address, traffic class): less work per datagram. Best effort.
+pub(crate) fn drop_receive_extras(fd: RawFd) {
+    let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 0);
+    let _ = setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 0);
+    let _ = setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS, 0);
+    let _ = setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_PKTINFO, 0);
+    let _ = setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_RECVTOS, 0);
+}
+
 fn setsockopt_int(fd: RawFd, level: libc::c_int, opt: libc::c_int, v: libc::c_int) -> io::Result<()> {
     // SAFETY: `fd` is an open socket owned by the caller; the option value is a c_int on the stack whose size is
     // passed alongside it.

@@ -228,6 +228,7 @@ impl Overlay {
         let port = udp.local_addr().map_err(|e| StartError::Other(e.to_string()))?.port();
         let udp_state = UdpSocketState::new((&udp).into()).map_err(|e| StartError::Other(e.to_string()))?;
         device::allow_fragments(udp.as_raw_fd()).map_err(|e| StartError::Other(format!("UDP socket options: {e}")))?;
+        device::drop_receive_extras(udp.as_raw_fd());
         let secret = StaticSecret::from(config.secret);
         let public = PublicKey::from(&secret);
         let offload = tun.tcp_gso();
@@ -666,10 +667,10 @@ impl Inner {
         let fds = [self.udp.as_raw_fd(), self.tun_rx.as_raw_fd()];
         while !self.stopped() {
             let ready = self.stop_fd.wait(fds, -1);
-            if ready & 1 != 0 {
-                self.rx_batch(&mut rx);
-            }
-            if ready & 2 != 0 {
+            // A packet or two just written through our queue is often a request the kernel answered inside the
+            // write (a ping, a TCP ACK): look for the answer at once rather than after another poll.
+            let wrote = if ready & 1 != 0 { self.rx_batch(&mut rx) } else { 0 };
+            if ready & 2 != 0 || (1..=2).contains(&wrote) {
                 match self.tx_batch(&self.tun_rx, &mut tx) {
                     Ok(()) => {}
                     Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
@@ -684,19 +685,23 @@ impl Inner {
     }
 
     /// Reads one batch of datagrams from the UDP socket, without blocking, and writes what they carry to the TUN.
-    fn rx_batch(&self, b: &mut RxBufs) {
+    /// Returns how many packets went through this thread's own queue.
+    fn rx_batch(&self, b: &mut RxBufs) -> usize {
         let n = {
             let mut it = b.mem.chunks_mut(RX_BUF);
             let mut iovs: [IoSliceMut; RX_BATCH] = std::array::from_fn(|_| IoSliceMut::new(it.next().unwrap()));
             match self.udp_state.recv((&self.udp).into(), &mut iovs, &mut b.meta) {
                 Ok(n) => n,
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => return,
-                Err(e) => return b.udp_errors.log(&e),
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => return 0,
+                Err(e) => {
+                    b.udp_errors.log(&e);
+                    return 0;
+                }
             }
         };
         let table = self.table();
         let room = self.mtu.max(1500) + WG_OVERHEAD + 148;
-        let (mut own, mut acks) = (0, 0);
+        let (mut own, mut acks, mut written) = (0, 0, 0);
         for (m, buf) in b.meta[..n].iter().zip(b.mem.chunks(RX_BUF)) {
             let stride = if m.stride == 0 { m.len } else { m.stride };
             let from = unmap(m.addr);
@@ -721,6 +726,7 @@ impl Inner {
                     }
                 } else {
                     own += 1;
+                    written += 1;
                     if own == b.own.len() {
                         self.write_tun(&self.tun_rx, &mut b.gro, &mut b.own[..own], &mut b.tun_errors);
                         own = 0;
@@ -734,6 +740,7 @@ impl Inner {
         if acks > 0 {
             self.write_tun(&self.tun, &mut b.gro, &mut b.acks[..acks], &mut b.tun_errors);
         }
+        written
     }
 
     fn write_tun(&self, queue: &SyncDevice, gro: &mut GROTable, bufs: &mut [Vec<u8>], errors: &mut ErrorLog) {
