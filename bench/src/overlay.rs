@@ -18,8 +18,8 @@ pub struct Args {
     /// Seconds per iperf3 run
     #[arg(long, default_value_t = 4)]
     secs: u64,
-    /// Pings per RTT figure (10 ms apart)
-    #[arg(long, default_value_t = 50)]
+    /// Pings per RTT figure (10 ms apart; taken in rounds of 50 that alternate between the paths)
+    #[arg(long, default_value_t = 300)]
     pings: u32,
     /// Print both nodes' `metac overlay status` after the runs
     #[arg(long)]

@@ -1,5 +1,5 @@
 //! Fuzzes what the overlay reads from the network and from adverts: relay frames off a mesh stream, the tunnel
-//! string of an advert, the IPv6 header fields read from TUN packets, and WireGuard datagrams fed to a tunnel
+//! string of an advert, the IPv6 and TCP header fields read from packets, and WireGuard datagrams fed to a tunnel
 //! (boringtun's parser and state machine). Each must give a value or an error, never panic.
 
 #![no_main]
@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(t.to_string().parse::<TunnelAdvert>(), Ok(t));
         }
     }
-    let _ = (packet::src(data), packet::dst(data));
+    let _ = (packet::src(data), packet::dst(data), packet::is_pure_tcp_ack(data));
     // A datagram from the network into a tunnel.
     let mut tunn = Tunn::new(StaticSecret::from([1u8; 32]), PublicKey::from([9u8; 32]), None, None, 1, None);
     let mut out = vec![0u8; data.len() + 256];
