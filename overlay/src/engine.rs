@@ -473,14 +473,24 @@ impl Inner {
             if !self.stop_fd.wait_readable(Some(fd), None) {
                 continue;
             }
-            match self.tx_batch(&self.tun, &mut bufs) {
-                Ok(()) => {}
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
-                Err(e) if is_fatal(&e) => {
-                    self.fail(format!("reading TUN device {}: {e} (was it removed?)", self.tun_name));
-                    return;
-                }
-                Err(e) => errors.log(&e),
+            if !self.send_from(&self.tun, &mut bufs, &mut errors) {
+                return;
+            }
+        }
+    }
+
+    /// Reads what waits on a TUN queue and sends it on; false once the device is gone (the overlay failed).
+    fn send_from(&self, queue: &SyncDevice, bufs: &mut TxBufs<'_>, errors: &mut ErrorLog) -> bool {
+        match self.tx_batch(queue, bufs) {
+            Ok(()) => true,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => true,
+            Err(e) if is_fatal(&e) => {
+                self.fail(format!("reading TUN device {}: {e} (was it removed?)", self.tun_name));
+                false
+            }
+            Err(e) => {
+                errors.log(&e);
+                true
             }
         }
     }
@@ -670,16 +680,8 @@ impl Inner {
             // A packet or two just written through our queue is often a request the kernel answered inside the
             // write (a ping, a TCP ACK): look for the answer at once rather than after another poll.
             let wrote = if ready & 1 != 0 { self.rx_batch(&mut rx) } else { 0 };
-            if ready & 2 != 0 || (1..=2).contains(&wrote) {
-                match self.tx_batch(&self.tun_rx, &mut tx) {
-                    Ok(()) => {}
-                    Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
-                    Err(e) if is_fatal(&e) => {
-                        self.fail(format!("reading TUN device {}: {e} (was it removed?)", self.tun_name));
-                        return;
-                    }
-                    Err(e) => errors.log(&e),
-                }
+            if (ready & 2 != 0 || (1..=2).contains(&wrote)) && !self.send_from(&self.tun_rx, &mut tx, &mut errors) {
+                return;
             }
         }
     }

@@ -1,6 +1,7 @@
 //! The overlay end to end between real hosts: every node's fd6f address answers ping and carries TCP (iperf3)
 //! from every other node; a node restarted on another UDP port is reachable again within seconds; with UDP
-//! blocked between two hosts the overlay still works over the relay path; a stock wireguard-go peer configured by
+//! blocked between two hosts the overlay still works over the relay path; a link narrower than the tunnel's
+//! datagrams carries them fragmented and is left for a wider one; a stock wireguard-go peer configured by
 //! `metac overlay wg-config` (through wg-quick) reaches a node; and packets with a forged inner source address are
 //! dropped. Build the binary first (`cargo build --bin metac`); the tests need root, TUN, iperf3, wireguard-go
 //! and wireguard-tools, and never skip.
