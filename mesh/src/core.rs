@@ -204,6 +204,13 @@ impl Core {
             .map(|(_, e)| e.advert.clone())
             .collect();
         out.sort_unstable_by_key(|s| s.node());
+        // Their own advert is newer than the one we hold: a change gossip did not bring us (the driver sends a sync
+        // to a connected peer that gossip cannot reach when it publishes). Pull it.
+        if let (Some(&seq), Some(e)) = (theirs.get(&from), self.table.get(&from)) {
+            if seq > e.advert.seq() {
+                self.actions.push_back(Action::SendSync { to: from, digest: self.digest() });
+            }
+        }
         // If they hold a newer advert of ours (we lost state), jump past it. An equal seq is our current advert:
         // jumping then would make every reconnect re-sign and re-gossip to the whole mesh (found by metac-sim).
         if let Some(&seq) = theirs.get(&self.me) {
@@ -369,6 +376,27 @@ mod tests {
         assert_eq!(a.entry(&c.me()).unwrap().advert.advert().resources[0].name, "c");
         let syncs = drain(&mut a).into_iter().filter(|x| matches!(x, Action::SendSync { .. })).count();
         assert_eq!(syncs, 1);
+    }
+
+    #[test]
+    fn a_sync_showing_a_newer_advert_of_the_requester_is_answered_with_a_pull() {
+        let (mut a, mut b) = (node(1), node(2));
+        connect(&mut a, &mut b, 1);
+        drain(&mut a);
+        drain(&mut b);
+        // b changes, and gossip does not reach a; b sends its digest instead.
+        b.set_local(vec!["/ip6/fd00::2/tcp/1".into()], None, vec![], vec![], 2);
+        let to_b = a.handle_sync_request(b.me(), &b.digest(), 3);
+        assert!(to_b.is_empty(), "b lacks nothing");
+        let pulls: Vec<Action> = drain(&mut a).into_iter().filter(|x| matches!(x, Action::SendSync { .. })).collect();
+        assert_eq!(pulls, vec![Action::SendSync { to: b.me(), digest: a.digest() }]);
+        // The pull brings the new advert.
+        let to_a = b.handle_sync_request(a.me(), &a.digest(), 4);
+        assert_eq!(a.handle_adverts(to_a, 4), 1);
+        assert_eq!(a.entry(&b.me()).unwrap().advert.advert().addrs, vec!["/ip6/fd00::2/tcp/1".to_string()]);
+        // Nothing newer: no pull.
+        a.handle_sync_request(b.me(), &b.digest(), 5);
+        assert!(!drain(&mut a).iter().any(|x| matches!(x, Action::SendSync { .. })));
     }
 
     #[test]

@@ -327,6 +327,26 @@ impl Driver {
         }
     }
 
+    /// Connected members that gossip does not know as subscribed to the adverts (a subscription can be lost
+    /// when duplicate connections are closed) would miss what was just published: they get our digest instead,
+    /// and pull what is newer (see `Core::handle_sync_request`).
+    fn sync_unsubscribed(&mut self) {
+        let hash = self.topic.hash();
+        let gossip = &self.swarm.behaviour().gossip;
+        let subscribed: HashSet<PeerId> =
+            gossip.all_peers().filter(|(_, topics)| topics.contains(&&hash)).map(|(p, _)| *p).collect();
+        let missing: Vec<PeerId> =
+            self.admitted.iter().filter(|p| !subscribed.contains(p) && self.swarm.is_connected(p)).copied().collect();
+        if missing.is_empty() {
+            return;
+        }
+        let digest = self.core.digest();
+        for p in missing {
+            tracing::debug!(peer = %p, "gossip does not reach this peer: sending a sync");
+            self.send_sync(p, digest.clone());
+        }
+    }
+
     fn send_sync(&mut self, p: PeerId, digest: Vec<(NodeKey, u64)>) {
         let proof = admission_proof(&self.secret, self.swarm.local_peer_id(), &p);
         let id = self.swarm.behaviour_mut().rpc.send_request(&p, Request::Sync { proof, digest });
@@ -388,6 +408,7 @@ impl Driver {
                         // No peers yet is normal: sync on connect carries the advert instead.
                         tracing::trace!("advert not gossiped: {e}");
                     }
+                    self.sync_unsubscribed();
                 }
                 Action::Event(core::Event::Updated { node, addrs }) => {
                     let Some(p) = peer_id(&node) else { continue };
