@@ -887,8 +887,7 @@ impl Inner {
                     TunnResult::Err(WireGuardError::ConnectionExpired) => keep = false,
                     _ => {}
                 }
-                let session = tunn.time_since_last_handshake().is_some();
-                match st.step(session, now) {
+                match st.step(now) {
                     Step::None => {}
                     Step::Handshake => {
                         if let TunnResult::WriteToNetwork(p) = tunn.format_handshake_initiation(&mut buf, true) {

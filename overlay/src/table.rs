@@ -324,11 +324,10 @@ impl PeerState {
         }
     }
 
-    /// The timer's decision. `session` is whether the tunnel has a live session.
-    pub fn step(&mut self, session: bool, now: Instant) -> Step {
-        if session && self.path == Path::Udp {
-            self.waiting_since = None;
-        }
+    /// The timer's decision. A live session does not excuse an unanswered handshake: boringtun starts one when its
+    /// packets go unanswered, and the endpoint may have died under the session (the peer moved to another address);
+    /// only an authenticated packet clears the wait.
+    pub fn step(&mut self, now: Instant) -> Step {
         let Some(since) = self.waiting_since else {
             return self.probe(now);
         };
@@ -352,9 +351,12 @@ impl PeerState {
                 self.last_probe = Some(now);
                 return Step::Handshake;
             }
-            // Nothing else to try: start over at the first candidate (boringtun keeps retrying).
-            self.roamed = false;
-            self.endpoint = self.best_candidate();
+            // Nothing else to try: start over at the first candidate (boringtun keeps retrying). A peer with no
+            // candidates (a guest) keeps the endpoint it roamed to.
+            if let Some(b) = self.best_candidate() {
+                self.roamed = false;
+                self.endpoint = Some(b);
+            }
             self.waiting_since = Some(now);
             return Step::None;
         }
@@ -474,23 +476,55 @@ mod tests {
         let t = Table::default().update(vec![info(1, &["[fd00::1]:1", "[fd00::2]:1"], 1, true)], &mut next, t0);
         let p = t.by_public(&[1; 32]).unwrap();
         let mut st = p.state();
-        assert_eq!(st.step(false, t0), Step::None);
+        assert_eq!(st.step(t0), Step::None);
         st.handshake_sent(t0);
-        assert_eq!(st.step(false, t0 + HANDSHAKE_WAIT / 2), Step::None);
+        assert_eq!(st.step(t0 + HANDSHAKE_WAIT / 2), Step::None);
         let t1 = t0 + HANDSHAKE_WAIT;
-        assert_eq!(st.step(false, t1), Step::Handshake);
+        assert_eq!(st.step(t1), Step::Handshake);
         assert_eq!(st.endpoint, Some("[fd00::2]:1".parse().unwrap()));
         let t2 = t1 + HANDSHAKE_WAIT;
-        assert_eq!(st.step(false, t2), Step::Handshake);
+        assert_eq!(st.step(t2), Step::Handshake);
         assert_eq!(st.path, Path::Relay);
         // The relay answers.
         st.authenticated(None, false, t2);
-        assert_eq!(st.step(true, t2 + Duration::from_secs(1)), Step::None);
-        assert_eq!(st.step(true, t2 + PROBE_EVERY), Step::Probe("[fd00::1]:1".parse().unwrap()));
-        assert_eq!(st.step(true, t2 + PROBE_EVERY + Duration::from_secs(1)), Step::None);
+        assert_eq!(st.step(t2 + Duration::from_secs(1)), Step::None);
+        assert_eq!(st.step(t2 + PROBE_EVERY), Step::Probe("[fd00::1]:1".parse().unwrap()));
+        assert_eq!(st.step(t2 + PROBE_EVERY + Duration::from_secs(1)), Step::None);
         // UDP works again.
         st.authenticated(Some("[fd00::1]:1".parse().unwrap()), false, t2 + PROBE_EVERY);
         assert_eq!(st.path, Path::Udp);
+    }
+
+    #[test]
+    fn an_endpoint_that_dies_under_a_live_session_is_left() {
+        let t0 = Instant::now();
+        let mut next = 0;
+        let t = Table::default().update(vec![info(1, &["[fd00::1]:1", "[fd00::2]:1"], 1, true)], &mut next, t0);
+        let mut st = t.by_public(&[1; 32]).unwrap().state();
+        st.authenticated(Some("[fd00::9]:1".parse().unwrap()), false, t0); // roamed, session up
+                                                                           // A rekey handshake answered in time changes nothing.
+        st.handshake_sent(t0);
+        st.authenticated(Some("[fd00::9]:1".parse().unwrap()), false, t0 + HANDSHAKE_WAIT / 2);
+        assert_eq!(st.step(t0 + HANDSHAKE_WAIT), Step::None);
+        assert_eq!((st.path, st.endpoint), (Path::Udp, Some("[fd00::9]:1".parse().unwrap())));
+        // Unanswered while the session still lives: off to the relay, which probes the candidates.
+        let t1 = t0 + HANDSHAKE_WAIT;
+        st.handshake_sent(t1);
+        assert_eq!(st.step(t1 + HANDSHAKE_WAIT), Step::Handshake);
+        assert_eq!(st.path, Path::Relay);
+    }
+
+    #[test]
+    fn a_guest_keeps_its_roamed_endpoint_when_nothing_else_is_known() {
+        let t0 = Instant::now();
+        let mut next = 0;
+        let t = Table::default().update(vec![info(1, &[], 0, false)], &mut next, t0);
+        let mut st = t.by_public(&[1; 32]).unwrap().state();
+        let ep: SocketAddr = "[fd00::7]:41641".parse().unwrap();
+        st.authenticated(Some(ep), true, t0);
+        st.handshake_sent(t0);
+        assert_eq!(st.step(t0 + HANDSHAKE_WAIT), Step::None);
+        assert_eq!(st.endpoint, Some(ep));
     }
 
     #[test]
@@ -555,7 +589,7 @@ mod tests {
         let t = Table::default().update(vec![info(1, &["[fd00::1]:1"], 1, false)], &mut next, t0);
         let mut st = t.by_public(&[1; 32]).unwrap().state();
         st.handshake_sent(t0);
-        assert_eq!(st.step(false, t0 + HANDSHAKE_WAIT), Step::None);
+        assert_eq!(st.step(t0 + HANDSHAKE_WAIT), Step::None);
         assert_eq!(st.path, Path::Udp);
         // A relay handshake from a peer is answered on the relay only if the relay is possible.
         st.authenticated(None, true, t0);
