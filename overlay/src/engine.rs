@@ -381,7 +381,7 @@ impl Overlay {
                     name: p.name.clone(),
                     addr: p.addr,
                     endpoint: st.endpoint,
-                    narrow: st.endpoint.is_some_and(|e| st.is_narrow(e)),
+                    narrow: st.route().narrow,
                     path: st.path.as_str(),
                     tunnel: st.tunn.is_some(),
                     last_handshake_secs: st
@@ -566,9 +566,10 @@ impl Inner {
         let route = st.route();
         drop(st);
         crate::table::Counters::add(&peer.counters.tx_bytes, bytes);
-        self.transmit(peer, route, &out[..off], lens);
-        if let Some(ep) = peer.take_narrow_hint() {
-            self.leave_narrow(peer, &mut peer.state(), ep, now);
+        if self.transmit(peer, route, &out[..off], lens) {
+            if let Some(ep) = peer.take_narrow_hint() {
+                self.leave_narrow(peer, &mut peer.state(), ep, now);
+            }
         }
     }
 
@@ -594,8 +595,10 @@ impl Inner {
     }
 
     /// Sends encrypted datagrams laid end to end in `buf` (lengths in `lens`) on `path`.
-    /// The caller may hold the peer's state lock: this must not take it.
-    fn transmit(&self, peer: &Peer, route: Route, buf: &[u8], lens: &[usize]) {
+    /// The caller may hold the peer's state lock: this must not take it. Returns true if the endpoint turned out
+    /// narrow (a hint is left on the peer).
+    fn transmit(&self, peer: &Peer, route: Route, buf: &[u8], lens: &[usize]) -> bool {
+        let mut narrow = false;
         match (route.path, route.endpoint, peer.node) {
             (Path::Udp, Some(ep), _) => {
                 // To a narrow endpoint, one datagram per send, for the kernel to fragment.
@@ -616,6 +619,7 @@ impl Inner {
                     if let Err(e) = self.udp_send(ep, &buf[start..start + len], seg) {
                         if is_too_big(&e, seg.is_some()) {
                             peer.hint_narrow(ep);
+                            narrow = true;
                             for d in buf[start..start + len].chunks(size) {
                                 let _ = self.udp_send(ep, d, None);
                             }
@@ -634,6 +638,7 @@ impl Inner {
             }
             _ => crate::table::Counters::add(&peer.counters.no_path, lens.len() as u64),
         }
+        narrow
     }
 
     /// Sends one datagram, or a GSO train of `segment_size` pieces; waits (a little) for room in the socket buffer.
