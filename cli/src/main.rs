@@ -442,13 +442,12 @@ async fn run_node(a: NodeArgs, socket: PathBuf) -> Result<()> {
         .with_context(|| format!("--log-level {:?} is not a level or filter", a.log_level))?;
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let config = metac_node::Config {
-        state: a.state.unwrap_or_else(metac_node::config::default_state_dir),
-        socket,
         port: a.port,
         peers: a.peers,
         mdns: !a.no_mdns,
         mesh_key: a.mesh_key,
         overlay: metac_node::overlay::OverlayConfig { enabled: !a.no_overlay, tun: a.tun, port: a.overlay_port },
+        ..metac_node::Config::new(a.state.unwrap_or_else(metac_node::config::default_state_dir), socket)
     };
     let cancel = tokio_util::sync::CancellationToken::new();
     let c = cancel.clone();

@@ -245,6 +245,30 @@ mod tests {
     }
 
     #[test]
+    fn encoding_is_pinned() {
+        let id = Identity::from_secret([9; 32]);
+        let bytes = sample(&id, 3).sign(&id).encode();
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(blake3::hash(hex.as_bytes()).to_hex().as_str(), GOLDEN, "advert encoding changed: {hex}");
+    }
+
+    const GOLDEN: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+    #[test]
+    fn an_advert_with_a_kind_from_a_newer_metac_is_accepted_and_relayed_unchanged() {
+        let id = Identity::from_secret([9; 32]);
+        let mut a = sample(&id, 3);
+        a.resources[0].kind = Kind::Unknown(77);
+        let s = a.sign(&id);
+        let bytes = s.encode();
+        let d = Signed::decode(&bytes).unwrap();
+        d.verify().unwrap();
+        assert_eq!(d.advert().resources[0].kind, Kind::Unknown(77));
+        assert_eq!(d.advert().resources[0].kind.to_string(), "kind-77");
+        assert_eq!(d.encode(), bytes, "relayed bytes must be the signed ones");
+    }
+
+    #[test]
     fn trailing_bytes_are_refused() {
         let id = Identity::from_secret([9; 32]);
         let mut bytes = sample(&id, 1).sign(&id).encode();

@@ -2,6 +2,11 @@
 //!
 //! Every token names one [`Kind`] and a [`Rights`] set. Rights are plain bits so that narrowing a token is a subset
 //! check; what each bit allows depends on the kind, and [`Kind::rights`] lists the bits that mean something for it.
+//!
+//! On the wire a kind is an open number (postcard varint), not a closed enum index: a node meets kinds added after
+//! it was built, in adverts it must still accept, relay and list, and in tokens it must refuse with a clear reason.
+//! The numbers of the known kinds are the indices they always had, so the encoding is unchanged for them; an unknown
+//! number decodes to [`Kind::Unknown`]. In JSON a kind is its name (`"file"`), or `"kind-N"` when unknown.
 
 use std::fmt;
 use std::ops::{BitAnd, BitOr};
@@ -19,8 +24,7 @@ pub enum Error {
 }
 
 /// What sort of resource a token is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     /// A single file or block device, served over NBD.
     /// read: read its bytes; write: write its bytes; admin: resize it, manage its export.
@@ -36,6 +40,9 @@ pub enum Kind {
     Desktop,
     /// The right to run processes on a node. exec: start and control containers; admin: manage others' containers.
     Compute,
+    /// A kind this build does not know (from a newer metac), by its wire number. Adverts of it are kept and relayed;
+    /// tokens of it grant nothing here.
+    Unknown(u32),
 }
 
 impl Kind {
@@ -49,7 +56,31 @@ impl Kind {
                 Rights::READ | Rights::WRITE | Rights::ADMIN
             }
             Kind::Compute => Rights::EXEC | Rights::ADMIN,
+            Kind::Unknown(_) => Rights::NONE,
         }
+    }
+
+    /// The number that stands for this kind on the wire.
+    pub fn wire_id(self) -> u32 {
+        match self {
+            Kind::File => 0,
+            Kind::Fs => 1,
+            Kind::Net => 2,
+            Kind::Usb => 3,
+            Kind::Desktop => 4,
+            Kind::Compute => 5,
+            Kind::Unknown(n) => n,
+        }
+    }
+
+    /// The kind a wire number stands for; numbers this build does not know give [`Kind::Unknown`].
+    pub fn from_wire_id(n: u32) -> Kind {
+        Kind::ALL.into_iter().find(|k| k.wire_id() == n).unwrap_or(Kind::Unknown(n))
+    }
+
+    /// False for [`Kind::Unknown`].
+    pub fn is_known(self) -> bool {
+        !matches!(self, Kind::Unknown(_))
     }
 
     /// The rights an export grants when none are asked for: all of [`Kind::rights`].
@@ -57,7 +88,8 @@ impl Kind {
         self.rights()
     }
 
-    /// The lowercase name used on the command line and in refs.
+    /// The lowercase name used on the command line and in refs; `"unknown"` for a kind this build does not know
+    /// (its [`Display`](fmt::Display) form names the number).
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::File => "file",
@@ -66,21 +98,54 @@ impl Kind {
             Kind::Usb => "usb",
             Kind::Desktop => "desktop",
             Kind::Compute => "compute",
+            Kind::Unknown(_) => "unknown",
         }
     }
 }
 
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        match self {
+            Kind::Unknown(n) => write!(f, "kind-{n}"),
+            k => f.write_str(k.as_str()),
+        }
     }
 }
 
 impl FromStr for Kind {
     type Err = Error;
 
+    /// Parses a kind's name, or `kind-N` (as [`Display`](fmt::Display) writes an unknown kind).
     fn from_str(s: &str) -> Result<Kind, Error> {
-        Kind::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| Error::UnknownKind(s.to_string()))
+        if let Some(k) = Kind::ALL.into_iter().find(|k| k.as_str() == s) {
+            return Ok(k);
+        }
+        match s.strip_prefix("kind-").and_then(|n| n.parse::<u32>().ok()) {
+            Some(n) => Ok(Kind::from_wire_id(n)),
+            None => Err(Error::UnknownKind(s.to_string())),
+        }
+    }
+}
+
+impl Serialize for Kind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.collect_str(self)
+        } else {
+            // postcard writes a u32 as the same varint it wrote for the old enum's variant index.
+            s.serialize_u32(self.wire_id())
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Kind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Kind, D::Error> {
+        if d.is_human_readable() {
+            let s = String::deserialize(d)?;
+            s.parse().map_err(serde::de::Error::custom)
+        } else {
+            u32::deserialize(d).map(Kind::from_wire_id)
+        }
     }
 }
 
@@ -228,6 +293,27 @@ mod tests {
         for bits in 0..16 {
             assert_eq!(Rights(bits).to_string().parse(), Ok(Rights(bits)));
         }
+    }
+
+    #[test]
+    fn kinds_are_open_numbers_on_the_wire() {
+        // The bytes the closed enum wrote: its variant index as a postcard varint. Pinned: never renumber.
+        for (i, k) in Kind::ALL.into_iter().enumerate() {
+            assert_eq!(postcard::to_allocvec(&k).unwrap(), vec![i as u8], "{k}");
+            assert_eq!(postcard::from_bytes::<Kind>(&[i as u8]).unwrap(), k);
+        }
+        // A kind from a newer metac decodes, displays, and encodes back to the same number.
+        let k: Kind = postcard::from_bytes(&[0xac, 0x02]).unwrap();
+        assert_eq!(k, Kind::Unknown(300));
+        assert_eq!(postcard::to_allocvec(&k).unwrap(), vec![0xac, 0x02]);
+        assert_eq!(k.to_string(), "kind-300");
+        assert_eq!("kind-300".parse(), Ok(k));
+        assert_eq!("kind-0".parse(), Ok(Kind::File));
+        assert!(k.rights().is_empty() && !k.is_known());
+        assert_eq!(serde_json::to_string(&Kind::Fs).unwrap(), "\"fs\"");
+        assert_eq!(serde_json::to_string(&k).unwrap(), "\"kind-300\"");
+        assert_eq!(serde_json::from_str::<Kind>("\"kind-300\"").unwrap(), k);
+        assert!(serde_json::from_str::<Kind>("\"disk\"").is_err());
     }
 
     #[test]

@@ -8,8 +8,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited, StreamBody};
-use hyper::body::{Frame, Incoming};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
+use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use metac_mesh::kind::{Kind, Rights};
@@ -19,7 +19,8 @@ use serde_json::json;
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::node::{describe, parse_ref, unix_now, ApiError, Node};
+use crate::error::ApiError;
+use crate::node::{describe, parse_ref, unix_now, Node};
 use crate::Error;
 
 /// Largest JSON request body.
@@ -112,7 +113,6 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
         (Method::DELETE, p) if p.starts_with("/v1/overlay/guests/") => node
             .remove_guest(&p["/v1/overlay/guests/".len()..])
             .map(|_| json!({ "removed": &p["/v1/overlay/guests/".len()..] })),
-        (Method::POST, "/v1/file/cat") => return cat(&node, req).await.unwrap_or_else(error_response),
         (_, p) => Err(ApiError::not_found(format!("no API endpoint {p}"))),
     };
     match result {
@@ -204,7 +204,7 @@ async fn export(node: &Node, req: Request<Incoming>) -> Result<serde_json::Value
     let r: ExportReq = read_json(req).await?;
     let kind: Kind = r.kind.parse().map_err(|e: metac_mesh::kind::Error| ApiError::bad(e.to_string()))?;
     let rights = r.read_only.then(|| kind.rights().remove(Rights::WRITE));
-    let (e, reference) = node.export(kind, r.source, r.name, rights).await?;
+    let (e, reference) = node.export(kind, r.source, r.name, rights, serde_json::Value::Null).await?;
     Ok(json!({ "id": e.id.to_string(), "name": e.name, "kind": e.kind, "ref": reference.to_string() }))
 }
 
@@ -256,61 +256,4 @@ async fn revoke(node: &Node, req: Request<Incoming>) -> Result<serde_json::Value
     let r: RefReq = read_json(req).await?;
     let message = node.revoke(&parse_ref(&r.reference)?).await?;
     Ok(json!({ "revoked": true, "message": message }))
-}
-
-/// Streams a file resource: the handshake happens before the 200, so token errors come back as JSON errors.
-async fn cat(node: &Arc<Node>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let r: RefReq = read_json(req).await?;
-    let reference = parse_ref(&r.reference)?;
-    if reference.token.kind() != Kind::File {
-        return Err(ApiError::bad(format!("this ref is for a {} resource, not a file", reference.token.kind())));
-    }
-    let stream = node.bind(&reference, "nbd").await?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(8);
-    let (writer, mut reader) = tokio::io::duplex(1 << 20);
-    tokio::spawn(async move {
-        let mut writer = writer;
-        let result = metac_block::cat(stream, &mut writer, |_, _| {}).await;
-        if let Err(e) = result {
-            tracing::info!("file cat failed: {e}");
-            // Dropping the writer without finishing makes the pump below end the body with an error.
-            let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
-            return;
-        }
-        drop(writer);
-        drop(tx);
-    });
-    // Pump the duplex into the body. The size is known only after the NBD handshake, so the body is chunked.
-    let (btx, brx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(8);
-    tokio::spawn(async move {
-        use tokio::io::AsyncReadExt;
-        let mut rx = rx;
-        loop {
-            let mut buf = bytes::BytesMut::with_capacity(256 * 1024);
-            match reader.read_buf(&mut buf).await {
-                Ok(0) => break,
-                Ok(_) => {
-                    if btx.send(Ok(Frame::data(buf.freeze()))).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    let _ = btx.send(Err(e)).await;
-                    return;
-                }
-            }
-        }
-        // The copier reports an error after the data it managed to copy.
-        if let Some(Err(e)) = rx.recv().await {
-            let _ = btx.send(Err(e)).await;
-        }
-    });
-    let body = StreamBody::new(tokio_stream_from(brx)).boxed();
-    Ok(Response::builder().status(200).header("content-type", "application/octet-stream").body(body).expect("valid"))
-}
-
-fn tokio_stream_from<T: Send + 'static>(
-    mut rx: tokio::sync::mpsc::Receiver<T>,
-) -> impl futures::Stream<Item = T> + Send {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }

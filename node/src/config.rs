@@ -1,9 +1,12 @@
 //! Where a node keeps its state and socket, and the flags it runs with.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use metac_resource::{Clock, Plugin, SystemClock};
 
 /// A node's configuration.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     /// State directory (identity key, store).
     pub state: PathBuf,
@@ -19,6 +22,46 @@ pub struct Config {
     pub mesh_key: Option<PathBuf>,
     /// The overlay network.
     pub overlay: crate::overlay::OverlayConfig,
+    /// The clock tokens expire by (tests move a manual one).
+    pub clock: Arc<dyn Clock>,
+    /// The kinds to serve [default: every kind of this build, [`crate::kinds::builtin`]].
+    pub kinds: Option<Vec<Arc<dyn Plugin>>>,
+}
+
+impl Config {
+    /// A configuration with the defaults for everything but the state directory and the socket.
+    pub fn new(state: PathBuf, socket: PathBuf) -> Config {
+        Config {
+            state,
+            socket,
+            port: 4747,
+            peers: vec![],
+            mdns: true,
+            mesh_key: None,
+            overlay: Default::default(),
+            clock: Arc::new(SystemClock),
+            kinds: None,
+        }
+    }
+
+    /// Where kinds put their local sockets (a `file bind`'s NBD endpoint): `metac-binds` beside the API socket.
+    pub fn run_dir(&self) -> PathBuf {
+        self.socket.parent().unwrap_or(Path::new("/tmp")).join("metac-binds")
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("state", &self.state)
+            .field("socket", &self.socket)
+            .field("port", &self.port)
+            .field("peers", &self.peers)
+            .field("mdns", &self.mdns)
+            .field("mesh_key", &self.mesh_key)
+            .field("overlay", &self.overlay)
+            .finish_non_exhaustive()
+    }
 }
 
 fn is_root() -> bool {

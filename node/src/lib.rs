@@ -1,17 +1,25 @@
 //! metac-node: the daemon. It wires the identity, the store, the mesh driver, the resource registry and the local
 //! API together, and owns the lifecycle of exports, tokens and live binds.
 //!
-//! Module map: [`config`] (paths and flags), [`store`] (redb), [`registry`] (one handler per resource kind),
-//! [`node`] (exports, tokens, binds, revocation), [`overlay`] (the fd6f network's wiring), [`api`] (HTTP + JSON on a Unix socket), [`rpc`] (node-to-node
-//! requests).
+//! Module map: [`config`] (paths and flags), [`store`] (redb), [`kinds`] (the resource kinds of this build, one
+//! line each), [`node`] (the wiring), [`exports`] (exports and their open exporters), [`serve`] (inbound binds:
+//! token checks, cuts on revocation and expiry), [`binds`] (this node's binds as sessions), [`refs`] (tokens,
+//! delegation, revocation), [`transport`] (where resource streams travel), [`overlay`] (the fd6f network's
+//! wiring), [`api`] (HTTP + JSON on a Unix socket), [`rpc`] (node-to-node requests), [`error`].
 
 pub mod api;
+pub mod binds;
 pub mod config;
+pub mod error;
+pub mod exports;
+pub mod kinds;
 pub mod node;
 pub mod overlay;
-pub mod registry;
+pub mod refs;
 pub mod rpc;
+pub mod serve;
 pub mod store;
+pub mod transport;
 
 pub use config::Config;
 pub use node::Node;

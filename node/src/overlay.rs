@@ -17,8 +17,9 @@ use tokio::sync::mpsc;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::node::{unix_now, ApiError};
+use crate::error::ApiError;
 use crate::store::{Guest, Store};
+use metac_resource::clock::unix_now;
 
 /// Datagrams queued per peer on the relay path before new ones are dropped.
 const RELAY_QUEUE: usize = 256;
@@ -203,13 +204,22 @@ impl NodeOverlay {
         let incoming = mesh.accept(relay::PROTOCOL)?;
         let o = Arc::clone(&overlay);
         let c = cancel.clone();
+        let m = mesh.clone();
         let accept = tokio::spawn(async move {
             let mut incoming = std::pin::pin!(incoming);
             loop {
                 tokio::select! {
                     _ = c.cancelled() => break,
                     next = incoming.next() => match next {
-                        Some((peer, stream)) => { tokio::spawn(relay_reader(Arc::clone(&o), peer, stream)); }
+                        Some((peer, stream)) => {
+                            let (o, m) = (Arc::clone(&o), m.clone());
+                            // Relay streams pass the same admission check as every other inbound stream.
+                            tokio::spawn(async move {
+                                if m.wait_admitted(peer, crate::transport::ADMISSION_WAIT).await {
+                                    relay_reader(o, peer, stream).await;
+                                }
+                            });
+                        }
                         None => break,
                     },
                 }

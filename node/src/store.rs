@@ -1,5 +1,5 @@
 //! The node's store: one redb file at `$STATE/metac.redb` holding exports, issued and delegated tokens,
-//! revocations and remembered peers. Every write is one durable transaction, so a node killed with SIGKILL
+//! revocations, remembered peers, persistent binds, and each kind's own keys (see [`KindTable`]). Every write is one durable transaction, so a node killed with SIGKILL
 //! comes back with everything it had acknowledged.
 
 use std::path::Path;
@@ -8,7 +8,7 @@ use redb::{Database, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use metac_mesh::kind::Kind;
+use metac_mesh::kind::{Kind, Rights};
 use metac_mesh::token::{ResourceId, TokenId};
 
 const EXPORTS: TableDefinition<&str, &[u8]> = TableDefinition::new("exports");
@@ -16,6 +16,8 @@ const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 const REVOKED: TableDefinition<&str, u64> = TableDefinition::new("revoked");
 const PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("peers");
 const GUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("wg_guests");
+const BINDS: TableDefinition<&str, &[u8]> = TableDefinition::new("binds");
+const KINDS: TableDefinition<&str, &[u8]> = TableDefinition::new("kind_state");
 
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
@@ -44,9 +46,54 @@ pub struct Export {
     pub kind: Kind,
     /// Human name.
     pub name: String,
-    /// What is exported, in the kind's terms (a path for files).
+    /// What is exported, in words (a path for files).
     pub source: String,
     /// Unix seconds when exported.
+    pub created: u64,
+    /// The most any of its refs grants (its first token's rights).
+    pub rights: Rights,
+    /// The kind's typed options, as JSON text (`null` for a record from before kinds had options: the kind derives
+    /// them from `source`).
+    pub options: String,
+}
+
+/// An export as the first versions recorded it, before rights and options; read and upgraded on open.
+#[derive(Deserialize)]
+struct ExportV1 {
+    id: ResourceId,
+    kind: Kind,
+    name: String,
+    source: String,
+    created: u64,
+}
+
+fn dec_export(b: &[u8]) -> Result<Export, Error> {
+    dec("exports", b).or_else(|e| match postcard::from_bytes::<ExportV1>(b) {
+        Ok(v) => Ok(Export {
+            id: v.id,
+            kind: v.kind,
+            name: v.name,
+            source: v.source,
+            created: v.created,
+            rights: v.kind.rights(),
+            options: "null".into(),
+        }),
+        Err(_) => Err(e),
+    })
+}
+
+/// A bind to re-establish when the node starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindRecord {
+    /// The bind's id.
+    pub id: String,
+    /// The ref's kind.
+    pub kind: Kind,
+    /// The ref.
+    pub reference: String,
+    /// The kind's bind options, as JSON text.
+    pub options: String,
+    /// Unix seconds when made.
     pub created: u64,
 }
 
@@ -103,6 +150,8 @@ impl Store {
         w.open_table(REVOKED)?;
         w.open_table(PEERS)?;
         w.open_table(GUESTS)?;
+        w.open_table(BINDS)?;
+        w.open_table(KINDS)?;
         w.commit()?;
         Ok(Store { db })
     }
@@ -132,7 +181,13 @@ impl Store {
 
     /// Every export.
     pub fn exports(&self) -> Result<Vec<Export>, Error> {
-        self.all(EXPORTS, "exports")
+        let r = self.db.begin_read()?;
+        let table = r.open_table(EXPORTS)?;
+        let mut out = vec![];
+        for row in table.iter()? {
+            out.push(dec_export(row?.1.value())?);
+        }
+        Ok(out)
     }
 
     /// Removes an export and revokes every token issued for it, in one transaction. Returns the export.
@@ -140,8 +195,7 @@ impl Store {
         let w = self.db.begin_write()?;
         let removed = {
             let mut exports = w.open_table(EXPORTS)?;
-            let old =
-                exports.remove(id.to_string().as_str())?.map(|v| dec::<Export>("exports", v.value())).transpose()?;
+            let old = exports.remove(id.to_string().as_str())?.map(|v| dec_export(v.value())).transpose()?;
             old
         };
         if removed.is_some() {
@@ -225,8 +279,27 @@ impl Store {
 
     /// Forgets a guest. Returns whether there was one.
     pub fn remove_guest(&self, name: &str) -> Result<bool, Error> {
+        self.remove(GUESTS, name)
+    }
+
+    /// Records a persistent bind.
+    pub fn put_bind(&self, b: &BindRecord) -> Result<(), Error> {
+        self.put(BINDS, &b.id, &enc(b))
+    }
+
+    /// Every persistent bind.
+    pub fn binds(&self) -> Result<Vec<BindRecord>, Error> {
+        self.all(BINDS, "binds")
+    }
+
+    /// Forgets a persistent bind. Returns whether there was one.
+    pub fn remove_bind(&self, id: &str) -> Result<bool, Error> {
+        self.remove(BINDS, id)
+    }
+
+    fn remove(&self, t: TableDefinition<&str, &[u8]>, key: &str) -> Result<bool, Error> {
         let w = self.db.begin_write()?;
-        let had = w.open_table(GUESTS)?.remove(name)?.is_some();
+        let had = w.open_table(t)?.remove(key)?.is_some();
         w.commit()?;
         Ok(had)
     }
@@ -234,6 +307,57 @@ impl Store {
     /// Every remembered peer address.
     pub fn peer_addrs(&self) -> Result<Vec<String>, Error> {
         Ok(self.all::<Vec<String>>(PEERS, "peers")?.into_iter().flatten().collect())
+    }
+}
+
+/// One kind's corner of the store: its keys live in one table, prefixed with the kind's name.
+pub struct KindTable {
+    store: std::sync::Arc<Store>,
+    prefix: String,
+}
+
+impl KindTable {
+    /// The keys of `kind`.
+    pub fn new(store: std::sync::Arc<Store>, kind: Kind) -> KindTable {
+        KindTable { store, prefix: format!("{kind}/") }
+    }
+
+    fn key(&self, k: &str) -> String {
+        format!("{}{k}", self.prefix)
+    }
+}
+
+impl From<Error> for metac_resource::Error {
+    fn from(e: Error) -> Self {
+        metac_resource::Error::Store(e.to_string())
+    }
+}
+
+impl metac_resource::KindStore for KindTable {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, metac_resource::Error> {
+        let r = self.store.db.begin_read().map_err(Error::from)?;
+        let t = r.open_table(KINDS).map_err(Error::from)?;
+        Ok(t.get(self.key(key).as_str()).map_err(Error::from)?.map(|v| v.value().to_vec()))
+    }
+
+    fn put(&self, key: &str, value: &[u8]) -> Result<(), metac_resource::Error> {
+        Ok(self.store.put(KINDS, &self.key(key), value)?)
+    }
+
+    fn remove(&self, key: &str) -> Result<bool, metac_resource::Error> {
+        Ok(self.store.remove(KINDS, &self.key(key))?)
+    }
+
+    fn list(&self) -> Result<Vec<(String, Vec<u8>)>, metac_resource::Error> {
+        let r = self.store.db.begin_read().map_err(Error::from)?;
+        let t = r.open_table(KINDS).map_err(Error::from)?;
+        let mut out = vec![];
+        for row in t.range(self.prefix.as_str()..).map_err(Error::from)? {
+            let (k, v) = row.map_err(Error::from)?;
+            let Some(key) = k.value().strip_prefix(&self.prefix) else { break };
+            out.push((key.to_string(), v.value().to_vec()));
+        }
+        Ok(out)
     }
 }
 
@@ -246,7 +370,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("metac.redb");
         let id = ResourceId([1; 16]);
-        let e = Export { id, kind: Kind::File, name: "f".into(), source: "/tmp/f".into(), created: 1 };
+        let e = Export {
+            id,
+            kind: Kind::File,
+            name: "f".into(),
+            source: "/tmp/f".into(),
+            created: 1,
+            rights: Rights::READ,
+            options: r#"{"path":"/tmp/f"}"#.into(),
+        };
         let t =
             TokenRecord { id: TokenId([2; 16]), resource: id, reference: "ref://x".into(), created: 1, parent: None };
         {
@@ -270,5 +402,54 @@ mod tests {
         assert_eq!(s.guests().unwrap(), vec![g]);
         assert!(s.remove_guest("laptop").unwrap());
         assert!(!s.remove_guest("laptop").unwrap());
+        let b = BindRecord {
+            id: "b1".into(),
+            kind: Kind::File,
+            reference: "ref://x".into(),
+            options: "{}".into(),
+            created: 2,
+        };
+        s.put_bind(&b).unwrap();
+        assert_eq!(s.binds().unwrap(), vec![b]);
+        assert!(s.remove_bind("b1").unwrap());
+        assert!(s.binds().unwrap().is_empty());
+    }
+
+    #[test]
+    fn exports_recorded_by_the_first_versions_are_read_and_upgraded() {
+        #[derive(Serialize)]
+        struct V1 {
+            id: ResourceId,
+            kind: Kind,
+            name: String,
+            source: String,
+            created: u64,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("metac.redb")).unwrap();
+        let id = ResourceId([7; 16]);
+        let old = V1 { id, kind: Kind::File, name: "disk".into(), source: "/srv/disk.img".into(), created: 3 };
+        s.put(EXPORTS, &id.to_string(), &enc(&old)).unwrap();
+        let e = &s.exports().unwrap()[0];
+        assert_eq!((e.id, e.kind, e.name.as_str(), e.source.as_str()), (id, Kind::File, "disk", "/srv/disk.img"));
+        assert_eq!((e.rights, e.options.as_str()), (Kind::File.rights(), "null"));
+    }
+
+    #[test]
+    fn kinds_keep_their_keys_apart() {
+        use metac_resource::KindStore;
+        let dir = tempfile::tempdir().unwrap();
+        let s = std::sync::Arc::new(Store::open(&dir.path().join("metac.redb")).unwrap());
+        let fs = KindTable::new(s.clone(), Kind::Fs);
+        let file = KindTable::new(s, Kind::File);
+        fs.put("a", b"1").unwrap();
+        fs.put("b", b"2").unwrap();
+        file.put("a", b"3").unwrap();
+        assert_eq!(fs.get("a").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(file.get("a").unwrap(), Some(b"3".to_vec()));
+        assert_eq!(fs.list().unwrap(), vec![("a".into(), b"1".to_vec()), ("b".into(), b"2".to_vec())]);
+        assert!(fs.remove("a").unwrap());
+        assert!(!fs.remove("a").unwrap());
+        assert_eq!(file.list().unwrap().len(), 1);
     }
 }

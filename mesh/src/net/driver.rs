@@ -234,6 +234,9 @@ impl Driver {
                 let _ = tx.send(self.snapshot());
             }
             Command::Connect(node, tx) => self.connect(node, tx),
+            Command::Admitted(peer, tx) => {
+                let _ = tx.send(self.admitted.contains(&peer) && self.swarm.is_connected(&peer));
+            }
             Command::Request(node, body, tx) => match peer_id(&node) {
                 Some(p) if self.swarm.is_connected(&p) => {
                     let id = self.swarm.behaviour_mut().rpc.send_request(&p, Request::App(body));

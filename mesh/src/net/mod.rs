@@ -20,7 +20,7 @@ use std::net::Ipv6Addr;
 use std::time::Duration;
 
 use futures::StreamExt;
-use libp2p::{Multiaddr, StreamProtocol};
+use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -138,6 +138,7 @@ enum Command {
     SetLocal(Vec<ResourceInfo>, Vec<TokenId>),
     Snapshot(oneshot::Sender<Snapshot>),
     Connect(NodeKey, oneshot::Sender<Result<(), Error>>),
+    Admitted(PeerId, oneshot::Sender<bool>),
     Request(NodeKey, Vec<u8>, oneshot::Sender<Result<Vec<u8>, Error>>),
     Reply(u64, Vec<u8>),
 }
@@ -202,7 +203,30 @@ impl Handle {
             .map_err(|e| Error::Stream { node, reason: e.to_string() })
     }
 
-    /// Accepts inbound raw streams for `protocol`: yields (peer's node key, stream).
+    /// Whether `node` has proven the mesh key (in a public mesh: completed the first sync), so that its streams
+    /// and requests may be served.
+    pub async fn is_admitted(&self, node: NodeKey) -> bool {
+        let Some(peer) = peer_id(&node) else { return false };
+        self.call(|tx| Command::Admitted(peer, tx)).await.unwrap_or(false)
+    }
+
+    /// Waits up to `within` for `node` to be admitted (a stream can arrive just before the sync that admits its
+    /// sender is answered). False if it is not by then.
+    pub async fn wait_admitted(&self, node: NodeKey, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if self.is_admitted(node).await {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Accepts inbound raw streams for `protocol`: yields (peer's node key, stream). Callers check admission
+    /// ([`Handle::wait_admitted`]) before serving a stream.
     pub fn accept(
         &self,
         protocol: &'static str,

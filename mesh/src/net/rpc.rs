@@ -129,4 +129,22 @@ mod tests {
         assert_ne!(admission_proof(&k1, &a, &b), admission_proof(&k1, &b, &a));
         assert_ne!(admission_proof(&k1, &a, &b), admission_proof(&open, &a, &b));
     }
+
+    /// The RPC messages' bytes are pinned: nodes of different versions must keep understanding each other.
+    #[test]
+    fn encoding_is_pinned() {
+        let key = NodeKey([3; 32]);
+        let sync = Request::Sync { proof: [1; 32], digest: vec![(key, 7)] };
+        let app = Request::App(vec![1, 2, 3]);
+        let denied = Response::Denied("no".into());
+        let hex = |v: &[u8]| v.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let got = [
+            hex(&postcard::to_allocvec(&sync).unwrap()),
+            hex(&postcard::to_allocvec(&app).unwrap()),
+            hex(&postcard::to_allocvec(&denied).unwrap()),
+        ];
+        let want =
+            [format!("00{}01{}07", "01".repeat(32), "03".repeat(32)), "0103010203".to_string(), "01026e6f".to_string()];
+        assert_eq!(got, want);
+    }
 }

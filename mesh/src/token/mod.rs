@@ -95,6 +95,8 @@ pub enum VerifyError {
     Expired { at: u64 },
     #[error("this ref is for node {audience}, not for node {bearer} (wrong audience); ask for a ref made out to you")]
     WrongAudience { audience: NodeKey, bearer: NodeKey },
+    #[error("this ref is for resource {kind}, a kind this node does not know (from a newer metac); upgrade it")]
+    UnknownKind { kind: Kind },
 }
 
 /// A way a block fails to be a valid narrowing of the block before it; read as "block N {violation}".
@@ -443,8 +445,26 @@ impl Token {
         audience: Option<NodeKey>,
     ) -> Result<Token, Error> {
         let secret = random_bytes::<32>()?;
+        let id = TokenId(random_bytes()?);
+        let t = Token::issue_from(issuer, resource, kind, rights, expires, audience, id, secret);
+        check_block(kind, None, &t.blocks[0].caveats).map_err(Error::Issue)?;
+        Ok(t)
+    }
+
+    /// [`Token::issue`] with the id and secret given and no check of the caveats (golden and attack tests).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn issue_from(
+        issuer: &Identity,
+        resource: ResourceId,
+        kind: Kind,
+        rights: Rights,
+        expires: Option<u64>,
+        audience: Option<NodeKey>,
+        id: TokenId,
+        secret: [u8; 32],
+    ) -> Token {
         let caveats = Caveats {
-            id: TokenId(random_bytes()?),
+            id,
             rights,
             expires,
             audience,
@@ -452,16 +472,20 @@ impl Token {
             next_key: public_of(&secret),
             next_commit: commit(&secret),
         };
-        check_block(kind, None, &caveats).map_err(Error::Issue)?;
         let root = RootBody { issuer: issuer.public(), resource, kind, caveats };
         let body = to_vec(&root);
         let sig = Sig(issuer.sign(&block_digest(None, &body)));
         let block = Block { body, sig, caveats: root.caveats };
-        Ok(Token { issuer: root.issuer, resource, kind, blocks: vec![block], proof: Proof::Secret(secret) })
+        Token { issuer: root.issuer, resource, kind, blocks: vec![block], proof: Proof::Secret(secret) }
     }
 
     /// A copy of this token with one more block that narrows it by `c`; refuses anything that would widen it.
     pub fn attenuate(&self, c: &Caveat) -> Result<Token, Error> {
+        self.attenuate_with(c, TokenId(random_bytes()?), random_bytes::<32>()?)
+    }
+
+    /// [`Token::attenuate`] with the new block's id and secret given.
+    pub(crate) fn attenuate_with(&self, c: &Caveat, id: TokenId, next_secret: [u8; 32]) -> Result<Token, Error> {
         let Proof::Secret(secret) = &self.proof else { return Err(Error::Sealed) };
         let prev = &self.last().caveats;
         if blake3::Hash::from(commit(secret)) != blake3::Hash::from(prev.next_commit)
@@ -479,9 +503,8 @@ impl Token {
             }
             None => prev.path.clone(),
         };
-        let next_secret = random_bytes::<32>()?;
         let caveats = Caveats {
-            id: TokenId(random_bytes()?),
+            id,
             rights: c.rights.unwrap_or(prev.rights),
             expires: c.expires.or(prev.expires),
             audience: c.audience.or(prev.audience),
@@ -629,6 +652,9 @@ impl Token {
         };
         if self.issuer != *issuer {
             return Err(VerifyError::WrongIssuer { issuer: self.issuer, verifier: *issuer });
+        }
+        if !self.kind.is_known() {
+            return Err(VerifyError::UnknownKind { kind: self.kind });
         }
         let mut key = &self.issuer.0;
         let mut prev: Option<&Block> = None;

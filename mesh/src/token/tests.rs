@@ -454,3 +454,50 @@ proptest! {
         }
     }
 }
+
+/// A token built from fixed ids and secrets: its bytes must never change (old refs keep working).
+fn golden_token() -> Token {
+    let issuer = ident(1);
+    let t = Token::issue_from(
+        &issuer,
+        ResourceId([5; 16]),
+        Kind::File,
+        Rights::READ | Rights::WRITE,
+        Some(LATER),
+        None,
+        TokenId([6; 16]),
+        [7; 32],
+    );
+    t.attenuate_with(&caveat_rights(Rights::READ), TokenId([8; 16]), [9; 32]).unwrap()
+}
+
+#[test]
+fn token_encoding_is_pinned() {
+    let t = golden_token();
+    let hex: String = t.encode().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(blake3::hash(hex.as_bytes()).to_hex().as_str(), GOLDEN_TOKEN_HASH, "token encoding changed: {hex}");
+    assert_eq!(Token::decode(&t.encode()).unwrap(), t);
+    assert!(check(&ident(1), &t).is_ok());
+}
+
+const GOLDEN_TOKEN_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+#[test]
+fn a_token_of_an_unknown_kind_decodes_but_is_refused_clearly() {
+    let issuer = ident(1);
+    let t = Token::issue_from(
+        &issuer,
+        ResourceId([5; 16]),
+        Kind::Unknown(42),
+        Rights::READ,
+        None,
+        None,
+        TokenId([6; 16]),
+        [7; 32],
+    );
+    let back = Token::decode(&t.encode()).unwrap();
+    assert_eq!(back.kind(), Kind::Unknown(42));
+    let e = check(&issuer, &back).unwrap_err();
+    assert_eq!(e, VerifyError::UnknownKind { kind: Kind::Unknown(42) });
+    assert!(e.to_string().contains("kind-42, a kind this node does not know"), "{e}");
+}

@@ -45,6 +45,11 @@ impl Export {
         self.size
     }
 
+    /// The same open file, with writes refused if `read_only` (a read-only bind of a writable export).
+    pub fn read_only_if(&self, read_only: bool) -> Export {
+        Export { file: Arc::clone(&self.file), size: self.size, read_only: self.read_only || read_only }
+    }
+
     /// Whether writes are refused.
     pub fn read_only(&self) -> bool {
         self.read_only

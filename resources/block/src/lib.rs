@@ -7,10 +7,12 @@
 //! `metac file cat`: it reads the whole export with several requests in flight and writes it to any sink.
 //!
 //! Layout: [`nbd::proto`] holds the wire messages (pure encode/decode), `server` and `client` drive them over a
-//! stream, `export` is the OS glue (open, size, positional IO).
+//! stream, `export` is the OS glue (open, size, positional IO), and [`file`] is the `file` kind as the node sees it
+//! (its exporter, its binds, its API routes).
 
 mod client;
 mod export;
+pub mod file;
 pub mod nbd;
 mod server;
 
@@ -19,6 +21,7 @@ use std::path::PathBuf;
 
 pub use client::cat;
 pub use export::Export;
+pub use file::File;
 pub use server::{serve, Stats};
 
 /// What failed while exporting, serving or reading an export.

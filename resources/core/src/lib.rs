@@ -1,50 +1,117 @@
-//! metac-resource: what every resource kind shares. A bind is a byte stream to the exporting node, obtained from a
-//! [`Transport`] and authenticated to that node's key; its first frame is a [`Hello`] carrying the capability token,
-//! answered by [`Reply::Accept`] or [`Reply::Refuse`]; after that the kind's own wire protocol runs (NBD for files,
-//! metac-fs/1 for filesystems, ...). The exporting node finds the kind's [`Handler`] in its registry.
+//! metac-resource: what every resource kind shares, and the plug-in interface through which a kind joins the node.
+//!
+//! A bind is a byte stream to the exporting node, obtained from a [`Transport`] and authenticated to that node's
+//! key; its first frame is a [`Hello`] carrying the capability token, answered by [`Reply::Accept`] or
+//! [`Reply::Refuse`]; after that the kind's own wire protocol runs (NBD for files, metac-fs/1 for filesystems, ...).
+//!
+//! Module map: [`kind`] (the [`ResourceKind`] plug-in trait, its [`Ctx`] and the [`Binder`] kinds bind through),
+//! [`export`] (the exporting side: one [`Exporter`] per export), [`session`] (the binding side: a [`Session`] the
+//! node runs, its [`Link`] and [`State`]), [`transport`], [`clock`], [`store`] (a kind's own durable keys), and
+//! [`frame`] (the one framing helper).
 
+pub mod clock;
+pub mod export;
 pub mod frame;
+pub mod kind;
+pub mod session;
+pub mod store;
+pub mod transport;
 
 use std::future::Future;
 use std::pin::Pin;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::sync::CancellationToken;
 
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use export::{Bind, ExportSpec, Exporter};
+pub use kind::{Binder, Ctx, Plugin, Prepared, ResourceKind, Start, Started};
 pub use metac_mesh::kind::{Kind, Rights};
+pub use metac_mesh::token::{Ref, ResourceId};
 pub use metac_mesh::NodeKey;
+pub use session::{Link, Opener, Session, State, Status};
+pub use store::{KindStore, MemStore};
+pub use transport::{BoxStream, Incoming, Stream, Transport};
 
 /// The libp2p protocol every resource bind uses; the kind's protocol is named in the [`Hello`].
 pub const RESOURCE_PROTOCOL: &str = "/metac/resource/1";
 /// Largest handshake frame.
 pub const MAX_HELLO_BYTES: usize = 16 * 1024;
 
-/// A byte stream to a peer.
-pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
-
-/// A boxed stream, what transports hand out.
-pub type BoxStream = Box<dyn Stream>;
 /// A boxed future, for object-safe async traits.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Errors of the shared resource layer.
+/// What failed, across the boundary between the node and its kinds. The variant, not the text, says what kind of
+/// failure it is: [`Error::retryable`] and [`Error::status`] read it.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A frame could not be read or written (the connection broke, or the peer sent garbage).
     #[error("{0}")]
     Frame(#[from] frame::Error),
-    #[error("refused by the exporting node: {0}")]
-    Refused(String),
-    #[error("cannot reach the exporting node: {0}")]
-    Transport(String),
+    /// The exporter refused the ref or the request, and said why. Final: trying again gives the same answer.
+    #[error("refused by {by}: {reason}")]
+    Refused {
+        /// Who refused ("node 31d734c364ff76dc", "the exporting node").
+        by: String,
+        /// The exporter's reason.
+        reason: String,
+    },
+    /// No advert of the node has reached this one.
+    #[error("{0}")]
+    UnknownNode(String),
+    /// The node is known but could not be reached now.
+    #[error("{0}")]
+    Unreachable(String),
+    /// The kind's options (export or bind) are wrong.
+    #[error("{0}")]
+    BadOptions(String),
+    /// No such export, bind or thing.
+    #[error("{0}")]
+    NotFound(String),
+    /// The exported thing cannot be opened now (a file that went away).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The kind's own protocol failed (the peer broke a rule, a transfer ended early).
+    #[error("{0}")]
+    Protocol(String),
+    /// Local IO failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The node's store failed.
+    #[error("store: {0}")]
+    Store(String),
+    /// The work was cancelled (unbind, revocation, node stop).
+    #[error("cancelled")]
+    Cancelled,
 }
 
-/// Where bytes between nodes travel: one trait, so the fastest path (libp2p stream, dedicated TLS connection,
-/// overlay) can be chosen by measurement without touching the resource kinds.
-pub trait Transport: Send + Sync {
-    /// Opens a stream for `protocol` to `node`, authenticated to that node's key.
-    fn open(&self, node: NodeKey, protocol: &'static str) -> BoxFuture<'_, Result<BoxStream, Error>>;
+impl Error {
+    /// Whether trying again later may succeed (the exporter may come back); refusals and bad requests never do.
+    pub fn retryable(&self) -> bool {
+        !matches!(self, Error::Refused { .. } | Error::BadOptions(_) | Error::NotFound(_) | Error::Cancelled)
+    }
+
+    /// The HTTP status the local API answers this error with.
+    pub fn status(&self) -> u16 {
+        match self {
+            Error::BadOptions(_) => 400,
+            Error::Refused { .. } => 403,
+            Error::UnknownNode(_) | Error::NotFound(_) => 404,
+            Error::Unavailable(_) => 409,
+            Error::Frame(_) | Error::Unreachable(_) | Error::Protocol(_) => 502,
+            Error::Cancelled => 503,
+            Error::Io(_) | Error::Store(_) => 500,
+        }
+    }
+}
+
+/// The local API answers an error as `{"error": "..."}` with the status [`Error::status`] gives.
+impl axum::response::IntoResponse for Error {
+    fn into_response(self) -> axum::response::Response {
+        let status =
+            axum::http::StatusCode::from_u16(self.status()).unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+        (status, axum::Json(serde_json::json!({ "error": self.to_string() }))).into_response()
+    }
 }
 
 /// The first frame of every bind.
@@ -72,44 +139,31 @@ pub async fn hello<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, hello: &He
     frame::write(stream, hello).await?;
     match frame::read::<_, Reply>(stream, MAX_HELLO_BYTES).await? {
         Reply::Accept => Ok(()),
-        Reply::Refuse { reason } => Err(Error::Refused(reason)),
+        Reply::Refuse { reason } => Err(Error::Refused { by: "the exporting node".into(), reason }),
     }
 }
 
-/// What a verified token lets the binder do, handed to the kind's handler.
-#[derive(Debug, Clone)]
-pub struct Bind {
-    /// The node that binds.
-    pub peer: NodeKey,
-    /// The effective rights after every narrowing.
-    pub rights: Rights,
-    /// Sub-path narrowing (fs).
-    pub path: Option<String>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// What an export of any kind records: enough for the kind's handler to serve it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExportSpec {
-    /// Kind of resource.
-    pub kind: Kind,
-    /// What is exported, in the kind's own terms (a path for files).
-    pub source: String,
-}
+    /// The handshake's bytes are pinned: nodes of different versions must keep understanding each other.
+    #[test]
+    fn handshake_encoding_is_pinned() {
+        let h = Hello { token: vec![1, 2], protocol: "nbd".into(), version: 1 };
+        assert_eq!(postcard::to_allocvec(&h).unwrap(), [2, 1, 2, 3, b'n', b'b', b'd', 1]);
+        assert_eq!(postcard::to_allocvec(&Reply::Accept).unwrap(), [0]);
+        assert_eq!(postcard::to_allocvec(&Reply::Refuse { reason: "no".into() }).unwrap(), [1, 2, b'n', b'o']);
+    }
 
-/// One resource kind on the exporting side. The node's registry holds one handler per kind.
-pub trait Handler: Send + Sync {
-    /// The kind this handler serves.
-    fn kind(&self) -> Kind;
-    /// The wire protocol named in [`Hello::protocol`].
-    fn protocol(&self) -> &'static str;
-    /// Checks an export request before it is recorded (the path exists, is the right type, ...).
-    fn check(&self, spec: &ExportSpec) -> Result<(), String>;
-    /// Serves one authorized bind until the peer is done or `cancel` fires (revocation, unexport, shutdown).
-    fn serve(
-        &self,
-        spec: ExportSpec,
-        bind: Bind,
-        stream: BoxStream,
-        cancel: CancellationToken,
-    ) -> BoxFuture<'static, Result<(), String>>;
+    #[test]
+    fn errors_say_what_kind_of_failure_they_are() {
+        let refused = Error::Refused { by: "node 1234".into(), reason: "revoked".into() };
+        assert_eq!(refused.to_string(), "refused by node 1234: revoked");
+        assert!(!refused.retryable());
+        assert_eq!(refused.status(), 403);
+        assert!(Error::Unreachable("gone".into()).retryable());
+        assert!(Error::UnknownNode("who".into()).retryable());
+        assert!(!Error::BadOptions("x".into()).retryable());
+    }
 }

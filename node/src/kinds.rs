@@ -1,0 +1,13 @@
+//! The resource kinds this build serves: one line each. A kind brings everything of its own (exporter, binds, API
+//! routes) from its crate under resources/; see docs/adding-a-kind.md.
+
+use std::sync::Arc;
+
+use metac_resource::Plugin;
+
+/// Every kind this node serves.
+pub fn builtin() -> Vec<Arc<dyn Plugin>> {
+    vec![
+        Arc::new(metac_block::File), // file and block devices over NBD
+    ]
+}

@@ -1,0 +1,222 @@
+//! Refs as this node handles them: the tokens it issued or delegated, narrowing, and revocation (here when this
+//! node issued the ref, otherwise by asking its exporter over the mesh RPC). Revoking cuts the live binds the
+//! token served at once, and revoking an export's first token closes the export.
+
+use metac_mesh::kind::Kind;
+use metac_mesh::net;
+use metac_mesh::token::{Caveat, Ref, Token, TokenId};
+use metac_mesh::NodeKey;
+use serde::Serialize;
+
+use crate::error::ApiError;
+use crate::node::{unix_now, Node};
+use crate::rpc;
+use crate::store::TokenRecord;
+
+/// A view of one recorded token for the API.
+#[derive(Debug, Serialize)]
+pub struct TokenView {
+    /// Token id.
+    pub id: String,
+    /// Parent token id when delegated.
+    pub parent: Option<String>,
+    /// Resource id.
+    pub resource: String,
+    /// Kind.
+    pub kind: Kind,
+    /// Effective rights.
+    pub rights: String,
+    /// Unix seconds of expiry.
+    pub expires: Option<u64>,
+    /// Audience node key.
+    pub audience: Option<String>,
+    /// Revoked (it or an ancestor).
+    pub revoked: bool,
+    /// The ref.
+    #[serde(rename = "ref")]
+    pub reference: String,
+}
+
+/// A decoded ref for `metac ref show`.
+#[derive(Debug, Serialize)]
+pub struct RefView {
+    /// The exporting node's key.
+    pub issuer: String,
+    /// Its overlay address.
+    pub overlay: String,
+    /// Resource id.
+    pub resource: String,
+    /// Kind.
+    pub kind: Kind,
+    /// Effective rights.
+    pub rights: String,
+    /// Expiry, unix seconds.
+    pub expires: Option<u64>,
+    /// Audience node key.
+    pub audience: Option<String>,
+    /// Sub-path.
+    pub path: Option<String>,
+    /// Token id (last block).
+    pub id: String,
+    /// Every block id, root first.
+    pub chain: Vec<String>,
+    /// No more attenuation possible.
+    pub sealed: bool,
+}
+
+/// Describes a ref without verifying it (only the exporter can).
+pub fn describe(r: &Ref) -> RefView {
+    let t = &r.token;
+    let g = t.effective();
+    RefView {
+        issuer: t.issuer().to_hex(),
+        overlay: r.addr.to_string(),
+        resource: g.resource.to_string(),
+        kind: g.kind,
+        rights: g.rights.to_string(),
+        expires: g.expires,
+        audience: g.audience.map(|a| a.to_hex()),
+        path: g.path,
+        id: t.id().to_string(),
+        chain: t.ids().iter().map(|i| i.to_string()).collect(),
+        sealed: t.is_sealed(),
+    }
+}
+
+/// Parses a ref given by a user.
+pub fn parse_ref(s: &str) -> Result<Ref, ApiError> {
+    s.trim().parse::<Ref>().map_err(|e| ApiError::bad(format!("bad ref: {e}")))
+}
+
+impl Node {
+    pub(crate) fn record_token(&self, r: &Ref, parent: Option<TokenId>) -> Result<(), ApiError> {
+        let t = &r.token;
+        self.store.put_token(&TokenRecord {
+            id: t.id(),
+            resource: t.resource(),
+            reference: r.to_string(),
+            created: unix_now(),
+            parent,
+        })?;
+        Ok(())
+    }
+
+    /// Tokens recorded here.
+    pub fn refs(&self) -> Result<Vec<TokenView>, ApiError> {
+        let revoked = self.revoked.lock().expect("revoked lock").clone();
+        let mut out = vec![];
+        for t in self.store.tokens()? {
+            let Ok(r) = t.reference.parse::<Ref>() else { continue };
+            let g = r.token.effective();
+            out.push(TokenView {
+                id: t.id.to_string(),
+                parent: t.parent.map(|p| p.to_string()),
+                resource: t.resource.to_string(),
+                kind: g.kind,
+                rights: g.rights.to_string(),
+                expires: g.expires,
+                audience: g.audience.map(|a| a.to_hex()),
+                revoked: r.token.ids().iter().any(|i| revoked.contains(i)),
+                reference: t.reference,
+            });
+        }
+        out.sort_by_key(|t| t.id.clone());
+        Ok(out)
+    }
+
+    /// Resolves a node given as a hex key, a peer id or an overlay address.
+    pub async fn resolve_node(&self, q: &str) -> Result<NodeKey, ApiError> {
+        if let Some(k) = NodeKey::from_hex(q) {
+            return Ok(k);
+        }
+        if let Ok(p) = q.parse::<libp2p::PeerId>() {
+            return net::node_key(&p)
+                .ok_or_else(|| ApiError::bad(format!("peer id {q} does not carry an ed25519 key")));
+        }
+        if let Ok(a) = q.trim_matches(|c| c == '[' || c == ']').parse::<std::net::Ipv6Addr>() {
+            if a == self.me().overlay_addr() {
+                return Ok(self.me());
+            }
+            let snap = self.snapshot().await?;
+            return snap.nodes.iter().find(|n| n.overlay == a).and_then(|n| NodeKey::from_hex(&n.key)).ok_or_else(
+                || ApiError::not_found(format!("no known node has overlay address {a} (see `metac peers`)")),
+            );
+        }
+        Err(ApiError::bad(format!("{q:?} is not a node key (64 hex digits), a peer id or an overlay address")))
+    }
+
+    /// Narrows a ref offline-style (any node can, with the secret the token carries) and records the result.
+    pub fn delegate(&self, r: &Ref, caveat: &Caveat, seal: bool) -> Result<Ref, ApiError> {
+        let t = r.token.attenuate(caveat).map_err(|e| ApiError::bad(format!("cannot delegate: {e}")))?;
+        let t = if seal { t.seal() } else { t };
+        let child = Ref::new(t);
+        self.record_token(&child, Some(r.token.id()))?;
+        Ok(child)
+    }
+
+    /// Revokes a ref: here when this node issued it, otherwise by asking its exporter.
+    pub async fn revoke(&self, r: &Ref) -> Result<String, ApiError> {
+        let issuer = r.token.issuer();
+        if issuer == self.me() {
+            return self.revoke_local(&r.token).await.map_err(ApiError::refused);
+        }
+        let body = rpc::encode(&rpc::Request::Revoke { token: r.token.encode() });
+        let answer = self.mesh.request(issuer, body).await.map_err(|e| ApiError::remote(e.to_string()))?;
+        match rpc::decode::<rpc::Response>(&answer).map_err(ApiError::remote)? {
+            rpc::Response::Ok(m) => Ok(m),
+            rpc::Response::Err(m) => Err(ApiError::refused(format!("the exporting node refused: {m}"))),
+        }
+    }
+
+    async fn revoke_local(&self, token: &Token) -> Result<String, String> {
+        let me = self.me();
+        // Only authentic tokens may revoke: check the chain (any expiry, any audience).
+        let bearer = token.effective().audience.unwrap_or(me);
+        token.verify(&me, 0, &bearer, |_| false).map_err(|e| e.to_string())?;
+        let id = token.id();
+        self.store.revoke(&id, unix_now()).map_err(|e| e.to_string())?;
+        self.revoked.lock().expect("revoked lock").insert(id);
+        let cut = self.served.cut(|s| s.ids.contains(&id));
+        // The export's first token revoked: no ref of it can bind again, so what the export holds is let go.
+        if token.depth() == 1 {
+            self.close_export(&token.resource()).await;
+        }
+        tracing::info!(%id, cut, "token revoked");
+        // Tell the mesh too, for everyone's information (this node enforces it either way).
+        self.publish().await;
+        Ok(format!("revoked token {id}{}", if cut > 0 { format!("; cut {cut} live bind(s)") } else { String::new() }))
+    }
+
+    pub(crate) async fn on_request(&self, from: NodeKey, body: &[u8]) -> rpc::Response {
+        match rpc::decode::<rpc::Request>(body) {
+            Ok(rpc::Request::Revoke { token }) => match Token::decode(&token) {
+                Ok(t) => match self.revoke_local(&t).await {
+                    Ok(m) => {
+                        tracing::info!(%from, "revocation requested by peer");
+                        rpc::Response::Ok(m)
+                    }
+                    Err(e) => rpc::Response::Err(e),
+                },
+                Err(e) => rpc::Response::Err(format!("bad token: {e}")),
+            },
+            Err(e) => rpc::Response::Err(e),
+        }
+    }
+
+    /// What this node knows of a ref's revocation: from its own list when it issued the ref, otherwise from the
+    /// revocations its exporter adverts (the newest few hundred; only the exporter knows for sure).
+    pub async fn revocation_state(&self, r: &Ref) -> &'static str {
+        let ids = r.token.ids();
+        if r.token.issuer() == self.me() {
+            let revoked = self.revoked.lock().expect("revoked lock");
+            return if ids.iter().any(|i| revoked.contains(i)) { "revoked" } else { "valid" };
+        }
+        let Ok(snap) = self.mesh.snapshot().await else { return "unknown" };
+        let issuer = r.token.issuer().to_hex();
+        match snap.nodes.iter().find(|n| n.key == issuer) {
+            Some(n) if ids.iter().any(|i| n.revoked.contains(i)) => "revoked",
+            Some(_) => "not revoked as far as its exporter's advert says",
+            None => "unknown: this node has no advert of the exporter",
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! The exporting side of the `file` kind: the file is opened once, when exported or when the node starts, with
+//! write access only if the export grants it; every bind is served over NBD from that one open file (a read-only
+//! ref gets a read-only view of it), so a path swapped for a symlink after the export changes nothing.
+
+use std::sync::Arc;
+
+use metac_resource::{Bind, BoxFuture, BoxStream, Error, ExportSpec, Exporter, Rights};
+use tokio_util::sync::CancellationToken;
+
+use super::FileExport;
+
+/// An open file export.
+pub(super) struct FileExporter {
+    export: crate::Export,
+}
+
+impl FileExporter {
+    /// Opens the file named by `spec`, writable if the export grants write.
+    pub(super) fn open(spec: &ExportSpec<FileExport>) -> Result<FileExporter, Error> {
+        let read_only = !spec.rights.contains(Rights::WRITE);
+        let export = crate::Export::open(&spec.options.path, read_only)
+            .map_err(|e| Error::Unavailable(format!("export {} cannot be opened: {e}", spec.name)))?;
+        Ok(FileExporter { export })
+    }
+}
+
+impl Exporter for FileExporter {
+    fn serve(
+        self: Arc<Self>,
+        bind: Bind,
+        stream: BoxStream,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'static, Result<(), Error>> {
+        Box::pin(async move {
+            if !bind.rights.contains(Rights::READ) {
+                return Err(Error::Refused { by: "this node".into(), reason: "the ref does not grant read".into() });
+            }
+            let export = self.export.read_only_if(!bind.rights.contains(Rights::WRITE));
+            match crate::serve(stream, &export, cancel).await {
+                Ok(_) | Err(crate::Error::Cancelled) => Ok(()),
+                Err(e) => Err(Error::Protocol(e.to_string())),
+            }
+        })
+    }
+}
