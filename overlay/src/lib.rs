@@ -15,7 +15,8 @@
 //!
 //! Module map: [`table`] (the sans-IO peer table and path choices), [`packet`] (IPv6 header fields), [`relay`]
 //! (the stream fallback's framing), [`advert`] (what a node adverts of its tunnel endpoint), [`wgconf`] (keys and
-//! wg-quick configurations for stock WireGuard peers), and the engine that runs it all ([`Overlay`]).
+//! wg-quick configurations for stock WireGuard peers), and the engine that runs it all ([`Overlay`]; `engine/`
+//! has a file per thread: `tx`, `rx`, `timers`, with `datagram`, `status` and `bufs` beside them).
 
 #![warn(missing_docs)]
 
