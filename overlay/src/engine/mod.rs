@@ -6,7 +6,8 @@
 //! relay input, stop) and the constants more than one thread uses. Each thread's work has its own file:
 //! [`tx`] (TUN to network: batching, encryption, GSO sends, narrow endpoints), [`rx`] (network to TUN),
 //! [`datagram`] (one WireGuard datagram, from UDP or the relay), [`timers`], [`status`] (what
-//! `metac overlay status` shows) and [`bufs`] (the buffers each data thread allocates once).
+//! `metac overlay status` shows) and [`bufs`] (the buffers each data thread allocates once). How a run of
+//! encrypted datagrams is cut into GSO sends is decided apart, by the pure [`crate::gso`].
 
 mod bufs;
 mod datagram;

@@ -1,6 +1,6 @@
 //! TUN to network: read a packet (or a 64 KiB super-packet the kernel split), find the peer of each run of
 //! packets to one destination, encrypt the run into one buffer and send it in as few GSO sends as
-//! the kernel allows; and what to do when an endpoint turns out narrower than a full-size datagram.
+//! [`crate::gso`] plans; and what to do when an endpoint turns out narrower than a full-size datagram.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -15,11 +15,9 @@ use tun_rs::SyncDevice;
 use super::bufs::{ErrorLog, TxBufs};
 use super::{Inner, PENDING, WG_OVERHEAD};
 use crate::device;
+use crate::gso;
 use crate::packet;
 use crate::table::{Path, Peer, PeerState, Route};
-
-/// Most payload bytes in one GSO send: a UDP datagram's length field (and IPv6's payload length) is 16 bits.
-const MAX_GSO_BYTES: usize = 65535 - 8;
 
 impl Inner {
     /// TUN -> network: read a (possibly 64 KiB) packet, split it, encrypt the pieces into one buffer, send them
@@ -163,30 +161,17 @@ impl Inner {
             (Path::Udp, Some(ep), _) => {
                 // To a narrow endpoint, one datagram per send, for the kernel to fragment.
                 let max = if route.narrow { 1 } else { self.udp_state.max_gso_segments().max(1) };
-                let (mut start, mut k) = (0, 0);
-                while k < lens.len() {
-                    let size = lens[k];
-                    let (mut m, mut len) = (k + 1, size);
-                    while m < lens.len() && m - k < max && lens[m] == size && len + size <= MAX_GSO_BYTES {
-                        len += size;
-                        m += 1;
-                    }
-                    if m < lens.len() && m - k < max && lens[m] < size && len + lens[m] <= MAX_GSO_BYTES {
-                        len += lens[m]; // a shorter last segment may end a GSO train
-                        m += 1;
-                    }
-                    let seg = (m - k > 1).then_some(size);
-                    if let Err(e) = self.udp_send(ep, &buf[start..start + len], seg) {
+                for train in gso::trains(lens, max, gso::MAX_BYTES) {
+                    let seg = train.segment_size();
+                    if let Err(e) = self.udp_send(ep, &buf[train.bytes.clone()], seg) {
                         if is_too_big(&e, seg.is_some()) {
                             peer.hint_narrow(ep);
                             narrow = true;
-                            for d in buf[start..start + len].chunks(size) {
+                            for d in buf[train.bytes].chunks(train.size) {
                                 let _ = self.udp_send(ep, d, None);
                             }
                         }
                     }
-                    start += len;
-                    k = m;
                 }
             }
             (Path::Relay, _, Some(node)) => {
