@@ -13,15 +13,18 @@
 //! and coalesces TCP segments again before writing to the TUN. One thread reads the TUN, one reads UDP, one runs
 //! the timers; every buffer is allocated once, when the threads start.
 //!
-//! Module map: [`table`] (the sans-IO peer table and path choices), [`packet`] (IPv6 header fields), [`relay`]
-//! (the stream fallback's framing), [`advert`] (what a node adverts of its tunnel endpoint), [`wgconf`] (keys and
-//! wg-quick configurations for stock WireGuard peers), and the engine that runs it all ([`Overlay`]).
+//! Module map: [`table`] (the sans-IO peer table and path choices), `gso` (how encrypted datagrams are grouped into GSO
+//! sends), [`packet`] (IPv6 header fields), [`relay`] (the stream fallback's framing), [`advert`] (what a node adverts
+//! of its tunnel endpoint), [`wgconf`] (keys and wg-quick configurations for stock WireGuard peers), and the engine
+//! that runs it all ([`Overlay`]; `engine/` has a file per thread: `tx`, `rx`, `timers`, with `datagram`, `status` and
+//! `bufs` beside them).
 
 #![warn(missing_docs)]
 
 pub mod advert;
 mod device;
 mod engine;
+mod gso;
 pub mod packet;
 pub mod relay;
 pub mod table;
