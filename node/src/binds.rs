@@ -352,6 +352,22 @@ async fn remove(
     Ok(Json(serde_json::json!({ "id": id })))
 }
 
+/// Resolves when the mesh connects to `exporter` after having no connection to it: a session waiting out its
+/// backoff tries again at once then, instead of at the end of a long wait.
+async fn exporter_returns(node: &Weak<Node>, exporter: metac_mesh::NodeKey) {
+    let mut was_away = false;
+    loop {
+        let Some(n) = node.upgrade() else { return std::future::pending().await };
+        let connected = exporter == n.me() || n.mesh.is_connected(exporter).await;
+        drop(n);
+        if connected && was_away {
+            return;
+        }
+        was_away |= !connected;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Runs one session until it ends, is cut, or expires; see the module docs.
 async fn run(node: Weak<Node>, id: String, mut session: Box<dyn Session>, link: Link, cancel: CancellationToken) {
     let status = Arc::clone(link.status());
@@ -400,6 +416,7 @@ async fn run(node: Weak<Node>, id: String, mut session: Box<dyn Session>, link: 
                         break;
                     }
                     () = tokio::time::sleep(wait) => {}
+                    () = exporter_returns(&node, link.reference().token.issuer()) => {}
                 }
             }
             Err(e) => {

@@ -234,6 +234,9 @@ impl Driver {
                 let _ = tx.send(self.snapshot());
             }
             Command::Connect(node, tx) => self.connect(node, tx),
+            Command::Connected(peer, tx) => {
+                let _ = tx.send(self.swarm.is_connected(&peer));
+            }
             Command::Admitted(peer, tx) => {
                 let _ = tx.send(self.admitted.contains(&peer) && self.swarm.is_connected(&peer));
             }

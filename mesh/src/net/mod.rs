@@ -139,6 +139,7 @@ enum Command {
     Snapshot(oneshot::Sender<Snapshot>),
     Connect(NodeKey, oneshot::Sender<Result<(), Error>>),
     Admitted(PeerId, oneshot::Sender<bool>),
+    Connected(PeerId, oneshot::Sender<bool>),
     Request(NodeKey, Vec<u8>, oneshot::Sender<Result<Vec<u8>, Error>>),
     Reply(u64, Vec<u8>),
 }
@@ -208,6 +209,12 @@ impl Handle {
     pub async fn is_admitted(&self, node: NodeKey) -> bool {
         let Some(peer) = peer_id(&node) else { return false };
         self.call(|tx| Command::Admitted(peer, tx)).await.unwrap_or(false)
+    }
+
+    /// Whether a connection to `node` is up now.
+    pub async fn is_connected(&self, node: NodeKey) -> bool {
+        let Some(peer) = peer_id(&node) else { return false };
+        self.call(|tx| Command::Connected(peer, tx)).await.unwrap_or(false)
     }
 
     /// Waits up to `within` for `node` to be admitted (a stream can arrive just before the sync that admits its

@@ -48,7 +48,7 @@ pub struct Start {
 }
 
 /// A started bind.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Started {
     /// Its id (`metac binds`, `metac unbind ID`).
     pub id: String,

@@ -1,0 +1,208 @@
+//! The session lifecycle across real nodes in one process (see `common`): binds of the `file` kind served as NBD
+//! endpoints, cut by expiry, revocation and unbind, coming back with their exporter and after a restart.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{wait, Cluster};
+use metac_mesh::kind::{Kind, Rights};
+use metac_mesh::token::{Caveat, Ref};
+use metac_node::binds::BindView;
+use metac_node::Node;
+use metac_resource::Clock;
+use serde_json::json;
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// Reads the whole export behind a local NBD endpoint with the NBD client of metac-block.
+async fn read_endpoint(socket: &Path) -> Result<Vec<u8>, String> {
+    let s = tokio::net::UnixStream::connect(socket).await.map_err(|e| format!("connect {}: {e}", socket.display()))?;
+    let mut out = vec![];
+    metac_block::cat(s, &mut out, |_, _| {}).await.map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+fn bind_view(node: &Node, id: &str) -> Option<BindView> {
+    node.binds(None).into_iter().find(|b| b.id == id)
+}
+
+async fn wait_state(node: &Node, id: &str, state: &str) -> BindView {
+    let deadline = std::time::Instant::now() + LONG;
+    loop {
+        let v = bind_view(node, id);
+        if v.as_ref().is_some_and(|b| b.state == state) {
+            return v.unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "bind {id} is not {state} after {LONG:?}: {v:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn live_binds(node: &Node) -> u64 {
+    node.exports().unwrap().iter().map(|e| e.binds as u64).sum()
+}
+
+async fn export(node: &Node, path: &Path) -> Ref {
+    let (_, r) =
+        node.export(Kind::File, path.display().to_string(), None, None, serde_json::Value::Null).await.unwrap();
+    r
+}
+
+fn socket(c: &Cluster, name: &str) -> PathBuf {
+    c.dir.path().join(name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_bind_is_an_nbd_endpoint_listed_with_its_state_and_cut_by_unbind() {
+    let mut c = Cluster::start(2).await;
+    let (path, data) = c.file("disk.img", 3 << 20);
+    let (a, b) = (c.nodes[0].n().clone(), c.nodes[1].n().clone());
+    let r = export(&a, &path).await;
+    let sock = socket(&c, "disk.sock");
+    let started = b.bind_ref(r.clone(), json!({ "socket": sock }), false).unwrap();
+    let v = wait_state(&b, &started.id, "up").await;
+    assert_eq!((v.kind, v.target.as_str(), v.exporter.len()), (Kind::File, sock.to_str().unwrap(), 16));
+    assert_eq!(read_endpoint(&sock).await.unwrap(), data);
+    // Two clients at once, each on a stream of its own.
+    let (x, y) = tokio::join!(read_endpoint(&sock), read_endpoint(&sock));
+    assert_eq!((x.unwrap().len(), y.unwrap().len()), (data.len(), data.len()));
+    assert!(bind_view(&b, &started.id).unwrap().bytes >= 3 * data.len() as u64);
+    assert_eq!(b.binds(Some(Kind::Fs)).len(), 0);
+    assert_eq!(b.binds(Some(Kind::File)).len(), 1);
+    // The exporter serves the endpoint's standby stream.
+    wait(LONG, "the exporter to count the standby bind", || async { live_binds(&a) == 1 }).await;
+
+    // Unbind by target: the socket goes, the exporter's bind is cut.
+    b.unbind(sock.to_str().unwrap()).await.unwrap();
+    assert!(!sock.exists(), "the endpoint's socket is removed");
+    assert!(b.binds(None).is_empty());
+    wait(LONG, "the exporter to see the bind cut", || async { live_binds(&a) == 0 }).await;
+    assert!(b.unbind(&started.id).await.is_err(), "unbinding twice says there is no such bind");
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_cuts_a_live_bind_on_both_sides_at_that_second() {
+    let mut c = Cluster::start(2).await;
+    let (path, _) = c.file("f.img", 1 << 20);
+    let (a, b) = (c.nodes[0].n().clone(), c.nodes[1].n().clone());
+    let r = export(&a, &path).await;
+    let now = c.clock.now();
+    let short = a.delegate(&r, &Caveat { expires: Some(now + 100), ..Caveat::default() }, false).unwrap();
+    let sock = socket(&c, "exp.sock");
+    let started = b.bind_ref(short, json!({ "socket": sock }), false).unwrap();
+    wait_state(&b, &started.id, "up").await;
+    wait(LONG, "the exporter to serve the bind", || async { live_binds(&a) == 1 }).await;
+    // A second before expiry nothing happens.
+    c.clock.advance(99);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(bind_view(&b, &started.id).unwrap().state, "up");
+    assert_eq!(live_binds(&a), 1);
+    // At the second of expiry both sides cut it: the binder's session ends, the exporter's stream is closed.
+    c.clock.advance(1);
+    let v = wait_state(&b, &started.id, "expired").await;
+    assert!(v.reason.is_none());
+    wait(LONG, "the exporter to cut the expired bind", || async { live_binds(&a) == 0 }).await;
+    assert!(!sock.exists(), "an expired endpoint's socket is removed");
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_cuts_a_bind_and_the_session_says_it_was_refused() {
+    let mut c = Cluster::start(2).await;
+    let (path, _) = c.file("f.img", 1 << 20);
+    let (a, b) = (c.nodes[0].n().clone(), c.nodes[1].n().clone());
+    let r = export(&a, &path).await;
+    let child = b.delegate(&r, &Caveat { rights: Some(Rights::READ), ..Caveat::default() }, false).unwrap();
+    let sock = socket(&c, "rev.sock");
+    let started = b.bind_ref(child.clone(), json!({ "socket": sock }), true).unwrap();
+    wait_state(&b, &started.id, "up").await;
+    // Revoked from the binding node: the exporter cuts the live bind, and refuses the session's next attempt.
+    b.revoke(&child).await.unwrap();
+    let v = wait_state(&b, &started.id, "refused").await;
+    assert!(v.reason.as_deref().unwrap().contains("revoked"), "{v:?}");
+    assert_eq!(live_binds(&a), 0);
+    // A refused bind is not re-established after a restart.
+    drop(b);
+    c.nodes[1].restart().await;
+    let b = c.nodes[1].n().clone();
+    assert!(b.binds(None).is_empty(), "a refused persistent bind is forgotten");
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bind_reconnects_when_its_exporter_comes_back() {
+    let mut c = Cluster::start(2).await;
+    let (path, data) = c.file("f.img", 2 << 20);
+    let r = export(c.nodes[0].n(), &path).await;
+    let b = c.nodes[1].n().clone();
+    let sock = socket(&c, "re.sock");
+    let started = b.bind_ref(r, json!({ "socket": sock }), false).unwrap();
+    wait_state(&b, &started.id, "up").await;
+
+    c.nodes[0].stop().await;
+    let v = wait_state(&b, &started.id, "retrying").await;
+    assert!(v.reason.is_some(), "a retrying bind says why: {v:?}");
+    assert!(sock.exists(), "the endpoint stays while its exporter is away");
+
+    c.nodes[0].restart().await;
+    wait_state(&b, &started.id, "up").await;
+    assert_eq!(read_endpoint(&sock).await.unwrap(), data);
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_bind_comes_back_after_a_restart_and_a_plain_one_does_not() {
+    let mut c = Cluster::start(2).await;
+    let (path, data) = c.file("f.img", 1 << 20);
+    let r = export(c.nodes[0].n(), &path).await;
+    let b = c.nodes[1].n().clone();
+    let kept = socket(&c, "kept.sock");
+    let gone = socket(&c, "gone.sock");
+    let p = b.bind_ref(r.clone(), json!({ "socket": kept }), true).unwrap();
+    let q = b.bind_ref(r, json!({ "socket": gone }), false).unwrap();
+    wait_state(&b, &p.id, "up").await;
+    wait_state(&b, &q.id, "up").await;
+    drop(b);
+
+    c.nodes[1].stop().await;
+    assert!(!kept.exists() && !gone.exists(), "node stop closes every endpoint");
+    c.nodes[1].restart().await;
+    let b = c.nodes[1].n().clone();
+    let v = wait_state(&b, &p.id, "up").await;
+    assert!(v.persistent);
+    assert!(bind_view(&b, &q.id).is_none(), "a bind not asked to persist ends with the node");
+    assert_eq!(read_endpoint(&kept).await.unwrap(), data);
+    // Unbound, it stays unbound after the next restart.
+    b.unbind(&p.id[..6]).await.unwrap();
+    drop(b);
+    c.nodes[1].restart().await;
+    assert!(c.nodes[1].n().binds(None).is_empty());
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_binds_are_refused_with_reasons() {
+    let mut c = Cluster::start(2).await;
+    let (path, _) = c.file("f.img", 4096);
+    let (a, b) = (c.nodes[0].n().clone(), c.nodes[1].n().clone());
+    let r = export(&a, &path).await;
+    // Options of the wrong shape, and a relative socket path.
+    let e = b.bind_ref(r.clone(), json!({ "socket": 5 }), false).unwrap_err();
+    assert!(e.message.contains("bad file bind options"), "{}", e.message);
+    let e = b.bind_ref(r.clone(), json!({ "socket": "x.sock" }), false).unwrap_err();
+    assert!(e.message.contains("must be absolute"), "{}", e.message);
+    // A ref made out to another node: the session is refused, with the exporter's reason.
+    let for_a = a.delegate(&r, &Caveat { audience: Some(a.me()), ..Caveat::default() }, false).unwrap();
+    let s = b.bind_ref(for_a, json!({ "socket": socket(&c, "aud.sock") }), false).unwrap();
+    let v = wait_state(&b, &s.id, "refused").await;
+    assert!(v.reason.unwrap().contains("wrong audience"));
+    // Unexported: refused too.
+    a.unexport(&r.token.resource().to_string()).await.unwrap();
+    let s = b.bind_ref(r, json!({ "socket": socket(&c, "un.sock") }), false).unwrap();
+    let v = wait_state(&b, &s.id, "refused").await;
+    assert!(v.reason.unwrap().contains("revoked"), "unexport revokes the export's refs");
+    c.stop().await;
+}
