@@ -27,3 +27,18 @@ pub fn encode<T: Serialize>(m: &T) -> Vec<u8> {
 pub fn decode<'a, T: Deserialize<'a>>(b: &'a [u8]) -> Result<T, String> {
     postcard::from_bytes(b).map_err(|e| format!("malformed rpc message: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Node-to-node requests are pinned: nodes of different versions must keep understanding each other.
+    #[test]
+    fn encoding_is_pinned() {
+        assert_eq!(encode(&Request::Revoke { token: vec![7, 8] }), [0, 2, 7, 8]);
+        assert_eq!(encode(&Response::Ok("ok".into())), [0, 2, b'o', b'k']);
+        assert_eq!(encode(&Response::Err("no".into())), [1, 2, b'n', b'o']);
+        assert!(matches!(decode::<Request>(&[0, 1, 9]), Ok(Request::Revoke { token }) if token == [9]));
+        assert!(decode::<Request>(&[5]).unwrap_err().contains("malformed rpc message"));
+    }
+}
