@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use metac_node::{Config, Node};
-use metac_resource::{Clock, ManualClock};
+use metac_resource::{Clock, ManualClock, Plugin};
 use tokio_util::sync::CancellationToken;
 
 /// One node of a [`Cluster`].
@@ -74,6 +74,11 @@ pub struct Cluster {
 impl Cluster {
     /// `n` nodes, each bootstrapped to the ones before it, all on one manual clock standing at the real time.
     pub async fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, |_| None).await
+    }
+
+    /// [`Cluster::start`], with the kinds of node `i` given by `kinds(i)` (`None`: this build's kinds).
+    pub async fn start_with(n: usize, kinds: impl Fn(usize) -> Option<Vec<Arc<dyn Plugin>>>) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::new(metac_resource::clock::unix_now());
         let mut nodes: Vec<TestNode> = vec![];
@@ -89,6 +94,7 @@ impl Cluster {
             config.mdns = false;
             config.overlay.enabled = false;
             config.clock = Arc::new(clock.clone()) as Arc<dyn Clock>;
+            config.kinds = kinds(i);
             let cancel = CancellationToken::new();
             let node = Node::start(&config, cancel.clone()).await.expect("node starts");
             nodes.push(TestNode { node: Some(node), cancel, config });
