@@ -2,6 +2,7 @@
 //! lines, so runs can be compared and pasted into notes. Needs root. Build with `--release` and point
 //! `METAC_BIN` at a release `metac` (scripts/bench.sh does both).
 
+mod file;
 mod overlay;
 mod spine;
 
@@ -18,6 +19,8 @@ struct Cli {
 enum Command {
     /// The spine: start-to-ready, idle RSS and CPU, mDNS discovery, advert propagation, token verifies/s
     Spine(spine::Args),
+    /// Files: `metac file cat` across two hosts, MiB/s; with --baseline, another build in the same run
+    File(file::Args),
     /// The overlay: iperf3 TCP and ping RTT over the raw veth, wireguard-go and the metac overlay, with ratios
     Overlay(overlay::Args),
 }
@@ -28,6 +31,7 @@ fn main() {
     let r = match cli.command {
         Command::Spine(a) => spine::run(a),
         Command::Overlay(a) => overlay::run(a),
+        Command::File(a) => file::run(a),
     };
     if let Err(e) = r {
         eprintln!("metac-bench: error: {e:#}");

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use metac_tests::{wait_until, Host, Lab, Proc};
+use metac_tests::{wait_until, Host, Lab, Node, Proc};
 
 /// Options of `metac-bench overlay`.
 #[derive(clap::Args)]
@@ -24,6 +24,9 @@ pub struct Args {
     /// Print both nodes' `metac overlay status` after the runs
     #[arg(long)]
     verbose: bool,
+    /// Another `metac` binary whose overlay runs in a second lab in the same run, interleaved (path `base`)
+    #[arg(long, value_name = "BIN")]
+    baseline: Option<std::path::PathBuf>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -129,37 +132,63 @@ fn wireguard_go(lab: &Lab) -> Result<Vec<Proc>> {
     Ok(procs)
 }
 
+/// Two nodes of one build in a lab of their own, their overlay carrying a ping, and an iperf3 server on host 2.
+fn overlay_pair(lab: &Lab, bin: &Path) -> Result<(Vec<Node>, String, Proc)> {
+    let nodes = lab.start_nodes_with(bin, &[])?;
+    let target: String = nodes[1].status()?["overlay"].as_str().context("overlay address")?.into();
+    wait_until(Duration::from_secs(20), Duration::from_millis(100), || lab.host(1).ping(target.parse().unwrap()))
+        .context("the metac overlay did not carry a ping")?;
+    let server = iperf_server(lab.host(2))?;
+    Ok((nodes, target, server))
+}
+
+fn iperf_server(h: &Host) -> Result<Proc> {
+    let server = h.spawn("iperf3", ["-s"])?;
+    wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        Ok(!h.run("ss", ["-ltnH", "sport = :5201"])?.stdout.is_empty())
+    })?;
+    Ok(server)
+}
+
 pub fn run(a: Args) -> Result<()> {
     let lab = Lab::new(2)?;
-    let (h1, h2) = (lab.host(1), lab.host(2));
+    let h1 = lab.host(1);
     // The nodes first: a mesh connection made over the wireguard-go tunnel's addresses would put the overlay's
-    // endpoints inside that tunnel.
-    let nodes = lab.start_nodes(&[])?;
-    let target: String = nodes[1].status()?["overlay"].as_str().context("overlay address")?.into();
-    wait_until(Duration::from_secs(20), Duration::from_millis(100), || h1.ping(target.parse().unwrap()))
-        .context("the metac overlay did not carry a ping")?;
+    // endpoints inside that tunnel. Their iperf3 server serves the other paths too.
+    let (nodes, target, _server) = overlay_pair(&lab, &metac_tests::metac_bin()?)?;
     let _wg = wireguard_go(&lab)?;
-    let _server = h2.spawn("iperf3", ["-s"])?;
-    wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
-        Ok(!h2.run("ss", ["-ltnH", "sport = :5201"])?.stdout.is_empty())
-    })?;
+    let base_lab = match &a.baseline {
+        Some(_) => Some(Lab::new(2)?),
+        None => None,
+    };
+    let base = match (&base_lab, &a.baseline) {
+        (Some(l), Some(bin)) => Some(overlay_pair(l, bin)?),
+        _ => None,
+    };
 
-    let paths = [("raw", h2.addr().to_string()), ("wggo", "fd00:88::2".to_string()), ("metac", target.clone())];
-    let mut tcp = vec![vec![]; 3];
+    let mut paths = vec![
+        ("raw", h1, lab.host(2).addr().to_string()),
+        ("wggo", h1, "fd00:88::2".to_string()),
+        ("metac", h1, target.clone()),
+    ];
+    if let (Some(l), Some((_, t, _))) = (&base_lab, &base) {
+        paths.push(("base", l.host(1), t.clone()));
+    }
+    let mut tcp = vec![vec![]; paths.len()];
     // Interleaved, so that a noisy neighbour hurts every path alike.
     for rep in 0..a.reps {
-        for (i, (name, addr)) in paths.iter().enumerate() {
-            let g = tcp_gbit(h1, addr, a.secs)?;
+        for (i, (name, from, addr)) in paths.iter().enumerate() {
+            let g = tcp_gbit(from, addr, a.secs)?;
             eprintln!("run {}: {name} {g:.2} Gbit/s", rep + 1);
             tcp[i].push(g);
         }
     }
     // Pings interleaved too, in rounds of at most 50 per path.
-    let mut samples = vec![vec![]; 3];
+    let mut samples = vec![vec![]; paths.len()];
     let rounds = a.pings.div_ceil(50);
     for r in 0..rounds {
-        for (i, (_, addr)) in paths.iter().enumerate() {
-            samples[i].extend(rtts_ms(h1, addr, a.pings / rounds + u32::from(r < a.pings % rounds))?);
+        for (i, (_, from, addr)) in paths.iter().enumerate() {
+            samples[i].extend(rtts_ms(from, addr, a.pings / rounds + u32::from(r < a.pings % rounds))?);
         }
     }
     let rtt: Vec<f64> = samples.iter().map(|v| v.iter().sum::<f64>() / v.len() as f64).collect();
@@ -174,10 +203,10 @@ pub fn run(a: Args) -> Result<()> {
     let s = nodes[0].host().metac(&["--json", "overlay", "status"])?;
     let v: serde_json::Value = serde_json::from_slice(&s.stdout)?;
     println!("overlay_offload: {} (UDP GSO x{}, GRO x{})", v["offload"], v["gso_segments"], v["gro_segments"]);
-    for (i, (name, _)) in paths.iter().enumerate() {
+    for (i, (name, _, _)) in paths.iter().enumerate() {
         println!("{name}_tcp_gbit: {:.2} Gbit/s", tcp[i]);
     }
-    for (i, (name, _)) in paths.iter().enumerate() {
+    for (i, (name, _, _)) in paths.iter().enumerate() {
         println!("{name}_rtt_ms: {:.3} ms (median {:.3})", rtt[i], rtt_median[i]);
     }
     let (wg_added, metac_added) = (rtt[1] - rtt[0], rtt[2] - rtt[0]);
@@ -188,5 +217,9 @@ pub fn run(a: Args) -> Result<()> {
     println!("metac_vs_wggo_added_rtt: {:.2}x (goal <= 0.5)", metac_added / wg_added.max(1e-6));
     let (wg_med, metac_med) = (rtt_median[1] - rtt_median[0], rtt_median[2] - rtt_median[0]);
     println!("median: wggo added {wg_med:.3} ms, metac added {metac_med:.3} ms, {:.2}x", metac_med / wg_med.max(1e-6));
+    if paths.len() == 4 {
+        println!("metac_vs_base_tcp: {:.2}x", tcp[2] / tcp[3]);
+        println!("base_added_rtt_ms: {:.3} ms", rtt[3] - rtt[0]);
+    }
     Ok(())
 }

@@ -172,7 +172,7 @@ impl Host {
     }
 
     /// [`Host::metac`] with a given binary and time limit.
-    pub(crate) fn metac_with(&self, bin: &Path, args: &[&str], timeout: Duration) -> Result<Output> {
+    pub fn metac_with(&self, bin: &Path, args: &[&str], timeout: Duration) -> Result<Output> {
         let mut cmd = self.cmd(bin, [OsStr::new("--socket"), self.socket().as_os_str()]);
         cmd.args(args);
         checked(&mut cmd, timeout)
