@@ -3,14 +3,14 @@
 # (IPv6 ULA only, no configuration: they find each other by mDNS), exports a file on host 1, reads it on the last
 # host byte for byte, delegates a narrower ref, revokes the original and shows it refused. Cleans up on exit.
 # Also shows the overlay: host 1 pings the last host's fd6f address through a WireGuard tunnel.
-#   sudo ./scripts/demo.sh [N]
+#   ./scripts/demo.sh [N]   (as root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-3}
 [ "$N" -ge 2 ] && [ "$N" -le 20 ] || { echo "demo.sh: N must be 2..20" >&2; exit 1; }
 ./scripts/install-deps.sh
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
-[ "$(id -u)" = 0 ] || { echo "demo.sh: run as root (sudo): it builds network namespaces" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || { echo "demo.sh: run as root: it builds network namespaces" >&2; exit 1; }
 
 echo "== building metac (release)"
 cargo build --release --bin metac --quiet
@@ -91,6 +91,14 @@ a=$(sha256sum <"$DIR/1/disk.img" | cut -c1-16); b=$(sha256sum <"$DIR/$N/copy.img
 printf "sha256 host 1 %s, host %d %s: %s (%.2f s)\n" "$a" "$N" "$b" "$([ "$a" = "$b" ] && echo identical || echo DIFFERENT)" "$(echo "$t1 - $t0" | bc)"
 [ "$a" = "$b" ]
 
+echo; echo "== host $N binds the file as a local NBD endpoint, which real NBD clients use"
+SOCK="$DIR/$N/disk.sock"
+echo "\$ metac file bind REF --socket $SOCK   (host $N)"
+m "$N" file bind "$REF" --socket "$SOCK"
+echo "\$ nbdinfo --size 'nbd+unix:///?socket=$SOCK'"
+nbdinfo --size "nbd+unix:///?socket=$SOCK"
+echo; echo "\$ metac binds   (host $N)"; m "$N" binds
+
 echo; echo "== host $N delegates a read-only ref that expires in 1 hour, only for host 2"
 H2=$(m 2 --json status | sed -n 's/.*"key": "\([0-9a-f]*\)".*/\1/p')
 CHILD=$(m "$N" ref delegate "$REF" --read-only --expires 1h --to "$H2")
@@ -102,11 +110,13 @@ echo; echo "== host 1 revokes the original ref; every ref delegated from it dies
 m 1 ref revoke "$REF"
 echo "host $N: $(m "$N" file cat "$REF" 2>&1 >/dev/null || true)"
 echo "host 2:  $(m 2 file cat "$CHILD" 2>&1 >/dev/null || true)"
+sleep 1
+echo "\$ metac binds   (host $N: the live bind was cut, and its exporter refuses it from now on)"; m "$N" binds
 
 cat <<MSG
 
 == done. To run metac for real on this machine:
-   sudo $BIN node                 # state in /var/lib/metac, API on /run/metac/metac.sock, port 4747
+   $BIN node   (as root)           # state in /var/lib/metac, API on /run/metac/metac.sock, port 4747
    metac status; metac peers; metac file export FILE; metac file cat REF > out
    (nodes on the same LAN find each other by mDNS; elsewhere use --peer HOST[:PORT]; --mesh-key FILE for a private mesh)
 MSG

@@ -13,7 +13,7 @@ for p in bc iproute2 iputils-ping nftables procps psmisc libnbd-bin nbdkit qemu-
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
-    echo "install-deps: need root to apt-get install: ${need_pkgs[*]} (run with sudo)" >&2
+    echo "install-deps: need root to apt-get install: ${need_pkgs[*]} (run it as root)" >&2
     exit 1
   fi
   echo "install-deps: installing ${need_pkgs[*]}"
@@ -30,6 +30,7 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "install-deps: no Rust toolchain; trying Debian's rustup" >&2
   export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
   apt-get install -y -qq rustup >/dev/null 2>&1 && rustup default stable >/dev/null || {
     echo "install-deps: cannot install Rust. Install Rust >= 1.88 with rustup (https://rustup.rs) and rerun." >&2
     exit 1

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 if [ "$(id -u)" != 0 ]; then
-  echo "test.sh: run as root (sudo): the integration tests build network namespaces" >&2
+  echo "test.sh: run as root: the integration tests build network namespaces" >&2
   exit 1
 fi
 echo "== cargo fmt --check"
