@@ -1,21 +1,27 @@
 //! The local API: HTTP/1.1 + JSON over a Unix socket (mode 0600), like Docker's and Tailscale's. The `metac` CLI
 //! is a client of it, and so is `curl --unix-socket SOCK http://metac/v1/status`. Errors are JSON
 //! `{"error": "..."}` with a 4xx/5xx status; file contents stream as the response body.
+//!
+//! The routes are an axum [`Router`]: the node's core routes here, merged with the routers kinds contribute
+//! ([`router`]); requests and responses are the types of [`metac_api::types`], shared with every client.
 
-use std::convert::Infallible;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
-use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path as Segment, Query, State};
+use axum::routing::{delete, get, post};
+use axum::Router;
 use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use metac_api::server::{self, Json};
+use metac_api::types::{
+    DelegateReq, DelegateResp, ExportReq, ExportResp, ExportView, GuestRemoved, PeerView, RefReq, RefView, Removed,
+    ResourceView, ResourcesQuery, RevokeResp, StatusView, TokenView, WgConfigReq,
+};
 use metac_mesh::kind::{Kind, Rights};
-use metac_mesh::token::Caveat;
-use serde::Deserialize;
-use serde_json::json;
+use metac_mesh::token::{Caveat, Ref};
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 
@@ -23,10 +29,14 @@ use crate::error::ApiError;
 use crate::node::{describe, parse_ref, unix_now, Node};
 use crate::Error;
 
-/// Largest JSON request body.
-const MAX_BODY: usize = 64 * 1024;
+/// What a handler answers: a JSON body, or an error body.
+type Answer<T> = Result<Json<T>, server::Error>;
 
-type Body = BoxBody<Bytes, std::io::Error>;
+impl From<ApiError> for server::Error {
+    fn from(e: ApiError) -> Self {
+        server::Error { status: e.status, message: e.message }
+    }
+}
 
 /// Binds the API socket: refuses to steal the socket of a running node, removes a stale one, sets mode 0600.
 pub fn bind(path: &Path) -> Result<UnixListener, Error> {
@@ -48,200 +58,225 @@ pub fn bind(path: &Path) -> Result<UnixListener, Error> {
     Ok(l)
 }
 
-/// Serves API connections until `cancel` fires.
+/// Serves the node's API until `cancel` fires: its core routes, the bind routes, and every kind's routes.
 pub async fn serve(listener: UnixListener, node: Arc<Node>, cancel: CancellationToken) {
+    let mut extra = node.kind_routes();
+    extra.push(node.bind_routes());
+    serve_router(listener, router(node, extra), cancel).await
+}
+
+/// The whole API: the node's core routes merged with `extra`, the routers of kinds (their state already applied).
+/// Paths and methods no route serves answer 404 `{"error": "no API endpoint PATH"}`; request bodies are limited to
+/// [`metac_api::MAX_REQUEST`].
+pub fn router(node: Arc<Node>, extra: Vec<Router>) -> Router {
+    let core = Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/peers", get(peers))
+        .route("/v1/resources", get(resources))
+        .route("/v1/exports", get(exports).post(export))
+        .route("/v1/exports/{id}", delete(unexport))
+        .route("/v1/refs", get(refs))
+        .route("/v1/refs/show", post(show))
+        .route("/v1/refs/delegate", post(delegate))
+        .route("/v1/refs/revoke", post(revoke))
+        .route("/v1/overlay", get(overlay))
+        .route("/v1/overlay/wg-config", post(wg_config))
+        .route("/v1/overlay/guests/{name}", delete(remove_guest))
+        .with_state(node);
+    extra
+        .into_iter()
+        .fold(core, Router::merge)
+        // After the merge, so that they cover the kinds' routes too.
+        .fallback(server::no_endpoint)
+        .method_not_allowed_fallback(server::no_endpoint)
+        .layer(server::body_limit())
+}
+
+/// Serves `router` on `listener` until `cancel` fires. Connections are not waited for: a stream or an upgraded
+/// session ends with the node's shutdown of whatever feeds it. Upgrades are on, for attach and exec.
+pub async fn serve_router(listener: UnixListener, router: Router, cancel: CancellationToken) {
     loop {
         let conn = tokio::select! {
             _ = cancel.cancelled() => break,
             c = listener.accept() => c,
         };
         let Ok((stream, _)) = conn else { continue };
-        let node = Arc::clone(&node);
+        let svc = TowerToHyperService::new(router.clone());
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let node = Arc::clone(&node);
-                async move { Ok::<_, Infallible>(handle(node, req).await) }
-            });
-            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await
-            {
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+            if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!("api connection: {e}");
             }
         });
     }
 }
 
-fn json_response(status: StatusCode, v: serde_json::Value) -> Response<Body> {
-    let body = Full::new(Bytes::from(v.to_string())).map_err(|never| match never {}).boxed();
-    Response::builder().status(status).header("content-type", "application/json").body(body).expect("valid response")
-}
-
-fn error_response(e: ApiError) -> Response<Body> {
-    json_response(
-        StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        json!({ "error": e.message }),
-    )
-}
-
-async fn read_json<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Result<T, ApiError> {
-    let body = Limited::new(req.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| ApiError::bad(format!("cannot read the request body: {e}")))?
-        .to_bytes();
-    serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("bad request body: {e}")))
-}
-
-async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
-    let path = req.uri().path().to_string();
-    let query = req.uri().query().unwrap_or("").to_string();
-    let result = match (req.method().clone(), path.as_str()) {
-        (Method::GET, "/v1/status") => status(&node).await,
-        (Method::GET, "/v1/peers") => peers(&node).await,
-        (Method::GET, "/v1/resources") => resources(&node, &query).await,
-        (Method::GET, "/v1/exports") => node.exports().map(|e| json!(e)),
-        (Method::POST, "/v1/exports") => export(&node, req).await,
-        (Method::DELETE, p) if p.starts_with("/v1/exports/") => node
-            .unexport(&p["/v1/exports/".len()..])
-            .await
-            .map(|e| json!({ "removed": e.id.to_string(), "name": e.name })),
-        (Method::GET, "/v1/refs") => node.refs().map(|r| json!(r)),
-        (Method::POST, "/v1/refs/show") => show(&node, req).await,
-        (Method::POST, "/v1/refs/delegate") => delegate(&node, req).await,
-        (Method::POST, "/v1/refs/revoke") => revoke(&node, req).await,
-        (Method::GET, "/v1/overlay") => Ok(node.overlay().status()),
-        (Method::POST, "/v1/overlay/wg-config") => wg_config(&node, req).await,
-        (Method::DELETE, p) if p.starts_with("/v1/overlay/guests/") => node
-            .remove_guest(&p["/v1/overlay/guests/".len()..])
-            .map(|_| json!({ "removed": &p["/v1/overlay/guests/".len()..] })),
-        (_, p) => Err(ApiError::not_found(format!("no API endpoint {p}"))),
-    };
-    match result {
-        Ok(v) => json_response(StatusCode::OK, v),
-        Err(e) => error_response(e),
+/// A ref decoded without verifying it (only its exporter can), with what is known of its revocation.
+pub fn ref_view(r: &Ref, state: impl Into<String>) -> RefView {
+    let d = describe(r);
+    RefView {
+        issuer: d.issuer,
+        overlay: d.overlay,
+        resource: d.resource,
+        kind: d.kind.as_str().into(),
+        rights: d.rights,
+        expires: d.expires,
+        audience: d.audience,
+        path: d.path,
+        id: d.id,
+        chain: d.chain,
+        sealed: d.sealed,
+        state: state.into(),
     }
 }
 
-#[derive(Deserialize)]
-struct WgConfigReq {
-    name: String,
-    endpoint: Option<String>,
-    public_key: Option<String>,
-}
-
-async fn wg_config(node: &Node, req: Request<Incoming>) -> Result<serde_json::Value, ApiError> {
-    let r: WgConfigReq = read_json(req).await?;
-    node.wg_config(&r.name, r.endpoint.as_deref(), r.public_key.as_deref()).await
-}
-
-async fn status(node: &Node) -> Result<serde_json::Value, ApiError> {
+async fn status(State(node): State<Arc<Node>>) -> Answer<StatusView> {
     let snap = node.snapshot().await?;
     let exports = node.exports()?.len();
-    Ok(json!({
-        "key": snap.key,
-        "peer_id": snap.peer_id,
-        "overlay": snap.overlay,
-        "listen": snap.listen,
-        "peers": snap.connected,
-        "connections": snap.connections,
-        "known_nodes": snap.nodes.len(),
-        "exports": exports,
-        "state": node.state_dir(),
-        "overlay_status": node.overlay().summary(),
-        "version": env!("CARGO_PKG_VERSION"),
+    Ok(Json(StatusView {
+        key: snap.key,
+        peer_id: snap.peer_id,
+        overlay: snap.overlay.to_string(),
+        listen: snap.listen,
+        peers: snap.connected,
+        connections: snap.connections,
+        known_nodes: snap.nodes.len(),
+        exports,
+        state: node.state_dir().to_string_lossy().into_owned(),
+        overlay_status: node.overlay().summary(),
+        version: env!("CARGO_PKG_VERSION").into(),
     }))
 }
 
-async fn peers(node: &Node) -> Result<serde_json::Value, ApiError> {
+async fn peers(State(node): State<Arc<Node>>) -> Answer<Vec<PeerView>> {
     let snap = node.snapshot().await?;
-    let list: Vec<_> = snap
+    let list = snap
         .nodes
-        .iter()
-        .map(|n| {
-            json!({
-                "key": n.key, "peer_id": n.peer_id, "overlay": n.overlay, "addrs": n.addrs,
-                "reachable": n.reachable, "via": n.via, "last_seen_ms": n.last_seen_ms, "resources": n.resources.len(),
-            })
+        .into_iter()
+        .map(|n| PeerView {
+            key: n.key,
+            peer_id: n.peer_id,
+            overlay: n.overlay.to_string(),
+            addrs: n.addrs,
+            reachable: n.reachable,
+            via: via_name(n.via),
+            last_seen_ms: n.last_seen_ms,
+            resources: n.resources.len(),
         })
         .collect();
-    Ok(json!(list))
+    Ok(Json(list))
 }
 
-async fn resources(node: &Node, query: &str) -> Result<serde_json::Value, ApiError> {
-    let kind = match query.split('&').find_map(|kv| kv.strip_prefix("kind=")) {
-        Some(k) => Some(k.parse::<Kind>().map_err(|e| ApiError::bad(e.to_string()))?),
+/// How a peer was learned of, by its serde name (the mesh gives `Via` no `Display`).
+fn via_name(via: metac_mesh::core::Via) -> String {
+    serde_json::to_value(via).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+}
+
+async fn resources(
+    State(node): State<Arc<Node>>,
+    query: Result<Query<ResourcesQuery>, QueryRejection>,
+) -> Answer<Vec<ResourceView>> {
+    let Query(query) = query.map_err(|e| server::Error::bad(e.body_text()))?;
+    let kind = match query.kind {
+        Some(k) => Some(k.parse::<Kind>().map_err(|e| server::Error::bad(e.to_string()))?),
         None => None,
     };
     let snap = node.snapshot().await?;
     let me = node.me().to_hex();
+    let overlay = snap.overlay.to_string();
     let mut out = vec![];
-    let mine = node.exports()?;
-    for e in mine.iter().filter(|e| kind.is_none_or(|k| k == e.kind)) {
-        out.push(
-            json!({ "node": me, "overlay": snap.overlay, "kind": e.kind, "name": e.name, "id": e.id, "local": true }),
-        );
+    for e in node.exports()?.into_iter().filter(|e| kind.is_none_or(|k| k == e.kind)) {
+        out.push(ResourceView {
+            node: me.clone(),
+            overlay: overlay.clone(),
+            kind: e.kind.as_str().into(),
+            name: e.name,
+            id: e.id,
+            local: true,
+            reachable: None,
+        });
     }
     for n in &snap.nodes {
         for r in n.resources.iter().filter(|r| kind.is_none_or(|k| k == r.kind)) {
-            out.push(json!({
-                "node": n.key, "overlay": n.overlay, "kind": r.kind, "name": r.name, "id": r.id.to_string(),
-                "local": false, "reachable": n.reachable,
-            }));
+            out.push(ResourceView {
+                node: n.key.clone(),
+                overlay: n.overlay.to_string(),
+                kind: r.kind.as_str().into(),
+                name: r.name.clone(),
+                id: r.id.to_string(),
+                local: false,
+                reachable: Some(n.reachable),
+            });
         }
     }
-    Ok(json!(out))
+    Ok(Json(out))
 }
 
-#[derive(Deserialize)]
-struct ExportReq {
-    kind: String,
-    source: String,
-    name: Option<String>,
-    #[serde(default)]
-    read_only: bool,
+async fn exports(State(node): State<Arc<Node>>) -> Answer<Vec<ExportView>> {
+    let list = node
+        .exports()?
+        .into_iter()
+        .map(|e| ExportView {
+            id: e.id,
+            kind: e.kind.as_str().into(),
+            name: e.name,
+            source: e.source,
+            created: e.created,
+            tokens: e.tokens,
+            binds: e.binds,
+        })
+        .collect();
+    Ok(Json(list))
 }
 
-async fn export(node: &Node, req: Request<Incoming>) -> Result<serde_json::Value, ApiError> {
-    let r: ExportReq = read_json(req).await?;
-    let kind: Kind = r.kind.parse().map_err(|e: metac_mesh::kind::Error| ApiError::bad(e.to_string()))?;
+async fn export(State(node): State<Arc<Node>>, Json(r): Json<ExportReq>) -> Answer<ExportResp> {
+    let kind: Kind = r.kind.parse().map_err(|e: metac_mesh::kind::Error| server::Error::bad(e.to_string()))?;
     let rights = r.read_only.then(|| kind.rights().remove(Rights::WRITE));
-    let (e, reference) = node.export(kind, r.source, r.name, rights, serde_json::Value::Null).await?;
-    Ok(json!({ "id": e.id.to_string(), "name": e.name, "kind": e.kind, "ref": reference.to_string() }))
+    let (e, reference) = node.export(kind, r.source, r.name, rights, r.options).await?;
+    Ok(Json(ExportResp {
+        id: e.id.to_string(),
+        name: e.name,
+        kind: e.kind.as_str().into(),
+        reference: reference.to_string(),
+    }))
 }
 
-#[derive(Deserialize)]
-struct RefReq {
-    #[serde(rename = "ref")]
-    reference: String,
+async fn unexport(State(node): State<Arc<Node>>, Segment(id): Segment<String>) -> Answer<Removed> {
+    let e = node.unexport(&id).await?;
+    Ok(Json(Removed { removed: e.id.to_string(), name: e.name }))
 }
 
-async fn show(node: &Node, req: Request<Incoming>) -> Result<serde_json::Value, ApiError> {
-    let r: RefReq = read_json(req).await?;
+async fn refs(State(node): State<Arc<Node>>) -> Answer<Vec<TokenView>> {
+    let list = node
+        .refs()?
+        .into_iter()
+        .map(|t| TokenView {
+            id: t.id,
+            parent: t.parent,
+            resource: t.resource,
+            kind: t.kind.as_str().into(),
+            rights: t.rights,
+            expires: t.expires,
+            audience: t.audience,
+            revoked: t.revoked,
+            reference: t.reference,
+        })
+        .collect();
+    Ok(Json(list))
+}
+
+async fn show(State(node): State<Arc<Node>>, Json(r): Json<RefReq>) -> Answer<RefView> {
     let reference = parse_ref(&r.reference)?;
-    let mut v = json!(describe(&reference));
-    v["state"] = json!(node.revocation_state(&reference).await);
-    Ok(v)
+    let state = node.revocation_state(&reference).await;
+    Ok(Json(ref_view(&reference, state)))
 }
 
-#[derive(Deserialize)]
-struct DelegateReq {
-    #[serde(rename = "ref")]
-    reference: String,
-    #[serde(default)]
-    read_only: bool,
-    /// Seconds from now.
-    expires_in: Option<u64>,
-    to: Option<String>,
-    #[serde(default)]
-    seal: bool,
-}
-
-async fn delegate(node: &Node, req: Request<Incoming>) -> Result<serde_json::Value, ApiError> {
-    let d: DelegateReq = read_json(req).await?;
+async fn delegate(State(node): State<Arc<Node>>, Json(d): Json<DelegateReq>) -> Answer<DelegateResp> {
     let r = parse_ref(&d.reference)?;
     let current = r.token.effective();
     let rights = d.read_only.then(|| current.rights.remove(Rights::WRITE));
     if rights.is_some_and(|r| r.is_empty()) {
-        return Err(ApiError::bad("a read-only copy of this ref would grant nothing"));
+        return Err(server::Error::bad("a read-only copy of this ref would grant nothing"));
     }
     let audience = match d.to {
         Some(n) => Some(node.resolve_node(&n).await?),
@@ -249,11 +284,23 @@ async fn delegate(node: &Node, req: Request<Incoming>) -> Result<serde_json::Val
     };
     let caveat = Caveat { rights, expires: d.expires_in.map(|s| unix_now() + s), audience, path: None };
     let child = node.delegate(&r, &caveat, d.seal)?;
-    Ok(json!({ "ref": child.to_string(), "id": child.token.id().to_string() }))
+    Ok(Json(DelegateResp { reference: child.to_string(), id: child.token.id().to_string() }))
 }
 
-async fn revoke(node: &Node, req: Request<Incoming>) -> Result<serde_json::Value, ApiError> {
-    let r: RefReq = read_json(req).await?;
+async fn revoke(State(node): State<Arc<Node>>, Json(r): Json<RefReq>) -> Answer<RevokeResp> {
     let message = node.revoke(&parse_ref(&r.reference)?).await?;
-    Ok(json!({ "revoked": true, "message": message }))
+    Ok(Json(RevokeResp { revoked: true, message }))
+}
+
+async fn overlay(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
+    Json(node.overlay().status())
+}
+
+async fn wg_config(State(node): State<Arc<Node>>, Json(r): Json<WgConfigReq>) -> Answer<serde_json::Value> {
+    Ok(Json(node.wg_config(&r.name, r.endpoint.as_deref(), r.public_key.as_deref()).await?))
+}
+
+async fn remove_guest(State(node): State<Arc<Node>>, Segment(name): Segment<String>) -> Answer<GuestRemoved> {
+    node.remove_guest(&name)?;
+    Ok(Json(GuestRemoved { removed: name }))
 }

@@ -11,11 +11,12 @@ use std::time::Duration;
 
 use axum::extract::{Path, Query, State as AxState};
 use axum::routing::{delete, get};
-use axum::{Json, Router};
+use axum::Router;
+use metac_api::server::Json;
+use metac_api::types::{BindReq, BindView, BindsQuery, Unbound};
 use metac_mesh::kind::Kind;
 use metac_mesh::token::Ref;
 use metac_resource::{BoxFuture, BoxStream, Error, Hello, Link, Opener, Session, Start, Started, State, Status};
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
@@ -63,46 +64,6 @@ impl Binds {
             let _ = tokio::time::timeout(CLOSE_WAIT, t).await;
         }
     }
-}
-
-/// One bind, as `metac binds` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct BindView {
-    /// Its id.
-    pub id: String,
-    /// The kind.
-    pub kind: Kind,
-    /// The ref.
-    #[serde(rename = "ref")]
-    pub reference: String,
-    /// The exporting node (16 hex digits of its key).
-    pub exporter: String,
-    /// Where it is bound: a socket, a mount point, `stdout`.
-    pub target: String,
-    /// connecting, up, retrying, refused, expired, failed or done.
-    pub state: String,
-    /// Why, for retrying, refused and failed.
-    pub reason: Option<String>,
-    /// Re-established after a node restart.
-    pub persistent: bool,
-    /// Unix seconds when made.
-    pub created: u64,
-    /// Bytes moved.
-    pub bytes: u64,
-}
-
-/// `POST /v1/binds`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct BindReq {
-    /// The ref to bind.
-    #[serde(rename = "ref")]
-    pub reference: String,
-    /// The kind's bind options.
-    #[serde(default)]
-    pub options: serde_json::Value,
-    /// Re-establish it after a node restart.
-    #[serde(default)]
-    pub persistent: bool,
 }
 
 /// The node as kinds see it: a [`metac_resource::Binder`]. Weak, so that a kind holding it keeps no node alive.
@@ -266,7 +227,7 @@ impl Node {
                 let state = e.status.state();
                 BindView {
                     id: id.clone(),
-                    kind: e.kind,
+                    kind: e.kind.to_string(),
                     reference: e.reference.to_string(),
                     exporter: short(&e.reference.token.issuer()),
                     target: e.target.clone(),
@@ -313,17 +274,12 @@ impl Node {
     pub fn bind_routes(self: &Arc<Self>) -> Router {
         Router::new()
             .route("/v1/binds", get(list).post(create))
-            .route("/v1/binds/{*id}", delete(remove))
+            .route("/v1/binds/{id}", delete(remove))
             .with_state(Arc::clone(self))
     }
 }
 
-#[derive(Deserialize)]
-struct KindQuery {
-    kind: Option<String>,
-}
-
-async fn list(AxState(node): AxState<Arc<Node>>, Query(q): Query<KindQuery>) -> Result<Json<Vec<BindView>>, ApiError> {
+async fn list(AxState(node): AxState<Arc<Node>>, Query(q): Query<BindsQuery>) -> Result<Json<Vec<BindView>>, ApiError> {
     let kind = match q.kind {
         Some(k) => Some(k.parse::<Kind>().map_err(|e| ApiError::bad(e.to_string()))?),
         None => None,
@@ -343,13 +299,9 @@ async fn create(AxState(node): AxState<Arc<Node>>, Json(req): Json<BindReq>) -> 
     view.map(Json).ok_or_else(|| ApiError::internal("the bind ended at once"))
 }
 
-async fn remove(
-    AxState(node): AxState<Arc<Node>>,
-    Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    // A target is a path: `/v1/binds//run/x.sock` arrives as "/run/x.sock".
-    let id = node.unbind(&id).await?;
-    Ok(Json(serde_json::json!({ "id": id })))
+async fn remove(AxState(node): AxState<Arc<Node>>, Path(id): Path<String>) -> Result<Json<Unbound>, ApiError> {
+    // A target is a path, sent percent-encoded as one segment.
+    Ok(Json(Unbound { id: node.unbind(&id).await? }))
 }
 
 /// Resolves when the mesh connects to `exporter` after having no connection to it: a session waiting out its

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{wait, Cluster};
+use metac_api::types::BindView;
 use metac_mesh::kind::{Kind, Rights};
 use metac_mesh::token::{Caveat, Ref};
-use metac_node::binds::BindView;
 use metac_node::Node;
 use metac_resource::Clock;
 use serde_json::json;
@@ -63,7 +63,7 @@ async fn a_file_bind_is_an_nbd_endpoint_listed_with_its_state_and_cut_by_unbind(
     let sock = socket(&c, "disk.sock");
     let started = b.bind_ref(r.clone(), json!({ "socket": sock }), false).unwrap();
     let v = wait_state(&b, &started.id, "up").await;
-    assert_eq!((v.kind, v.target.as_str(), v.exporter.len()), (Kind::File, sock.to_str().unwrap(), 16));
+    assert_eq!((v.kind.as_str(), v.target.as_str(), v.exporter.len()), ("file", sock.to_str().unwrap(), 16));
     assert_eq!(read_endpoint(&sock).await.unwrap(), data);
     // Two clients at once, each on a stream of its own.
     let (x, y) = tokio::join!(read_endpoint(&sock), read_endpoint(&sock));

@@ -1,0 +1,97 @@
+//! `metac file`: the file kind's commands: export a file or block device, copy a remote one out, or bind it as a
+//! local NBD endpoint that NBD clients (nbdinfo, nbdcopy, qemu) use as they would nbdkit.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use metac_api::types::{ExportReq, ExportResp};
+use metac_api::Client;
+use metac_block::file::api::CatReq;
+use metac_block::file::FileBind;
+
+use super::{binds, print};
+
+/// `metac file` subcommands.
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Export a file or block device; prints a ref
+    Export {
+        path: PathBuf,
+        /// Name shown in the mesh [default: the file name]
+        #[arg(long)]
+        name: Option<String>,
+        /// Grant only read access
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// Write a remote file to stdout (or to --output)
+    Cat {
+        reference: String,
+        /// Write here instead of stdout
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Bind a remote file as a local NBD endpoint on a Unix socket (nbd+unix:///?socket=PATH); it reconnects by
+    /// itself when its exporter comes back
+    Bind {
+        reference: String,
+        /// The socket [default: file-<resource id>.sock in metac-binds/ beside the node's API socket]
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// Bind it again after the node restarts
+        #[arg(long)]
+        persistent: bool,
+    },
+    /// List this node's file binds
+    Ls,
+    /// Cut a file bind (by id, id prefix or socket path)
+    Unbind {
+        /// The bind's id, a unique prefix of it, or its socket path
+        bind: String,
+    },
+}
+
+/// Runs a `metac file` subcommand against the node behind `c`.
+pub async fn run(c: &Client, json: bool, cmd: Cmd) -> Result<()> {
+    match cmd {
+        Cmd::Export { path, name, read_only } => {
+            let path = std::path::absolute(&path).with_context(|| format!("{}", path.display()))?;
+            let source = path
+                .to_str()
+                .with_context(|| format!("{} is not valid UTF-8, which the API cannot carry", path.display()))?
+                .to_string();
+            let body = ExportReq { kind: "file".into(), source, name, read_only, options: serde_json::Value::Null };
+            let v: ExportResp = c.post("/v1/exports", &body).await?;
+            print(json, &v, |v| v.reference.clone());
+        }
+        Cmd::Cat { reference, output } => {
+            let body = CatReq { reference };
+            let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let n = match output {
+                Some(p) => {
+                    let mut f =
+                        tokio::fs::File::create(&p).await.with_context(|| format!("cannot create {}", p.display()))?;
+                    c.copy_to("/v1/file/cat", &body, &mut f, tty).await?
+                }
+                None => c.copy_to("/v1/file/cat", &body, &mut tokio::io::stdout(), tty).await?,
+            };
+            tracing::debug!("copied {n} bytes");
+        }
+        Cmd::Bind { reference, socket, persistent } => {
+            let socket = socket.map(|p| std::path::absolute(&p)).transpose()?;
+            let options = serde_json::to_value(FileBind { socket })?;
+            binds::bind(c, json, reference, options, persistent).await?;
+        }
+        Cmd::Ls => binds::list(c, json, Some("file")).await?,
+        Cmd::Unbind { bind } => {
+            // A socket path is matched as given, made absolute like the one the bind was made with.
+            let q = match std::path::Path::new(&bind) {
+                p if bind.contains('/') => std::path::absolute(p)?.display().to_string(),
+                _ => bind,
+            };
+            binds::unbind(c, json, &q).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,66 @@
+//! `metac node`: runs the daemon in this process until SIGTERM or SIGINT.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+/// Options of `metac node`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// State directory [default: /var/lib/metac as root, $XDG_DATA_HOME/metac otherwise]
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Mesh port, TCP and UDP (0 picks one)
+    #[arg(long, default_value_t = 4747)]
+    port: u16,
+    /// Bootstrap peer: a multiaddr or HOST[:PORT] (repeatable)
+    #[arg(long = "peer", value_name = "ADDR")]
+    peers: Vec<String>,
+    /// Do not discover peers on the LAN by mDNS
+    #[arg(long)]
+    no_mdns: bool,
+    /// Join only nodes holding the same key file (a private mesh)
+    #[arg(long, value_name = "FILE")]
+    mesh_key: Option<PathBuf>,
+    /// Do not run the overlay network (no TUN device, no WireGuard tunnels)
+    #[arg(long)]
+    no_overlay: bool,
+    /// Name of the overlay's TUN device
+    #[arg(long, value_name = "NAME", default_value = "metac0")]
+    tun: String,
+    /// UDP port of the overlay's WireGuard tunnels (0 picks one)
+    #[arg(long, value_name = "PORT", default_value_t = 51820)]
+    overlay_port: u16,
+    /// Log level or tracing filter (error, warn, info, debug, trace, or e.g. "metac_mesh=debug")
+    #[arg(long, default_value = "info", env = "METAC_LOG")]
+    log_level: String,
+}
+
+/// Runs a node serving its API on `socket`.
+pub async fn run(a: Args, socket: PathBuf) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&a.log_level)
+        .with_context(|| format!("--log-level {:?} is not a level or filter", a.log_level))?;
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let config = metac_node::Config {
+        port: a.port,
+        peers: a.peers,
+        mdns: !a.no_mdns,
+        mesh_key: a.mesh_key,
+        overlay: metac_node::overlay::OverlayConfig { enabled: !a.no_overlay, tun: a.tun, port: a.overlay_port },
+        ..metac_node::Config::new(a.state.unwrap_or_else(metac_node::config::default_state_dir), socket)
+    };
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let c = cancel.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        c.cancel();
+    });
+    metac_node::run(config, cancel, |_| {}).await.map_err(|e| anyhow::anyhow!(e))
+}
