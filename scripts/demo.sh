@@ -93,8 +93,8 @@ printf "sha256 host 1 %s, host %d %s: %s (%.2f s)\n" "$a" "$N" "$b" "$([ "$a" = 
 
 echo; echo "== host $N binds the file as a local NBD endpoint, which real NBD clients use"
 SOCK="$DIR/$N/disk.sock"
-echo "\$ metac file bind REF --socket $SOCK   (host $N)"
-m "$N" file bind "$REF" --socket "$SOCK"
+echo "\$ metac file bind REF -U $SOCK   (host $N)"
+m "$N" file bind "$REF" -U "$SOCK"
 echo "\$ nbdinfo --size 'nbd+unix:///?socket=$SOCK'"
 nbdinfo --size "nbd+unix:///?socket=$SOCK"
 echo; echo "\$ metac binds   (host $N)"; m "$N" binds

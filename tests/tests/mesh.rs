@@ -392,7 +392,7 @@ fn file_bind_serves_real_nbd_clients() {
     let r = ok(h1, &["file", "export", src.to_str().unwrap(), "--name", "disk"]);
     let sock = h2.dir().join("disk.sock");
     let uri = format!("nbd+unix:///?socket={}", sock.display());
-    let bound = json(h2, &["file", "bind", &r, "--socket", sock.to_str().unwrap()]);
+    let bound = json(h2, &["file", "bind", &r, "-U", sock.to_str().unwrap()]);
     assert_eq!(bound["state"], "up", "{bound}");
     let id = bound["id"].as_str().unwrap().to_string();
 
@@ -415,7 +415,7 @@ fn file_bind_serves_real_nbd_clients() {
     // A write through a read-only ref fails; through the full ref it lands in the exported file.
     let ro = ok(h1, &["ref", "delegate", &r, "--read-only"]);
     let ro_sock = h2.dir().join("ro.sock");
-    ok(h2, &["file", "bind", &ro, "--socket", ro_sock.to_str().unwrap()]);
+    ok(h2, &["file", "bind", &ro, "-U", ro_sock.to_str().unwrap()]);
     let patch = h2.dir().join("patch.bin");
     std::fs::write(&patch, vec![0xabu8; 1 << 20]).unwrap();
     let ro_uri = format!("nbd+unix:///?socket={}", ro_sock.display());

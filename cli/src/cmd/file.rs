@@ -36,9 +36,11 @@ pub enum Cmd {
     /// itself when its exporter comes back
     Bind {
         reference: String,
-        /// The socket [default: file-<resource id>.sock in metac-binds/ beside the node's API socket]
-        #[arg(long, value_name = "PATH")]
-        socket: Option<PathBuf>,
+        /// The endpoint's Unix socket, as nbdkit's -U [default: file-<resource id>.sock in metac-binds/ beside
+        /// the node's API socket]
+        // Not named `socket`: clap would take it for the global --socket (same argument id).
+        #[arg(short = 'U', long, value_name = "PATH")]
+        unix: Option<PathBuf>,
         /// Bind it again after the node restarts
         #[arg(long)]
         persistent: bool,
@@ -78,8 +80,8 @@ pub async fn run(c: &Client, json: bool, cmd: Cmd) -> Result<()> {
             };
             tracing::debug!("copied {n} bytes");
         }
-        Cmd::Bind { reference, socket, persistent } => {
-            let socket = socket.map(|p| std::path::absolute(&p)).transpose()?;
+        Cmd::Bind { reference, unix, persistent } => {
+            let socket = unix.map(|p| std::path::absolute(&p)).transpose()?;
             let options = serde_json::to_value(FileBind { socket })?;
             binds::bind(c, json, reference, options, persistent).await?;
         }
