@@ -80,7 +80,8 @@ impl Node {
         for p in &config.peers {
             bootstrap.push(net::parse_peer_addr(p).map_err(|e| Error::Api(format!("--peer {e}")))?);
         }
-        let remembered = store.peer_addrs()?.iter().filter_map(|a| a.parse().ok()).collect();
+        let remembered: Vec<_> = store.peer_addrs()?.iter().filter_map(|a| a.parse().ok()).collect();
+        tracing::debug!(count = remembered.len(), "peers remembered from the last run");
         let overlay = NodeOverlay::start(&config.overlay, &id);
         let (mesh, mut events, mesh_task) = net::spawn(
             net::Config {
@@ -234,6 +235,7 @@ impl Node {
                 continue;
             }
             self.remembered.lock().expect("remembered lock").insert(n.key.clone(), addrs.clone());
+            tracing::debug!(peer = %n.key, ?addrs, "remembering peer");
             if let Err(e) = self.store.put_peer(&n.key, &addrs) {
                 tracing::warn!("cannot remember peer {}: {e}", n.key);
             }

@@ -148,7 +148,9 @@ async fn a_bind_reconnects_when_its_exporter_comes_back() {
     assert!(sock.exists(), "the endpoint stays while its exporter is away");
 
     c.nodes[0].restart().await;
+    let t = std::time::Instant::now();
     wait_state(&b, &started.id, "up").await;
+    eprintln!("the bind was up again {:?} after its exporter restarted", t.elapsed());
     assert_eq!(read_endpoint(&sock).await.unwrap(), data);
     c.stop().await;
 }

@@ -39,7 +39,7 @@ impl TestNode {
         }
     }
 
-    /// Starts it again with the same state directory.
+    /// Starts it again with the same state directory and port.
     pub async fn restart(&mut self) {
         self.stop().await;
         self.cancel = CancellationToken::new();
@@ -79,6 +79,10 @@ impl Cluster {
 
     /// [`Cluster::start`], with the kinds of node `i` given by `kinds(i)` (`None`: this build's kinds).
     pub async fn start_with(n: usize, kinds: impl Fn(usize) -> Option<Vec<Arc<dyn Plugin>>>) -> Cluster {
+        // METAC_TEST_LOG=debug (or any tracing filter) shows the nodes' logs.
+        if let Ok(f) = std::env::var("METAC_TEST_LOG") {
+            let _ = tracing_subscriber::fmt().with_env_filter(f).with_test_writer().try_init();
+        }
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::new(metac_resource::clock::unix_now());
         let mut nodes: Vec<TestNode> = vec![];
@@ -97,7 +101,10 @@ impl Cluster {
             config.kinds = kinds(i);
             let cancel = CancellationToken::new();
             let node = Node::start(&config, cancel.clone()).await.expect("node starts");
-            nodes.push(TestNode { node: Some(node), cancel, config });
+            let mut n = TestNode { node: Some(node), cancel, config };
+            // Restarts keep the port, as a real node on its fixed port does, so that peers redialing it find it.
+            n.config.port = n.addr().await.rsplit(':').next().unwrap().parse().unwrap();
+            nodes.push(n);
         }
         let c = Cluster { nodes, dir, clock };
         c.wait_mesh().await;
