@@ -55,7 +55,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, Error> {
         let body = Bytes::from_request(req, state)
             .await
-            .map_err(|e| Error::bad(format!("cannot read the request body: {}", e.body_text())))?;
+            .map_err(|e| Error::bad(format!("cannot read the request body: {}", root_cause(&e))))?;
         serde_json::from_slice(&body).map(Json).map_err(|e| Error::bad(format!("bad request body: {e}")))
     }
 }
@@ -64,6 +64,15 @@ impl<T: Serialize> IntoResponse for Json<T> {
     fn into_response(self) -> Response {
         axum::Json(self.0).into_response()
     }
+}
+
+/// The innermost error of a chain: axum wraps "length limit exceeded" in two layers of "failed to buffer".
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut e = e;
+    while let Some(source) = e.source() {
+        e = source;
+    }
+    e.to_string()
 }
 
 /// The answer to a path no route serves (and to a method a route does not take).

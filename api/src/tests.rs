@@ -218,6 +218,20 @@ mod server {
         let e = c.post::<_, Value>("/v1/refs/show", &json!({ "nope": 1 })).await.unwrap_err();
         assert_eq!(e.status(), Some(400));
         assert!(e.to_string().starts_with("bad request body: missing field `ref`"), "{e}");
+        // Over the limit, sent raw (the client refuses to send it).
+        let big = json!({ "ref": "x".repeat(crate::MAX_REQUEST) }).to_string();
+        let mut s = tokio::net::UnixStream::connect(&sock).await.unwrap();
+        let head = format!(
+            "POST /v1/refs/show HTTP/1.1\r\nhost: metac\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+            big.len()
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let _ = s.write_all(big.as_bytes()).await;
+        let mut answer = vec![];
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(answer.ends_with(r#"{"error":"cannot read the request body: length limit exceeded"}"#), "{answer}");
         let e = c.get::<Value>("/v1/nowhere").await.unwrap_err();
         assert_eq!((e.status(), e.to_string()), (Some(404), "no API endpoint /v1/nowhere".to_string()));
         let e = c.get::<Value>("/v1/refs/show").await.unwrap_err();

@@ -1,12 +1,11 @@
 //! Spine figures: how fast a node starts and finds its peers, what it costs at rest, how fast an advert spreads,
 //! and how many capability tokens a core verifies per second.
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use metac_api::blocking;
 use metac_mesh::kind::{Kind, Rights};
 use metac_mesh::token::{Caveat, ResourceId, SigCache, Token};
 use metac_mesh::Identity;
@@ -26,19 +25,14 @@ pub struct Args {
     runs: usize,
 }
 
-/// GET on the node's API socket, straight from this process (cheaper than running the CLI, so polls are tight).
-fn api_get(sock: &Path, path: &str) -> Option<serde_json::Value> {
-    let mut s = UnixStream::connect(sock).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: metac\r\nConnection: close\r\n\r\n").ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let body = buf.split_once("\r\n\r\n")?.1;
-    if !buf.starts_with("HTTP/1.1 200") {
-        return None;
-    }
-    // Bodies are small JSON documents sent with a content-length.
-    serde_json::from_str(body).ok()
+/// A client of a node's API socket, straight from this process (cheaper than running the CLI, so polls are tight).
+fn api(sock: &Path) -> Result<blocking::Client> {
+    Ok(blocking::Client::new(sock)?.with_timeout(Duration::from_secs(5)))
+}
+
+/// GET `path`, or `None` on any failure: a poll that fails is a poll that did not see the state yet.
+fn api_get(c: &blocking::Client, path: &str) -> Option<serde_json::Value> {
+    c.get_value(path).ok()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -92,6 +86,7 @@ pub fn run(a: Args) -> Result<()> {
     for i in 0..a.runs {
         let state = h.dir().join(format!("start-{i}"));
         let sock = h.dir().join(format!("start-{i}.sock"));
+        let c = api(&sock)?;
         let t = Instant::now();
         let p = h.spawn(
             &bin,
@@ -107,7 +102,7 @@ pub fn run(a: Args) -> Result<()> {
                 "warn",
             ],
         )?;
-        wait_until(Duration::from_secs(20), Duration::from_millis(1), || Ok(api_get(&sock, "/v1/status").is_some()))
+        wait_until(Duration::from_secs(20), Duration::from_millis(1), || Ok(api_get(&c, "/v1/status").is_some()))
             .context("node did not get ready")?;
         ready.push(t.elapsed().as_secs_f64() * 1000.0);
         p.stop(Duration::from_secs(3));
@@ -123,9 +118,9 @@ pub fn run(a: Args) -> Result<()> {
         let t = Instant::now();
         let nodes = lab.start_nodes(&["--log-level", "warn"])?;
         let started = t.elapsed();
-        let socks: Vec<_> = nodes.iter().map(|n| n.socket()).collect();
+        let clients = nodes.iter().map(|n| api(&n.socket())).collect::<Result<Vec<_>>>()?;
         let took = wait_until(Duration::from_secs(20), Duration::from_millis(2), || {
-            Ok(socks.iter().all(|s| api_get(s, "/v1/status").is_some_and(|v| v["peers"].as_u64() >= Some(2))))
+            Ok(clients.iter().all(|c| api_get(c, "/v1/status").is_some_and(|v| v["peers"].as_u64() >= Some(2))))
         })?;
         disc.push((started + took).as_secs_f64() * 1000.0);
         last_lab = Some((lab, nodes));
@@ -146,10 +141,10 @@ pub fn run(a: Args) -> Result<()> {
     // Advert propagation: N nodes, one exports, time until every node lists the resource.
     let lab = Lab::new(a.nodes)?;
     let nodes = lab.start_nodes(&["--log-level", "warn"])?;
-    let socks: Vec<_> = nodes.iter().map(|n| n.socket()).collect();
+    let clients = nodes.iter().map(|n| api(&n.socket())).collect::<Result<Vec<_>>>()?;
     let n = a.nodes as u64;
     let mesh = wait_until(Duration::from_secs(60), Duration::from_millis(5), || {
-        Ok(socks.iter().all(|s| api_get(s, "/v1/status").is_some_and(|v| v["peers"].as_u64() >= Some(n - 1))))
+        Ok(clients.iter().all(|c| api_get(c, "/v1/status").is_some_and(|v| v["peers"].as_u64() >= Some(n - 1))))
     })?;
     println!("full_mesh_{}_nodes_ms: {:.1}", a.nodes, mesh.as_secs_f64() * 1000.0);
     let mut prop = vec![];
@@ -165,13 +160,13 @@ pub fn run(a: Args) -> Result<()> {
         let export_ms = t.elapsed();
         // One poller thread per node, each noting when its node first lists the resource.
         let seen: Vec<Duration> = std::thread::scope(|sc| {
-            let hs: Vec<_> = socks
+            let hs: Vec<_> = clients
                 .iter()
-                .map(|s| {
+                .map(|c| {
                     let name = name.clone();
                     sc.spawn(move || {
                         wait_until(Duration::from_secs(30), Duration::from_millis(2), || {
-                            Ok(api_get(s, "/v1/resources").is_some_and(|v| {
+                            Ok(api_get(c, "/v1/resources").is_some_and(|v| {
                                 v.as_array().is_some_and(|l| l.iter().any(|r| r["name"] == name.as_str()))
                             }))
                         })

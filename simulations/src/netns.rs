@@ -10,17 +10,17 @@
 //! - `churn`: several rounds of kill -9 (or SIGTERM) and restart of a random node, each followed by an export on
 //!   the restarted node, timed until every node lists it.
 //!
-//! Nodes are driven and watched through their local API socket directly (HTTP over the Unix socket, no process
+//! Nodes are driven and watched through their local API socket directly (metac-api's blocking client, no process
 //! per call), every 5 ms from one thread per node, so sub-second figures are measurable. Times run from the
 //! export request.
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use metac_api::blocking;
+use metac_api::types::{ExportReq, ExportResp};
 use metac_tests::{Host, Lab};
 use serde_json::Value;
 
@@ -79,49 +79,17 @@ fn metac_bin(o: &Options) -> Result<PathBuf> {
     )
 }
 
+/// Longest wait for one API call: a node that does not answer within it is as good as down for a watcher.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A client of a node's local API over its Unix socket.
+pub fn client(sock: &Path) -> Result<blocking::Client> {
+    Ok(blocking::Client::new(sock)?.with_timeout(CALL_TIMEOUT))
+}
+
 /// GET `path` from a node's local API over its Unix socket.
 pub fn api(sock: &Path, path: &str) -> Result<Value> {
-    request(sock, &format!("GET {path} HTTP/1.1\r\nHost: metac\r\nConnection: close\r\n\r\n"), path)
-}
-
-/// POST a JSON body to a node's local API.
-pub fn api_post(sock: &Path, path: &str, body: &Value) -> Result<Value> {
-    let body = body.to_string();
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: metac\r\nConnection: close\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    request(sock, &head, path)
-}
-
-fn request(sock: &Path, req: &str, path: &str) -> Result<Value> {
-    let mut s = UnixStream::connect(sock).with_context(|| format!("cannot connect to {}", sock.display()))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(req.as_bytes())?;
-    let mut buf = vec![];
-    s.read_to_end(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| anyhow!("bad HTTP answer from {}", sock.display()))?;
-    let body =
-        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.into() };
-    if !head.starts_with("HTTP/1.1 2") {
-        bail!("{path} on {}: {}: {body}", sock.display(), head.lines().next().unwrap_or(""));
-    }
-    serde_json::from_str(&body).with_context(|| format!("{path} from {}: not JSON: {body}", sock.display()))
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
+    client(sock)?.get_value(path).with_context(|| format!("{path} on {}", sock.display()))
 }
 
 /// Waits on every host at once until `check(host, view)` holds for it, with `view` = GET `path`; returns each
@@ -142,8 +110,9 @@ fn watch(
                     if skip.contains(&h.index()) {
                         return None;
                     }
+                    let c = client(&h.socket()).ok()?;
                     while t0.elapsed() < WAIT {
-                        if let Ok(v) = api(&h.socket(), path) {
+                        if let Ok(v) = c.get_value(path) {
                             if check(h, &v) {
                                 return Some(t0.elapsed().as_micros() as Micros);
                             }
@@ -171,8 +140,15 @@ fn lists(view: &Value, node: &str, name: &str) -> bool {
 fn export(h: &Host, name: &str) -> Result<()> {
     let path = h.dir().join(name);
     std::fs::write(&path, name.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
-    let body = serde_json::json!({ "kind": "file", "source": path.display().to_string(), "name": name });
-    api_post(&h.socket(), "/v1/exports", &body).with_context(|| format!("export on host {}", h.index()))?;
+    let body = ExportReq {
+        kind: "file".into(),
+        source: path.display().to_string(),
+        name: Some(name.into()),
+        read_only: false,
+        options: Value::Null,
+    };
+    let _: ExportResp =
+        client(&h.socket())?.post("/v1/exports", &body).with_context(|| format!("export on host {}", h.index()))?;
     Ok(())
 }
 
