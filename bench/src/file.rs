@@ -63,7 +63,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("bench.img");
-    write_file(&file, a.mib << 20)?;
+    metac_tests::write_pseudo_random(&file, a.mib << 20)?;
     let bin = metac_tests::metac_bin()?;
     let mut pairs = vec![pair("metac", &bin, &file)?];
     if let Some(b) = &a.baseline {
@@ -88,27 +88,5 @@ pub fn run(a: Args) -> Result<()> {
     if rates.len() == 2 {
         println!("metac_vs_baseline_file_cat: {:.2}x", rates[0] / rates[1]);
     }
-    Ok(())
-}
-
-/// A file of pseudo-random bytes (so that nothing on the path can shortcut zeros).
-fn write_file(path: &Path, len: u64) -> Result<()> {
-    use std::io::Write;
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = len;
-    while left > 0 {
-        for b in buf.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            b.copy_from_slice(&x.to_le_bytes()[..b.len()]);
-        }
-        let n = left.min(buf.len() as u64) as usize;
-        f.write_all(&buf[..n])?;
-        left -= n as u64;
-    }
-    f.flush()?;
     Ok(())
 }

@@ -21,12 +21,13 @@ use metac_api::types::{
     ResourceView, ResourcesQuery, RevokeResp, StatusView, TokenView, WgConfigReq,
 };
 use metac_mesh::kind::{Kind, Rights};
-use metac_mesh::token::{Caveat, Ref};
+use metac_mesh::token::Caveat;
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
-use crate::node::{describe, parse_ref, unix_now, Node};
+use crate::node::{parse_ref, unix_now, Node};
+pub use crate::refs::ref_view;
 use crate::Error;
 
 /// What a handler answers: a JSON body, or an error body.
@@ -111,25 +112,6 @@ pub async fn serve_router(listener: UnixListener, router: Router, cancel: Cancel
     }
 }
 
-/// A ref decoded without verifying it (only its exporter can), with what is known of its revocation.
-pub fn ref_view(r: &Ref, state: impl Into<String>) -> RefView {
-    let d = describe(r);
-    RefView {
-        issuer: d.issuer,
-        overlay: d.overlay,
-        resource: d.resource,
-        kind: d.kind.as_str().into(),
-        rights: d.rights,
-        expires: d.expires,
-        audience: d.audience,
-        path: d.path,
-        id: d.id,
-        chain: d.chain,
-        sealed: d.sealed,
-        state: state.into(),
-    }
-}
-
 async fn status(State(node): State<Arc<Node>>) -> Answer<StatusView> {
     let snap = node.snapshot().await?;
     let exports = node.exports()?.len();
@@ -185,11 +167,11 @@ async fn resources(
     let me = node.me().to_hex();
     let overlay = snap.overlay.to_string();
     let mut out = vec![];
-    for e in node.exports()?.into_iter().filter(|e| kind.is_none_or(|k| k == e.kind)) {
+    for e in node.exports()?.into_iter().filter(|e| kind.is_none_or(|k| k.to_string() == e.kind)) {
         out.push(ResourceView {
             node: me.clone(),
             overlay: overlay.clone(),
-            kind: e.kind.as_str().into(),
+            kind: e.kind,
             name: e.name,
             id: e.id,
             local: true,
@@ -201,7 +183,8 @@ async fn resources(
             out.push(ResourceView {
                 node: n.key.clone(),
                 overlay: n.overlay.to_string(),
-                kind: r.kind.as_str().into(),
+                // `kind-N` for a kind this build does not know: listed all the same.
+                kind: r.kind.to_string(),
                 name: r.name.clone(),
                 id: r.id.to_string(),
                 local: false,
@@ -213,20 +196,7 @@ async fn resources(
 }
 
 async fn exports(State(node): State<Arc<Node>>) -> Answer<Vec<ExportView>> {
-    let list = node
-        .exports()?
-        .into_iter()
-        .map(|e| ExportView {
-            id: e.id,
-            kind: e.kind.as_str().into(),
-            name: e.name,
-            source: e.source,
-            created: e.created,
-            tokens: e.tokens,
-            binds: e.binds,
-        })
-        .collect();
-    Ok(Json(list))
+    Ok(Json(node.exports()?))
 }
 
 async fn export(State(node): State<Arc<Node>>, Json(r): Json<ExportReq>) -> Answer<ExportResp> {
@@ -236,7 +206,7 @@ async fn export(State(node): State<Arc<Node>>, Json(r): Json<ExportReq>) -> Answ
     Ok(Json(ExportResp {
         id: e.id.to_string(),
         name: e.name,
-        kind: e.kind.as_str().into(),
+        kind: e.kind.to_string(),
         reference: reference.to_string(),
     }))
 }
@@ -247,22 +217,7 @@ async fn unexport(State(node): State<Arc<Node>>, Segment(id): Segment<String>) -
 }
 
 async fn refs(State(node): State<Arc<Node>>) -> Answer<Vec<TokenView>> {
-    let list = node
-        .refs()?
-        .into_iter()
-        .map(|t| TokenView {
-            id: t.id,
-            parent: t.parent,
-            resource: t.resource,
-            kind: t.kind.as_str().into(),
-            rights: t.rights,
-            expires: t.expires,
-            audience: t.audience,
-            revoked: t.revoked,
-            reference: t.reference,
-        })
-        .collect();
-    Ok(Json(list))
+    Ok(Json(node.refs()?))
 }
 
 async fn show(State(node): State<Arc<Node>>, Json(r): Json<RefReq>) -> Answer<RefView> {

@@ -5,11 +5,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use metac_api::types::ExportView;
 use metac_mesh::advert::ResourceInfo;
 use metac_mesh::kind::{Kind, Rights};
 use metac_mesh::token::{Ref, ResourceId, Token};
 use metac_resource::{ExportSpec, Exporter};
-use serde::Serialize;
 
 use crate::error::ApiError;
 use crate::node::{unix_now, Node};
@@ -35,25 +35,6 @@ impl OpenExports {
     fn drain(&self) -> Vec<Arc<dyn Exporter>> {
         self.0.lock().expect("exports lock").drain().map(|(_, e)| e).collect()
     }
-}
-
-/// A view of one export for the API.
-#[derive(Debug, Serialize)]
-pub struct ExportView {
-    /// Resource id.
-    pub id: String,
-    /// Kind.
-    pub kind: Kind,
-    /// Name.
-    pub name: String,
-    /// What is exported.
-    pub source: String,
-    /// Unix seconds when exported.
-    pub created: u64,
-    /// Tokens issued for it.
-    pub tokens: usize,
-    /// Live binds right now.
-    pub binds: usize,
 }
 
 fn spec(e: &Export, options: serde_json::Value) -> ExportSpec<serde_json::Value> {
@@ -149,7 +130,7 @@ impl Node {
             .into_iter()
             .map(|e| ExportView {
                 id: e.id.to_string(),
-                kind: e.kind,
+                kind: e.kind.to_string(),
                 tokens: tokens.iter().filter(|t| t.resource == e.id).count(),
                 binds: binds.get(&e.id).copied().unwrap_or(0),
                 name: e.name,

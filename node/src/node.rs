@@ -23,7 +23,7 @@ use crate::store::{KindTable, Store};
 use crate::transport::MeshTransport;
 use crate::{rpc, Config, Error};
 
-pub use crate::refs::{describe, parse_ref, RefView, TokenView};
+pub use crate::refs::{parse_ref, ref_view};
 pub use metac_resource::clock::unix_now;
 
 /// A running node.

@@ -2,77 +2,25 @@
 //! node issued the ref, otherwise by asking its exporter over the mesh RPC). Revoking cuts the live binds the
 //! token served at once, and revoking an export's first token closes the export.
 
-use metac_mesh::kind::Kind;
+use metac_api::types::{RefView, TokenView};
 use metac_mesh::net;
 use metac_mesh::token::{Caveat, Ref, Token, TokenId};
 use metac_mesh::NodeKey;
-use serde::Serialize;
 
 use crate::error::ApiError;
 use crate::node::{unix_now, Node};
 use crate::rpc;
 use crate::store::TokenRecord;
 
-/// A view of one recorded token for the API.
-#[derive(Debug, Serialize)]
-pub struct TokenView {
-    /// Token id.
-    pub id: String,
-    /// Parent token id when delegated.
-    pub parent: Option<String>,
-    /// Resource id.
-    pub resource: String,
-    /// Kind.
-    pub kind: Kind,
-    /// Effective rights.
-    pub rights: String,
-    /// Unix seconds of expiry.
-    pub expires: Option<u64>,
-    /// Audience node key.
-    pub audience: Option<String>,
-    /// Revoked (it or an ancestor).
-    pub revoked: bool,
-    /// The ref.
-    #[serde(rename = "ref")]
-    pub reference: String,
-}
-
-/// A decoded ref for `metac ref show`.
-#[derive(Debug, Serialize)]
-pub struct RefView {
-    /// The exporting node's key.
-    pub issuer: String,
-    /// Its overlay address.
-    pub overlay: String,
-    /// Resource id.
-    pub resource: String,
-    /// Kind.
-    pub kind: Kind,
-    /// Effective rights.
-    pub rights: String,
-    /// Expiry, unix seconds.
-    pub expires: Option<u64>,
-    /// Audience node key.
-    pub audience: Option<String>,
-    /// Sub-path.
-    pub path: Option<String>,
-    /// Token id (last block).
-    pub id: String,
-    /// Every block id, root first.
-    pub chain: Vec<String>,
-    /// No more attenuation possible.
-    pub sealed: bool,
-}
-
-/// Describes a ref without verifying it (only the exporter can).
-pub fn describe(r: &Ref) -> RefView {
+/// A ref decoded without verifying it (only its exporter can), with what is known of its revocation.
+pub fn ref_view(r: &Ref, state: impl Into<String>) -> RefView {
     let t = &r.token;
     let g = t.effective();
     RefView {
         issuer: t.issuer().to_hex(),
         overlay: r.addr.to_string(),
         resource: g.resource.to_string(),
-        kind: g.kind,
+        kind: g.kind.to_string(),
         rights: g.rights.to_string(),
         expires: g.expires,
         audience: g.audience.map(|a| a.to_hex()),
@@ -80,6 +28,7 @@ pub fn describe(r: &Ref) -> RefView {
         id: t.id().to_string(),
         chain: t.ids().iter().map(|i| i.to_string()).collect(),
         sealed: t.is_sealed(),
+        state: state.into(),
     }
 }
 
@@ -112,7 +61,7 @@ impl Node {
                 id: t.id.to_string(),
                 parent: t.parent.map(|p| p.to_string()),
                 resource: t.resource.to_string(),
-                kind: g.kind,
+                kind: g.kind.to_string(),
                 rights: g.rights.to_string(),
                 expires: g.expires,
                 audience: g.audience.map(|a| a.to_hex()),

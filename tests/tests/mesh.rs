@@ -3,7 +3,6 @@
 //! own message, revocation cuts live binds, state survives SIGKILL, and a private mesh keeps strangers out.
 //! Build the binary first (`cargo build --bin metac`); the tests need root and never skip.
 
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 use metac_tests::{require_root, wait_until, Error, Host, Lab};
@@ -41,22 +40,7 @@ fn key(h: &Host) -> String {
 /// Writes `len` pseudo-random bytes to a file in the host's dir.
 fn make_file(h: &Host, name: &str, len: usize) -> std::path::PathBuf {
     let path = h.dir().join(name);
-    let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
-    let mut x: u64 = 0x9e3779b97f4a7c15 ^ len as u64;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = len;
-    while left > 0 {
-        for b in buf.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            b.copy_from_slice(&x.to_le_bytes()[..b.len()]);
-        }
-        let n = left.min(buf.len());
-        f.write_all(&buf[..n]).unwrap();
-        left -= n;
-    }
-    f.flush().unwrap();
+    metac_tests::write_pseudo_random(&path, len as u64).unwrap();
     path
 }
 
