@@ -81,6 +81,28 @@ pub fn wait_until(timeout: Duration, poll: Duration, mut check: impl FnMut() -> 
     }
 }
 
+/// Writes `len` pseudo-random bytes (xorshift, seeded by `len`) to `path`: test and benchmark data that nothing on
+/// the path can compress or shortcut, the same for the same length.
+pub fn write_pseudo_random(path: &std::path::Path, len: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ len;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        for b in buf.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            b.copy_from_slice(&x.to_le_bytes()[..b.len()]);
+        }
+        let n = left.min(buf.len() as u64) as usize;
+        f.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    f.flush()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,26 +134,4 @@ mod tests {
             Err(e) => assert!(e.to_string().contains("cargo build --bin metac"), "{e}"),
         }
     }
-}
-
-/// Writes `len` pseudo-random bytes (xorshift, seeded by `len`) to `path`: test and benchmark data that nothing on
-/// the path can compress or shortcut, the same for the same length.
-pub fn write_pseudo_random(path: &std::path::Path, len: u64) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ len;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = len;
-    while left > 0 {
-        for b in buf.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            b.copy_from_slice(&x.to_le_bytes()[..b.len()]);
-        }
-        let n = left.min(buf.len() as u64) as usize;
-        f.write_all(&buf[..n])?;
-        left -= n as u64;
-    }
-    f.flush()
 }
