@@ -33,11 +33,11 @@ impl Endpoint {
         Endpoint { socket, listener: None }
     }
 
-    fn listen(&mut self) -> Result<&UnixListener, Error> {
+    fn listen(&mut self) -> Result<(), Error> {
         if self.listener.is_none() {
             self.listener = Some(listen(&self.socket)?);
         }
-        Ok(self.listener.as_ref().expect("listener just set"))
+        Ok(())
     }
 }
 
@@ -87,9 +87,12 @@ impl Session for Endpoint {
     fn run<'a>(&'a mut self, link: &'a Link, cancel: &'a CancellationToken) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
             let status = Arc::clone(link.status());
+            // The socket is there from the start, also while the exporter is away: clients wait in its backlog
+            // until the bind is up instead of finding no socket.
+            self.listen()?;
             loop {
                 let mut next = ready(link).await?;
-                let listener = self.listen()?;
+                let listener = self.listener.as_ref().expect("listening");
                 link.up();
                 let mut probe = [0u8; 1];
                 let client = tokio::select! {
