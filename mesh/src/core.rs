@@ -97,6 +97,11 @@ pub struct Stats {
     pub refused: u64,
 }
 
+/// The highest advert seq accepted or signed. Seqs start at the wall clock in milliseconds (about 2^41) and grow by
+/// one per change, so no honest node comes near; one that claims more is refused, and nothing can push a node's
+/// own seq to the end of the range, where the next one would wrap and the whole mesh would ignore it.
+pub const MAX_SEQ: u64 = 1 << 62;
+
 /// The mesh core of one node.
 pub struct Core {
     id: Identity,
@@ -148,7 +153,7 @@ impl Core {
         revoked: Vec<TokenId>,
         now: Millis,
     ) {
-        let seq = self.own().seq + 1;
+        let seq = next_seq(self.own().seq);
         let advert = Advert { node: self.me, seq, addrs, tunnel, resources, revoked };
         self.install_own(advert, now);
     }
@@ -211,15 +216,8 @@ impl Core {
                 self.actions.push_back(Action::SendSync { to: from, digest: self.digest() });
             }
         }
-        // If they hold a newer advert of ours (we lost state), jump past it. An equal seq is our current advert:
-        // jumping then would make every reconnect re-sign and re-gossip to the whole mesh (found by metac-sim).
-        if let Some(&seq) = theirs.get(&self.me) {
-            if seq > self.own().seq {
-                let mut a = self.own().clone();
-                a.seq = seq + 1;
-                self.install_own(a, now);
-            }
-        }
+        // A digest is unsigned: what it claims of our own seq moves nothing. If they really hold a newer advert of
+        // ours (we lost state), their answer to our digest carries it, signed, and `accept` jumps past that.
         out
     }
 
@@ -236,12 +234,17 @@ impl Core {
     fn accept(&mut self, advert: Signed, now: Millis) -> bool {
         let node = advert.node();
         if node == self.me {
-            // Someone has an advert of ours newer than ours: we restarted without our seq. Jump past it.
-            if advert.seq() >= self.own().seq && advert.verify().is_ok() {
+            // Someone has an advert of ours newer than ours: we restarted without our seq. Jump past it; only an
+            // advert we signed can move our seq, and never to the end of the range.
+            if advert.seq() >= self.own().seq && advert.seq() < MAX_SEQ && advert.verify().is_ok() {
                 let mut a = self.own().clone();
-                a.seq = advert.seq() + 1;
+                a.seq = next_seq(advert.seq());
                 self.install_own(a, now);
             }
+            return false;
+        }
+        if advert.seq() > MAX_SEQ {
+            self.stats.refused += 1;
             return false;
         }
         if let Some(e) = self.table.get_mut(&node) {
@@ -268,7 +271,7 @@ impl Core {
     pub fn handle_tick(&mut self, now: Millis) {
         if now.saturating_sub(self.own_signed_at) >= self.config.refresh {
             let mut a = self.own().clone();
-            a.seq += 1;
+            a.seq = next_seq(a.seq);
             self.install_own(a, now);
         }
         let grace = self.config.grace;
@@ -327,6 +330,11 @@ impl Core {
 
 /// Re-exported for drivers that decode adverts.
 pub use advert::Error as AdvertError;
+
+/// The seq after `seq`, never past [`MAX_SEQ`].
+fn next_seq(seq: u64) -> u64 {
+    seq.saturating_add(1).min(MAX_SEQ)
+}
 
 #[cfg(test)]
 mod tests {
@@ -490,5 +498,31 @@ mod tests {
             }
         }
         assert_eq!(a.entry(&b2.me()).unwrap().advert.seq(), b2.own().seq);
+    }
+
+    /// Attack (issue 10, finding 1): an unsigned digest claiming a seq of ours near the end of the range moved our
+    /// seq there, so that the next advert wrapped and the whole mesh ignored us for good.
+    #[test]
+    fn a_digest_cannot_move_our_seq_and_a_seq_near_the_end_is_refused() {
+        let (mut victim, mut peer) = (node(1), node(2));
+        connect(&mut victim, &mut peer, 1);
+        let before = victim.own().seq;
+        victim.handle_sync_request(peer.me(), &[(victim.me(), u64::MAX - 1)], 2);
+        assert_eq!(victim.own().seq, before, "an unsigned claim moves nothing");
+        victim.set_local(vec![], None, vec![res("x")], vec![], 3);
+        let published = drain(&mut victim).into_iter().find_map(|a| match a {
+            Action::Publish(s) => Some(s),
+            _ => None,
+        });
+        let published = published.expect("a change is published");
+        assert_eq!(published.seq(), before + 1);
+        assert!(peer.handle_gossip(published, 4), "the mesh still takes the victim's adverts");
+        // A hostile node signs its own advert at the end of the range: refused, not kept as the last word.
+        let evil = Identity::from_secret([66; 32]);
+        let huge = Advert { node: evil.public(), seq: u64::MAX, ..peer.own().clone() }.sign(&evil);
+        assert!(!peer.handle_gossip(huge, 5));
+        assert!(peer.entry(&evil.public()).is_none());
+        // Our own seq never passes the end either.
+        assert_eq!(next_seq(u64::MAX), MAX_SEQ);
     }
 }
