@@ -215,9 +215,12 @@ pub struct DelegateReq {
     /// The ref to narrow.
     #[serde(rename = "ref")]
     pub reference: String,
-    /// Drop the write right.
+    /// Keep only the read right.
     #[serde(default)]
     pub read_only: bool,
+    /// Keep only these rights (`read,admin`); with `read_only`, only read of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rights: Option<String>,
     /// Seconds from now.
     pub expires_in: Option<u64>,
     /// Only this node (key, peer id or overlay address) may use it.

@@ -20,7 +20,7 @@ use metac_api::types::{
     DelegateReq, DelegateResp, ExportReq, ExportResp, ExportView, GuestRemoved, PeerView, RefReq, RefView, Removed,
     ResourceView, ResourcesQuery, RevokeResp, StatusView, TokenView, WgConfigReq,
 };
-use metac_mesh::kind::{Kind, Rights};
+use metac_mesh::kind::Kind;
 use metac_mesh::token::Caveat;
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
@@ -201,7 +201,7 @@ async fn exports(State(node): State<Arc<Node>>) -> Answer<Vec<ExportView>> {
 
 async fn export(State(node): State<Arc<Node>>, Json(r): Json<ExportReq>) -> Answer<ExportResp> {
     let kind: Kind = r.kind.parse().map_err(|e: metac_mesh::kind::Error| server::Error::bad(e.to_string()))?;
-    let rights = r.read_only.then(|| kind.rights().remove(Rights::WRITE));
+    let rights = crate::refs::narrowed(kind.rights(), r.read_only, None)?;
     let (e, reference) = node.export(kind, r.source, r.name, rights, r.options).await?;
     Ok(Json(ExportResp {
         id: e.id.to_string(),
@@ -228,11 +228,7 @@ async fn show(State(node): State<Arc<Node>>, Json(r): Json<RefReq>) -> Answer<Re
 
 async fn delegate(State(node): State<Arc<Node>>, Json(d): Json<DelegateReq>) -> Answer<DelegateResp> {
     let r = parse_ref(&d.reference)?;
-    let current = r.token.effective();
-    let rights = d.read_only.then(|| current.rights.remove(Rights::WRITE));
-    if rights.is_some_and(|r| r.is_empty()) {
-        return Err(server::Error::bad("a read-only copy of this ref would grant nothing"));
-    }
+    let rights = crate::refs::narrowed(r.token.effective().rights, d.read_only, d.rights.as_deref())?;
     let audience = match d.to {
         Some(n) => Some(node.resolve_node(&n).await?),
         None => None,

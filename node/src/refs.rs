@@ -3,6 +3,7 @@
 //! token served at once, and revoking an export's first token closes the export.
 
 use metac_api::types::{RefView, TokenView};
+use metac_mesh::kind::Rights;
 use metac_mesh::net;
 use metac_mesh::token::{Caveat, Ref, Token, TokenId};
 use metac_mesh::NodeKey;
@@ -29,6 +30,30 @@ pub fn ref_view(r: &Ref, state: impl Into<String>) -> RefView {
         chain: t.ids().iter().map(|i| i.to_string()).collect(),
         sealed: t.is_sealed(),
         state: state.into(),
+    }
+}
+
+/// The rights a narrowed copy keeps: `read_only` keeps read alone (not admin: a "read-only" holder must not manage
+/// the export); `rights` (`read,admin`) keeps those of the current ones. `None`: keep the current rights.
+pub fn narrowed(current: Rights, read_only: bool, rights: Option<&str>) -> Result<Option<Rights>, ApiError> {
+    let mut keep = match rights {
+        Some(s) => {
+            let asked: Rights = s.parse().map_err(|e: metac_mesh::kind::Error| ApiError::bad(e.to_string()))?;
+            if !asked.is_subset_of(current) {
+                return Err(ApiError::bad(format!("this ref grants {current}: a copy cannot have {asked}")));
+            }
+            Some(asked)
+        }
+        None => None,
+    };
+    if read_only {
+        keep = Some(keep.unwrap_or(current).intersect(Rights::READ));
+    }
+    match keep {
+        Some(k) if k.is_empty() => {
+            Err(ApiError::bad(format!("a copy with these rights would grant nothing (the ref grants {current})")))
+        }
+        k => Ok(k),
     }
 }
 
@@ -167,5 +192,25 @@ impl Node {
             Some(_) => "not revoked as far as its exporter's advert says",
             None => "unknown: this node has no advert of the exporter",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Attack (issue 10, finding 10): `--read-only` kept admin, so a "read-only" holder could still manage the
+    /// export.
+    #[test]
+    fn read_only_means_read_alone() {
+        let all = Rights::READ | Rights::WRITE | Rights::ADMIN;
+        assert_eq!(narrowed(all, true, None).unwrap(), Some(Rights::READ));
+        assert_eq!(narrowed(all, false, Some("read,admin")).unwrap(), Some(Rights::READ | Rights::ADMIN));
+        assert_eq!(narrowed(all, true, Some("read,admin")).unwrap(), Some(Rights::READ));
+        assert_eq!(narrowed(all, false, None).unwrap(), None);
+        let e = narrowed(Rights::READ, false, Some("write")).unwrap_err();
+        assert!(e.message.contains("cannot have write"), "{}", e.message);
+        assert!(narrowed(Rights::EXEC, true, None).unwrap_err().message.contains("grant nothing"));
+        assert!(narrowed(all, false, Some("fly")).is_err());
     }
 }

@@ -148,7 +148,7 @@ fn bad_refs_are_refused_each_with_its_own_message() {
     // Delegation only narrows: a read-only ref shows it.
     let shown = json(h3, &["ref", "show", &for2]);
     assert_eq!(shown["state"], "not revoked as far as its exporter's advert says");
-    assert!(!shown["rights"].as_str().unwrap().contains("write"), "{shown}");
+    assert_eq!(shown["rights"], "read", "read-only means read alone, not read and admin: {shown}");
 
     // Revoked: at once, for the ref and everything delegated from it, from a holder on another node.
     let child = ok(h2, &["ref", "delegate", &r, "--read-only"]);

@@ -19,9 +19,12 @@ pub enum Cmd {
     /// Make a narrower ref from one you hold
     Delegate {
         reference: String,
-        /// Drop the write right
+        /// Keep only the read right (drops write and admin)
         #[arg(long)]
         read_only: bool,
+        /// Keep only these rights, e.g. read,admin
+        #[arg(long, value_name = "RIGHTS")]
+        rights: Option<String>,
         /// Expire after this long (e.g. 30s, 10m, 1h, 7d)
         #[arg(long, value_name = "DURATION")]
         expires: Option<humantime::Duration>,
@@ -85,10 +88,11 @@ pub async fn run(c: &Client, json: bool, cmd: Cmd) -> Result<()> {
                 )
             });
         }
-        Cmd::Delegate { reference, read_only, expires, to, seal } => {
+        Cmd::Delegate { reference, read_only, rights, expires, to, seal } => {
             let body = DelegateReq {
                 reference,
                 read_only,
+                rights,
                 expires_in: expires.map(|d| Duration::from(d).as_secs().max(1)),
                 to,
                 seal,
