@@ -47,7 +47,7 @@ for i in $(seq 1 "$N"); do
   ip -n "$P-$i" link set lo up
   ip -n "$P-$i" addr add "fd00:77::$i/64" dev eth0 nodad
   ip -n "$P-$i" link set eth0 up
-  mkdir -p "$DIR/$i"
+  mkdir -p -m 700 "$DIR/$i"
 done
 
 echo "== starting a metac node in each host (no --peer: discovery is mDNS)"

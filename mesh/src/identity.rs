@@ -158,7 +158,8 @@ impl Identity {
         match std::fs::read(path) {
             Ok(bytes) => {
                 let seed: [u8; 32] =
-                    bytes.as_slice().try_into().map_err(|_| Error::BadLength { path: p, len: bytes.len() })?;
+                    bytes.as_slice().try_into().map_err(|_| Error::BadLength { path: p.clone(), len: bytes.len() })?;
+                tighten(path).map_err(|source| Error::Write { path: p, source })?;
                 Ok(Identity::from_secret(seed))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -210,6 +211,22 @@ impl Identity {
     }
 }
 
+/// Makes a key file readable by its owner alone. A key that others could read (copied with `cp`, restored from a
+/// backup) is fixed, with a warning: whoever read it can impersonate this node, and the user should know.
+fn tighten(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            "{} was readable by other users (mode {mode:o}); made it 0600. If anyone else could read it, they can act \
+             as this node: delete it to make a new identity",
+            path.display()
+        );
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,6 +260,10 @@ mod tests {
         let b = Identity::load_or_create(&path).unwrap();
         assert_eq!(a.public(), b.public());
         use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        // Attack (issue 10, finding 8): a key others can read was accepted silently. Now it is made 0600.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(Identity::load_or_create(&path).unwrap().public(), a.public());
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         std::fs::write(&path, b"short").unwrap();
         let err = Identity::load_or_create(&path).unwrap_err().to_string();

@@ -53,9 +53,17 @@ pub fn bind(path: &Path) -> Result<UnixListener, Error> {
         }
         let _ = std::fs::remove_file(path);
     }
-    let l = UnixListener::bind(path).map_err(|e| Error::Api(format!("cannot listen on {}: {e}", path.display())))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| Error::Api(format!("cannot chmod {}: {e}", path.display())))?;
+    // Bound under a temporary name, made private, then renamed into place: the socket never exists at its path with
+    // the umask's mode, not even for a moment in which another local user could connect.
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let l = UnixListener::bind(&tmp).map_err(|e| Error::Api(format!("cannot listen on {}: {e}", tmp.display())))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::Api(format!("cannot set up the API socket {}: {e}", path.display()))
+    })?;
     Ok(l)
 }
 

@@ -95,3 +95,56 @@ pub fn default_socket() -> PathBuf {
         None => default_state_dir().join("metac.sock"),
     }
 }
+
+/// Makes `dir` if it is missing, with mode 0700: the store holds tokens that grant access, so the node's
+/// directories are its own (like ~/.ssh). An existing directory is never chmodded (`--state /home/alice` must not
+/// lock Alice out of her home); the key and the store in it are 0600 whatever the directory's mode, and a
+/// directory other users can list gets a warning saying what to do.
+pub fn private_dir(dir: &Path) -> Result<(), crate::Error> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let err = |source| crate::Error::StateDir { path: dir.display().to_string(), source };
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => Err(err(std::io::Error::other("it exists and is not a directory"))),
+        Ok(m) => {
+            let mode = m.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    "{} is open to other users (mode {mode:o}); the node's files in it are private, but `chmod 700` \
+                     it or give the node a directory of its own",
+                    dir.display()
+                );
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(err)?;
+            // `recursive` applies the mode to the last component only after the umask: make sure.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)
+        }
+        Err(e) => Err(err(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Attack (issue 10, finding 8): `--state DIR` chmodded whatever directory it was given.
+    #[test]
+    fn state_dirs_are_made_private_and_existing_ones_are_never_chmodded() {
+        let t = tempfile::tempdir().unwrap();
+        let made = t.path().join("a/b/state");
+        private_dir(&made).unwrap();
+        assert_eq!(std::fs::metadata(&made).unwrap().permissions().mode() & 0o777, 0o700);
+        private_dir(&made).unwrap();
+        let shared = t.path().join("home");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+        private_dir(&shared).unwrap();
+        assert_eq!(std::fs::metadata(&shared).unwrap().permissions().mode() & 0o777, 0o755, "left as it was");
+        let file = t.path().join("f");
+        std::fs::write(&file, b"").unwrap();
+        assert!(private_dir(&file).unwrap_err().to_string().contains("not a directory"));
+    }
+}

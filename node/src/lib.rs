@@ -41,7 +41,7 @@ pub enum Error {
     Api(String),
     #[error("cannot read the mesh key {path}: {reason}")]
     MeshKey { path: String, reason: String },
-    #[error("cannot create the state directory {path}: {source}")]
+    #[error("state directory {path}: {source}")]
     StateDir { path: String, source: std::io::Error },
 }
 

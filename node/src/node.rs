@@ -54,12 +54,7 @@ pub struct Node {
 impl Node {
     /// Loads identity and store, starts the mesh, opens the exports and re-establishes persistent binds.
     pub async fn start(config: &Config, cancel: CancellationToken) -> Result<Arc<Node>, Error> {
-        std::fs::create_dir_all(&config.state)
-            .map_err(|source| Error::StateDir { path: config.state.display().to_string(), source })?;
-        // The store holds tokens that grant access: the state directory is the node's alone (like ~/.ssh).
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&config.state, std::fs::Permissions::from_mode(0o700))
-            .map_err(|source| Error::StateDir { path: config.state.display().to_string(), source })?;
+        crate::config::private_dir(&config.state)?;
         let id = Identity::load_or_create(&config.state.join("identity.key"))?;
         let store = Arc::new(Store::open(&config.state.join("metac.redb"))?);
         let mesh_key = match &config.mesh_key {
@@ -101,9 +96,7 @@ impl Node {
         let mut tasks = vec![mesh_task];
         tasks.extend(overlay.attach(mesh.clone(), Arc::clone(&store), cancel.clone())?);
         let run_dir = config.run_dir();
-        std::fs::create_dir_all(&run_dir)
-            .and_then(|()| std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700)))
-            .map_err(|source| Error::StateDir { path: run_dir.display().to_string(), source })?;
+        crate::config::private_dir(&run_dir)?;
         let node = Arc::new_cyclic(|me_weak| Node {
             id,
             store,

@@ -144,6 +144,10 @@ impl Store {
             redb::DatabaseError::DatabaseAlreadyOpen => Error::InUse { path: p.clone() },
             e => Error::Open { path: p.clone(), reason: e.to_string() },
         })?;
+        // It holds every ref this node issued: its owner's alone, whatever the umask.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| Error::Open { path: p.clone(), reason: format!("cannot make it private (chmod 600): {e}") })?;
         let w = db.begin_write()?;
         w.open_table(EXPORTS)?;
         w.open_table(TOKENS)?;
@@ -388,6 +392,8 @@ mod tests {
             assert!(matches!(Store::open(&path), Err(Error::InUse { .. })));
         }
         let s = Store::open(&path).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600, "the store is private");
         assert_eq!(s.exports().unwrap(), vec![e.clone()]);
         assert_eq!(s.tokens().unwrap(), vec![t.clone()]);
         assert_eq!(s.remove_export(&id, 5).unwrap(), Some(e));

@@ -54,7 +54,9 @@ impl Node {
             )));
         }
         let state = self.state_dir();
-        std::fs::create_dir_all(&state).map_err(|e| Error::io(format!("create {}", state.display()), e))?;
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(&state)
+            .map_err(|e| Error::io(format!("create {}", state.display()), e))?;
 
         let mut args: Vec<OsString> = vec!["node".into(), "--state".into(), state.into(), "--socket".into()];
         args.push(sock.into());

@@ -21,8 +21,15 @@ pub fn print<T: Serialize>(json: bool, v: &T, text: impl FnOnce(&T) -> String) {
         let v = serde_json::to_value(v).expect("API types serialize");
         println!("{}", serde_json::to_string_pretty(&v).expect("json"));
     } else {
-        println!("{}", text(v));
+        println!("{}", printable(&text(v)));
     }
+}
+
+/// Text with every control character but newline shown as `?`. Names, addresses and reasons come from other nodes
+/// (a resource's name is whatever its exporter chose): raw, an escape sequence in one could rewrite the user's
+/// terminal. JSON output escapes them by itself.
+pub fn printable(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() && c != '\n' { '?' } else { c }).collect()
 }
 
 /// Columns padded to their widest cell, two spaces apart; `(none)` for no rows.
@@ -98,5 +105,21 @@ pub fn human_bytes(n: u64) -> String {
         n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
         n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
         n => format!("{n} B"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Attack (issue 10, finding 8): a peer names a resource "\x1b]0;pwned\x07\x1b[2J" and `metac resources`
+    /// printed it raw into the user's terminal.
+    #[test]
+    fn remote_text_cannot_drive_the_terminal() {
+        let name = "disk\x1b]0;pwned\x07\x1b[2J\r";
+        let out = printable(&table(&["NAME"], std::iter::once(vec![name.to_string()])));
+        assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "{out:?}");
+        assert!(out.contains("disk?]0;pwned??[2J"), "{out:?}");
+        assert_eq!(printable("a\nb\tc"), "a\nb?c");
     }
 }

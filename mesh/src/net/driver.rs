@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::addr::{ip_of, is_routable, node_key, peer_id, tcp_first};
-use super::rpc::{admission_proof, mesh_secret, Request, Response};
+use super::rpc::{admission_proof, mesh_secret, proof_matches, Request, Response};
 use super::swarm::{Behaviour, BehaviourEvent};
 use super::{Command, Config, Error, Event, NodeView, Snapshot};
 use crate::advert::{ResourceInfo, Signed};
@@ -592,7 +592,7 @@ impl Driver {
         let Some(node) = node_key(&peer) else { return };
         match request {
             Request::Sync { proof, digest } => {
-                if proof != admission_proof(&self.secret, &peer, self.swarm.local_peer_id()) {
+                if !proof_matches(&proof, &admission_proof(&self.secret, &peer, self.swarm.local_peer_id())) {
                     let _ = self.swarm.behaviour_mut().rpc.send_response(
                         channel,
                         Response::Denied("not a member of this mesh (mesh key differs)".into()),
@@ -631,7 +631,7 @@ impl Driver {
         match response {
             Response::Sync { proof, adverts } => {
                 self.syncs.remove(&id);
-                if proof != admission_proof(&self.secret, &peer, self.swarm.local_peer_id()) {
+                if !proof_matches(&proof, &admission_proof(&self.secret, &peer, self.swarm.local_peer_id())) {
                     self.deny(peer, "its sync answer does not prove our mesh key");
                     return;
                 }

@@ -33,6 +33,12 @@ pub(super) fn admission_proof(secret: &[u8; 32], from: &PeerId, to: &PeerId) -> 
     *h.finalize().as_bytes()
 }
 
+/// Compares a received admission proof with the expected one in constant time (blake3::Hash's `Eq`), so that the
+/// time of a refusal says nothing about how many bytes matched.
+pub(super) fn proof_matches(got: &[u8; 32], want: &[u8; 32]) -> bool {
+    blake3::Hash::from(*got) == blake3::Hash::from(*want)
+}
+
 /// RPC requests between nodes.
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) enum Request {
@@ -128,6 +134,9 @@ mod tests {
         assert_ne!(admission_proof(&k1, &a, &b), admission_proof(&k2, &a, &b));
         assert_ne!(admission_proof(&k1, &a, &b), admission_proof(&k1, &b, &a));
         assert_ne!(admission_proof(&k1, &a, &b), admission_proof(&open, &a, &b));
+        let p = admission_proof(&k1, &a, &b);
+        assert!(proof_matches(&p, &p));
+        assert!(!proof_matches(&p, &admission_proof(&k2, &a, &b)));
     }
 
     /// The RPC messages' bytes are pinned: nodes of different versions must keep understanding each other.
