@@ -208,3 +208,30 @@ async fn bad_binds_are_refused_with_reasons() {
     assert!(v.reason.unwrap().contains("revoked"), "unexport revokes the export's refs");
     c.stop().await;
 }
+
+/// Attack (issue 10, finding 5): the exported path is swapped for a symlink to another file (a disk, in the
+/// attack). The running export keeps serving what it opened; after a restart the swapped path is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swapped_export_is_served_as_exported_and_refused_after_a_restart() {
+    let mut c = Cluster::start(2).await;
+    let (path, data) = c.file("vm.img", 1 << 20);
+    let (secret, _) = c.file("secret.img", 1 << 20);
+    let r = export(c.nodes[0].n(), &path).await;
+    std::fs::remove_file(&path).unwrap();
+    std::os::unix::fs::symlink(&secret, &path).unwrap();
+    let b = c.nodes[1].n().clone();
+    let sock = socket(&c, "swap.sock");
+    let s = b.bind_ref(r.clone(), json!({ "socket": sock }), false).unwrap();
+    wait_state(&b, &s.id, "up").await;
+    assert_eq!(read_endpoint(&sock).await.unwrap(), data, "the file opened at export, not the symlink's target");
+    b.unbind(&s.id).await.unwrap();
+
+    c.nodes[0].restart().await;
+    c.wait_mesh().await;
+    let s = b.bind_ref(r, json!({ "socket": socket(&c, "swap2.sock") }), false).unwrap();
+    let v = wait_state(&b, &s.id, "refused").await;
+    let reason = v.reason.unwrap();
+    assert!(reason.contains("is now a symbolic link, not the file that was exported"), "{reason}");
+    drop(b);
+    c.stop().await;
+}

@@ -8,7 +8,7 @@ use clap::Subcommand;
 use metac_api::types::{ExportReq, ExportResp};
 use metac_api::Client;
 use metac_block::file::api::CatReq;
-use metac_block::file::FileBind;
+use metac_block::file::{FileBind, FileExport};
 
 use super::{binds, print};
 
@@ -24,6 +24,9 @@ pub enum Cmd {
         /// Grant only read access
         #[arg(long)]
         read_only: bool,
+        /// The path is a block device (a disk): refused without this, so that no disk is exported by mistake
+        #[arg(long)]
+        block: bool,
     },
     /// Write a remote file to stdout (or to --output)
     Cat {
@@ -57,13 +60,14 @@ pub enum Cmd {
 /// Runs a `metac file` subcommand against the node behind `c`.
 pub async fn run(c: &Client, json: bool, cmd: Cmd) -> Result<()> {
     match cmd {
-        Cmd::Export { path, name, read_only } => {
+        Cmd::Export { path, name, read_only, block } => {
             let path = std::path::absolute(&path).with_context(|| format!("{}", path.display()))?;
             let source = path
                 .to_str()
                 .with_context(|| format!("{} is not valid UTF-8, which the API cannot carry", path.display()))?
                 .to_string();
-            let body = ExportReq { kind: "file".into(), source, name, read_only, options: serde_json::Value::Null };
+            let options = serde_json::to_value(FileExport { path: path.clone(), block, id: None })?;
+            let body = ExportReq { kind: "file".into(), source, name, read_only, options };
             let v: ExportResp = c.post("/v1/exports", &body).await?;
             print(json, &v, |v| v.reference.clone());
         }

@@ -22,11 +22,60 @@ pub struct Export {
     read_only: bool,
 }
 
+/// Which file an export is: its device and inode, recorded at export and checked at every later open, so that a
+/// path swapped for another file (or for a symlink to a disk) is refused instead of served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileId {
+    /// `st_dev`.
+    pub dev: u64,
+    /// `st_ino`.
+    pub ino: u64,
+}
+
 impl Export {
     /// Opens `path` (a regular file or a block device) for export; `read_only` opens it without write access.
     pub fn open(path: &Path, read_only: bool) -> Result<Export, Error> {
         let open_err = |source| Error::Open { path: path.to_owned(), source };
         let file = OpenOptions::new().read(true).write(!read_only).open(path).map_err(open_err)?;
+        Export::from_file(path, file, read_only)
+    }
+
+    /// Opens `path` as an export must be opened by a node: never through a symlink in its last component
+    /// (`O_NOFOLLOW`), a block device only if `block` says so, and, if `expect` is given, only the very file that
+    /// was exported (same device and inode).
+    pub fn open_exact(path: &Path, read_only: bool, block: bool, expect: Option<FileId>) -> Result<Export, Error> {
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        let open_err = |source| Error::Open { path: path.to_owned(), source };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY)
+            .open(path)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) => Error::Replaced { path: path.to_owned(), what: "a symbolic link".into() },
+                _ => open_err(e),
+            })?;
+        let meta = file.metadata().map_err(open_err)?;
+        if meta.file_type().is_block_device() && !block {
+            return Err(Error::BlockNotNamed { path: path.to_owned() });
+        }
+        if let Some(id) = expect {
+            if (meta.dev(), meta.ino()) != (id.dev, id.ino) {
+                return Err(Error::Replaced { path: path.to_owned(), what: "another file".into() });
+            }
+        }
+        Export::from_file(path, file, read_only)
+    }
+
+    /// The device and inode of the open file.
+    pub fn id(&self) -> io::Result<FileId> {
+        use std::os::unix::fs::MetadataExt;
+        let m = self.file.metadata()?;
+        Ok(FileId { dev: m.dev(), ino: m.ino() })
+    }
+
+    fn from_file(path: &Path, file: File, read_only: bool) -> Result<Export, Error> {
+        let open_err = |source| Error::Open { path: path.to_owned(), source };
         let meta = file.metadata().map_err(open_err)?;
         let kind = meta.file_type();
         let size = if kind.is_file() {
@@ -126,6 +175,35 @@ mod tests {
         assert!(n <= buf.len());
         assert_eq!(buf[..n], data[30_000..30_000 + n]);
         assert_eq!(read_cached(&e.file(), &mut buf, u64::MAX), 0);
+    }
+
+    /// Attack (issue 10, finding 5): root exports a file Alice can replace; she swaps it for a symlink to a disk,
+    /// and the next open (a restart) served the disk.
+    #[test]
+    fn a_swapped_file_or_a_symlink_is_refused_and_block_devices_need_naming() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("vm.img");
+        std::fs::write(&p, vec![1u8; 4096]).unwrap();
+        let e = Export::open_exact(&p, false, false, None).unwrap();
+        let id = e.id().unwrap();
+        assert!(Export::open_exact(&p, false, false, Some(id)).is_ok(), "the same file opens again");
+        // Swapped for a symlink to another file.
+        let other = dir.path().join("other");
+        std::fs::write(&other, vec![2u8; 4096]).unwrap();
+        std::fs::remove_file(&p).unwrap();
+        std::os::unix::fs::symlink(&other, &p).unwrap();
+        let err = Export::open_exact(&p, false, false, Some(id)).unwrap_err();
+        assert!(matches!(err, Error::Replaced { .. }), "{err}");
+        assert!(err.to_string().contains("a symbolic link"), "{err}");
+        // Swapped for another file.
+        std::fs::remove_file(&p).unwrap();
+        std::fs::write(&p, vec![3u8; 4096]).unwrap();
+        let err = Export::open_exact(&p, false, false, Some(id)).unwrap_err();
+        assert!(err.to_string().contains("another file"), "{err}");
+        // What was opened at export keeps serving the original bytes.
+        let mut buf = [0u8; 4];
+        read_at(&e.file(), &mut buf, 0).unwrap();
+        assert_eq!(buf, [1; 4]);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::io;
 use std::path::PathBuf;
 
 pub use client::cat;
-pub use export::Export;
+pub use export::{Export, FileId};
 pub use file::File;
 pub use server::{serve, Stats};
 
@@ -34,6 +34,21 @@ pub enum Error {
         path: PathBuf,
         /// Why.
         source: io::Error,
+    },
+    /// The path no longer names the file that was exported.
+    #[error("{} is now {what}, not the file that was exported: unexport it, and export the file again if that is \
+             what you want", path.display())]
+    Replaced {
+        /// The path exported.
+        path: PathBuf,
+        /// What is there now.
+        what: String,
+    },
+    /// A block device named without saying so.
+    #[error("{} is a block device: export a disk only on purpose, with `metac file export --block`", path.display())]
+    BlockNotNamed {
+        /// The path given.
+        path: PathBuf,
     },
     /// The path is neither a regular file nor a block device.
     #[error("{} is neither a regular file nor a block device; export one of those", path.display())]

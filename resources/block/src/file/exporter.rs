@@ -1,6 +1,8 @@
 //! The exporting side of the `file` kind: the file is opened once, when exported or when the node starts, with
 //! write access only if the export grants it; every bind is served over NBD from that one open file (a read-only
-//! ref gets a read-only view of it), so a path swapped for a symlink after the export changes nothing.
+//! ref gets a read-only view of it). A path swapped after the export changes nothing while the node runs, and is
+//! refused when the node opens it again (never through a symlink, only the very file exported, a block device only
+//! when the export named one).
 
 use std::sync::Arc;
 
@@ -18,7 +20,8 @@ impl FileExporter {
     /// Opens the file named by `spec`, writable if the export grants write.
     pub(super) fn open(spec: &ExportSpec<FileExport>) -> Result<FileExporter, Error> {
         let read_only = !spec.rights.contains(Rights::WRITE);
-        let export = crate::Export::open(&spec.options.path, read_only)
+        let o = &spec.options;
+        let export = crate::Export::open_exact(&o.path, read_only, o.block, o.id)
             .map_err(|e| Error::Unavailable(format!("export {} cannot be opened: {e}", spec.name)))?;
         Ok(FileExporter { export })
     }

@@ -25,8 +25,14 @@ pub const PROTOCOL: &str = "nbd";
 /// What a file export records.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileExport {
-    /// The absolute path of the file or block device.
+    /// The absolute path of the file or block device, with symlinks resolved at export.
     pub path: PathBuf,
+    /// A block device may be exported (asked for with `--block`).
+    #[serde(default)]
+    pub block: bool,
+    /// The file exported, checked at every later open (set by the node at export).
+    #[serde(default)]
+    pub id: Option<crate::FileId>,
 }
 
 /// What a file bind asks for.
@@ -55,15 +61,24 @@ impl ResourceKind for File {
     }
 
     fn prepare(&self, source: &str, options: Option<FileExport>) -> Result<Prepared<FileExport>, Error> {
-        let options = options.unwrap_or_else(|| FileExport { path: PathBuf::from(source) });
-        let p = &options.path;
-        if !p.is_absolute() {
-            return Err(Error::BadOptions(format!("{}: the path must be absolute", p.display())));
+        let asked = options.unwrap_or_else(|| FileExport { path: PathBuf::from(source), block: false, id: None });
+        if !asked.path.is_absolute() {
+            return Err(Error::BadOptions(format!("{}: the path must be absolute", asked.path.display())));
         }
-        // Opened now only to check it; the export opens it for good in `open`.
-        crate::Export::open(p, true).map_err(|e| Error::BadOptions(format!("cannot export {}: {e}", p.display())))?;
-        let name = p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| p.display().to_string());
-        Ok(Prepared { source: p.display().to_string(), name, options })
+        // The name shown is the one the user gave; what is recorded is the file it names now, symlinks resolved,
+        // and that file's identity, so that a later swap of the path is noticed.
+        let name = asked.path.file_name().map(|f| f.to_string_lossy().into_owned());
+        let path = std::fs::canonicalize(&asked.path)
+            .map_err(|e| Error::BadOptions(format!("cannot export {}: {e}", asked.path.display())))?;
+        let export = crate::Export::open_exact(&path, true, asked.block, None)
+            .map_err(|e| Error::BadOptions(format!("cannot export {}: {e}", asked.path.display())))?;
+        let id = export.id().map_err(Error::Io)?;
+        let name = name.unwrap_or_else(|| path.display().to_string());
+        Ok(Prepared {
+            source: path.display().to_string(),
+            name,
+            options: FileExport { path, block: asked.block, id: Some(id) },
+        })
     }
 
     fn open<'a>(
@@ -92,4 +107,43 @@ impl ResourceKind for File {
 fn default_socket(run_dir: &Path, r: &Ref) -> PathBuf {
     let id = r.token.resource().to_string();
     run_dir.join(format!("file-{}.sock", &id[..12]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Attack (issue 10, finding 5): a block device was exported like any file. Now only when the export says so.
+    /// Needs root (block devices are root's); under CI it runs and fails loudly without it.
+    #[test]
+    fn a_block_device_is_exported_only_when_named_as_one() {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "this test opens a block device and needs root");
+        let dev = std::fs::read_dir("/sys/block")
+            .expect("/sys/block lists block devices")
+            .filter_map(|e| e.ok())
+            .map(|e| Path::new("/dev").join(e.file_name()))
+            .find(|p| p.exists())
+            .expect("a block device under /dev");
+        let source = dev.to_str().unwrap();
+        let e = ResourceKind::prepare(&File, source, None).unwrap_err();
+        assert!(e.to_string().contains("is a block device: export a disk only on purpose"), "{e}");
+        let asked = FileExport { path: dev.clone(), block: true, id: None };
+        let p = ResourceKind::prepare(&File, source, Some(asked)).unwrap();
+        assert!(p.options.block && p.options.id.is_some());
+    }
+
+    #[test]
+    fn an_export_records_the_file_behind_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real.img");
+        std::fs::write(&real, b"data").unwrap();
+        let link = dir.path().join("link.img");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let p = ResourceKind::prepare(&File, link.to_str().unwrap(), None).unwrap();
+        assert_eq!((p.name.as_str(), p.options.path.as_path()), ("link.img", real.canonicalize().unwrap().as_path()));
+        assert!(p.options.id.is_some() && !p.options.block);
+        let e = ResourceKind::prepare(&File, "relative.img", None).unwrap_err();
+        assert!(e.to_string().contains("must be absolute"), "{e}");
+    }
 }
