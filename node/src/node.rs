@@ -37,6 +37,7 @@ pub struct Node {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) run_dir: PathBuf,
     pub(crate) revoked: Mutex<HashSet<TokenId>>,
+    pub(crate) revocations: crate::refs::RevocationLimit,
     pub(crate) sigs: SigCache,
     remembered: Mutex<HashMap<String, Vec<String>>>,
     /// Exports of this node, opened.
@@ -107,6 +108,7 @@ impl Node {
             clock: Arc::clone(&config.clock),
             run_dir,
             revoked: Mutex::new(revoked),
+            revocations: Default::default(),
             sigs: SigCache::new(4096),
             remembered: Mutex::new(HashMap::new()),
             open: OpenExports::default(),

@@ -9,7 +9,7 @@ use metac_mesh::token::{Caveat, Ref, Token, TokenId};
 use metac_mesh::NodeKey;
 
 use crate::error::ApiError;
-use crate::node::{unix_now, Node};
+use crate::node::{short, unix_now, Node};
 use crate::rpc;
 use crate::store::TokenRecord;
 
@@ -30,6 +30,42 @@ pub fn ref_view(r: &Ref, state: impl Into<String>) -> RefView {
         chain: t.ids().iter().map(|i| i.to_string()).collect(),
         sealed: t.is_sealed(),
         state: state.into(),
+    }
+}
+
+/// How many revocations one peer may ask for per [`REVOCATION_WINDOW`] seconds.
+pub const REVOCATIONS_PER_WINDOW: u32 = 20;
+/// The window of [`REVOCATIONS_PER_WINDOW`], in seconds.
+pub const REVOCATION_WINDOW: u64 = 60;
+/// Peers whose revocation counts are kept at once; the oldest windows are forgotten first.
+const TRACKED_PEERS: usize = 1024;
+
+/// Revocations asked for by each peer in its current window: a peer cannot make the exporter write its store and
+/// re-sign its advert without bound.
+#[derive(Default)]
+pub(crate) struct RevocationLimit(std::sync::Mutex<std::collections::HashMap<NodeKey, (u64, u32)>>);
+
+impl RevocationLimit {
+    /// Counts one request of `peer` at `now` (unix seconds), or refuses it.
+    pub(crate) fn admit(&self, peer: NodeKey, now: u64) -> Result<(), String> {
+        let mut m = self.0.lock().expect("revocation limit lock");
+        if m.len() >= TRACKED_PEERS && !m.contains_key(&peer) {
+            m.retain(|_, (start, _)| now.saturating_sub(*start) < REVOCATION_WINDOW);
+            if m.len() >= TRACKED_PEERS {
+                return Err("too many peers are revoking at once; try again in a minute".into());
+            }
+        }
+        let (start, count) = m.entry(peer).or_insert((now, 0));
+        if now.saturating_sub(*start) >= REVOCATION_WINDOW {
+            (*start, *count) = (now, 0);
+        }
+        if *count >= REVOCATIONS_PER_WINDOW {
+            return Err(format!(
+                "more than {REVOCATIONS_PER_WINDOW} revocations asked within {REVOCATION_WINDOW} s; try again later"
+            ));
+        }
+        *count += 1;
+        Ok(())
     }
 }
 
@@ -132,7 +168,7 @@ impl Node {
     pub async fn revoke(&self, r: &Ref) -> Result<String, ApiError> {
         let issuer = r.token.issuer();
         if issuer == self.me() {
-            return self.revoke_local(&r.token).await.map_err(ApiError::refused);
+            return self.revoke_local(&r.token, None).await.map_err(ApiError::refused);
         }
         let body = rpc::encode(&rpc::Request::Revoke { token: r.token.encode() });
         let answer = self.mesh.request(issuer, body).await.map_err(|e| ApiError::remote(e.to_string()))?;
@@ -142,12 +178,30 @@ impl Node {
         }
     }
 
-    async fn revoke_local(&self, token: &Token) -> Result<String, String> {
+    /// Revokes a token this node issued. `from` is the peer asking over the mesh, `None` for this node's own user
+    /// (the exporter may revoke anything it issued).
+    async fn revoke_local(&self, token: &Token, from: Option<NodeKey>) -> Result<String, String> {
         let me = self.me();
+        if let Some(peer) = from {
+            self.revocations.admit(peer, self.clock.now())?;
+        }
         // Only authentic tokens may revoke: check the chain (any expiry, any audience).
-        let bearer = token.effective().audience.unwrap_or(me);
-        token.verify(&me, 0, &bearer, |_| false).map_err(|e| e.to_string())?;
+        let audience = token.effective().audience;
+        token.verify(&me, 0, &audience.unwrap_or(me), |_| false).map_err(|e| e.to_string())?;
+        // A ref made out to one node is that node's to revoke (or the exporter's), not anyone's who saw it.
+        if let (Some(peer), Some(a)) = (from, audience) {
+            if peer != a {
+                return Err(format!(
+                    "this ref is made out to node {}; only that node or the exporter may revoke it",
+                    short(&a)
+                ));
+            }
+        }
         let id = token.id();
+        if self.revoked.lock().expect("revoked lock").contains(&id) {
+            // Nothing to write and nothing new to advert: a repeated revocation costs nothing.
+            return Ok(format!("token {id} was already revoked"));
+        }
         self.store.revoke(&id, unix_now()).map_err(|e| e.to_string())?;
         self.revoked.lock().expect("revoked lock").insert(id);
         let cut = self.served.cut(|s| s.ids.contains(&id));
@@ -164,7 +218,7 @@ impl Node {
     pub(crate) async fn on_request(&self, from: NodeKey, body: &[u8]) -> rpc::Response {
         match rpc::decode::<rpc::Request>(body) {
             Ok(rpc::Request::Revoke { token }) => match Token::decode(&token) {
-                Ok(t) => match self.revoke_local(&t).await {
+                Ok(t) => match self.revoke_local(&t, Some(from)).await {
                     Ok(m) => {
                         tracing::info!(%from, "revocation requested by peer");
                         rpc::Response::Ok(m)
@@ -201,6 +255,19 @@ mod tests {
 
     /// Attack (issue 10, finding 10): `--read-only` kept admin, so a "read-only" holder could still manage the
     /// export.
+    /// Attack (issue 10, finding 7): revocation requests were unbounded, each a store write and a new advert.
+    #[test]
+    fn revocations_are_limited_per_peer_and_window() {
+        let l = RevocationLimit::default();
+        let (a, b) = (NodeKey([1; 32]), NodeKey([2; 32]));
+        for _ in 0..REVOCATIONS_PER_WINDOW {
+            l.admit(a, 100).unwrap();
+        }
+        assert!(l.admit(a, 130).unwrap_err().contains("more than 20 revocations"));
+        l.admit(b, 130).unwrap();
+        l.admit(a, 100 + REVOCATION_WINDOW).unwrap();
+    }
+
     #[test]
     fn read_only_means_read_alone() {
         let all = Rights::READ | Rights::WRITE | Rights::ADMIN;

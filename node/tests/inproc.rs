@@ -235,3 +235,30 @@ async fn a_swapped_export_is_served_as_exported_and_refused_after_a_restart() {
     drop(b);
     c.stop().await;
 }
+
+/// Attack (issue 10, finding 7): anyone who saw a ref could revoke it, every request cost a store write and a new
+/// advert, and there was no limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ref_made_out_to_a_node_is_revoked_only_by_it_and_repeats_cost_nothing() {
+    let mut c = Cluster::start(3).await;
+    let (path, _) = c.file("f.img", 4096);
+    let (a, b, stranger) = (c.nodes[0].n().clone(), c.nodes[1].n().clone(), c.nodes[2].n().clone());
+    let r = export(&a, &path).await;
+    let for_b = a.delegate(&r, &Caveat { audience: Some(b.me()), ..Caveat::default() }, false).unwrap();
+    let e = stranger.revoke(&for_b).await.unwrap_err();
+    assert!(e.message.contains("only that node or the exporter may revoke it"), "{}", e.message);
+    assert!(b.revoke(&for_b).await.unwrap().starts_with("revoked token"));
+    assert!(b.revoke(&for_b).await.unwrap().contains("was already revoked"), "a repeat writes nothing");
+    // A bearer ref may be revoked by its holder, within the limit per peer.
+    let mut refused = 0;
+    for _ in 0..metac_node::refs::REVOCATIONS_PER_WINDOW + 3 {
+        let child = stranger.delegate(&r, &Caveat::default(), false).unwrap();
+        if let Err(e) = stranger.revoke(&child).await {
+            assert!(e.message.contains("revocations asked within"), "{}", e.message);
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 4, "the 21st and later requests of one window are refused");
+    drop((a, b, stranger));
+    c.stop().await;
+}
