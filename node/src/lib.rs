@@ -47,6 +47,7 @@ pub enum Error {
 
 /// Runs a node until `cancel` fires (SIGTERM or SIGINT in the binary). `ready` is called once the API answers.
 pub async fn run(config: Config, cancel: CancellationToken, ready: impl FnOnce(&Node)) -> Result<(), Error> {
+    raise_fd_limit();
     let node = Node::start(&config, cancel.clone()).await?;
     let listener = api::bind(&config.socket)?;
     tracing::info!(
@@ -63,4 +64,22 @@ pub async fn run(config: Config, cancel: CancellationToken, ready: impl FnOnce(&
     let _ = api.await;
     let _ = std::fs::remove_file(&config.socket);
     Ok(())
+}
+
+/// Raises the soft limit of open files to the hard one: every bind, peer connection and local endpoint holds
+/// descriptors, and the default soft limit (1024) is far below what the per-peer limits allow in all.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit struct, which `lim` is, and has no other effect.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    let want = lim.rlim_max.min(1 << 20);
+    if lim.rlim_cur < want {
+        let new = libc::rlimit { rlim_cur: want, rlim_max: lim.rlim_max };
+        // SAFETY: setrlimit reads one rlimit struct; raising the soft limit up to the hard one is always allowed.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } == 0 {
+            tracing::debug!(from = lim.rlim_cur, to = want, "raised the open-files limit");
+        }
+    }
 }

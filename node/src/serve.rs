@@ -19,9 +19,14 @@ use crate::node::{short, Node};
 
 /// How long a binder has to send its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Live binds one peer may hold here at once: a holder of one ref opening a thousand binds gets refusals, not a
+/// node out of file descriptors.
+pub const MAX_BINDS_PER_PEER: usize = 64;
 
 /// One bind being served.
 pub(crate) struct Serving {
+    /// Who binds.
+    peer: NodeKey,
     /// Every block id of its token: revoking any of them cuts it.
     pub(crate) ids: Vec<TokenId>,
     /// The export it binds.
@@ -37,10 +42,17 @@ pub(crate) struct Served {
 }
 
 impl Served {
-    fn add(&self, s: Serving) -> u64 {
+    /// Registers a bind, unless its peer already holds [`MAX_BINDS_PER_PEER`].
+    fn add(&self, s: Serving) -> Result<u64, String> {
+        let mut map = self.map.lock().expect("served lock");
+        if map.values().filter(|x| x.peer == s.peer).count() >= MAX_BINDS_PER_PEER {
+            return Err(format!(
+                "your node already holds {MAX_BINDS_PER_PEER} live binds here, the most allowed; unbind some first"
+            ));
+        }
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        self.map.lock().expect("served lock").insert(id, s);
-        id
+        map.insert(id, s);
+        Ok(id)
     }
 
     fn remove(&self, id: u64) {
@@ -121,11 +133,20 @@ impl Node {
                 return;
             }
         };
+        let cancel = self.cancel.child_token();
+        let serving = Serving { peer, ids: a.ids.clone(), resource: a.resource, cancel: cancel.clone() };
+        let sid = match self.served.add(serving) {
+            Ok(sid) => sid,
+            Err(reason) => {
+                tracing::info!(peer = %short(&peer), "bind refused: {reason}");
+                let _ = frame::write(&mut stream, &Reply::Refuse { reason }).await;
+                return;
+            }
+        };
         if frame::write(&mut stream, &Reply::Accept).await.is_err() {
+            self.served.remove(sid);
             return;
         }
-        let cancel = self.cancel.child_token();
-        let sid = self.served.add(Serving { ids: a.ids.clone(), resource: a.resource, cancel: cancel.clone() });
         // A revocation that landed between the check and the registration must still cut this bind.
         if a.ids.iter().any(|i| self.revoked.lock().expect("revoked lock").contains(i)) {
             cancel.cancel();

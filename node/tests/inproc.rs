@@ -262,3 +262,28 @@ async fn a_ref_made_out_to_a_node_is_revoked_only_by_it_and_repeats_cost_nothing
     drop((a, b, stranger));
     c.stop().await;
 }
+
+/// Attack (issue 10, finding 6): a holder of one read-only ref opened binds until the exporter ran out of file
+/// descriptors. Now each peer gets a bounded number of live binds, and refusals beyond it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_peer_cannot_hold_more_than_its_share_of_binds() {
+    let mut c = Cluster::start(2).await;
+    let (path, _) = c.file("f.img", 4096);
+    let (a, b) = (c.nodes[0].n().clone(), c.nodes[1].n().clone());
+    let r = export(&a, &path).await;
+    let ro = a.delegate(&r, &Caveat { rights: Some(Rights::READ), ..Caveat::default() }, false).unwrap();
+    let binder = b.ctx(Kind::File).binder;
+    let mut held = vec![];
+    for _ in 0..metac_node::serve::MAX_BINDS_PER_PEER {
+        held.push(binder.open(&ro, "nbd").await.expect("binds up to the limit are served"));
+    }
+    let e = binder.open(&ro, "nbd").await.err().expect("one more is refused");
+    assert!(e.to_string().contains("the most allowed"), "{e}");
+    assert_eq!(live_binds(&a), metac_node::serve::MAX_BINDS_PER_PEER as u64);
+    // Let go of some, and binds are served again.
+    held.truncate(10);
+    wait(LONG, "the exporter to see the binds end", || async { live_binds(&a) == 10 }).await;
+    binder.open(&ro, "nbd").await.expect("served again below the limit");
+    drop((held, binder, a, b));
+    c.stop().await;
+}
