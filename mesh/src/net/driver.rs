@@ -85,7 +85,16 @@ pub(super) struct Driver {
     redial: HashMap<PeerId, (Instant, Duration)>,
     /// Sync requests in flight.
     syncs: HashMap<OutboundRequestId, PeerId>,
+    /// When each connected peer's first connection came up: a peer not admitted within [`ADMIT_WITHIN`] of it is
+    /// disconnected.
+    connected_at: HashMap<PeerId, Instant>,
+    /// Peers owed a sync with our digest once they are admitted (until then they got the proof alone).
+    want_sync: HashSet<PeerId>,
 }
+
+/// How long a connected peer has to prove the mesh key before it is disconnected. A member does so in its first
+/// round trip; a stranger that never answers must not stay connected, receiving what members get.
+pub const ADMIT_WITHIN: Duration = Duration::from_secs(5);
 
 impl Driver {
     /// A driver for `swarm`, publishing adverts on `topic` and sending events to `events`.
@@ -149,6 +158,8 @@ impl Driver {
             tunnel: config.tunnel,
             redial: HashMap::new(),
             syncs: HashMap::new(),
+            connected_at: HashMap::new(),
+            want_sync: HashSet::new(),
         }
     }
 
@@ -181,6 +192,7 @@ impl Driver {
             self.publish_local();
         }
         self.core.handle_tick(now);
+        self.expel_unadmitted();
         self.redial_lost();
         let t = Instant::now();
         for i in 0..self.bootstrap.len() {
@@ -353,10 +365,43 @@ impl Driver {
         }
     }
 
+    /// Sends a sync. To a peer not yet admitted it carries our proof alone (an empty digest: every real digest
+    /// names at least its sender), so that nothing of the mesh reaches a peer before it has proven the mesh key;
+    /// the digest follows once it has.
     fn send_sync(&mut self, p: PeerId, digest: Vec<(NodeKey, u64)>) {
+        let digest = if self.admitted.contains(&p) {
+            digest
+        } else {
+            self.want_sync.insert(p);
+            vec![]
+        };
         let proof = admission_proof(&self.secret, self.swarm.local_peer_id(), &p);
         let id = self.swarm.behaviour_mut().rpc.send_request(&p, Request::Sync { proof, digest });
         self.syncs.insert(id, p);
+    }
+
+    /// `peer` proved the mesh key: from now on it is served, and gets the sync it is owed.
+    fn admit(&mut self, peer: PeerId) {
+        self.admitted.insert(peer);
+        if self.want_sync.remove(&peer) {
+            let digest = self.core.digest();
+            self.send_sync(peer, digest);
+        }
+    }
+
+    /// Disconnects peers connected for [`ADMIT_WITHIN`] without proving the mesh key.
+    fn expel_unadmitted(&mut self) {
+        let late: Vec<PeerId> = self
+            .connected_at
+            .iter()
+            .filter(|(p, t)| !self.admitted.contains(p) && t.elapsed() >= ADMIT_WITHIN)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in late {
+            tracing::info!(peer = %p, "disconnecting a peer that did not prove the mesh key within {ADMIT_WITHIN:?}");
+            self.connected_at.remove(&p);
+            let _ = self.swarm.disconnect_peer_id(p);
+        }
     }
 
     /// Closes duplicate connections to a peer: once a connection dialed by the smaller peer id is up, those
@@ -472,6 +517,7 @@ impl Driver {
                     ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr.clone(),
                 };
                 self.conns.entry(peer).or_default().push((connection_id, endpoint.is_dialer(), remote));
+                self.connected_at.entry(peer).or_insert_with(Instant::now);
                 self.dedupe(peer);
                 let via =
                     *self.via.entry(peer).or_insert(if endpoint.is_dialer() { Via::Bootstrap } else { Via::Inbound });
@@ -494,6 +540,8 @@ impl Driver {
                 }
                 if num_established == 0 {
                     self.admitted.remove(&peer);
+                    self.connected_at.remove(&peer);
+                    self.want_sync.remove(&peer);
                     if !self.denied.contains(&peer) {
                         self.redial.insert(peer, (Instant::now() + Duration::from_secs(1), Duration::from_secs(1)));
                     }
@@ -600,8 +648,10 @@ impl Driver {
                     self.deny(peer, "its mesh key differs from ours");
                     return;
                 }
-                self.admitted.insert(peer);
-                let adverts = self.core.handle_sync_request(node, &digest, now);
+                self.admit(peer);
+                // An empty digest is a proof alone (see `send_sync`): answered with our proof alone.
+                let adverts =
+                    if digest.is_empty() { vec![] } else { self.core.handle_sync_request(node, &digest, now) };
                 let proof = admission_proof(&self.secret, self.swarm.local_peer_id(), &peer);
                 let _ = self.swarm.behaviour_mut().rpc.send_response(channel, Response::Sync { proof, adverts });
             }
@@ -635,7 +685,7 @@ impl Driver {
                     self.deny(peer, "its sync answer does not prove our mesh key");
                     return;
                 }
-                self.admitted.insert(peer);
+                self.admit(peer);
                 self.core.handle_adverts(adverts, now);
             }
             Response::Denied(why) => {

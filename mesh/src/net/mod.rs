@@ -15,6 +15,8 @@ mod addr;
 mod driver;
 mod rpc;
 mod swarm;
+#[cfg(test)]
+mod tests;
 
 use std::net::Ipv6Addr;
 use std::time::Duration;
