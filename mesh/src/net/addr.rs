@@ -60,6 +60,25 @@ pub fn ip_of(addr: &Multiaddr) -> Option<std::net::IpAddr> {
     }
 }
 
+/// True for an address taken from another node's advert that this node may dial: an IP address (never `/dns`,
+/// which would make this node resolve and probe names a stranger chose), not unspecified, multicast or an overlay
+/// address, then TCP or QUIC and at most a `/p2p` suffix. Loopback stays allowed: nodes on one machine advert it
+/// when they have nothing else.
+pub(super) fn is_dialable(addr: &Multiaddr) -> bool {
+    let mut it = addr.iter();
+    let ip_ok = match it.next() {
+        Some(Protocol::Ip4(a)) => !(a.is_unspecified() || a.is_multicast() || a.is_broadcast()),
+        Some(Protocol::Ip6(a)) => !(a.is_unspecified() || a.is_multicast() || crate::identity::is_overlay_addr(&a)),
+        _ => false,
+    };
+    let transport_ok = match (it.next(), it.next()) {
+        (Some(Protocol::Tcp(p)), None | Some(Protocol::P2p(_))) => p != 0,
+        (Some(Protocol::Udp(p)), Some(Protocol::QuicV1)) => p != 0,
+        _ => false,
+    };
+    ip_ok && transport_ok && it.all(|p| matches!(p, Protocol::P2p(_)))
+}
+
 /// True for addresses worth telling others about: not loopback, link-local or unspecified, and not an overlay
 /// address (the mesh must never run over the overlay it carries).
 pub(super) fn is_routable(addr: &Multiaddr) -> bool {
@@ -117,6 +136,29 @@ mod tests {
         let a: Vec<Multiaddr> =
             ["/ip6/fd00::1/udp/1/quic-v1", "/ip6/fd00::1/tcp/1"].iter().map(|a| a.parse().unwrap()).collect();
         assert_eq!(tcp_first(a)[0].to_string(), "/ip6/fd00::1/tcp/1");
+    }
+
+    /// Attack (issue 10, finding 8): adverts could make every node resolve and dial `/dns/` names, or any
+    /// address a stranger chose.
+    #[test]
+    fn only_plain_ip_addresses_from_adverts_are_dialed() {
+        for (a, ok) in [
+            ("/ip6/fd00:77::1/tcp/4747", true),
+            ("/ip4/192.0.2.1/udp/4747/quic-v1", true),
+            ("/ip4/127.0.0.1/tcp/4747/p2p/12D3KooWDAvUXQUWgYV3QZZZPML2cigTtyXUQY5s52hBUH6fRARV", true),
+            ("/dns/attacker.example/tcp/4747", false),
+            ("/dns4/x/tcp/1", false),
+            ("/ip4/0.0.0.0/tcp/4747", false),
+            ("/ip4/224.0.0.1/tcp/4747", false),
+            ("/ip6/ff02::1/tcp/4747", false),
+            ("/ip6/fd6f:e1da:f01c::1/tcp/4747", false),
+            ("/ip4/192.0.2.1/tcp/0", false),
+            ("/ip4/192.0.2.1/udp/4747", false),
+            ("/ip4/192.0.2.1/tcp/4747/ws", false),
+            ("/ip4/192.0.2.1", false),
+        ] {
+            assert_eq!(is_dialable(&a.parse().unwrap()), ok, "{a}");
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use libp2p::{gossipsub, mdns, ping, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::addr::{ip_of, is_routable, node_key, peer_id, tcp_first};
+use super::addr::{ip_of, is_dialable, is_routable, node_key, peer_id, tcp_first};
 use super::rpc::{admission_proof, mesh_secret, proof_matches, Request, Response};
 use super::swarm::{Behaviour, BehaviourEvent};
 use super::{Command, Config, Error, Event, NodeView, Snapshot};
@@ -28,6 +28,10 @@ use crate::token::TokenId;
 
 /// Most connections we open to nodes learned only from gossip.
 const MAX_GOSSIP_DIALS: usize = 64;
+/// Peers dialed for one mDNS announcement, at most.
+const MAX_MDNS_DIALS: usize = 16;
+/// Peers remembered as denied (wrong mesh key), at most; the oldest are forgotten first.
+const MAX_DENIED: usize = 1024;
 
 /// A `--peer` address (or one remembered from an earlier run) and the state of dialing it.
 struct Bootstrap {
@@ -40,6 +44,30 @@ struct Bootstrap {
     backoff: Duration,
     /// The dial in progress.
     dialing: Option<ConnectionId>,
+}
+
+/// Peers denied for a wrong mesh key, bounded: a stranger minting keys cannot grow it without limit.
+#[derive(Default)]
+struct Denied {
+    set: HashSet<PeerId>,
+    order: std::collections::VecDeque<PeerId>,
+}
+
+impl Denied {
+    fn insert(&mut self, p: PeerId) {
+        if self.set.insert(p) {
+            self.order.push_back(p);
+            if self.order.len() > MAX_DENIED {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn contains(&self, p: &PeerId) -> bool {
+        self.set.contains(p)
+    }
 }
 
 /// The state the mesh task owns.
@@ -66,8 +94,8 @@ pub(super) struct Driver {
     via: HashMap<PeerId, Via>,
     /// Peers that proved they know the mesh key.
     admitted: HashSet<PeerId>,
-    /// Peers that failed admission: disconnected and never dialed again.
-    denied: HashSet<PeerId>,
+    /// Peers that failed admission: disconnected and never dialed again (the newest [`MAX_DENIED`]).
+    denied: Denied,
     /// `connect` callers waiting for a dial to each peer.
     waiting: HashMap<PeerId, Vec<oneshot::Sender<Result<(), Error>>>>,
     /// Application requests sent, waiting for their answers.
@@ -148,7 +176,7 @@ impl Driver {
             addrs_dirty: false,
             via: HashMap::new(),
             admitted: HashSet::new(),
-            denied: HashSet::new(),
+            denied: Denied::default(),
             waiting: HashMap::new(),
             pending: HashMap::new(),
             inbound: HashMap::new(),
@@ -428,7 +456,13 @@ impl Driver {
         let due: Vec<PeerId> = self.redial.iter().filter(|(_, (at, _))| *at <= now).map(|(p, _)| *p).collect();
         for p in due {
             let addrs = node_key(&p).and_then(|k| self.core.entry(&k)).map(|e| {
-                e.advert.advert().addrs.iter().filter_map(|a| a.parse::<Multiaddr>().ok()).collect::<Vec<_>>()
+                e.advert
+                    .advert()
+                    .addrs
+                    .iter()
+                    .filter_map(|a| a.parse::<Multiaddr>().ok())
+                    .filter(is_dialable)
+                    .collect::<Vec<_>>()
             });
             match addrs {
                 Some(addrs) if !addrs.is_empty() && !self.swarm.is_connected(&p) && !self.denied.contains(&p) => {
@@ -463,9 +497,13 @@ impl Driver {
                 }
                 Action::Event(core::Event::Updated { node, addrs }) => {
                     let Some(p) = peer_id(&node) else { continue };
-                    let gossip_dials = self.via.values().filter(|v| **v == Via::Gossip).count();
+                    // The budget counts the peers learned by gossip that are connected now: a count of every one
+                    // ever dialed would stop all dialing after the first 64.
+                    let gossip_dials =
+                        self.via.iter().filter(|(q, v)| **v == Via::Gossip && self.swarm.is_connected(q)).count();
                     if !self.swarm.is_connected(&p) && !self.denied.contains(&p) && gossip_dials < MAX_GOSSIP_DIALS {
-                        let addrs: Vec<Multiaddr> = addrs.iter().filter_map(|a| a.parse().ok()).collect();
+                        let addrs: Vec<Multiaddr> =
+                            addrs.iter().filter_map(|a| a.parse().ok()).filter(is_dialable).collect();
                         if !addrs.is_empty() {
                             self.via.entry(p).or_insert(Via::Gossip);
                             let _ = self.swarm.dial(DialOpts::peer_id(p).addresses(tcp_first(addrs)).build());
@@ -474,6 +512,10 @@ impl Driver {
                 }
                 Action::Event(core::Event::Expired { node }) => {
                     tracing::info!(%node, "node expired after the grace period");
+                    if let Some(p) = peer_id(&node) {
+                        self.via.remove(&p);
+                        self.redial.remove(&p);
+                    }
                 }
             }
         }
@@ -579,7 +621,8 @@ impl Driver {
                         by_peer.entry(p).or_default().push(a);
                     }
                 }
-                for (p, addrs) in by_peer {
+                // A LAN can announce any number of peers: dial a bounded number per announcement.
+                for (p, addrs) in by_peer.into_iter().take(MAX_MDNS_DIALS) {
                     if !self.swarm.is_connected(&p) {
                         tracing::debug!(%p, ?addrs, "discovered by mDNS");
                         self.via.insert(p, Via::Mdns);
@@ -701,5 +744,26 @@ impl Driver {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Attack (issue 10, finding 8): `denied` grew by one entry per key a stranger minted.
+    #[test]
+    fn the_denied_set_is_bounded_and_forgets_the_oldest() {
+        let mut d = Denied::default();
+        let first = PeerId::random();
+        d.insert(first);
+        for _ in 0..MAX_DENIED {
+            d.insert(PeerId::random());
+        }
+        assert_eq!((d.set.len(), d.order.len()), (MAX_DENIED, MAX_DENIED));
+        assert!(!d.contains(&first));
+        let last = *d.order.back().unwrap();
+        d.insert(last);
+        assert_eq!(d.order.len(), MAX_DENIED, "a repeat does not take a second place");
     }
 }
