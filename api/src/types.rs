@@ -294,6 +294,25 @@ pub struct BindView {
     pub bytes: u64,
 }
 
+/// `POST /v1/overlay/allow` and `/v1/overlay/deny`: a rule of the overlay's inbound policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlayRuleReq {
+    /// `PORT[/tcp|udp]`.
+    pub rule: String,
+    /// Only from this node (key, peer id or overlay address).
+    #[serde(default)]
+    pub from: Option<String>,
+}
+
+/// The overlay's inbound policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlayPolicy {
+    /// What the default lets in.
+    pub default: String,
+    /// The rules, e.g. `allow 22/tcp from 31d734c364ff76dc`.
+    pub rules: Vec<String>,
+}
+
 /// `POST /v1/binds`: bind a ref with its kind's bind options.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BindReq {

@@ -139,6 +139,9 @@ fn overlay_pair(lab: &Lab, bin: &Path) -> Result<(Vec<Node>, String, Proc)> {
     wait_until(Duration::from_secs(20), Duration::from_millis(100), || lab.host(1).ping(target.parse().unwrap()))
         .context("the metac overlay did not carry a ping")?;
     let server = iperf_server(lab.host(2))?;
+    // The lab's mesh is public: open iperf3's port on the overlay. Builds from before the inbound policy have no
+    // such command and no policy, so their refusal is fine.
+    let _ = lab.host(2).metac_with(bin, &["overlay", "allow", "5201/tcp"], Duration::from_secs(10));
     Ok((nodes, target, server))
 }
 

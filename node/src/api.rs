@@ -17,8 +17,8 @@ use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use metac_api::server::{self, Json};
 use metac_api::types::{
-    DelegateReq, DelegateResp, ExportReq, ExportResp, ExportView, GuestRemoved, PeerView, RefReq, RefView, Removed,
-    ResourceView, ResourcesQuery, RevokeResp, StatusView, TokenView, WgConfigReq,
+    DelegateReq, DelegateResp, ExportReq, ExportResp, ExportView, GuestRemoved, OverlayPolicy, OverlayRuleReq,
+    PeerView, RefReq, RefView, Removed, ResourceView, ResourcesQuery, RevokeResp, StatusView, TokenView, WgConfigReq,
 };
 use metac_mesh::kind::Kind;
 use metac_mesh::token::Caveat;
@@ -91,6 +91,8 @@ pub fn router(node: Arc<Node>, extra: Vec<Router>) -> Router {
         .route("/v1/overlay", get(overlay))
         .route("/v1/overlay/wg-config", post(wg_config))
         .route("/v1/overlay/guests/{name}", delete(remove_guest))
+        .route("/v1/overlay/allow", post(overlay_allow))
+        .route("/v1/overlay/deny", post(overlay_deny))
         .with_state(node);
     extra
         .into_iter()
@@ -257,6 +259,20 @@ async fn overlay(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
 
 async fn wg_config(State(node): State<Arc<Node>>, Json(r): Json<WgConfigReq>) -> Answer<serde_json::Value> {
     Ok(Json(node.wg_config(&r.name, r.endpoint.as_deref(), r.public_key.as_deref()).await?))
+}
+
+async fn overlay_allow(State(node): State<Arc<Node>>, Json(r): Json<OverlayRuleReq>) -> Answer<OverlayPolicy> {
+    overlay_rule(&node, crate::policy::Action::Allow, r).await
+}
+
+async fn overlay_deny(State(node): State<Arc<Node>>, Json(r): Json<OverlayRuleReq>) -> Answer<OverlayPolicy> {
+    overlay_rule(&node, crate::policy::Action::Deny, r).await
+}
+
+async fn overlay_rule(node: &Node, action: crate::policy::Action, r: OverlayRuleReq) -> Answer<OverlayPolicy> {
+    let rules = node.overlay_rule(action, &r.rule, r.from.as_deref()).await?;
+    let default = node.overlay().policy().map(|p| p.default_text().to_string()).unwrap_or_default();
+    Ok(Json(OverlayPolicy { default, rules: rules.iter().map(|r| r.to_string()).collect() }))
 }
 
 async fn remove_guest(State(node): State<Arc<Node>>, Segment(name): Segment<String>) -> Answer<GuestRemoved> {

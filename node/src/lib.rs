@@ -15,6 +15,7 @@ pub mod exports;
 pub mod kinds;
 pub mod node;
 pub mod overlay;
+pub mod policy;
 pub mod refs;
 pub mod rpc;
 pub mod serve;

@@ -78,7 +78,13 @@ impl Node {
         }
         let remembered: Vec<_> = store.peer_addrs()?.iter().filter_map(|a| a.parse().ok()).collect();
         tracing::debug!(count = remembered.len(), "peers remembered from the last run");
-        let overlay = NodeOverlay::start(&config.overlay, &id);
+        let policy = crate::policy::Policy {
+            tun: config.overlay.tun.clone(),
+            addr: id.overlay_addr(),
+            private: mesh_key.is_some(),
+            rules: store.overlay_rules()?,
+        };
+        let overlay = NodeOverlay::start(&config.overlay, &id, policy);
         let (mesh, mut events, mesh_task) = net::spawn(
             net::Config {
                 identity: id.clone(),
@@ -209,6 +215,41 @@ impl Node {
     ) -> Result<serde_json::Value, ApiError> {
         let snap = self.snapshot().await?;
         self.overlay.wg_config(&self.store, &snap, name, endpoint, public_key)
+    }
+
+    /// `metac overlay allow|deny PORT[/PROTO] [--from NODE]`: `allow` adds a rule and drops a denial of the same
+    /// port and source; `deny` drops an allowance of the same port and source, or adds a denial if there was none.
+    pub async fn overlay_rule(
+        &self,
+        action: crate::policy::Action,
+        port: &str,
+        from: Option<&str>,
+    ) -> Result<Vec<crate::policy::Rule>, ApiError> {
+        use crate::policy::{Action, Port, Rule};
+        let Port(port, proto) = port.parse().map_err(ApiError::bad)?;
+        let (from, from_node) = match from {
+            Some(n) => {
+                let k = self.resolve_node(n).await?;
+                (Some(k.overlay_addr()), Some(k.to_hex()))
+            }
+            None => (None, None),
+        };
+        let same = |r: &Rule| r.port == port && r.proto == proto && r.from == from;
+        let mut rules = self.store.overlay_rules()?;
+        let before = rules.len();
+        let opposite = match action {
+            Action::Allow => Action::Deny,
+            Action::Deny => Action::Allow,
+        };
+        rules.retain(|r| !(same(r) && r.action == opposite));
+        let undid = rules.len() < before;
+        let add = action == Action::Allow || !undid;
+        if add && !rules.iter().any(|r| same(r) && r.action == action) {
+            rules.push(Rule { action, port, proto, from, from_node });
+        }
+        self.overlay.set_rules(rules.clone())?;
+        self.store.set_overlay_rules(&rules)?;
+        Ok(rules)
     }
 
     /// Removes a guest of the overlay.

@@ -18,6 +18,7 @@ use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
+use crate::policy::{Policy, Rule};
 use crate::store::{Guest, Store};
 use metac_resource::clock::unix_now;
 
@@ -53,6 +54,8 @@ pub struct NodeOverlay {
     off: String,
     relay: Arc<MeshRelay>,
     epoch: u64,
+    /// The inbound policy installed for the TUN device (while the overlay runs).
+    policy: Mutex<Option<Policy>>,
 }
 
 /// The relay path: one bounded queue and one writer task per peer, each writing frames to a mesh stream.
@@ -147,7 +150,7 @@ async fn relay_reader(overlay: Arc<Overlay>, node: NodeKey, stream: libp2p::Stre
 impl NodeOverlay {
     /// Starts the overlay if enabled and possible; otherwise records why not. Call [`NodeOverlay::attach`] once
     /// the mesh runs.
-    pub fn start(config: &OverlayConfig, id: &Identity) -> NodeOverlay {
+    pub fn start(config: &OverlayConfig, id: &Identity, policy: Policy) -> NodeOverlay {
         let relay = Arc::new(MeshRelay {
             mesh: OnceLock::new(),
             rt: tokio::runtime::Handle::current(),
@@ -155,7 +158,13 @@ impl NodeOverlay {
             refresh: tokio::sync::Notify::new(),
         });
         let epoch = u64::from_le_bytes(metac_mesh::identity::random_bytes::<8>().unwrap_or_default()) | 1;
-        let off = |off: String| NodeOverlay { overlay: None, off, relay: Arc::clone(&relay), epoch };
+        let off = |off: String| NodeOverlay {
+            overlay: None,
+            off,
+            relay: Arc::clone(&relay),
+            epoch,
+            policy: Mutex::new(None),
+        };
         if !config.enabled {
             return off("off: disabled with --no-overlay".into());
         }
@@ -168,7 +177,21 @@ impl NodeOverlay {
         };
         let r: Box<dyn Relay> = Box::new(RelayRef(Arc::clone(&relay)));
         match Overlay::start(cfg, r) {
-            Ok(o) => NodeOverlay { overlay: Some(Arc::new(o)), off: String::new(), relay, epoch },
+            // No packet reaches the host through the TUN device before its inbound policy is in place.
+            Ok(o) => match policy.apply() {
+                Ok(()) => NodeOverlay {
+                    overlay: Some(Arc::new(o)),
+                    off: String::new(),
+                    relay,
+                    epoch,
+                    policy: Mutex::new(Some(policy)),
+                },
+                Err(e) => {
+                    o.stop();
+                    tracing::warn!("overlay off: {e}");
+                    off(format!("off: {e}"))
+                }
+            },
             Err(e) => {
                 tracing::warn!("overlay off: {e}");
                 off(format!("off: {e}"))
@@ -261,18 +284,43 @@ impl NodeOverlay {
         }
     }
 
-    /// Stops the overlay threads and removes the TUN device.
+    /// Stops the overlay threads, removes the TUN device and the inbound policy's table.
     pub fn stop(&self) {
         if let Some(o) = &self.overlay {
             o.stop();
         }
+        if let Some(p) = self.policy.lock().expect("policy lock").take() {
+            p.remove();
+        }
+    }
+
+    /// Replaces the inbound rules and installs them; the old ones stay if nftables refuses the new.
+    pub fn set_rules(&self, rules: Vec<Rule>) -> Result<(), ApiError> {
+        let mut guard = self.policy.lock().expect("policy lock");
+        let Some(p) = guard.as_mut() else {
+            return Err(ApiError::bad(format!("the overlay is {}; its policy applies when it runs", self.off)));
+        };
+        let mut next = p.clone();
+        next.rules = rules;
+        next.apply().map_err(ApiError::internal)?;
+        *p = next;
+        Ok(())
+    }
+
+    /// The inbound policy, for `metac overlay status`.
+    pub fn policy(&self) -> Option<Policy> {
+        self.policy.lock().expect("policy lock").clone()
     }
 
     /// `metac overlay status`.
     pub fn status(&self) -> Value {
         let Some(o) = &self.overlay else { return json!({ "state": self.off }) };
         let s = o.status();
+        let policy = self.policy().map(|p| {
+            json!({ "default": p.default_text(), "rules": p.rules.iter().map(|r| r.to_string()).collect::<Vec<_>>() })
+        });
         json!({
+            "policy": policy,
             "state": s.failed.as_ref().map(|f| format!("failed: {f}")).unwrap_or_else(|| self.summary()),
             "tun": s.tun,
             "addr": s.addr,

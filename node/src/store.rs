@@ -18,6 +18,7 @@ const PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("peers");
 const GUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("wg_guests");
 const BINDS: TableDefinition<&str, &[u8]> = TableDefinition::new("binds");
 const KINDS: TableDefinition<&str, &[u8]> = TableDefinition::new("kind_state");
+const OVERLAY_RULES: TableDefinition<&str, &[u8]> = TableDefinition::new("overlay_rules");
 
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +157,7 @@ impl Store {
         w.open_table(GUESTS)?;
         w.open_table(BINDS)?;
         w.open_table(KINDS)?;
+        w.open_table(OVERLAY_RULES)?;
         w.commit()?;
         Ok(Store { db })
     }
@@ -306,6 +308,25 @@ impl Store {
         let had = w.open_table(t)?.remove(key)?.is_some();
         w.commit()?;
         Ok(had)
+    }
+
+    /// Replaces the overlay's inbound rules.
+    pub fn set_overlay_rules(&self, rules: &[crate::policy::Rule]) -> Result<(), Error> {
+        let w = self.db.begin_write()?;
+        {
+            let mut t = w.open_table(OVERLAY_RULES)?;
+            t.retain(|_, _| false)?;
+            for (i, r) in rules.iter().enumerate() {
+                t.insert(format!("{i:08}").as_str(), enc(r).as_slice())?;
+            }
+        }
+        w.commit()?;
+        Ok(())
+    }
+
+    /// The overlay's inbound rules, in order.
+    pub fn overlay_rules(&self) -> Result<Vec<crate::policy::Rule>, Error> {
+        self.all(OVERLAY_RULES, "overlay_rules")
     }
 
     /// Every remembered peer address.

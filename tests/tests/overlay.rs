@@ -75,8 +75,86 @@ fn start_all(lab: &Lab) -> Vec<Node> {
             node.host().index(),
             s["overlay_status"]
         );
+        // The mesh is public: the overlay lets in only echo and replies until a port is allowed (iperf3 here).
+        node.host().metac(&["overlay", "allow", "5201/tcp"]).unwrap();
     }
     nodes
+}
+
+/// Whether a TCP connection from `from` to `[to]:port` is accepted within 3 s.
+fn tcp_connects(from: &Host, to: Ipv6Addr, port: u16) -> bool {
+    let script = format!("exec 3<>/dev/tcp/{to}/{port}");
+    from.run("timeout", ["3", "bash", "-c", &script]).is_ok()
+}
+
+/// Attack (issue 10, finding 4): any node of a public mesh reached every service of a host through its overlay
+/// address. Now only echo and the replies to the host's own connections come in, until a port is allowed.
+#[test]
+fn the_overlay_lets_in_only_what_the_policy_allows() {
+    require_root();
+    let lab = Lab::new(2).unwrap();
+    let (h1, h2) = (lab.host(1), lab.host(2));
+    let mut nodes = lab.start_nodes(&[]).unwrap();
+    for node in &nodes {
+        wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+            Ok(node.status()?["peers"].as_u64().unwrap_or(0) >= 1)
+        })
+        .unwrap();
+    }
+    let (a1, a2) = (overlay_addr(h1), overlay_addr(h2));
+    let _server = h2.spawn("iperf3", ["-s"]).unwrap();
+    wait_listening(h2, 5201);
+    wait_ping(h1, a2, Duration::from_secs(20));
+    assert!(!tcp_connects(h1, a2, 5201), "a public mesh closes ports by default");
+    assert!(tcp_connects(h2, h2.addr(), 5201), "the service itself runs");
+    // Host 2's own connections out get their replies.
+    let _server1 = h1.spawn("iperf3", ["-s"]).unwrap();
+    wait_listening(h1, 5201);
+    h1.metac(&["overlay", "allow", "5201/tcp"]).unwrap();
+    iperf(h2, a1, 8);
+
+    let v = json(h2, &["overlay", "allow", "5201/tcp"]);
+    assert_eq!(v["rules"], serde_json::json!(["allow 5201/tcp"]), "{v}");
+    assert!(tcp_connects(h1, a2, 5201), "an allowed port is open");
+    let status = json(h2, &["overlay", "status"]);
+    assert!(status["policy"]["default"].as_str().unwrap().starts_with("public mesh"), "{status}");
+    let text = String::from_utf8(h2.metac(&["overlay", "status"]).unwrap().stdout).unwrap();
+    assert!(text.contains("rules     allow 5201/tcp"), "{text}");
+
+    let v = json(h2, &["overlay", "deny", "5201/tcp"]);
+    assert_eq!(v["rules"], serde_json::json!([]), "deny takes an allow back");
+    assert!(!tcp_connects(h1, a2, 5201));
+    // Allowed from one node only; the rule survives a restart.
+    let k1 = json(h1, &["status"])["key"].as_str().unwrap().to_string();
+    json(h2, &["overlay", "allow", "5201/tcp", "--from", &k1]);
+    assert!(tcp_connects(h1, a2, 5201), "allowed from host 1");
+    nodes[1].restart().unwrap();
+    wait_ping(h1, a2, Duration::from_secs(20));
+    assert!(tcp_connects(h1, a2, 5201), "the rule survives a restart");
+    let bad = h2.metac(&["overlay", "allow", "22/sctp"]).unwrap_err().to_string();
+    assert!(bad.contains("not tcp or udp"), "{bad}");
+    // The node's table goes with it.
+    assert!(h2.run("nft", ["list", "table", "inet", "metac_metac0"]).is_ok());
+    nodes[1].stop().unwrap();
+    assert!(h2.run("nft", ["list", "table", "inet", "metac_metac0"]).is_err(), "the table is removed at stop");
+}
+
+/// In a private mesh, members reach every port of each other over the overlay.
+#[test]
+fn a_private_mesh_lets_members_in() {
+    require_root();
+    let lab = Lab::new(2).unwrap();
+    let key = lab.dir().join("mesh.key");
+    std::fs::write(&key, b"a private mesh's secret, 32 bytes").unwrap();
+    let _nodes = lab.start_nodes(&["--mesh-key", key.to_str().unwrap()]).unwrap();
+    let (h1, h2) = (lab.host(1), lab.host(2));
+    let a2 = overlay_addr(h2);
+    let _server = h2.spawn("iperf3", ["-s"]).unwrap();
+    wait_listening(h2, 5201);
+    wait_ping(h1, a2, Duration::from_secs(30));
+    assert!(tcp_connects(h1, a2, 5201), "members reach every port");
+    json(h2, &["overlay", "deny", "5201/tcp"]);
+    assert!(!tcp_connects(h1, a2, 5201), "unless it is denied");
 }
 
 #[test]

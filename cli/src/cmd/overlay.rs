@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use metac_api::types::{GuestRemoved, WgConfigReq};
+use metac_api::types::{GuestRemoved, OverlayPolicy, OverlayRuleReq, WgConfigReq};
 use metac_api::Client;
 use serde_json::Value;
 
@@ -32,6 +32,23 @@ pub enum Cmd {
     },
     /// Remove a guest added with wg-config
     RemoveGuest { name: String },
+    /// Let other nodes reach a port of this node over the overlay (in a public mesh only ICMPv6 echo and replies to
+    /// this node's own connections come in by default)
+    Allow {
+        /// PORT[/tcp|udp], e.g. 22 or 53/udp (tcp when not said)
+        port: String,
+        /// Only from this node (node key, peer id or overlay address)
+        #[arg(long, value_name = "NODE")]
+        from: Option<String>,
+    },
+    /// Take back an `allow`, or keep a port closed (in a private mesh, where members reach every port)
+    Deny {
+        /// PORT[/tcp|udp]
+        port: String,
+        /// Only for this node
+        #[arg(long, value_name = "NODE")]
+        from: Option<String>,
+    },
 }
 
 /// Runs a `metac overlay` subcommand against the node behind `c`.
@@ -41,6 +58,8 @@ pub async fn run(c: &Client, json: bool, cmd: Cmd) -> Result<()> {
             let v: Value = c.get("/v1/overlay").await?;
             print(json, &v, status_text);
         }
+        Cmd::Allow { port, from } => rule(c, json, "/v1/overlay/allow", port, from).await?,
+        Cmd::Deny { port, from } => rule(c, json, "/v1/overlay/deny", port, from).await?,
         Cmd::WgConfig { name, endpoint, public_key, output } => {
             let v: Value = c.post("/v1/overlay/wg-config", &WgConfigReq { name, endpoint, public_key }).await?;
             if let Some(path) = output {
@@ -70,6 +89,21 @@ pub async fn run(c: &Client, json: bool, cmd: Cmd) -> Result<()> {
 }
 
 /// The overlay's state, then a table of its peers.
+async fn rule(c: &Client, json: bool, path: &str, rule: String, from: Option<String>) -> Result<()> {
+    let v: OverlayPolicy = c.post(path, &OverlayRuleReq { rule, from }).await?;
+    print(json, &v, policy_text);
+    Ok(())
+}
+
+fn policy_text(p: &OverlayPolicy) -> String {
+    let rules = if p.rules.is_empty() { "none".to_string() } else { p.rules.join(", ") };
+    format!(
+        "policy    {}
+rules     {rules}",
+        p.default
+    )
+}
+
 fn status_text(v: &Value) -> String {
     if v["tun"].is_null() {
         return format!("overlay   {}", s(&v["state"]));
@@ -86,6 +120,10 @@ fn status_text(v: &Value) -> String {
         s(&v["rejected"]),
         s(&v["spoofed"]),
     );
+    let head = match serde_json::from_value::<OverlayPolicy>(v["policy"].clone()) {
+        Ok(p) => format!("{head}{}\n", policy_text(&p)),
+        Err(_) => head,
+    };
     let peers = v["peers"].as_array().cloned().unwrap_or_default();
     let rows = peers.iter().map(|p| {
         let name = s(&p["name"]);
