@@ -51,6 +51,32 @@ pub struct Rule {
     pub from_node: Option<String>,
 }
 
+impl Action {
+    fn as_str(self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::Deny => "deny",
+        }
+    }
+
+    /// The nftables verdict.
+    fn verdict(self) -> &'static str {
+        match self {
+            Action::Allow => "accept",
+            Action::Deny => "drop",
+        }
+    }
+}
+
+impl Proto {
+    fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
 /// `PORT[/tcp|udp]`, as the CLI takes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Port(pub u16, pub Proto);
@@ -74,15 +100,7 @@ impl FromStr for Port {
 
 impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let action = match self.action {
-            Action::Allow => "allow",
-            Action::Deny => "deny",
-        };
-        let proto = match self.proto {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-        };
-        write!(f, "{action} {}/{proto}", self.port)?;
+        write!(f, "{} {}/{}", self.action.as_str(), self.port, self.proto.as_str())?;
         if let Some(n) = &self.from_node {
             write!(f, " from {}", &n[..n.len().min(16)])?;
         }
@@ -133,15 +151,7 @@ impl Policy {
             .chain(self.rules.iter().filter(|r| r.action == Action::Allow));
         for r in ordered {
             let from = r.from.map(|a| format!("ip6 saddr {a} ")).unwrap_or_default();
-            let proto = match r.proto {
-                Proto::Tcp => "tcp",
-                Proto::Udp => "udp",
-            };
-            let verdict = match r.action {
-                Action::Allow => "accept",
-                Action::Deny => "drop",
-            };
-            rules.push_str(&format!("    {from}{proto} dport {} {verdict}\n", r.port));
+            rules.push_str(&format!("    {from}{} dport {} {}\n", r.proto.as_str(), r.port, r.action.verdict()));
         }
         let default = if self.private { "accept" } else { "drop" };
         format!(
