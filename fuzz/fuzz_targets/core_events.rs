@@ -8,7 +8,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use metac_mesh::advert::Advert;
-use metac_mesh::core::{Config, Core, Via, MAX_SEQ};
+use metac_mesh::core::{Config, Core, KeyRange, Via, MAX_SEQ};
 use metac_mesh::Identity;
 
 /// Reads the input a few bytes at a time; zeros once it runs out.
@@ -30,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
     let mut input = Input(data);
     let ids: Vec<Identity> = (1..=4u8).map(|i| Identity::from_secret([i; 32])).collect();
     let me = ids[0].clone();
-    let mut core = Core::new(me.clone(), Config { grace: 5_000, refresh: 2_000 }, 1_000, 0);
+    let mut core = Core::new(me.clone(), Config { grace: 5_000, refresh: 2_000, max_nodes: 4, max_bytes: 2_000 }, 1_000, 0);
     let mut now = 0u64;
     let mut last_seq = core.own().seq;
     for _ in 0..64 {
@@ -46,15 +46,21 @@ fuzz_target!(|data: &[u8]| {
                 let n = usize::from(input.u8() % 4);
                 let digest: Vec<_> =
                     (0..n).map(|_| (ids[usize::from(input.u8()) % ids.len()].public(), input.u64())).collect();
-                let _ = core.handle_sync_request(who.public(), &digest, now);
+                let start = ids[usize::from(input.u8()) % ids.len()].public();
+                let range = KeyRange { start, end: None };
+                let budget = usize::from(input.u8()) * 8;
+                let (page, next) = core.handle_sync_range(who.public(), &range, &digest, budget, now);
+                assert!(page.iter().all(|a| range.contains(&a.node())), "a page stays in its range");
+                assert!(next.is_none_or(|k| range.contains(&k)));
             }
             3 | 4 => {
                 // An advert signed by `who` (possibly us) with any seq, as gossip or in a sync answer.
                 let advert = Advert { node: who.public(), seq: input.u64(), ..core.own().clone() }.sign(who);
+                let from = ids[usize::from(input.u8()) % ids.len()].public();
                 if input.u8() % 2 == 0 {
-                    core.handle_gossip(advert, now);
+                    core.handle_gossip(advert, from, now);
                 } else {
-                    core.handle_adverts(vec![advert], now);
+                    core.handle_adverts(vec![advert], from, now);
                 }
             }
             5 => core.handle_tick(now),
@@ -66,6 +72,10 @@ fuzz_target!(|data: &[u8]| {
         assert!(seq <= MAX_SEQ, "our seq passed the end: {seq}");
         last_seq = seq;
         assert!(core.entry(&me.public()).is_some(), "our own advert left our table");
+        // The bounds hold, our own advert (always kept, bounded by itself) aside.
+        let (nodes, bytes) = core.size();
+        let own = core.entry(&me.public()).map_or(0, |e| e.advert.wire_len());
+        assert!(nodes <= 4 && bytes <= 2_000 + own, "table past its bounds: {nodes} nodes, {bytes} bytes");
         assert!(core.digest().iter().any(|(k, s)| *k == me.public() && *s == seq));
     }
 });

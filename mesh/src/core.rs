@@ -8,7 +8,7 @@
 //! reachable; when the last connection drops it is unreachable at once, and its advert is forgotten only after
 //! `grace` without news of it, so a short partition never wipes the view.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use crate::advert::{self, Advert, ResourceInfo, Signed};
 use crate::identity::{Identity, NodeKey};
@@ -24,11 +24,54 @@ pub struct Config {
     pub grace: Millis,
     /// How often a node re-signs its advert (with a new seq) so that others keep hearing of it.
     pub refresh: Millis,
+    /// Most nodes the table holds, ours included.
+    pub max_nodes: usize,
+    /// Most bytes of signed adverts the table holds (as [`Signed::wire_len`] counts them).
+    pub max_bytes: usize,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { grace: 10 * 60_000, refresh: 3 * 60_000 }
+        Config { grace: 10 * 60_000, refresh: 3 * 60_000, max_nodes: MAX_NODES, max_bytes: MAX_TABLE_BYTES }
+    }
+}
+
+/// Default bound of the table in nodes: past the simulator's 100k-node meshes.
+pub const MAX_NODES: usize = 131_072;
+/// Default bound of the table in bytes of adverts. An honest advert takes a few hundred bytes; a stranger minting
+/// keys and signing 64 KiB adverts fills this long before [`MAX_NODES`].
+pub const MAX_TABLE_BYTES: usize = 32 * 1024 * 1024;
+
+/// What became of an advert handed to the core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// New or newer: kept (and worth forwarding).
+    New,
+    /// As old as or older than the one we hold, or one of ours: nothing to do.
+    Stale,
+    /// Bad signature or a seq past [`MAX_SEQ`]: its sender misbehaves.
+    Refused,
+    /// The table is full and its source holds at least its share of it.
+    Full,
+}
+
+/// A range of node keys, `start` included, `end` excluded (`None`: to the end of the key space). Syncs go in pages
+/// of such ranges so that no message needs more than [`crate::net::MAX_RPC_BYTES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KeyRange {
+    /// First key in the range.
+    pub start: NodeKey,
+    /// First key past the range, if any.
+    pub end: Option<NodeKey>,
+}
+
+impl KeyRange {
+    /// Every key.
+    pub const ALL: KeyRange = KeyRange { start: NodeKey([0; 32]), end: None };
+
+    /// True if `k` lies in the range.
+    pub fn contains(&self, k: &NodeKey) -> bool {
+        *k >= self.start && self.end.is_none_or(|e| *k < e)
     }
 }
 
@@ -73,6 +116,9 @@ pub struct Entry {
     pub advert: Signed,
     /// When we last heard of it (advert, sync or a live connection).
     pub last_heard: Millis,
+    /// The peer that brought it: the node itself when it came from the node directly (or the node is connected);
+    /// only entries other peers brought can be evicted for room.
+    pub source: NodeKey,
 }
 
 /// One peer we have or had a connection with.
@@ -95,6 +141,10 @@ pub struct Stats {
     pub stale: u64,
     /// Adverts refused (bad signature or bounds).
     pub refused: u64,
+    /// New nodes turned away because the table was full.
+    pub full: u64,
+    /// Entries dropped to make room for another source's.
+    pub evicted: u64,
 }
 
 /// The highest advert seq accepted or signed. Seqs start at the wall clock in milliseconds (about 2^41) and grow by
@@ -108,6 +158,10 @@ pub struct Core {
     me: NodeKey,
     config: Config,
     table: HashMap<NodeKey, Entry>,
+    /// Bytes of the adverts in `table`.
+    bytes: usize,
+    /// Entries each peer brought of nodes other than itself: the candidates for eviction, by source.
+    relayed: HashMap<NodeKey, HashSet<NodeKey>>,
     peers: HashMap<NodeKey, Peer>,
     actions: VecDeque<Action>,
     own_signed_at: Millis,
@@ -120,13 +174,16 @@ impl Core {
         let me = id.public();
         let advert = Advert { node: me, seq, addrs: vec![], tunnel: None, resources: vec![], revoked: vec![] };
         let signed = advert.sign(&id);
+        let bytes = signed.wire_len();
         let mut table = HashMap::new();
-        table.insert(me, Entry { advert: signed, last_heard: now });
+        table.insert(me, Entry { advert: signed, last_heard: now, source: me });
         Core {
             id,
             me,
             config,
             table,
+            bytes,
+            relayed: HashMap::new(),
             peers: HashMap::new(),
             actions: VecDeque::new(),
             own_signed_at: now,
@@ -160,7 +217,8 @@ impl Core {
 
     fn install_own(&mut self, advert: Advert, now: Millis) {
         let signed = advert.sign(&self.id);
-        self.table.insert(self.me, Entry { advert: signed.clone(), last_heard: now });
+        // Our own advert always has its place: it is bounded by the advert's own limits, never evicted.
+        self.put(self.me, Entry { advert: signed.clone(), last_heard: now, source: self.me });
         self.own_signed_at = now;
         self.actions.push_back(Action::Publish(signed));
     }
@@ -170,10 +228,12 @@ impl Core {
         let p = self.peers.entry(peer).or_insert(Peer { connections: 0, via, last_seen: now });
         p.connections += 1;
         p.last_seen = now;
+        let first = p.connections == 1;
+        self.make_direct(peer);
         if let Some(e) = self.table.get_mut(&peer) {
             e.last_heard = now;
         }
-        if p.connections == 1 {
+        if first {
             self.actions.push_back(Action::SendSync { to: peer, digest: self.digest() });
         }
     }
@@ -191,24 +251,52 @@ impl Core {
 
     /// The digest this node sends: every node it knows and the seq it has.
     pub fn digest(&self) -> Vec<(NodeKey, u64)> {
-        let mut d: Vec<_> = self.table.iter().map(|(k, e)| (*k, e.advert.seq())).collect();
+        self.digest_range(&KeyRange::ALL)
+    }
+
+    /// The part of the digest in `range`, sorted by key.
+    pub fn digest_range(&self, range: &KeyRange) -> Vec<(NodeKey, u64)> {
+        let mut d: Vec<_> =
+            self.table.iter().filter(|(k, _)| range.contains(k)).map(|(k, e)| (*k, e.advert.seq())).collect();
         d.sort_unstable();
         d
     }
 
     /// Answers a peer's digest with every advert it lacks or has older.
     pub fn handle_sync_request(&mut self, from: NodeKey, digest: &[(NodeKey, u64)], now: Millis) -> Vec<Signed> {
+        self.handle_sync_range(from, &KeyRange::ALL, digest, usize::MAX, now).0
+    }
+
+    /// Answers a peer's digest of the nodes in `range` with the adverts in that range it lacks or has older, in key
+    /// order, up to `budget` bytes (at least one). The key to continue from is returned when the page is full.
+    pub fn handle_sync_range(
+        &mut self,
+        from: NodeKey,
+        range: &KeyRange,
+        digest: &[(NodeKey, u64)],
+        budget: usize,
+        now: Millis,
+    ) -> (Vec<Signed>, Option<NodeKey>) {
         if let Some(p) = self.peers.get_mut(&from) {
             p.last_seen = now;
         }
-        let theirs: HashMap<NodeKey, u64> = digest.iter().copied().collect();
-        let mut out: Vec<Signed> = self
+        let theirs: HashMap<NodeKey, u64> = digest.iter().filter(|(k, _)| range.contains(k)).copied().collect();
+        let mut owed: Vec<(&NodeKey, &Entry)> = self
             .table
             .iter()
-            .filter(|(k, e)| theirs.get(k).is_none_or(|&seq| seq < e.advert.seq()))
-            .map(|(_, e)| e.advert.clone())
+            .filter(|(k, e)| range.contains(k) && theirs.get(k).is_none_or(|&seq| seq < e.advert.seq()))
             .collect();
-        out.sort_unstable_by_key(|s| s.node());
+        owed.sort_unstable_by_key(|(k, _)| **k);
+        let (mut out, mut used, mut next) = (vec![], 0usize, None);
+        for (k, e) in owed {
+            let len = e.advert.wire_len();
+            if !out.is_empty() && used.saturating_add(len) > budget {
+                next = Some(*k);
+                break;
+            }
+            used += len;
+            out.push(e.advert.clone());
+        }
         // Their own advert is newer than the one we hold: a change gossip did not bring us (the driver sends a sync
         // to a connected peer that gossip cannot reach when it publishes). Pull it.
         if let (Some(&seq), Some(e)) = (theirs.get(&from), self.table.get(&from)) {
@@ -218,20 +306,20 @@ impl Core {
         }
         // A digest is unsigned: what it claims of our own seq moves nothing. If they really hold a newer advert of
         // ours (we lost state), their answer to our digest carries it, signed, and `accept` jumps past that.
-        out
+        (out, next)
     }
 
-    /// Adverts arrived (a sync response or gossip). Returns how many were new.
-    pub fn handle_adverts(&mut self, adverts: Vec<Signed>, now: Millis) -> usize {
-        adverts.into_iter().filter(|a| self.accept(a.clone(), now)).count()
+    /// Adverts arrived from `from` (a sync response or gossip). Returns how many were new.
+    pub fn handle_adverts(&mut self, adverts: Vec<Signed>, from: NodeKey, now: Millis) -> usize {
+        adverts.into_iter().filter(|a| self.accept(a.clone(), from, now) == Outcome::New).count()
     }
 
-    /// One advert arrived by gossip. Returns true if it was new.
-    pub fn handle_gossip(&mut self, advert: Signed, now: Millis) -> bool {
-        self.accept(advert, now)
+    /// One advert arrived by gossip from `from` (the peer that passed it on, not always its signer).
+    pub fn handle_gossip(&mut self, advert: Signed, from: NodeKey, now: Millis) -> Outcome {
+        self.accept(advert, from, now)
     }
 
-    fn accept(&mut self, advert: Signed, now: Millis) -> bool {
+    fn accept(&mut self, advert: Signed, from: NodeKey, now: Millis) -> Outcome {
         let node = advert.node();
         if node == self.me {
             // Someone has an advert of ours newer than ours: we restarted without our seq. Jump past it; only an
@@ -241,30 +329,104 @@ impl Core {
                 a.seq = next_seq(advert.seq());
                 self.install_own(a, now);
             }
-            return false;
+            return Outcome::Stale;
         }
         if advert.seq() > MAX_SEQ {
             self.stats.refused += 1;
-            return false;
+            return Outcome::Refused;
         }
-        if let Some(e) = self.table.get_mut(&node) {
+        let known = self.table.get_mut(&node);
+        let held = known.as_ref().map_or(0, |e| e.advert.wire_len());
+        if let Some(e) = known {
             if advert.seq() <= e.advert.seq() {
                 if advert.seq() == e.advert.seq() {
                     e.last_heard = now;
                 }
                 self.stats.stale += 1;
-                return false;
+                return Outcome::Stale;
             }
         }
         if advert.verify().is_err() {
             self.stats.refused += 1;
-            return false;
+            return Outcome::Refused;
+        }
+        // A node connected to us is its own source, whoever passed its advert on.
+        let direct = from == node || self.is_reachable(&node);
+        let source = match self.table.get(&node) {
+            Some(e) if !direct => e.source,
+            _ if direct => node,
+            _ => from,
+        };
+        let new = usize::from(held == 0);
+        if !self.make_room(new, advert.wire_len().saturating_sub(held), source, node) {
+            self.stats.full += 1;
+            return Outcome::Full;
         }
         self.stats.accepted += 1;
         let addrs = advert.advert().addrs.clone();
-        self.table.insert(node, Entry { advert, last_heard: now });
+        self.put(node, Entry { advert, last_heard: now, source });
         self.actions.push_back(Action::Event(Event::Updated { node, addrs }));
+        Outcome::New
+    }
+
+    /// Makes room for `nodes` more entries and `bytes` more bytes brought by `source` (for `node`), evicting
+    /// entries of the source holding the most relayed entries when that is more than `source` holds. False if there
+    /// is no room to be had fairly: a peer cannot push out what others brought by bringing more itself.
+    fn make_room(&mut self, nodes: usize, bytes: usize, source: NodeKey, node: NodeKey) -> bool {
+        let own = |s: &Self| if source == node { 0 } else { s.relayed.get(&source).map_or(0, HashSet::len) };
+        while self.table.len() + nodes > self.config.max_nodes || self.bytes + bytes > self.config.max_bytes {
+            let mine = own(self);
+            let victim = self
+                .relayed
+                .iter()
+                .filter(|(s, set)| set.len() > mine + 1 || (**s != source && set.len() > mine))
+                .max_by_key(|(_, set)| set.len())
+                .and_then(|(_, set)| set.iter().find(|k| **k != node).copied());
+            let Some(victim) = victim else { return false };
+            self.remove(&victim);
+            self.stats.evicted += 1;
+            self.actions.push_back(Action::Event(Event::Expired { node: victim }));
+        }
         true
+    }
+
+    /// Inserts or replaces an entry, keeping the byte count and the by-source index.
+    fn put(&mut self, node: NodeKey, entry: Entry) {
+        let (source, len) = (entry.source, entry.advert.wire_len());
+        if let Some(old) = self.remove(&node) {
+            debug_assert!(old.advert.seq() < entry.advert.seq() || node == self.me);
+        }
+        if source != node {
+            self.relayed.entry(source).or_default().insert(node);
+        }
+        self.bytes += len;
+        self.table.insert(node, entry);
+    }
+
+    /// Removes an entry, keeping the byte count and the by-source index.
+    fn remove(&mut self, node: &NodeKey) -> Option<Entry> {
+        let e = self.table.remove(node)?;
+        self.bytes -= e.advert.wire_len();
+        self.unrelay(&e.source, node);
+        Some(e)
+    }
+
+    fn unrelay(&mut self, source: &NodeKey, node: &NodeKey) {
+        if let Some(set) = self.relayed.get_mut(source) {
+            set.remove(node);
+            if set.is_empty() {
+                self.relayed.remove(source);
+            }
+        }
+    }
+
+    /// The node is connected: its entry is its own from now on, never evicted for room.
+    fn make_direct(&mut self, node: NodeKey) {
+        let Some(e) = self.table.get_mut(&node) else { return };
+        let old = std::mem::replace(&mut e.source, node);
+        if old != node {
+            self.unrelay(&old, &node);
+        }
     }
 
     /// Time passes: refreshes our own advert and forgets nodes unheard of for the grace period.
@@ -275,18 +437,14 @@ impl Core {
             self.install_own(a, now);
         }
         let grace = self.config.grace;
-        let me = self.me;
-        let peers = &self.peers;
-        let mut expired = vec![];
-        self.table.retain(|k, e| {
-            let connected = peers.get(k).is_some_and(|p| p.connections > 0);
-            let keep = *k == me || connected || now.saturating_sub(e.last_heard) < grace;
-            if !keep {
-                expired.push(*k);
-            }
-            keep
-        });
+        let expired: Vec<NodeKey> = self
+            .table
+            .iter()
+            .filter(|(k, e)| **k != self.me && !self.is_reachable(k) && now.saturating_sub(e.last_heard) >= grace)
+            .map(|(k, _)| *k)
+            .collect();
         for node in expired {
+            self.remove(&node);
             self.peers.remove(&node);
             self.actions.push_back(Action::Event(Event::Expired { node }));
         }
@@ -326,6 +484,11 @@ impl Core {
     pub fn stats(&self) -> &Stats {
         &self.stats
     }
+
+    /// Nodes in the table (ours included) and the bytes of their adverts.
+    pub fn size(&self) -> (usize, usize) {
+        (self.table.len(), self.bytes)
+    }
 }
 
 /// Re-exported for drivers that decode adverts.
@@ -343,7 +506,7 @@ mod tests {
     use crate::token::ResourceId;
 
     fn node(seed: u8) -> Core {
-        Core::new(Identity::from_secret([seed; 32]), Config { grace: 1000, refresh: 500 }, 0, 0)
+        Core::new(Identity::from_secret([seed; 32]), Config { grace: 1000, refresh: 500, ..Config::default() }, 0, 0)
     }
 
     fn drain(c: &mut Core) -> Vec<Action> {
@@ -367,8 +530,8 @@ mod tests {
         let (da, db) = (a.digest(), b.digest());
         let to_a = b.handle_sync_request(a.me(), &da, now);
         let to_b = a.handle_sync_request(b.me(), &db, now);
-        a.handle_adverts(to_a, now);
-        b.handle_adverts(to_b, now);
+        a.handle_adverts(to_a, b.me(), now);
+        b.handle_adverts(to_b, a.me(), now);
     }
 
     #[test]
@@ -400,7 +563,7 @@ mod tests {
         assert_eq!(pulls, vec![Action::SendSync { to: b.me(), digest: a.digest() }]);
         // The pull brings the new advert.
         let to_a = b.handle_sync_request(a.me(), &a.digest(), 4);
-        assert_eq!(a.handle_adverts(to_a, 4), 1);
+        assert_eq!(a.handle_adverts(to_a, b.me(), 4), 1);
         assert_eq!(a.entry(&b.me()).unwrap().advert.advert().addrs, vec!["/ip6/fd00::2/tcp/1".to_string()]);
         // Nothing newer: no pull.
         a.handle_sync_request(b.me(), &b.digest(), 5);
@@ -414,8 +577,8 @@ mod tests {
         let v1 = b.entry(&b.me()).unwrap().advert.clone();
         b.set_local(vec![], None, vec![res("v2")], vec![], 2);
         let v2 = b.entry(&b.me()).unwrap().advert.clone();
-        assert!(a.handle_gossip(v2, 3));
-        assert!(!a.handle_gossip(v1, 4));
+        assert_eq!(a.handle_gossip(v2, b.me(), 3), Outcome::New);
+        assert_eq!(a.handle_gossip(v1, b.me(), 4), Outcome::Stale);
         assert_eq!(a.entry(&b.me()).unwrap().advert.advert().resources[0].name, "v2");
         assert_eq!(a.stats().stale, 1);
     }
@@ -425,10 +588,10 @@ mod tests {
         let (mut a, b) = (node(1), node(2));
         let evil = Identity::from_secret([66; 32]);
         let honest = Advert { node: evil.public(), ..b.own().clone() }.sign(&evil);
-        assert!(a.handle_gossip(honest, 1), "a correctly signed advert of evil is fine");
+        assert_eq!(a.handle_gossip(honest, b.me(), 1), Outcome::New, "a correctly signed advert of evil is fine");
         // Claims to be b's, signed by evil.
         let forged = Advert { node: b.me(), seq: 99, ..b.own().clone() }.sign(&evil);
-        assert!(!a.handle_gossip(forged, 2));
+        assert_eq!(a.handle_gossip(forged, b.me(), 2), Outcome::Refused);
         assert_eq!(a.stats().refused, 1);
         assert!(a.entry(&b.me()).is_none());
     }
@@ -452,12 +615,12 @@ mod tests {
     #[test]
     fn fresh_gossip_keeps_a_remote_node_alive() {
         let (mut a, mut b) = (node(1), node(2));
-        a.handle_gossip(b.entry(&b.me()).unwrap().advert.clone(), 0);
+        a.handle_gossip(b.entry(&b.me()).unwrap().advert.clone(), b.me(), 0);
         for t in (0..5000).step_by(400) {
             b.handle_tick(t);
             for act in drain(&mut b) {
                 if let Action::Publish(s) = act {
-                    a.handle_gossip(s, t);
+                    a.handle_gossip(s, b.me(), t);
                 }
             }
             a.handle_tick(t);
@@ -494,7 +657,7 @@ mod tests {
         assert!(b2.own().seq > 5);
         for act in drain(&mut b2) {
             if let Action::Publish(s) = act {
-                a.handle_gossip(s, 9);
+                a.handle_gossip(s, b2.me(), 9);
             }
         }
         assert_eq!(a.entry(&b2.me()).unwrap().advert.seq(), b2.own().seq);
@@ -516,13 +679,113 @@ mod tests {
         });
         let published = published.expect("a change is published");
         assert_eq!(published.seq(), before + 1);
-        assert!(peer.handle_gossip(published, 4), "the mesh still takes the victim's adverts");
+        assert_eq!(
+            peer.handle_gossip(published, victim.me(), 4),
+            Outcome::New,
+            "the mesh still takes the victim's adverts"
+        );
         // A hostile node signs its own advert at the end of the range: refused, not kept as the last word.
         let evil = Identity::from_secret([66; 32]);
         let huge = Advert { node: evil.public(), seq: u64::MAX, ..peer.own().clone() }.sign(&evil);
-        assert!(!peer.handle_gossip(huge, 5));
+        assert_eq!(peer.handle_gossip(huge, evil.public(), 5), Outcome::Refused);
         assert!(peer.entry(&evil.public()).is_none());
         // Our own seq never passes the end either.
         assert_eq!(next_seq(u64::MAX), MAX_SEQ);
+    }
+
+    fn stranger_id(i: u32) -> Identity {
+        let mut secret = [0u8; 32];
+        secret[..4].copy_from_slice(&i.to_be_bytes());
+        secret[31] = 0xee;
+        Identity::from_secret(secret)
+    }
+
+    fn stranger(i: u32, pad: usize) -> Signed {
+        let id = stranger_id(i);
+        let mut r = res("x");
+        r.description = "x".repeat(pad);
+        Advert { node: id.public(), seq: 1, addrs: vec![], tunnel: None, resources: vec![r], revoked: vec![] }.sign(&id)
+    }
+
+    /// Attack (issue 10, finding 2): a peer minting keys filled the table without bound. Now the table holds at most
+    /// `max_nodes` and `max_bytes`, and a flooding peer takes room only from itself once it holds more than others:
+    /// what honest peers brought, and every connected node, stays.
+    #[test]
+    fn a_flood_of_fresh_keys_fills_at_most_the_table_and_evicts_only_the_flooders_share() {
+        let mut me = Core::new(
+            Identity::from_secret([1; 32]),
+            Config { grace: 1000, refresh: 500, max_nodes: 64, max_bytes: 256 * 1024 },
+            0,
+            0,
+        );
+        let (mut honest, mut evil) = (node(2), node(3));
+        connect(&mut me, &mut honest, 1);
+        connect(&mut me, &mut evil, 1);
+        // The honest peer relays ten nodes' adverts.
+        for i in 0..10 {
+            assert_eq!(me.handle_gossip(stranger(i, 10), honest.me(), 2), Outcome::New);
+        }
+        // The flooder pushes ten thousand fresh keys.
+        let mut full = 0;
+        for i in 1000..11_000 {
+            if me.handle_gossip(stranger(i, 10), evil.me(), 3) == Outcome::Full {
+                full += 1;
+            }
+        }
+        let (nodes, bytes) = me.size();
+        assert!(nodes <= 64 && bytes <= 256 * 1024, "bounded: {nodes} nodes, {bytes} bytes");
+        assert!(full > 9_000, "most of the flood is turned away ({full})");
+        for i in 0..10 {
+            assert!(me.entry(&stranger(i, 10).node()).is_some(), "what the honest peer brought stays");
+        }
+        assert!(me.entry(&honest.me()).is_some() && me.entry(&evil.me()).is_some(), "connected peers stay");
+        // A node the honest peer relays later still gets in, at the flooder's expense.
+        assert_eq!(me.handle_gossip(stranger(50, 10), honest.me(), 4), Outcome::New);
+        assert!(me.stats().evicted >= 1);
+        // Large adverts hit the byte bound first.
+        let before = me.size().1;
+        for i in 20_000..20_100 {
+            me.handle_gossip(stranger(i, 900), evil.me(), 5);
+        }
+        assert!(me.size().1 <= 256 * 1024 && me.size().1 >= before.min(200 * 1024));
+        // A flooder growing adverts it already placed cannot pass the byte bound either.
+        let grown: Vec<Signed> = (1000..1040)
+            .map(|i| Advert { seq: 2, ..stranger(i, 1000).advert().clone() }.sign(&stranger_id(i)))
+            .collect();
+        me.handle_adverts(grown, evil.me(), 6);
+        assert!(me.size().1 <= 256 * 1024);
+    }
+
+    /// Syncs go in pages: every page fits its budget (one advert at least), pages continue where the last stopped,
+    /// and together they bring everything the digest lacks.
+    #[test]
+    fn a_sync_in_pages_brings_everything_within_each_budget() {
+        let (mut a, mut b) = (node(1), node(2));
+        for i in 0..300 {
+            a.handle_gossip(stranger(i, 100), stranger(i, 100).node(), 1);
+        }
+        let mut range = KeyRange::ALL;
+        let mut pages = 0;
+        loop {
+            let digest = b.digest_range(&range);
+            let (adverts, next) = a.handle_sync_range(b.me(), &range, &digest, 4096, 2);
+            let bytes: usize = adverts.iter().map(Signed::wire_len).sum();
+            assert!(bytes <= 4096 && !adverts.is_empty());
+            assert!(adverts.iter().all(|s| range.contains(&s.node())));
+            b.handle_adverts(adverts, a.me(), 2);
+            pages += 1;
+            match next {
+                Some(k) => range.start = k,
+                None => break,
+            }
+            assert!(pages < 100);
+        }
+        assert!(pages > 5, "{pages} pages");
+        assert_eq!(b.size().0, 302, "all 300 strangers, a and b");
+        // A page of a narrower range only covers its range.
+        let mid = b.digest()[150].0;
+        let half = KeyRange { start: NodeKey([0; 32]), end: Some(mid) };
+        let (lower, next) = a.handle_sync_range(b.me(), &half, &[], usize::MAX, 3);
+        assert!(next.is_none() && lower.iter().all(|s| s.node() < mid));
     }
 }

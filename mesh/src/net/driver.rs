@@ -18,11 +18,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::addr::{ip_of, is_dialable, is_routable, node_key, peer_id, tcp_first};
-use super::rpc::{admission_proof, mesh_secret, proof_matches, Request, Response};
+use super::rpc::{admission_proof, mesh_secret, proof_matches, Request, Response, PAGE_BYTES, PAGE_ENTRIES};
 use super::swarm::{Behaviour, BehaviourEvent};
 use super::{Command, Config, Error, Event, NodeView, Snapshot};
 use crate::advert::{ResourceInfo, Signed};
-use crate::core::{self, Action, Core, Millis, Via};
+use crate::core::{self, Action, Core, KeyRange, Millis, Outcome, Via};
 use crate::identity::NodeKey;
 use crate::token::TokenId;
 
@@ -32,6 +32,53 @@ const MAX_GOSSIP_DIALS: usize = 64;
 const MAX_MDNS_DIALS: usize = 16;
 /// Peers remembered as denied (wrong mesh key), at most; the oldest are forgotten first.
 const MAX_DENIED: usize = 1024;
+/// Bytes of adverts per second a peer may make us verify (gossip it passes on and sync pages it answers).
+const ADVERT_RATE: f64 = 256.0 * 1024.0;
+/// What a peer may spend at once: a sync of a few thousand nodes.
+const ADVERT_BURST: f64 = 4.0 * 1024.0 * 1024.0;
+/// The least an advert costs, so that small ones are not free to verify.
+const ADVERT_MIN_COST: usize = 512;
+/// Sync pages waiting for their peer's budget, at most (one per range and peer in practice).
+const MAX_DEFERRED: usize = 1024;
+
+/// A peer's budget of adverts to verify: a token bucket in bytes. Adverts past it are ignored (gossip: not
+/// forwarded either) and the next sync page waits until it refills, so one peer minting keys costs us a bounded
+/// share of CPU however fast it sends, and honest peers' adverts keep flowing beside it.
+struct Budget {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Budget {
+    fn new(now: Instant) -> Budget {
+        Budget { tokens: ADVERT_BURST, at: now }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + dt * ADVERT_RATE).min(ADVERT_BURST);
+        self.at = now;
+    }
+
+    /// True if something may be spent now.
+    fn available(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens > 0.0
+    }
+
+    fn charge(&mut self, bytes: usize) {
+        self.tokens -= bytes.max(ADVERT_MIN_COST) as f64;
+    }
+
+    /// How long until something may be spent again.
+    fn wait(&self) -> Duration {
+        Duration::from_secs_f64((-self.tokens).max(0.0) / ADVERT_RATE)
+    }
+
+    fn is_full(&self) -> bool {
+        self.tokens >= ADVERT_BURST
+    }
+}
 
 /// A `--peer` address (or one remembered from an earlier run) and the state of dialing it.
 struct Bootstrap {
@@ -111,8 +158,12 @@ pub(super) struct Driver {
     tunnel: Option<String>,
     /// Peers whose connections all went down: when to redial next, and the backoff.
     redial: HashMap<PeerId, (Instant, Duration)>,
-    /// Sync requests in flight.
-    syncs: HashMap<OutboundRequestId, PeerId>,
+    /// Sync requests in flight, and the range of each page.
+    syncs: HashMap<OutboundRequestId, (PeerId, Option<KeyRange>)>,
+    /// Each peer's budget of adverts to verify.
+    budgets: HashMap<PeerId, Budget>,
+    /// Sync pages to ask for once their peer's budget allows.
+    deferred: Vec<(Instant, PeerId, KeyRange)>,
     /// When each connected peer's first connection came up: a peer not admitted within [`ADMIT_WITHIN`] of it is
     /// disconnected.
     connected_at: HashMap<PeerId, Instant>,
@@ -186,6 +237,8 @@ impl Driver {
             tunnel: config.tunnel,
             redial: HashMap::new(),
             syncs: HashMap::new(),
+            budgets: HashMap::new(),
+            deferred: vec![],
             connected_at: HashMap::new(),
             want_sync: HashSet::new(),
         }
@@ -222,6 +275,13 @@ impl Driver {
         self.core.handle_tick(now);
         self.expel_unadmitted();
         self.redial_lost();
+        self.resume_deferred();
+        let t = Instant::now();
+        let swarm = &self.swarm;
+        self.budgets.retain(|p, b| {
+            b.refill(t);
+            swarm.is_connected(p) || !b.is_full()
+        });
         let t = Instant::now();
         for i in 0..self.bootstrap.len() {
             let b = &mut self.bootstrap[i];
@@ -395,17 +455,70 @@ impl Driver {
 
     /// Sends a sync. To a peer not yet admitted it carries our proof alone (an empty digest: every real digest
     /// names at least its sender), so that nothing of the mesh reaches a peer before it has proven the mesh key;
-    /// the digest follows once it has.
+    /// the digest follows once it has. A digest goes in pages of [`PAGE_ENTRIES`] nodes, each for the range of
+    /// keys it covers, so that no frame passes [`super::MAX_RPC_BYTES`] at any mesh size.
     fn send_sync(&mut self, p: PeerId, digest: Vec<(NodeKey, u64)>) {
-        let digest = if self.admitted.contains(&p) {
-            digest
-        } else {
-            self.want_sync.insert(p);
-            vec![]
-        };
         let proof = admission_proof(&self.secret, self.swarm.local_peer_id(), &p);
-        let id = self.swarm.behaviour_mut().rpc.send_request(&p, Request::Sync { proof, digest });
-        self.syncs.insert(id, p);
+        if !self.admitted.contains(&p) {
+            self.want_sync.insert(p);
+            let id = self.swarm.behaviour_mut().rpc.send_request(&p, Request::Sync { proof, digest: vec![] });
+            self.syncs.insert(id, (p, None));
+            return;
+        }
+        let starts: Vec<NodeKey> = digest.chunks(PAGE_ENTRIES).skip(1).map(|c| c[0].0).collect();
+        let mut start = KeyRange::ALL.start;
+        for (i, page) in digest.chunks(PAGE_ENTRIES).enumerate() {
+            let range = KeyRange { start, end: starts.get(i).copied() };
+            self.send_page(p, range, page.to_vec());
+            start = range.end.unwrap_or(start);
+        }
+    }
+
+    fn send_page(&mut self, p: PeerId, range: KeyRange, digest: Vec<(NodeKey, u64)>) {
+        let proof = admission_proof(&self.secret, self.swarm.local_peer_id(), &p);
+        let id = self.swarm.behaviour_mut().rpc.send_request(&p, Request::SyncPage { proof, range, digest });
+        self.syncs.insert(id, (p, Some(range)));
+    }
+
+    /// Asks `p` for the rest of `range` now, or once its budget allows.
+    fn continue_sync(&mut self, p: PeerId, range: KeyRange) {
+        let now = Instant::now();
+        let budget = self.budgets.entry(p).or_insert_with(|| Budget::new(now));
+        if budget.available(now) {
+            let digest = self.core.digest_range(&range);
+            self.send_page(p, range, digest);
+        } else if self.deferred.len() < MAX_DEFERRED && !self.deferred.iter().any(|d| d.1 == p && d.2 == range) {
+            self.deferred.push((now + budget.wait(), p, range));
+        }
+    }
+
+    /// Asks for the sync pages whose wait is over, of peers still connected.
+    fn resume_deferred(&mut self) {
+        let now = Instant::now();
+        let (due, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred).into_iter().partition(|d| d.0 <= now);
+        self.deferred = wait;
+        for (_, p, range) in due {
+            if self.admitted.contains(&p) && self.swarm.is_connected(&p) {
+                self.continue_sync(p, range);
+            }
+        }
+    }
+
+    /// Hands `from`'s adverts to the core while its budget lasts. Returns the key of the first advert left out.
+    fn take_adverts(&mut self, from: PeerId, adverts: Vec<Signed>, now: Millis) -> Option<NodeKey> {
+        let node = node_key(&from)?;
+        let t = Instant::now();
+        let budget = self.budgets.entry(from).or_insert_with(|| Budget::new(t));
+        for a in adverts {
+            if !budget.available(t) {
+                return Some(a.node());
+            }
+            let len = a.wire_len();
+            if self.core.handle_gossip(a, node, now) != Outcome::Stale {
+                budget.charge(len);
+            }
+        }
+        None
     }
 
     /// `peer` proved the mesh key: from now on it is served, and gets the sync it is owed.
@@ -635,20 +748,7 @@ impl Driver {
                 self.swarm.close_connection(connection);
             }
             BehaviourEvent::Gossip(gossipsub::Event::Message { propagation_source, message_id, message }) => {
-                let verdict = if !self.admitted.contains(&propagation_source) {
-                    gossipsub::MessageAcceptance::Ignore
-                } else {
-                    match Signed::decode(&message.data) {
-                        Ok(s) => {
-                            self.core.handle_gossip(s, now);
-                            gossipsub::MessageAcceptance::Accept
-                        }
-                        Err(e) => {
-                            tracing::debug!("bad advert from {propagation_source}: {e}");
-                            gossipsub::MessageAcceptance::Reject
-                        }
-                    }
-                };
+                let verdict = self.judge_gossip(propagation_source, &message.data, now);
                 self.swarm.behaviour_mut().gossip.report_message_validation_result(
                     &message_id,
                     &propagation_source,
@@ -679,24 +779,91 @@ impl Driver {
         }
     }
 
+    /// Decides what becomes of an advert gossiped by `from`: accepted (and forwarded) if new, ignored if old, past
+    /// `from`'s budget or without room, rejected (which lowers `from`'s gossip score) if it is not a valid advert.
+    fn judge_gossip(&mut self, from: PeerId, data: &[u8], now: Millis) -> gossipsub::MessageAcceptance {
+        use gossipsub::MessageAcceptance::{Accept, Ignore, Reject};
+        let Some(source) = node_key(&from).filter(|_| self.admitted.contains(&from)) else { return Ignore };
+        let t = Instant::now();
+        let budget = self.budgets.entry(from).or_insert_with(|| Budget::new(t));
+        if !budget.available(t) {
+            return Ignore;
+        }
+        let signed = match Signed::decode(data) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!("bad advert from {from}: {e}");
+                budget.charge(data.len());
+                return Reject;
+            }
+        };
+        let len = signed.wire_len();
+        match self.core.handle_gossip(signed, source, now) {
+            Outcome::New => {
+                budget.charge(len);
+                Accept
+            }
+            Outcome::Stale => Ignore,
+            Outcome::Full => {
+                budget.charge(len);
+                Ignore
+            }
+            Outcome::Refused => {
+                budget.charge(len);
+                Reject
+            }
+        }
+    }
+
+    /// Checks the admission proof of a peer's answer; denies the peer when it is wrong.
+    fn check_proof(&mut self, peer: PeerId, proof: &[u8; 32]) -> bool {
+        if proof_matches(proof, &admission_proof(&self.secret, &peer, self.swarm.local_peer_id())) {
+            self.admit(peer);
+            return true;
+        }
+        self.deny(peer, "its sync answer does not prove our mesh key");
+        false
+    }
+
+    /// Checks the admission proof of a peer's request: hands the channel back to answer it, or answers that the
+    /// peer is not a member and denies it.
+    fn check_request_proof(
+        &mut self,
+        peer: PeerId,
+        proof: &[u8; 32],
+        channel: ResponseChannel<Response>,
+    ) -> Option<ResponseChannel<Response>> {
+        if proof_matches(proof, &admission_proof(&self.secret, &peer, self.swarm.local_peer_id())) {
+            self.admit(peer);
+            return Some(channel);
+        }
+        let why = "not a member of this mesh (mesh key differs)".to_string();
+        let _ = self.swarm.behaviour_mut().rpc.send_response(channel, Response::Denied(why));
+        self.deny(peer, "its mesh key differs from ours");
+        None
+    }
+
     fn on_request(&mut self, peer: PeerId, request: Request, channel: ResponseChannel<Response>, now: Millis) {
         let Some(node) = node_key(&peer) else { return };
         match request {
             Request::Sync { proof, digest } => {
-                if !proof_matches(&proof, &admission_proof(&self.secret, &peer, self.swarm.local_peer_id())) {
-                    let _ = self.swarm.behaviour_mut().rpc.send_response(
-                        channel,
-                        Response::Denied("not a member of this mesh (mesh key differs)".into()),
-                    );
-                    self.deny(peer, "its mesh key differs from ours");
-                    return;
-                }
-                self.admit(peer);
-                // An empty digest is a proof alone (see `send_sync`): answered with our proof alone.
-                let adverts =
-                    if digest.is_empty() { vec![] } else { self.core.handle_sync_request(node, &digest, now) };
+                let Some(channel) = self.check_request_proof(peer, &proof, channel) else { return };
+                // An empty digest is a proof alone (see `send_sync`): answered with our proof alone. A whole digest
+                // (a node of an earlier version) gets the first page.
+                let adverts = if digest.is_empty() {
+                    vec![]
+                } else {
+                    self.core.handle_sync_range(node, &KeyRange::ALL, &digest, PAGE_BYTES, now).0
+                };
                 let proof = admission_proof(&self.secret, self.swarm.local_peer_id(), &peer);
                 let _ = self.swarm.behaviour_mut().rpc.send_response(channel, Response::Sync { proof, adverts });
+            }
+            Request::SyncPage { proof, range, digest } => {
+                let Some(channel) = self.check_request_proof(peer, &proof, channel) else { return };
+                let (adverts, next) = self.core.handle_sync_range(node, &range, &digest, PAGE_BYTES, now);
+                let proof = admission_proof(&self.secret, self.swarm.local_peer_id(), &peer);
+                let _ =
+                    self.swarm.behaviour_mut().rpc.send_response(channel, Response::SyncPage { proof, adverts, next });
             }
             Request::App(body) => {
                 if !self.admitted.contains(&peer) {
@@ -724,12 +891,24 @@ impl Driver {
         match response {
             Response::Sync { proof, adverts } => {
                 self.syncs.remove(&id);
-                if !proof_matches(&proof, &admission_proof(&self.secret, &peer, self.swarm.local_peer_id())) {
-                    self.deny(peer, "its sync answer does not prove our mesh key");
+                if self.check_proof(peer, &proof) {
+                    self.take_adverts(peer, adverts, now);
+                }
+            }
+            Response::SyncPage { proof, adverts, next } => {
+                let range = self.syncs.remove(&id).and_then(|s| s.1);
+                if !self.check_proof(peer, &proof) {
                     return;
                 }
-                self.admit(peer);
-                self.core.handle_adverts(adverts, now);
+                // A page must stay in the range asked for, and go on past its start: anything else is a peer
+                // trying to keep us paging forever.
+                let Some(range) = range else { return };
+                let next = next.filter(|k| range.contains(k) && *k > range.start);
+                let adverts: Vec<Signed> = adverts.into_iter().filter(|a| range.contains(&a.node())).collect();
+                let left = self.take_adverts(peer, adverts, now);
+                if let Some(start) = left.or(next) {
+                    self.continue_sync(peer, KeyRange { start, end: range.end });
+                }
             }
             Response::Denied(why) => {
                 if let Some(tx) = self.pending.remove(&id) {

@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 pub use addr::{ip_of, is_routable_ip, node_key, parse_peer_addr, peer_id};
-pub use rpc::MAX_RPC_BYTES;
+pub use rpc::{decode_request, decode_response, encode, Request, Response, MAX_RPC_BYTES, PAGE_BYTES, PAGE_ENTRIES};
 
 use crate::advert::ResourceInfo;
 use crate::core::{self, Via};

@@ -9,12 +9,19 @@ use libp2p::{PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
 
 use crate::advert::Signed;
+use crate::core::KeyRange;
 use crate::identity::NodeKey;
 
 /// Protocol of the mesh RPC (sync + application requests).
 pub(super) const RPC_PROTOCOL: StreamProtocol = StreamProtocol::new("/metac/rpc/1");
-/// Largest RPC message, checked before allocating.
-pub const MAX_RPC_BYTES: usize = 16 * 1024 * 1024;
+/// Largest RPC message, checked before allocating. Syncs go in pages ([`PAGE_ENTRIES`], [`PAGE_BYTES`]) to fit it
+/// at any mesh size; application requests are small.
+pub const MAX_RPC_BYTES: usize = 1024 * 1024;
+/// Digest entries in one sync page: at most 16384 x 42 bytes (a key and a varint seq), well under a frame.
+pub const PAGE_ENTRIES: usize = 16 * 1024;
+/// Bytes of adverts in one sync page answer; the first advert of a page is sent whatever its size (at most
+/// [`crate::advert::MAX_ADVERT_BYTES`]), so a page always fits a frame.
+pub const PAGE_BYTES: usize = 768 * 1024;
 
 /// The key of admission proofs: derived from the mesh key, or a fixed one for the public mesh.
 pub(super) fn mesh_secret(key: Option<&[u8]>) -> [u8; 32] {
@@ -39,19 +46,60 @@ pub(super) fn proof_matches(got: &[u8; 32], want: &[u8; 32]) -> bool {
     blake3::Hash::from(*got) == blake3::Hash::from(*want)
 }
 
-/// RPC requests between nodes.
-#[derive(Debug, Serialize, Deserialize)]
-pub(super) enum Request {
+/// RPC requests between nodes. Variants are only ever added at the end: their index is their wire tag.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// A whole digest (an empty one: the admission proof alone). Answered with at most one page.
     Sync { proof: [u8; 32], digest: Vec<(NodeKey, u64)> },
+    /// An application request (the node's own protocol).
     App(Vec<u8>),
+    /// One page of a sync: the digest of the nodes in `range` (at most [`PAGE_ENTRIES`]).
+    SyncPage { proof: [u8; 32], range: KeyRange, digest: Vec<(NodeKey, u64)> },
 }
 
-/// RPC responses.
-#[derive(Debug, Serialize, Deserialize)]
-pub(super) enum Response {
+/// RPC responses. Variants are only ever added at the end.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    /// The answer to [`Request::Sync`].
     Sync { proof: [u8; 32], adverts: Vec<Signed> },
+    /// Refused, and why.
     Denied(String),
+    /// The answer to [`Request::App`].
     App(Vec<u8>),
+    /// The answer to [`Request::SyncPage`]: adverts of the range the digest lacks, in key order, at most
+    /// [`PAGE_BYTES`]; `next` is where the range goes on when the page is full.
+    SyncPage { proof: [u8; 32], adverts: Vec<Signed>, next: Option<NodeKey> },
+}
+
+/// Decodes one RPC frame's payload as a request (what a peer sends us), bounded like the codec; for fuzzing and
+/// tools.
+pub fn decode_request(bytes: &[u8]) -> Result<Request, String> {
+    decode(bytes)
+}
+
+/// Decodes one RPC frame's payload as a response, bounded like the codec.
+pub fn decode_response(bytes: &[u8]) -> Result<Response, String> {
+    decode(bytes)
+}
+
+/// Encodes a message as a frame's payload.
+pub fn encode<M: Serialize>(msg: &M) -> Result<Vec<u8>, String> {
+    let buf = postcard::to_allocvec(msg).map_err(|e| e.to_string())?;
+    if buf.len() > MAX_RPC_BYTES {
+        return Err(format!("rpc message of {} bytes is more than the {MAX_RPC_BYTES} allowed", buf.len()));
+    }
+    Ok(buf)
+}
+
+fn decode<M: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<M, String> {
+    if bytes.len() > MAX_RPC_BYTES {
+        return Err(format!("rpc frame of {} bytes is more than the {MAX_RPC_BYTES} allowed", bytes.len()));
+    }
+    match postcard::take_from_bytes(bytes) {
+        Ok((m, [])) => Ok(m),
+        Ok((_, rest)) => Err(format!("bad rpc frame: {} bytes after the message", rest.len())),
+        Err(e) => Err(format!("bad rpc frame: {e}")),
+    }
 }
 
 /// Length-prefixed postcard frames, bounded by [`MAX_RPC_BYTES`].
@@ -67,14 +115,11 @@ async fn read_frame<T: AsyncRead + Unpin + Send, M: serde::de::DeserializeOwned>
     }
     let mut buf = vec![0u8; len];
     io.read_exact(&mut buf).await?;
-    postcard::from_bytes(&buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad rpc frame: {e}")))
+    decode(&buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 async fn write_frame<T: AsyncWrite + Unpin + Send, M: Serialize>(io: &mut T, msg: &M) -> io::Result<()> {
-    let buf = postcard::to_allocvec(msg).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-    if buf.len() > MAX_RPC_BYTES {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "rpc frame too large"));
-    }
+    let buf = encode(msg).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     io.write_all(&(buf.len() as u32).to_be_bytes()).await?;
     io.write_all(&buf).await?;
     io.close().await
@@ -155,5 +200,32 @@ mod tests {
         let want =
             [format!("00{}01{}07", "01".repeat(32), "03".repeat(32)), "0103010203".to_string(), "01026e6f".to_string()];
         assert_eq!(got, want);
+        // The page variants come after the old ones, whose tags stay.
+        let page = Request::SyncPage { proof: [1; 32], range: KeyRange { start: key, end: None }, digest: vec![] };
+        let next = Response::SyncPage { proof: [1; 32], adverts: vec![], next: Some(key) };
+        assert_eq!(
+            hex(&postcard::to_allocvec(&page).unwrap()),
+            format!("02{}{}0000", "01".repeat(32), "03".repeat(32))
+        );
+        assert_eq!(
+            hex(&postcard::to_allocvec(&next).unwrap()),
+            format!("03{}0001{}", "01".repeat(32), "03".repeat(32))
+        );
+    }
+
+    /// The frame bound holds both ways, and trailing bytes are refused.
+    #[test]
+    fn frames_are_bounded_and_exact() {
+        let big = Request::App(vec![0; MAX_RPC_BYTES]);
+        assert!(encode(&big).unwrap_err().contains("more than"));
+        assert!(decode_request(&vec![1; MAX_RPC_BYTES + 1]).unwrap_err().contains("more than"));
+        let mut ok = encode(&Request::App(vec![1])).unwrap();
+        assert_eq!(decode_request(&ok), Ok(Request::App(vec![1])));
+        ok.push(0);
+        assert!(decode_request(&ok).unwrap_err().contains("after the message"));
+        // A full digest page and a full advert page fit a frame.
+        let digest: Vec<(NodeKey, u64)> = (0..PAGE_ENTRIES).map(|i| (NodeKey([i as u8; 32]), u64::MAX)).collect();
+        let range = KeyRange { start: NodeKey([0; 32]), end: Some(NodeKey([255; 32])) };
+        assert!(encode(&Request::SyncPage { proof: [0; 32], range, digest }).is_ok());
     }
 }

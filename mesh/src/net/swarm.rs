@@ -90,6 +90,31 @@ pub(super) fn build(config: &Config) -> Result<(Swarm<Behaviour>, gossipsub::Ide
         }
     }
     let topic = gossipsub::IdentTopic::new(ADVERT_TOPIC);
-    swarm.behaviour_mut().gossip.subscribe(&topic).map_err(|e| Error::Transport(e.to_string()))?;
+    let gossip = &mut swarm.behaviour_mut().gossip;
+    gossip.subscribe(&topic).map_err(|e| Error::Transport(e.to_string()))?;
+    score_peers(gossip, &topic).map_err(Error::Transport)?;
     Ok((swarm, topic))
+}
+
+/// Scores gossip peers on what they send us that we reject (undecodable, badly signed or out-of-range adverts):
+/// a few such messages graylist a peer (its gossip is ignored) until the penalty decays, in about a minute. Nothing
+/// else counts: delivery-rate scores would punish honest peers of an idle mesh, and colocation scores the nodes of
+/// one host (tests, containers).
+fn score_peers(gossip: &mut gossipsub::Behaviour, topic: &gossipsub::IdentTopic) -> Result<(), String> {
+    let params =
+        gossipsub::PeerScoreParams { ip_colocation_factor_weight: 0.0, slow_peer_weight: 0.0, ..Default::default() };
+    gossip.with_peer_score(params, gossipsub::PeerScoreThresholds::default())?;
+    let topic_params = gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.0,
+        first_message_deliveries_weight: 0.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        // Squared count times weight: the third rejected message passes the graylist threshold (-80).
+        invalid_message_deliveries_weight: -10.0,
+        invalid_message_deliveries_decay: 0.9,
+        ..Default::default()
+    };
+    gossip.set_topic_params(topic.clone(), topic_params)?;
+    Ok(())
 }

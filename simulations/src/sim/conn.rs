@@ -164,7 +164,11 @@ impl Sim<'_> {
             return;
         }
         let secret = self.secret(i);
-        let config = metac_mesh::core::Config { grace: self.p.grace / MS, refresh: self.p.refresh / MS };
+        let config = metac_mesh::core::Config {
+            grace: self.p.grace / MS,
+            refresh: self.p.refresh / MS,
+            ..metac_mesh::core::Config::default()
+        };
         let seq = self.base_seq + 1 + self.now_ms();
         let core = Core::new(metac_mesh::Identity::from_secret(secret), config, seq, self.now_ms());
         let n = &mut self.nodes[i as usize];
@@ -278,8 +282,9 @@ impl Sim<'_> {
                 if base {
                     self.nodes[to as usize].has_base = true;
                 }
+                let source = self.keys[from as usize];
                 let core = self.nodes[to as usize].core.as_mut().expect("alive");
-                core.handle_adverts(adverts, now);
+                core.handle_adverts(adverts, source, now);
                 self.drain(to);
             }
         }

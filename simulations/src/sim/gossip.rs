@@ -84,8 +84,9 @@ impl Sim<'_> {
         }
         let (signed, _, origin) = self.arena[id as usize].clone();
         let now = self.now_ms();
+        let source = self.keys[from as usize];
         if let Some(core) = self.nodes[to as usize].core.as_mut() {
-            core.handle_gossip(signed, now);
+            core.handle_gossip(signed, source, now);
         }
         self.drain(to);
         for peer in self.nodes[to as usize].mesh.clone() {

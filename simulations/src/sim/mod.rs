@@ -399,7 +399,7 @@ impl<'p> Sim<'p> {
     fn new(p: &'p Params) -> Sim<'p> {
         let mode = p.resolved_mode();
         let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
-        let config = core::Config { grace: p.grace / MS, refresh: p.refresh / MS };
+        let config = core::Config { grace: p.grace / MS, refresh: p.refresh / MS, ..core::Config::default() };
         let base_seq = 1;
         let mut keys = Vec::with_capacity(p.nodes);
         let mut secrets = Vec::with_capacity(p.nodes);
