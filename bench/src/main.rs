@@ -3,6 +3,7 @@
 //! `METAC_BIN` at a release `metac` (scripts/bench.sh does both).
 
 mod file;
+mod flood;
 mod overlay;
 mod spine;
 
@@ -21,6 +22,8 @@ enum Command {
     Spine(spine::Args),
     /// Files: `metac file cat` across two hosts, MiB/s; with --baseline, another build in the same run
     File(file::Args),
+    /// An advert flood: what two honest nodes cost while a hostile peer floods adverts of fresh keys at one
+    Flood(flood::Args),
     /// The overlay: iperf3 TCP and ping RTT over the raw veth, wireguard-go and the metac overlay, with ratios
     Overlay(overlay::Args),
 }
@@ -32,6 +35,7 @@ fn main() {
         Command::Spine(a) => spine::run(a),
         Command::Overlay(a) => overlay::run(a),
         Command::File(a) => file::run(a),
+        Command::Flood(a) => flood::run(a),
     };
     if let Err(e) = r {
         eprintln!("metac-bench: error: {e:#}");

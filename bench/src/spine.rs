@@ -9,6 +9,7 @@ use metac_api::blocking;
 use metac_mesh::kind::{Kind, Rights};
 use metac_mesh::token::{Caveat, ResourceId, SigCache, Token};
 use metac_mesh::Identity;
+use metac_tests::procstat::{proc_stat, status_kib, ticks_to_ms};
 use metac_tests::{metac_bin, wait_until, Lab};
 
 /// Options of `metac-bench spine`.
@@ -40,31 +41,13 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// A field of /proc/PID/status in KiB.
-fn status_kib(pid: u32, field: &str) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim_start_matches(':').split_whitespace().next()?.parse().ok())
-        .with_context(|| format!("no {field} in /proc/{pid}/status"))
-}
-
-fn proc_stat(pid: u32) -> Result<(u64, u64)> {
-    let rss_kib = status_kib(pid, "VmRSS")?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat.rsplit_once(')').context("bad stat")?.1.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-    Ok((rss_kib, ticks))
-}
-
 /// Resident MiB at the end and CPU ms per 10 s of a node left alone for `secs` (after 2 s to settle).
 fn idle(pid: u32, secs: u64) -> Result<(f64, f64)> {
     std::thread::sleep(Duration::from_secs(2));
     let (_, t0) = proc_stat(pid)?;
     std::thread::sleep(Duration::from_secs(secs));
     let (rss, t1) = proc_stat(pid)?;
-    let cpu_ms = (t1 - t0) as f64 * 1000.0 / USER_HZ as f64;
+    let cpu_ms = ticks_to_ms(t1 - t0);
     let (anon, file) = (status_kib(pid, "RssAnon")?, status_kib(pid, "RssFile")?);
     println!(
         "# rss of pid {pid}: {:.1} MiB anonymous (heap, stacks), {:.1} MiB mapped from the binary",
@@ -231,6 +214,3 @@ pub fn run(a: Args) -> Result<()> {
     }
     Ok(())
 }
-
-/// Clock ticks per second of /proc/PID/stat: USER_HZ, 100 on every Linux architecture metac targets.
-const USER_HZ: u64 = 100;

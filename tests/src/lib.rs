@@ -22,10 +22,12 @@
 
 mod error;
 mod exec;
+pub mod flood;
 mod host;
 mod lab;
 mod netns;
 mod node;
+pub mod procstat;
 
 use std::path::PathBuf;
 use std::thread;

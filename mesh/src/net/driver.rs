@@ -32,38 +32,43 @@ const MAX_GOSSIP_DIALS: usize = 64;
 const MAX_MDNS_DIALS: usize = 16;
 /// Peers remembered as denied (wrong mesh key), at most; the oldest are forgotten first.
 const MAX_DENIED: usize = 1024;
-/// Bytes of adverts per second a peer may make us verify (gossip it passes on and sync pages it answers).
-const ADVERT_RATE: f64 = 256.0 * 1024.0;
-/// What a peer may spend at once: a sync of a few thousand nodes.
-const ADVERT_BURST: f64 = 4.0 * 1024.0 * 1024.0;
+/// Bytes of adverts of other nodes per second a peer may make us verify (gossip it passes on, sync pages).
+const RELAY_RATE: f64 = 256.0 * 1024.0;
+/// What a peer may spend on others' adverts at once: a sync of a few thousand nodes.
+const RELAY_BURST: f64 = 4.0 * 1024.0 * 1024.0;
+/// Bytes per second of a peer's own adverts, with their own budget so that what it relays never holds them up.
+const OWN_RATE: f64 = 64.0 * 1024.0;
+/// What a peer may spend on its own adverts at once: a few dozen quick changes of a large one.
+const OWN_BURST: f64 = 1024.0 * 1024.0;
 /// The least an advert costs, so that small ones are not free to verify.
 const ADVERT_MIN_COST: usize = 512;
 /// Sync pages waiting for their peer's budget, at most (one per range and peer in practice).
 const MAX_DEFERRED: usize = 1024;
+/// Gossip messages a peer may send past its budget (a count that halves every [`OVERDRAFT_HALF_LIFE`]) before it
+/// is disconnected and banned for [`BAN_FOR`]: gossipsub checks every message's signature before we see it, so a
+/// peer that keeps sending what we ignore costs CPU anyway. An honest relay forwards only what it accepted, within
+/// our budget for it; a flooder sending thousands a second passes this within seconds.
+const MAX_OVERDRAFT: f64 = 50_000.0;
+const OVERDRAFT_HALF_LIFE: Duration = Duration::from_secs(10);
+/// How long a flooder stays banned.
+pub const BAN_FOR: Duration = Duration::from_secs(600);
+/// Banned peers remembered, at most.
+const MAX_BANNED: usize = 1024;
 
-/// A peer's budget of adverts to verify: a token bucket in bytes. Adverts past it are ignored (gossip: not
-/// forwarded either) and the next sync page waits until it refills, so one peer minting keys costs us a bounded
-/// share of CPU however fast it sends, and honest peers' adverts keep flowing beside it.
-struct Budget {
+/// A token bucket in bytes.
+struct Bucket {
     tokens: f64,
-    at: Instant,
+    rate: f64,
+    burst: f64,
 }
 
-impl Budget {
-    fn new(now: Instant) -> Budget {
-        Budget { tokens: ADVERT_BURST, at: now }
+impl Bucket {
+    fn new(rate: f64, burst: f64) -> Bucket {
+        Bucket { tokens: burst, rate, burst }
     }
 
-    fn refill(&mut self, now: Instant) {
-        let dt = now.saturating_duration_since(self.at).as_secs_f64();
-        self.tokens = (self.tokens + dt * ADVERT_RATE).min(ADVERT_BURST);
-        self.at = now;
-    }
-
-    /// True if something may be spent now.
-    fn available(&mut self, now: Instant) -> bool {
-        self.refill(now);
-        self.tokens > 0.0
+    fn refill(&mut self, dt: f64) {
+        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
     }
 
     fn charge(&mut self, bytes: usize) {
@@ -72,11 +77,48 @@ impl Budget {
 
     /// How long until something may be spent again.
     fn wait(&self) -> Duration {
-        Duration::from_secs_f64((-self.tokens).max(0.0) / ADVERT_RATE)
+        Duration::from_secs_f64((-self.tokens).max(0.0) / self.rate)
+    }
+}
+
+/// A peer's budget of adverts to verify. Adverts past it are ignored (gossip: not forwarded either) and the next
+/// sync page waits until it refills, so one peer minting keys costs us a bounded share of CPU however fast it
+/// sends, and honest peers' adverts keep flowing beside it.
+struct Budget {
+    relayed: Bucket,
+    own: Bucket,
+    /// Gossip messages ignored past the budget, decaying (see [`MAX_OVERDRAFT`]).
+    overdraft: f64,
+    at: Instant,
+}
+
+impl Budget {
+    fn new(now: Instant) -> Budget {
+        Budget {
+            relayed: Bucket::new(RELAY_RATE, RELAY_BURST),
+            own: Bucket::new(OWN_RATE, OWN_BURST),
+            overdraft: 0.0,
+            at: now,
+        }
     }
 
-    fn is_full(&self) -> bool {
-        self.tokens >= ADVERT_BURST
+    fn refill(&mut self, now: Instant) {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        self.relayed.refill(dt);
+        self.own.refill(dt);
+        self.overdraft *= 0.5f64.powf(dt / OVERDRAFT_HALF_LIFE.as_secs_f64());
+        self.at = now;
+    }
+
+    /// The bucket an advert signed by `node` and passed on by `from` draws from, if it has anything left now.
+    fn bucket(&mut self, own: bool, now: Instant) -> Option<&mut Bucket> {
+        self.refill(now);
+        let b = if own { &mut self.own } else { &mut self.relayed };
+        (b.tokens > 0.0).then_some(b)
+    }
+
+    fn is_idle(&self) -> bool {
+        self.relayed.tokens >= self.relayed.burst && self.own.tokens >= self.own.burst && self.overdraft < 1.0
     }
 }
 
@@ -164,6 +206,8 @@ pub(super) struct Driver {
     budgets: HashMap<PeerId, Budget>,
     /// Sync pages to ask for once their peer's budget allows.
     deferred: Vec<(Instant, PeerId, KeyRange)>,
+    /// Flooders, disconnected and refused until the time given.
+    banned: HashMap<PeerId, Instant>,
     /// When each connected peer's first connection came up: a peer not admitted within [`ADMIT_WITHIN`] of it is
     /// disconnected.
     connected_at: HashMap<PeerId, Instant>,
@@ -239,6 +283,7 @@ impl Driver {
             syncs: HashMap::new(),
             budgets: HashMap::new(),
             deferred: vec![],
+            banned: HashMap::new(),
             connected_at: HashMap::new(),
             want_sync: HashSet::new(),
         }
@@ -280,8 +325,9 @@ impl Driver {
         let swarm = &self.swarm;
         self.budgets.retain(|p, b| {
             b.refill(t);
-            swarm.is_connected(p) || !b.is_full()
+            swarm.is_connected(p) || !b.is_idle()
         });
+        self.banned.retain(|_, until| *until > t);
         let t = Instant::now();
         for i in 0..self.bootstrap.len() {
             let b = &mut self.bootstrap[i];
@@ -484,11 +530,21 @@ impl Driver {
     fn continue_sync(&mut self, p: PeerId, range: KeyRange) {
         let now = Instant::now();
         let budget = self.budgets.entry(p).or_insert_with(|| Budget::new(now));
-        if budget.available(now) {
-            let digest = self.core.digest_range(&range);
-            self.send_page(p, range, digest);
-        } else if self.deferred.len() < MAX_DEFERRED && !self.deferred.iter().any(|d| d.1 == p && d.2 == range) {
-            self.deferred.push((now + budget.wait(), p, range));
+        let wait = match budget.bucket(false, now) {
+            Some(_) => None,
+            None => Some(budget.relayed.wait()),
+        };
+        match wait {
+            None => {
+                let digest = self.core.digest_range(&range);
+                self.send_page(p, range, digest);
+            }
+            Some(w)
+                if self.deferred.len() < MAX_DEFERRED && !self.deferred.iter().any(|d| d.1 == p && d.2 == range) =>
+            {
+                self.deferred.push((now + w, p, range));
+            }
+            Some(_) => {}
         }
     }
 
@@ -510,12 +566,10 @@ impl Driver {
         let t = Instant::now();
         let budget = self.budgets.entry(from).or_insert_with(|| Budget::new(t));
         for a in adverts {
-            if !budget.available(t) {
-                return Some(a.node());
-            }
+            let Some(bucket) = budget.bucket(a.node() == node, t) else { return Some(a.node()) };
             let len = a.wire_len();
             if self.core.handle_gossip(a, node, now) != Outcome::Stale {
-                budget.charge(len);
+                bucket.charge(len);
             }
         }
         None
@@ -578,7 +632,7 @@ impl Driver {
                     .collect::<Vec<_>>()
             });
             match addrs {
-                Some(addrs) if !addrs.is_empty() && !self.swarm.is_connected(&p) && !self.denied.contains(&p) => {
+                Some(addrs) if !addrs.is_empty() && !self.swarm.is_connected(&p) && !self.is_refused(&p) => {
                     let entry = self.redial.get_mut(&p).expect("due entry");
                     entry.1 = (entry.1 * 2).min(Duration::from_secs(60));
                     entry.0 = now + entry.1;
@@ -614,7 +668,7 @@ impl Driver {
                     // ever dialed would stop all dialing after the first 64.
                     let gossip_dials =
                         self.via.iter().filter(|(q, v)| **v == Via::Gossip && self.swarm.is_connected(q)).count();
-                    if !self.swarm.is_connected(&p) && !self.denied.contains(&p) && gossip_dials < MAX_GOSSIP_DIALS {
+                    if !self.swarm.is_connected(&p) && !self.is_refused(&p) && gossip_dials < MAX_GOSSIP_DIALS {
                         let addrs: Vec<Multiaddr> =
                             addrs.iter().filter_map(|a| a.parse().ok()).filter(is_dialable).collect();
                         if !addrs.is_empty() {
@@ -632,6 +686,24 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Disconnects a peer that keeps flooding past its budget, and refuses it for [`BAN_FOR`].
+    fn ban(&mut self, peer: PeerId) {
+        tracing::warn!(%peer, "banning a peer for {BAN_FOR:?}: it keeps sending adverts far past its budget");
+        if self.banned.len() >= MAX_BANNED {
+            if let Some(oldest) = self.banned.iter().min_by_key(|(_, t)| **t).map(|(p, _)| *p) {
+                self.banned.remove(&oldest);
+            }
+        }
+        self.banned.insert(peer, Instant::now() + BAN_FOR);
+        self.budgets.remove(&peer);
+        self.admitted.remove(&peer);
+        let _ = self.swarm.disconnect_peer_id(peer);
+    }
+
+    fn is_refused(&self, peer: &PeerId) -> bool {
+        self.denied.contains(peer) || self.banned.contains_key(peer)
     }
 
     fn deny(&mut self, peer: PeerId, why: &str) {
@@ -654,7 +726,7 @@ impl Driver {
                 self.addrs_dirty = true;
             }
             SwarmEvent::ConnectionEstablished { peer_id: peer, connection_id, endpoint, .. } => {
-                if self.denied.contains(&peer) {
+                if self.is_refused(&peer) {
                     self.swarm.close_connection(connection_id);
                     return;
                 }
@@ -697,11 +769,11 @@ impl Driver {
                     self.admitted.remove(&peer);
                     self.connected_at.remove(&peer);
                     self.want_sync.remove(&peer);
-                    if !self.denied.contains(&peer) {
+                    if !self.is_refused(&peer) {
                         self.redial.insert(peer, (Instant::now() + Duration::from_secs(1), Duration::from_secs(1)));
                     }
                     for i in 0..self.bootstrap.len() {
-                        if self.bootstrap[i].peer == Some(peer) && !self.denied.contains(&peer) {
+                        if self.bootstrap[i].peer == Some(peer) && !self.is_refused(&peer) {
                             self.bootstrap[i].backoff = Duration::from_secs(1).min(self.bootstrap[i].backoff);
                             self.retry_later(i);
                         }
@@ -730,7 +802,7 @@ impl Driver {
             | BehaviourEvent::Mdns6(mdns::Event::Discovered(list)) => {
                 let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
                 for (p, a) in list {
-                    if is_routable(&a) && !self.denied.contains(&p) {
+                    if is_routable(&a) && !self.is_refused(&p) {
                         by_peer.entry(p).or_default().push(a);
                     }
                 }
@@ -748,7 +820,7 @@ impl Driver {
                 self.swarm.close_connection(connection);
             }
             BehaviourEvent::Gossip(gossipsub::Event::Message { propagation_source, message_id, message }) => {
-                let verdict = self.judge_gossip(propagation_source, &message.data, now);
+                let verdict = self.judge_gossip(propagation_source, message.source, &message.data, now);
                 self.swarm.behaviour_mut().gossip.report_message_validation_result(
                     &message_id,
                     &propagation_source,
@@ -780,39 +852,64 @@ impl Driver {
     }
 
     /// Decides what becomes of an advert gossiped by `from`: accepted (and forwarded) if new, ignored if old, past
-    /// `from`'s budget or without room, rejected (which lowers `from`'s gossip score) if it is not a valid advert.
-    fn judge_gossip(&mut self, from: PeerId, data: &[u8], now: Millis) -> gossipsub::MessageAcceptance {
-        use gossipsub::MessageAcceptance::{Accept, Ignore, Reject};
+    /// `from`'s budget or without room, rejected (which lowers `from`'s gossip score) if it is not a valid advert or
+    /// was not published by its own node (`author`): nodes gossip only their own adverts, so one publishing others'
+    /// is minting keys to flood. A peer whose score falls below the graylist threshold is banned.
+    fn judge_gossip(
+        &mut self,
+        from: PeerId,
+        author: Option<PeerId>,
+        data: &[u8],
+        now: Millis,
+    ) -> gossipsub::MessageAcceptance {
+        use gossipsub::MessageAcceptance::{Accept, Ignore};
         let Some(source) = node_key(&from).filter(|_| self.admitted.contains(&from)) else { return Ignore };
-        let t = Instant::now();
-        let budget = self.budgets.entry(from).or_insert_with(|| Budget::new(t));
-        if !budget.available(t) {
-            return Ignore;
-        }
         let signed = match Signed::decode(data) {
-            Ok(s) => s,
+            Ok(s) if author.is_some() && author == peer_id(&s.node()) => s,
+            Ok(s) => {
+                tracing::debug!(node = %s.node(), ?author, "advert gossiped by another node than its own, from {from}");
+                return self.reject(from);
+            }
             Err(e) => {
                 tracing::debug!("bad advert from {from}: {e}");
-                budget.charge(data.len());
-                return Reject;
+                return self.reject(from);
             }
+        };
+        let t = Instant::now();
+        let budget = self.budgets.entry(from).or_insert_with(|| Budget::new(t));
+        let Some(bucket) = budget.bucket(signed.node() == source, t) else {
+            budget.overdraft += 1.0;
+            if budget.overdraft > MAX_OVERDRAFT {
+                self.ban(from);
+            }
+            return Ignore;
         };
         let len = signed.wire_len();
         match self.core.handle_gossip(signed, source, now) {
             Outcome::New => {
-                budget.charge(len);
+                bucket.charge(len);
                 Accept
             }
             Outcome::Stale => Ignore,
             Outcome::Full => {
-                budget.charge(len);
+                bucket.charge(len);
                 Ignore
             }
             Outcome::Refused => {
-                budget.charge(len);
-                Reject
+                bucket.charge(len);
+                self.reject(from)
             }
         }
+    }
+
+    /// Rejects a gossip message of `from`, and bans `from` once its gossip score says it keeps sending such.
+    fn reject(&mut self, from: PeerId) -> gossipsub::MessageAcceptance {
+        // The score counts this rejection once reported; ban on the one that takes it past the threshold.
+        let score = self.swarm.behaviour().gossip.peer_score(&from).unwrap_or(0.0);
+        if score - 10.0 < gossipsub::PeerScoreThresholds::default().graylist_threshold {
+            self.ban(from);
+        }
+        gossipsub::MessageAcceptance::Reject
     }
 
     /// Checks the admission proof of a peer's answer; denies the peer when it is wrong.

@@ -13,6 +13,7 @@
 
 mod addr;
 mod driver;
+pub mod flood;
 mod rpc;
 mod swarm;
 #[cfg(test)]
