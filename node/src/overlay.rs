@@ -252,25 +252,34 @@ impl NodeOverlay {
         let refresh = tokio::spawn(async move {
             let mut keys = KeyCache::default();
             let mut last: Option<Vec<PeerInfo>> = None;
+            // The table is copied only when it changed since the last look, or when asked (a guest came, or a
+            // packet went to an address no peer owns).
+            let (mut version, mut force) = (0, true);
             loop {
-                overlay.wants_refresh(); // cleared before the snapshot, so a later miss wakes us again
-                let Ok(snap) = mesh.snapshot().await else { break };
-                let guests = store.guests().unwrap_or_default();
-                let infos = peer_infos(&snap, &guests, &mut keys);
-                // An idle mesh changes rarely: rebuild the table only when something did.
-                if last.as_ref() != Some(&infos) {
-                    overlay.set_peers(infos.clone());
-                    last = Some(infos);
+                // Cleared before the snapshot, so that a later miss (or guest) asks again.
+                let asked = overlay.wants_refresh();
+                let snap =
+                    if force || asked { mesh.snapshot().await.map(Some) } else { mesh.snapshot_since(version).await };
+                let Ok(snap) = snap else { break };
+                if let Some(snap) = snap {
+                    version = snap.version;
+                    let guests = store.guests().unwrap_or_default();
+                    let infos = peer_infos(&snap, &guests, &mut keys);
+                    // An idle mesh changes rarely: rebuild the table only when something did.
+                    if last.as_ref() != Some(&infos) {
+                        overlay.set_peers(infos.clone());
+                        last = Some(infos);
+                    }
                 }
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     _ = tokio::time::sleep(REFRESH_MIN) => {}
                 }
-                tokio::select! {
+                force = tokio::select! {
                     _ = cancel.cancelled() => break,
-                    _ = relay.refresh.notified() => {}
-                    _ = tokio::time::sleep(REFRESH - REFRESH_MIN) => {}
-                }
+                    _ = relay.refresh.notified() => true,
+                    _ = tokio::time::sleep(REFRESH - REFRESH_MIN) => false,
+                };
             }
             overlay.stop();
         });

@@ -83,6 +83,28 @@ async fn a_file_bind_is_an_nbd_endpoint_listed_with_its_state_and_cut_by_unbind(
     c.stop().await;
 }
 
+/// The exporter cuts a client that does not finish the NBD handshake in time (issue 10, finding 6); a file bind's
+/// standby stream waits in the handshake by design, so it is replaced in time and the bind stays up, however long
+/// it goes unused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unused_file_bind_outlives_the_handshake_limit() {
+    let mut c = Cluster::start(2).await;
+    let (path, data) = c.file("idle.img", 64 << 10);
+    let (a, b) = (c.nodes[0].n().clone(), c.nodes[1].n().clone());
+    let r = export(&a, &path).await;
+    let sock = socket(&c, "idle.sock");
+    let started = b.bind_ref(r, json!({ "socket": sock }), false).unwrap();
+    wait_state(&b, &started.id, "up").await;
+    let until = std::time::Instant::now() + metac_block::NEGOTIATION_TIMEOUT + Duration::from_secs(10);
+    while std::time::Instant::now() < until {
+        let v = bind_view(&b, &started.id).unwrap();
+        assert_eq!(v.state, "up", "the unused bind stays up: {v:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(read_endpoint(&sock).await.unwrap(), data);
+    c.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiry_cuts_a_live_bind_on_both_sides_at_that_second() {
     let mut c = Cluster::start(2).await;

@@ -208,6 +208,8 @@ pub(super) struct Driver {
     deferred: Vec<(Instant, PeerId, KeyRange)>,
     /// Flooders, disconnected and refused until the time given.
     banned: HashMap<PeerId, Instant>,
+    /// Bumped whenever what a snapshot shows of other nodes changes (see [`Snapshot::version`]).
+    version: u64,
     /// When each connected peer's first connection came up: a peer not admitted within [`ADMIT_WITHIN`] of it is
     /// disconnected.
     connected_at: HashMap<PeerId, Instant>,
@@ -284,6 +286,7 @@ impl Driver {
             budgets: HashMap::new(),
             deferred: vec![],
             banned: HashMap::new(),
+            version: 1,
             connected_at: HashMap::new(),
             want_sync: HashSet::new(),
         }
@@ -378,6 +381,9 @@ impl Driver {
             }
             Command::Snapshot(tx) => {
                 let _ = tx.send(self.snapshot());
+            }
+            Command::SnapshotSince(v, tx) => {
+                let _ = tx.send((v != self.version).then(|| self.snapshot()));
             }
             Command::Connect(node, tx) => self.connect(node, tx),
             Command::Connected(peer, tx) => {
@@ -476,6 +482,7 @@ impl Driver {
             nodes,
             connected,
             connections: self.swarm.network_info().connection_counters().num_established() as usize,
+            version: self.version,
         }
     }
 
@@ -663,6 +670,7 @@ impl Driver {
                     self.sync_unsubscribed();
                 }
                 Action::Event(core::Event::Updated { node, addrs }) => {
+                    self.version += 1;
                     let Some(p) = peer_id(&node) else { continue };
                     // The budget counts the peers learned by gossip that are connected now: a count of every one
                     // ever dialed would stop all dialing after the first 64.
@@ -678,6 +686,7 @@ impl Driver {
                     }
                 }
                 Action::Event(core::Event::Expired { node }) => {
+                    self.version += 1;
                     tracing::info!(%node, "node expired after the grace period");
                     if let Some(p) = peer_id(&node) {
                         self.via.remove(&p);
@@ -744,6 +753,7 @@ impl Driver {
                     ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr.clone(),
                 };
                 self.conns.entry(peer).or_default().push((connection_id, endpoint.is_dialer(), remote));
+                self.version += 1;
                 self.connected_at.entry(peer).or_insert_with(Instant::now);
                 self.dedupe(peer);
                 let via =
@@ -756,6 +766,7 @@ impl Driver {
                 }
             }
             SwarmEvent::ConnectionClosed { peer_id: peer, connection_id, num_established, .. } => {
+                self.version += 1;
                 if let Some(list) = self.conns.get_mut(&peer) {
                     list.retain(|c| c.0 != connection_id);
                     if list.is_empty() {

@@ -127,6 +127,9 @@ pub struct Snapshot {
     pub connected: usize,
     /// Connections up (one per peer once duplicates are closed).
     pub connections: usize,
+    /// Changes whenever a node's advert or connection does: equal versions, equal `nodes`.
+    #[serde(default)]
+    pub version: u64,
 }
 
 /// Things the mesh tells the node.
@@ -140,6 +143,7 @@ pub enum Event {
 enum Command {
     SetLocal(Vec<ResourceInfo>, Vec<TokenId>),
     Snapshot(oneshot::Sender<Snapshot>),
+    SnapshotSince(u64, oneshot::Sender<Option<Snapshot>>),
     Connect(NodeKey, oneshot::Sender<Result<(), Error>>),
     Admitted(PeerId, oneshot::Sender<bool>),
     Connected(PeerId, oneshot::Sender<bool>),
@@ -175,6 +179,12 @@ impl Handle {
     /// The mesh as this node sees it.
     pub async fn snapshot(&self) -> Result<Snapshot, Error> {
         self.call(Command::Snapshot).await
+    }
+
+    /// The mesh as this node sees it, if it changed since the snapshot of `version` (cheap when it did not: the
+    /// table is not copied).
+    pub async fn snapshot_since(&self, version: u64) -> Result<Option<Snapshot>, Error> {
+        self.call(|tx| Command::SnapshotSince(version, tx)).await
     }
 
     /// Makes sure a connection to `node` is up, dialing its advertised addresses if needed.

@@ -22,7 +22,7 @@ use std::path::PathBuf;
 pub use client::cat;
 pub use export::{Export, FileId};
 pub use file::File;
-pub use server::{serve, Stats};
+pub use server::{serve, Stats, NEGOTIATION_TIMEOUT, STALL_TIMEOUT};
 
 /// What failed while exporting, serving or reading an export.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +65,9 @@ pub enum Error {
     /// The peer broke a rule of the protocol.
     #[error("NBD protocol violation: {0}")]
     Violation(String),
+    /// The peer stalled: it did not finish the handshake, a request, or take its replies in time.
+    #[error("NBD peer stalled: {0}")]
+    Stalled(String),
     /// The client kept negotiating without ever choosing the export.
     #[error("NBD client sent more than {0} options without starting transmission")]
     TooManyOptions(usize),

@@ -14,10 +14,17 @@
 //! bounded by count (the channel) and by bytes (a semaphore), so a client that pipelines many requests gets
 //! back-pressure instead of memory growth, and no deadlock: a queued reply never waits on more input from the
 //! client. Buffers go back from the writer to the reader over a small bounded channel and are reused.
+//!
+//! Time limits: the handshake must end within [`NEGOTIATION_TIMEOUT`]; once a request's first byte has come, the
+//! rest of it (header and WRITE payload) must come within [`STALL_TIMEOUT`], and every reply must be taken by the
+//! client within it too. A client may stay idle between requests for as long as it likes: an idle VM disk is
+//! normal, and what a connection holds is bounded by the per-peer bind limit, not by time.
 
 use std::fs::File;
+use std::future::Future;
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
@@ -32,6 +39,20 @@ use crate::nbd::proto::{
     OptionHeader, Request, SimpleReply, EXPORT_NAME_PADDING, MAX_OPTION_LEN, MAX_REQUEST_LEN,
 };
 use crate::Error;
+
+/// How long a client has to finish the handshake. A `file` bind's standby stream (which waits in the handshake for
+/// the next local client) is replaced before this runs out.
+pub const NEGOTIATION_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the rest of a started request, or the taking of a reply, may take.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs `io` within `limit`, or fails naming `what` stalled.
+async fn within<T>(limit: Duration, what: &str, io: impl Future<Output = io::Result<T>>) -> Result<T, Error> {
+    match tokio::time::timeout(limit, io).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(Error::Stalled(format!("{what} took more than {limit:?}"))),
+    }
+}
 
 /// Most options a client may send before choosing the export.
 const MAX_OPTIONS: usize = 64;
@@ -84,7 +105,11 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut stream = BufReader::with_capacity(STREAM_BUF, stream);
-    if !negotiate(&mut stream, export).await? {
+    let negotiated = tokio::time::timeout(NEGOTIATION_TIMEOUT, negotiate(&mut stream, export)).await;
+    let negotiated = negotiated.map_err(|_| {
+        Error::Stalled(format!("the client did not finish the handshake within {NEGOTIATION_TIMEOUT:?}"))
+    })?;
+    if !negotiated? {
         return Ok(Stats::default());
     }
     let stats = transmission(stream, export).await?;
@@ -328,9 +353,11 @@ where
     let mut requests = 0;
     loop {
         let mut header = [0u8; Request::LEN];
-        if !read_or_eof(&mut rd, &mut header).await? {
+        // Idle between requests for as long as the client likes; the rest of a started one must follow.
+        if rd.read(&mut header[..1]).await? == 0 {
             return Ok(requests);
         }
+        within(STALL_TIMEOUT, "the rest of a request header", rd.read_exact(&mut header[1..])).await?;
         let req = Request::decode(&header)?;
         requests += 1;
         if req.command == cmd::DISC {
@@ -341,7 +368,7 @@ where
         let work = match check(&req, export) {
             Err(e) => {
                 if req.command == cmd::WRITE {
-                    discard(&mut rd, req.len).await?;
+                    within(STALL_TIMEOUT, "a refused WRITE's payload", discard(&mut rd, req.len)).await?;
                 }
                 Work::Done(Done::error(e))
             }
@@ -353,7 +380,7 @@ where
                     start_read(export.file(), take_buf(&mut spare, SimpleReply::LEN + len), req.offset, len)
                 } else {
                     let mut buf = take_buf(&mut spare, len);
-                    rd.read_exact(&mut buf[..len]).await?;
+                    within(STALL_TIMEOUT, "a WRITE's payload", rd.read_exact(&mut buf[..len])).await?;
                     start_write(export.file(), buf, req.offset, len, req.flags & cflag::FUA != 0)
                 }
             }
@@ -426,7 +453,7 @@ where
             Ok(p) => p,
             Err(TryRecvError::Empty) => {
                 // Nothing more to send right now: push out what is buffered before waiting.
-                w.flush().await?;
+                within(STALL_TIMEOUT, "taking replies", w.flush()).await?;
                 match pending.recv().await {
                     Some(p) => p,
                     None => break,
@@ -439,9 +466,9 @@ where
         let mut buf = done.buf;
         if done.error == 0 && done.data > 0 {
             buf[..SimpleReply::LEN].copy_from_slice(&header);
-            w.write_all(&buf[..SimpleReply::LEN + done.data]).await?;
+            within(STALL_TIMEOUT, "taking a reply", w.write_all(&buf[..SimpleReply::LEN + done.data])).await?;
         } else {
-            w.write_all(&header).await?;
+            within(STALL_TIMEOUT, "taking a reply", w.write_all(&header)).await?;
         }
         if done.error != 0 {
             stats.errors += 1;
@@ -459,20 +486,20 @@ where
 }
 
 /// Waits for a request's IO; flushes `w` first if that means waiting, so earlier replies are not held back.
-async fn finish<W>(work: Work, w: &mut BufWriter<W>, export: &Export) -> io::Result<Done>
+async fn finish<W>(work: Work, w: &mut BufWriter<W>, export: &Export) -> Result<Done, Error>
 where
     W: AsyncWrite + Unpin,
 {
     let joined = match work {
         Work::Done(done) => return Ok(done),
         Work::Flush => {
-            w.flush().await?;
+            within(STALL_TIMEOUT, "taking replies", w.flush()).await?;
             return Ok(flush(export).await);
         }
         Work::Io(mut task) => match (&mut task).now_or_never() {
             Some(joined) => joined,
             None => {
-                w.flush().await?;
+                within(STALL_TIMEOUT, "taking replies", w.flush()).await?;
                 task.await
             }
         },

@@ -274,3 +274,65 @@ async fn garbage_request_ends_the_session_with_an_error() {
     c.s.write_all(&[0u8; Request::LEN]).await.unwrap();
     assert!(matches!(c.server.await.unwrap(), Err(Error::Proto(_))));
 }
+
+/// The server's outcome, if it ends within twice the handshake limit (on the paused clock), or a failure saying it
+/// held on.
+async fn outcome(server: JoinHandle<Result<Stats, Error>>) -> Result<Stats, Error> {
+    match tokio::time::timeout(2 * metac_block::NEGOTIATION_TIMEOUT, server).await {
+        Ok(r) => r.unwrap(),
+        Err(_) => panic!("the server still holds the connection"),
+    }
+}
+
+/// Attack (issue 10, finding 6): a client that connects and never finishes the handshake held its connection (and
+/// a bind slot) forever. It is cut after NEGOTIATION_TIMEOUT.
+#[tokio::test(start_paused = true)]
+async fn a_client_that_never_finishes_the_handshake_is_cut() {
+    let mut c = Raw::start(100, true);
+    c.greet(FLAGS).await;
+    let t = tokio::time::Instant::now();
+    let r = outcome(c.server).await;
+    assert!(matches!(&r, Err(Error::Stalled(why)) if why.contains("handshake")), "{r:?}");
+    assert!(t.elapsed() >= metac_block::NEGOTIATION_TIMEOUT);
+}
+
+/// Attack: half a request header, then silence, held the server's reader forever.
+#[tokio::test(start_paused = true)]
+async fn a_client_that_stops_mid_request_is_cut() {
+    let mut c = Raw::start(100, true);
+    c.greet(FLAGS).await;
+    c.go().await;
+    c.s.write_all(&Request { flags: 0, command: cmd::READ, handle: 1, offset: 0, len: 10 }.encode()[..7])
+        .await
+        .unwrap();
+    let r = outcome(c.server).await;
+    assert!(matches!(&r, Err(Error::Stalled(why)) if why.contains("request header")), "{r:?}");
+}
+
+/// Attack: a client pipelining reads and never reading a reply held the server's writer (and its buffers) forever.
+#[tokio::test(start_paused = true)]
+async fn a_client_that_takes_no_replies_is_cut() {
+    let mut c = Raw::start(4 << 20, true);
+    c.greet(FLAGS).await;
+    c.go().await;
+    for h in 0..16 {
+        c.request(cmd::READ, 0, h, 0, 1 << 20).await;
+    }
+    let r = outcome(c.server).await;
+    assert!(matches!(&r, Err(Error::Stalled(why)) if why.contains("repl")), "{r:?}");
+}
+
+/// An idle client is not an attack: an hour between requests is fine.
+#[tokio::test(start_paused = true)]
+async fn an_idle_client_keeps_its_connection() {
+    let mut c = Raw::start(100, true);
+    c.greet(FLAGS).await;
+    c.go().await;
+    tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+    c.request(cmd::READ, 0, 7, 0, 10).await;
+    c.expect_reply(7, 0).await;
+    let mut data = [0u8; 10];
+    c.s.read_exact(&mut data).await.unwrap();
+    assert_eq!(&data[..], &c.data[..10]);
+    c.disconnect().await;
+}

@@ -4,7 +4,8 @@
 //! `nbdcopy`, `qemu-img`, qemu) connects to it as to nbdkit, and each connection is spliced to a stream of its own
 //! to the exporter. One stream is kept open ahead of the next client, with the server's NBD greeting already read:
 //! it makes the next connection faster, and its end tells the session at once that the exporter went away (the
-//! node then retries with backoff, so the endpoint comes back by itself with the exporter).
+//! node then retries with backoff, so the endpoint comes back by itself with the exporter). The exporter gives a
+//! handshake [`NEGOTIATION_TIMEOUT`]; a standby stream unused for [`STANDBY_REFRESH`] is replaced by a fresh one.
 //!
 //! [`CatSession`] (`metac file cat`) reads the whole export once, in order, into a pipe the API streams out.
 
@@ -20,6 +21,12 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::nbd::proto::Greeting;
+use crate::NEGOTIATION_TIMEOUT;
+
+/// How long a standby stream waits for a client before it is replaced, well within the exporter's handshake limit.
+pub const STANDBY_REFRESH: std::time::Duration = std::time::Duration::from_secs(40);
+const _: () =
+    assert!(STANDBY_REFRESH.as_secs() * 4 <= NEGOTIATION_TIMEOUT.as_secs() * 3, "refresh the standby in time");
 
 /// A local NBD endpoint for a remote file.
 pub struct Endpoint {
@@ -107,6 +114,8 @@ impl Session for Endpoint {
                         return Err(Error::Unreachable(why));
                     }
                     c = listener.accept() => c.map_err(Error::Io)?.0,
+                    // Unused for a while: replace it before the exporter's handshake limit cuts it.
+                    () = tokio::time::sleep(STANDBY_REFRESH) => continue,
                 };
                 let cancel = cancel.child_token();
                 let status = Arc::clone(&status);
