@@ -117,10 +117,11 @@ fn a_user_outside_the_api_group_is_refused() {
     assert!(s.node.log().contains("refused an API connection"), "the node logs the refusal");
 }
 
-/// A member lists and exports a file it may read and write; the export is recorded as its own.
+/// A member lists and exports a file it may read and write; the export is recorded as its own, serves its bytes,
+/// and is opened again as the member after a restart: once the file is no longer the member's, it is refused.
 #[test]
 fn a_member_lists_and_exports_a_file_it_can_read() {
-    let s = Shared::start();
+    let mut s = Shared::start();
     assert_eq!(s.ok_as(MEMBER, &["exports"]), "(none)");
     s.ok_as(MEMBER, &["status"]);
     let r = s.ok_as(MEMBER, &["file", "export", &s.file("mine.img")]);
@@ -134,6 +135,26 @@ fn a_member_lists_and_exports_a_file_it_can_read() {
     let mine: Value = serde_json::from_str(&s.ok_as(MEMBER, &["--json", "ref", "ls"])).unwrap();
     let refs: Vec<&str> = mine.as_array().unwrap().iter().map(|t| t["ref"].as_str().unwrap()).collect();
     assert!(refs.contains(&r.as_str()) && refs.contains(&ro.as_str()), "its own refs are shown to it: {refs:?}");
+
+    // `file cat` into a directory of the member's (the harness reads stdout as text).
+    let data = std::fs::read(s.files.join("mine.img")).unwrap();
+    let out = s.node.host().dir().join("out");
+    std::fs::create_dir(&out).unwrap();
+    std::os::unix::fs::chown(&out, Some(USER), Some(USER)).unwrap();
+    let copy = out.join("copy.img");
+    let cat = |s: &Shared| s.run_as(MEMBER, &["file", "cat", &r, "-o", copy.to_str().unwrap()]);
+    let o = cat(&s);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(std::fs::read(&copy).unwrap() == data, "the export serves the file");
+    s.node.restart().unwrap();
+    std::fs::remove_file(&copy).unwrap();
+    assert!(cat(&s).status.success() && std::fs::read(&copy).unwrap() == data, "reopened as its owner");
+    // The file is taken from the member: after the next restart the node, opening it as the member, cannot.
+    std::os::unix::fs::chown(s.files.join("mine.img"), Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(s.files.join("mine.img"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    s.node.restart().unwrap();
+    let e = text(&cat(&s).stderr);
+    assert!(e.contains("uid 65534 may not write") && e.contains("the node opens a file as the user"), "{e}");
 }
 
 /// Exporting root's 0600 file as a member is refused, because the node opens it as the member; nothing is
