@@ -132,9 +132,7 @@ impl Client {
         body: Option<Vec<u8>>,
         upgrade: bool,
     ) -> Result<Response<Incoming>, Error> {
-        let stream = UnixStream::connect(&self.socket)
-            .await
-            .map_err(|error| Error::NotRunning { socket: self.socket.clone(), error })?;
+        let stream = UnixStream::connect(&self.socket).await.map_err(|error| self.not_connected(error))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| Error::Http { what: "handshake", source: e.into() })?;
@@ -153,6 +151,18 @@ impl Client {
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|source| Error::BadPath { path: path.to_string(), source })?;
         sender.send_request(req).await.map_err(|e| Error::Http { what: "request", source: e.into() })
+    }
+
+    /// Why connecting failed, in words: a node that is not running, or a socket this user may not use.
+    fn not_connected(&self, error: std::io::Error) -> Error {
+        use std::os::unix::fs::MetadataExt;
+        match (error.kind(), std::fs::metadata(&self.socket)) {
+            (std::io::ErrorKind::PermissionDenied, Ok(m)) => {
+                let group = (m.mode() & 0o060 == 0o060).then(|| crate::group::display(m.gid()));
+                Error::Denied { socket: self.socket.clone(), group }
+            }
+            _ => Error::NotRunning { socket: self.socket.clone(), error },
+        }
     }
 
     async fn bounded<T>(&self, path: &str, f: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {

@@ -2,10 +2,12 @@
 //! serves them and every client; [`Client`] calls them over the node's Unix socket (JSON calls, streamed bodies,
 //! upgraded connections); [`blocking::Client`] does the same for synchronous callers (the simulator, the
 //! benchmarks). With the `server` feature, [`server`] holds the pieces a kind needs to serve its own routes with
-//! the same error bodies and limits as the node's.
+//! the same error bodies and limits as the node's. [`group`] looks Unix groups up: the node's API group, and the
+//! group a client refused at the socket would need ([`Error::Denied`]).
 
 pub mod blocking;
 pub mod client;
+pub mod group;
 mod progress;
 #[cfg(feature = "server")]
 pub mod server;
@@ -40,6 +42,15 @@ pub enum Error {
         socket: PathBuf,
         /// Why connecting failed.
         error: std::io::Error,
+    },
+    /// The socket is there but the kernel did not let this user connect: only root and the members of its
+    /// group may use a shared node.
+    #[error("permission denied on {}: {}", socket.display(), who_may(group.as_deref()))]
+    Denied {
+        /// The socket tried.
+        socket: PathBuf,
+        /// The group whose members may use it (by name if it has one); `None` when only its owner may.
+        group: Option<String>,
     },
     /// The node answered with an error: its message, as is.
     #[error("{message}")]
@@ -117,6 +128,19 @@ pub enum Error {
     /// The blocking client could not start its runtime.
     #[error("cannot start the API client's runtime")]
     Runtime(#[source] std::io::Error),
+}
+
+/// Who may use a node whose socket refused this user, and what to do about it.
+fn who_may(group: Option<&str>) -> String {
+    match group {
+        Some(g) => format!(
+            "only root and members of group {g} may use this node (an administrator adds a user with \
+             `usermod -aG {g} USER`; the user then logs in again)"
+        ),
+        None => "only root may use this node; it has no API group (an administrator creates one with \
+                 `groupadd metac` and restarts the node, or starts it with --api-group GROUP)"
+            .into(),
+    }
 }
 
 impl Error {

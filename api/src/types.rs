@@ -106,6 +106,9 @@ pub struct ExportView {
     pub tokens: usize,
     /// Live binds right now.
     pub binds: usize,
+    /// The uid of the local user who exported it: only that user or root may unexport it or revoke its refs.
+    #[serde(default)]
+    pub owner: u32,
 }
 
 /// `POST /v1/exports`: export a resource.
@@ -167,9 +170,12 @@ pub struct TokenView {
     pub audience: Option<String>,
     /// Revoked (it or an ancestor).
     pub revoked: bool,
-    /// The ref.
+    /// The ref; empty when it is another local user's (a ref is a capability: shown to its owner and root only).
     #[serde(rename = "ref")]
     pub reference: String,
+    /// The uid of the local user it was issued or delegated for.
+    #[serde(default)]
+    pub owner: u32,
 }
 
 /// Body naming one ref: `POST /v1/refs/show`, `/v1/refs/revoke`, `/v1/file/cat`.
@@ -275,7 +281,7 @@ pub struct BindView {
     pub id: String,
     /// Kind name.
     pub kind: String,
-    /// The ref it binds with.
+    /// The ref it binds with; empty when the bind is another local user's (shown to its owner and root only).
     #[serde(rename = "ref")]
     pub reference: String,
     /// Exporting node's key.
@@ -292,6 +298,9 @@ pub struct BindView {
     pub created: u64,
     /// Bytes carried so far.
     pub bytes: u64,
+    /// The uid of the local user who made it: only that user or root may unbind it.
+    #[serde(default)]
+    pub owner: u32,
 }
 
 /// `POST /v1/overlay/allow` and `/v1/overlay/deny`: a rule of the overlay's inbound policy.

@@ -3,7 +3,8 @@
 //! listed (`GET /v1/binds`), cut by unbind, by revocation (the exporter refuses it from then on), by expiry (at that
 //! second) and by node stop, and re-established after a restart when it was made persistent. The runner here
 //! drives each session: it retries a session that reconnects with a bounded backoff while its exporter is away, and
-//! records why it stopped.
+//! records why it stopped. A bind belongs to the local user who made it: its kind makes what it needs (a socket)
+//! as that user, only that user or root may unbind it, and its ref is shown to them alone.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -16,9 +17,12 @@ use metac_api::server::Json;
 use metac_api::types::{BindReq, BindView, BindsQuery, Unbound};
 use metac_mesh::kind::Kind;
 use metac_mesh::token::Ref;
-use metac_resource::{BoxFuture, BoxStream, Error, Hello, Link, Opener, Session, Start, Started, State, Status};
+use metac_resource::{
+    BoxFuture, BoxStream, Caller, Error, Hello, Link, Opener, Session, Start, Started, State, Status,
+};
 use tokio_util::sync::CancellationToken;
 
+use crate::access::{may_see, owner_only};
 use crate::error::ApiError;
 use crate::node::{short, unix_now, Node};
 use crate::store::BindRecord;
@@ -39,6 +43,7 @@ struct Entry {
     target: String,
     persistent: bool,
     created: u64,
+    owner: Caller,
     status: Arc<Status>,
     cancel: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -86,12 +91,19 @@ impl metac_resource::Binder for NodeBinder {
         self.node()?.start_session(None, start)
     }
 
-    fn bind(&self, reference: Ref, options: serde_json::Value, persist: bool) -> BoxFuture<'_, Result<Started, Error>> {
-        Box::pin(async move { self.node()?.bind_ref(reference, options, persist).map_err(api_to_resource) })
+    fn bind(
+        &self,
+        reference: Ref,
+        options: serde_json::Value,
+        persist: bool,
+        owner: Caller,
+    ) -> BoxFuture<'_, Result<Started, Error>> {
+        Box::pin(async move { self.node()?.bind_ref(reference, options, persist, &owner).map_err(api_to_resource) })
     }
 
     fn unbind<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(async move { self.node()?.unbind(id).await.map(drop).map_err(api_to_resource) })
+        // A kind cutting a bind it made: the node's own doing.
+        Box::pin(async move { self.node()?.unbind(id, &Caller::root()).await.map(drop).map_err(api_to_resource) })
     }
 }
 
@@ -146,18 +158,25 @@ impl Node {
         }
     }
 
-    /// Binds `reference` with its kind's bind `options`; `persist` records it to come back after a restart.
-    pub fn bind_ref(&self, reference: Ref, options: serde_json::Value, persist: bool) -> Result<Started, ApiError> {
+    /// Binds `reference` for `owner` with its kind's bind `options`; `persist` records it to come back after a
+    /// restart.
+    pub fn bind_ref(
+        &self,
+        reference: Ref,
+        options: serde_json::Value,
+        persist: bool,
+        owner: &Caller,
+    ) -> Result<Started, ApiError> {
         let kind = reference.token.kind();
         let plugin = self.kind(kind)?;
-        let session = plugin.bind(&reference, options.clone(), &self.ctx(kind))?;
+        let session = plugin.bind(&reference, options.clone(), owner, &self.ctx(kind))?;
         let persist = persist.then_some(options);
-        Ok(self.start_session(None, Start { kind, reference, session, persist })?)
+        Ok(self.start_session(None, Start { kind, reference, session, persist, owner: owner.clone() })?)
     }
 
     /// Registers a session and runs it; `id` is given when a persistent bind comes back after a restart.
     pub(crate) fn start_session(&self, id: Option<String>, start: Start) -> Result<Started, Error> {
-        let Start { kind, reference, session, persist } = start;
+        let Start { kind, reference, session, persist, owner } = start;
         let id = match id {
             Some(id) => id,
             None => random_id()?,
@@ -169,6 +188,7 @@ impl Node {
                 reference: reference.to_string(),
                 options: options.to_string(),
                 created: unix_now(),
+                owner: owner.clone(),
             })?;
         }
         let status = Arc::new(Status::default());
@@ -182,6 +202,7 @@ impl Node {
             reference,
             persistent: persist.is_some(),
             created: unix_now(),
+            owner,
             status: Arc::clone(&status),
             cancel: cancel.clone(),
             task: None,
@@ -207,8 +228,8 @@ impl Node {
                 let options: serde_json::Value =
                     serde_json::from_str(&b.options).map_err(|e| ApiError::internal(e.to_string()))?;
                 let plugin = self.kind(b.kind)?;
-                let session = plugin.bind(&reference, options.clone(), &self.ctx(b.kind))?;
-                let start = Start { kind: b.kind, reference, session, persist: Some(options) };
+                let session = plugin.bind(&reference, options.clone(), &b.owner, &self.ctx(b.kind))?;
+                let start = Start { kind: b.kind, reference, session, persist: Some(options), owner: b.owner.clone() };
                 Ok(self.start_session(Some(b.id.clone()), start)?)
             })();
             if let Err(e) = restored {
@@ -217,8 +238,9 @@ impl Node {
         }
     }
 
-    /// This node's binds, of one kind or all.
-    pub fn binds(&self, kind: Option<Kind>) -> Vec<BindView> {
+    /// This node's binds, of one kind or all, as `viewer` may see them: every one listed, the ref only when the
+    /// bind is the viewer's (or the viewer is root).
+    pub fn binds(&self, kind: Option<Kind>, viewer: &Caller) -> Vec<BindView> {
         let map = self.binds.0.lock().expect("binds lock");
         let mut out: Vec<BindView> = map
             .iter()
@@ -228,7 +250,7 @@ impl Node {
                 BindView {
                     id: id.clone(),
                     kind: e.kind.to_string(),
-                    reference: e.reference.to_string(),
+                    reference: if may_see(viewer, e.owner.uid) { e.reference.to_string() } else { String::new() },
                     exporter: short(&e.reference.token.issuer()),
                     target: e.target.clone(),
                     state: state.name().into(),
@@ -236,6 +258,7 @@ impl Node {
                     persistent: e.persistent,
                     created: e.created,
                     bytes: e.status.bytes(),
+                    owner: e.owner.uid,
                 }
             })
             .collect();
@@ -243,9 +266,9 @@ impl Node {
         out
     }
 
-    /// Cuts a bind given by id, unique id prefix or target, waits for it to release what it holds, and forgets it
-    /// (also across restarts). Returns its id.
-    pub async fn unbind(&self, q: &str) -> Result<String, ApiError> {
+    /// Cuts a bind given by id, unique id prefix or target, if `caller` owns it or is root; waits for it to release
+    /// what it holds, and forgets it (also across restarts). Returns its id.
+    pub async fn unbind(&self, q: &str, caller: &Caller) -> Result<String, ApiError> {
         let (id, task) = {
             let mut map = self.binds.0.lock().expect("binds lock");
             let hits: Vec<&String> = map
@@ -258,6 +281,8 @@ impl Node {
                 [] => return Err(ApiError::not_found(format!("no bind matches {q:?} (see `metac binds`)"))),
                 _ => return Err(ApiError::bad(format!("{q:?} matches {} binds: give more of the id", hits.len()))),
             };
+            let owner = map[&id].owner.uid;
+            owner_only(caller, owner, &format!("bind {id}"))?;
             let mut e = map.remove(&id).expect("bind just found");
             e.cancel.cancel();
             (id, e.task.take())
@@ -279,29 +304,41 @@ impl Node {
     }
 }
 
-async fn list(AxState(node): AxState<Arc<Node>>, Query(q): Query<BindsQuery>) -> Result<Json<Vec<BindView>>, ApiError> {
+async fn list(
+    AxState(node): AxState<Arc<Node>>,
+    caller: Caller,
+    Query(q): Query<BindsQuery>,
+) -> Result<Json<Vec<BindView>>, ApiError> {
     let kind = match q.kind {
         Some(k) => Some(k.parse::<Kind>().map_err(|e| ApiError::bad(e.to_string()))?),
         None => None,
     };
-    Ok(Json(node.binds(kind)))
+    Ok(Json(node.binds(kind, &caller)))
 }
 
-async fn create(AxState(node): AxState<Arc<Node>>, Json(req): Json<BindReq>) -> Result<Json<BindView>, ApiError> {
+async fn create(
+    AxState(node): AxState<Arc<Node>>,
+    caller: Caller,
+    Json(req): Json<BindReq>,
+) -> Result<Json<BindView>, ApiError> {
     let reference = crate::node::parse_ref(&req.reference)?;
-    let started = node.bind_ref(reference, req.options, req.persistent)?;
+    let started = node.bind_ref(reference, req.options, req.persistent, &caller)?;
     // Answer once the bind is up or has a reason not to be, so the user sees a refusal at once.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while matches!(started.status.state(), State::Connecting) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let view = node.binds(None).into_iter().find(|b| b.id == started.id);
+    let view = node.binds(None, &caller).into_iter().find(|b| b.id == started.id);
     view.map(Json).ok_or_else(|| ApiError::internal("the bind ended at once"))
 }
 
-async fn remove(AxState(node): AxState<Arc<Node>>, Path(id): Path<String>) -> Result<Json<Unbound>, ApiError> {
+async fn remove(
+    AxState(node): AxState<Arc<Node>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Unbound>, ApiError> {
     // A target is a path, sent percent-encoded as one segment.
-    Ok(Json(Unbound { id: node.unbind(&id).await? }))
+    Ok(Json(Unbound { id: node.unbind(&id, &caller).await? }))
 }
 
 /// Resolves when the mesh connects to `exporter` after having no connection to it: a session waiting out its

@@ -26,6 +26,9 @@ pub struct Config {
     pub clock: Arc<dyn Clock>,
     /// The kinds to serve [default: every kind of this build, [`crate::kinds::builtin`]].
     pub kinds: Option<Vec<Arc<dyn Plugin>>>,
+    /// The group whose members may use the API, by name or gid (`--api-group`) [default: `metac`, if it exists];
+    /// see [`crate::access`].
+    pub api_group: Option<String>,
 }
 
 impl Config {
@@ -41,10 +44,12 @@ impl Config {
             overlay: Default::default(),
             clock: Arc::new(SystemClock),
             kinds: None,
+            api_group: None,
         }
     }
 
-    /// Where kinds put their local sockets (a `file bind`'s NBD endpoint): `metac-binds` beside the API socket.
+    /// Where kinds put their local sockets (a `file bind`'s NBD endpoint): `metac-binds` beside the API socket,
+    /// made by the node ([`run_dir`]); other local users' sockets go in directories of their own in it.
     pub fn run_dir(&self) -> PathBuf {
         self.socket.parent().unwrap_or(Path::new("/tmp")).join("metac-binds")
     }
@@ -60,6 +65,7 @@ impl std::fmt::Debug for Config {
             .field("mdns", &self.mdns)
             .field("mesh_key", &self.mesh_key)
             .field("overlay", &self.overlay)
+            .field("api_group", &self.api_group)
             .finish_non_exhaustive()
     }
 }
@@ -125,6 +131,45 @@ pub fn private_dir(dir: &Path) -> Result<(), crate::Error> {
     }
 }
 
+/// Makes the node's run directory (mode 0711: root's sockets in it are 0600, and the directories it makes for other
+/// users are 0700 and theirs, so others may pass through it to their own, not list it). It is the node's own, named
+/// by the node: one it finds owned by its user is given that mode too; one owned by anyone else is refused.
+pub fn run_dir(dir: &Path) -> Result<(), crate::Error> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let err = |source| crate::Error::StateDir { path: dir.display().to_string(), source };
+    passable_dirs(dir).map_err(err)?;
+    let m = std::fs::symlink_metadata(dir).map_err(err)?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if !m.is_dir() || m.uid() != me {
+        return Err(err(std::io::Error::other(format!(
+            "it is not a directory of the node's user (uid {me}); remove it, or give the node another --socket"
+        ))));
+    }
+    if m.mode() & 0o777 != 0o711 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Makes `dir` and the missing directories above it (`/run/metac` for a system node), each mode 0711 whatever the
+/// umask: other users may pass through them, to the API socket and to their own run directory, whose own modes
+/// guard them, but not list them. Directories that exist are left as they are.
+pub fn passable_dirs(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        passable_dirs(parent)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o711).create(dir) {
+        Ok(()) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,5 +191,24 @@ mod tests {
         let file = t.path().join("f");
         std::fs::write(&file, b"").unwrap();
         assert!(private_dir(&file).unwrap_err().to_string().contains("not a directory"));
+    }
+
+    #[test]
+    fn the_run_dir_lets_users_through_to_their_own_and_not_list_it() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let dir = t.path().join("run/metac/metac-binds");
+        run_dir(&dir).unwrap();
+        for d in [t.path().join("run"), t.path().join("run/metac"), dir.clone()] {
+            assert_eq!(std::fs::metadata(&d).unwrap().permissions().mode() & 0o777, 0o711, "{}", d.display());
+        }
+        assert_eq!(std::fs::metadata(t.path()).unwrap().permissions().mode() & 0o777, 0o700, "left as it was");
+        // One an earlier version made private is the node's own: it gets the mode too.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        run_dir(&dir).unwrap();
+        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o711);
+        let file = t.path().join("f");
+        std::fs::write(&file, b"").unwrap();
+        assert!(run_dir(&file).unwrap_err().to_string().contains("not a directory of the node's user"));
     }
 }

@@ -47,7 +47,12 @@ impl From<crate::store::Error> for ApiError {
 
 impl From<metac_resource::Error> for ApiError {
     fn from(e: metac_resource::Error) -> Self {
-        ApiError { status: e.status(), message: e.to_string() }
+        match e {
+            // This node is the one answering: its reason is the whole message (a peer would otherwise read
+            // "refused by node X: refused by this node: ...").
+            metac_resource::Error::Refused { by, reason } if by == "this node" => ApiError::refused(reason),
+            e => ApiError { status: e.status(), message: e.to_string() },
+        }
     }
 }
 

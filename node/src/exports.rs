@@ -1,6 +1,7 @@
 //! This node's exports: recorded in the store, opened through their kind (one [`Exporter`] per export, opened at
 //! export time and again at every start), adverted to the mesh, and closed on unexport, on revocation of their first
-//! token, and at stop.
+//! token, and at stop. An export belongs to the local user who made it: the kind opens it as that user, and only
+//! that user or root may unexport it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,7 +10,7 @@ use metac_api::types::ExportView;
 use metac_mesh::advert::ResourceInfo;
 use metac_mesh::kind::{Kind, Rights};
 use metac_mesh::token::{Ref, ResourceId, Token};
-use metac_resource::{ExportSpec, Exporter};
+use metac_resource::{Caller, ExportSpec, Exporter};
 
 use crate::error::ApiError;
 use crate::node::{unix_now, Node};
@@ -38,7 +39,7 @@ impl OpenExports {
 }
 
 fn spec(e: &Export, options: serde_json::Value) -> ExportSpec<serde_json::Value> {
-    ExportSpec { id: e.id, kind: e.kind, name: e.name.clone(), rights: e.rights, options }
+    ExportSpec { id: e.id, kind: e.kind, name: e.name.clone(), rights: e.rights, owner: e.owner.clone(), options }
 }
 
 impl Node {
@@ -48,7 +49,7 @@ impl Node {
         let options: serde_json::Value = serde_json::from_str(&e.options)
             .map_err(|err| ApiError::internal(format!("export {}: damaged options: {err}", e.name)))?;
         let options = match options {
-            serde_json::Value::Null => kind.prepare(&e.source, serde_json::Value::Null)?.options,
+            serde_json::Value::Null => kind.prepare(&e.source, serde_json::Value::Null, &e.owner)?.options,
             v => v,
         };
         let ctx = self.ctx(e.kind);
@@ -136,12 +137,14 @@ impl Node {
                 name: e.name,
                 source: e.source,
                 created: e.created,
+                owner: e.owner.uid,
             })
             .collect())
     }
 
-    /// Exports a resource of `kind` and issues its first token. `source` is what the user named (a path),
-    /// `options` the kind's own options (JSON, `null` for none). Returns the export and the ref.
+    /// Exports a resource of `kind` for `owner` and issues its first token. `source` is what the user named (a
+    /// path), `options` the kind's own options (JSON, `null` for none). The kind checks and opens it as `owner`.
+    /// Returns the export and the ref.
     pub async fn export(
         &self,
         kind: Kind,
@@ -149,9 +152,10 @@ impl Node {
         name: Option<String>,
         rights: Option<Rights>,
         options: serde_json::Value,
+        owner: &Caller,
     ) -> Result<(Export, Ref), ApiError> {
         let plugin = self.kind(kind)?;
-        let prepared = plugin.prepare(&source, options)?;
+        let prepared = plugin.prepare(&source, options, owner)?;
         let rights = rights.unwrap_or_else(|| kind.rights());
         if rights.is_empty() || !rights.is_subset_of(kind.rights()) {
             return Err(ApiError::bad(format!(
@@ -168,6 +172,7 @@ impl Node {
             created: unix_now(),
             rights,
             options: prepared.options.to_string(),
+            owner: owner.clone(),
         };
         // Open first: an export that cannot be opened is not recorded.
         self.open_export(&export).await?;
@@ -175,7 +180,7 @@ impl Node {
             Token::issue(&self.id, id, kind, rights, None, None).map_err(|e| ApiError::internal(e.to_string()))?;
         let r = Ref::new(token);
         let recorded =
-            self.store.put_export(&export).map_err(ApiError::from).and_then(|()| self.record_token(&r, None));
+            self.store.put_export(&export).map_err(ApiError::from).and_then(|()| self.record_token(&r, None, owner));
         if let Err(e) = recorded {
             self.close_export(&id).await;
             return Err(e);
@@ -184,9 +189,13 @@ impl Node {
         Ok((export, r))
     }
 
-    /// Removes an export: its tokens are revoked, its live binds cut and its exporter closed.
-    pub async fn unexport(&self, id: &str) -> Result<Export, ApiError> {
+    /// Removes an export, if `caller` owns it or is root: its tokens are revoked, its live binds cut and its
+    /// exporter closed.
+    pub async fn unexport(&self, id: &str, caller: &Caller) -> Result<Export, ApiError> {
         let rid: ResourceId = self.resolve_export(id)?;
+        if let Some(e) = self.find_export(&rid)? {
+            crate::access::owner_only(caller, e.owner.uid, &format!("export {} ({})", e.name, e.id))?;
+        }
         let export = self
             .store
             .remove_export(&rid, unix_now())?

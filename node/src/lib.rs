@@ -1,12 +1,14 @@
 //! metac-node: the daemon. It wires the identity, the store, the mesh driver, the resource registry and the local
 //! API together, and owns the lifecycle of exports, tokens and live binds.
 //!
-//! Module map: [`config`] (paths and flags), [`store`] (redb), [`kinds`] (the resource kinds of this build, one
+//! Module map: [`config`] (paths and flags), [`access`] (who may use the API, and what each caller may do),
+//! [`store`] (redb), [`kinds`] (the resource kinds of this build, one
 //! line each), [`node`] (the wiring), [`exports`] (exports and their open exporters), [`serve`] (inbound binds:
 //! token checks, cuts on revocation and expiry), [`binds`] (this node's binds as sessions), [`refs`] (tokens,
 //! delegation, revocation), [`transport`] (where resource streams travel), [`overlay`] (the fd6f network's
 //! wiring), [`api`] (HTTP + JSON on a Unix socket), [`rpc`] (node-to-node requests), [`error`].
 
+pub mod access;
 pub mod api;
 pub mod binds;
 pub mod config;
@@ -49,16 +51,19 @@ pub enum Error {
 /// Runs a node until `cancel` fires (SIGTERM or SIGINT in the binary). `ready` is called once the API answers.
 pub async fn run(config: Config, cancel: CancellationToken, ready: impl FnOnce(&Node)) -> Result<(), Error> {
     raise_fd_limit();
+    let group = access::resolve(config.api_group.as_deref())?;
     let node = Node::start(&config, cancel.clone()).await?;
-    let listener = api::bind(&config.socket)?;
+    let listener = api::bind(&config.socket, group.as_ref())?;
     tracing::info!(
         key = %node.me(),
         overlay = %node.me().overlay_addr(),
         socket = %config.socket.display(),
+        api_group = group.as_ref().map(|g| g.name.as_str()).unwrap_or("(none: root only)"),
         "metac node ready"
     );
     ready(&node);
-    let api = tokio::spawn(api::serve(listener, Arc::clone(&node), cancel.clone()));
+    let access = access::Access::new(group);
+    let api = tokio::spawn(api::serve(listener, Arc::clone(&node), access, cancel.clone()));
     cancel.cancelled().await;
     tracing::info!("shutting down");
     node.shutdown().await;

@@ -103,7 +103,7 @@ impl Node {
         let mut tasks = vec![mesh_task];
         tasks.extend(overlay.attach(mesh.clone(), Arc::clone(&store), cancel.clone())?);
         let run_dir = config.run_dir();
-        crate::config::private_dir(&run_dir)?;
+        crate::config::run_dir(&run_dir)?;
         let node = Arc::new_cyclic(|me_weak| Node {
             id,
             store,

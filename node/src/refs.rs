@@ -1,13 +1,19 @@
 //! Refs as this node handles them: the tokens it issued or delegated, narrowing, and revocation (here when this
 //! node issued the ref, otherwise by asking its exporter over the mesh RPC). Revoking cuts the live binds the
 //! token served at once, and revoking an export's first token closes the export.
+//!
+//! Refs are capabilities: each recorded token belongs to the local user it was issued or delegated for, and its
+//! ref is shown to that user and root only. A ref this node issued is revoked here only by the owner of its export
+//! or root.
 
 use metac_api::types::{RefView, TokenView};
 use metac_mesh::kind::Rights;
 use metac_mesh::net;
 use metac_mesh::token::{Caveat, Ref, Token, TokenId};
 use metac_mesh::NodeKey;
+use metac_resource::Caller;
 
+use crate::access::{may_see, owner_only};
 use crate::error::ApiError;
 use crate::node::{short, unix_now, Node};
 use crate::rpc;
@@ -99,7 +105,7 @@ pub fn parse_ref(s: &str) -> Result<Ref, ApiError> {
 }
 
 impl Node {
-    pub(crate) fn record_token(&self, r: &Ref, parent: Option<TokenId>) -> Result<(), ApiError> {
+    pub(crate) fn record_token(&self, r: &Ref, parent: Option<TokenId>, owner: &Caller) -> Result<(), ApiError> {
         let t = &r.token;
         self.store.put_token(&TokenRecord {
             id: t.id(),
@@ -107,12 +113,14 @@ impl Node {
             reference: r.to_string(),
             created: unix_now(),
             parent,
+            owner: owner.uid,
         })?;
         Ok(())
     }
 
-    /// Tokens recorded here.
-    pub fn refs(&self) -> Result<Vec<TokenView>, ApiError> {
+    /// Tokens recorded here, as `viewer` may see them: every one listed, the ref itself only when it is the
+    /// viewer's (or the viewer is root).
+    pub fn refs(&self, viewer: &Caller) -> Result<Vec<TokenView>, ApiError> {
         let revoked = self.revoked.lock().expect("revoked lock").clone();
         let mut out = vec![];
         for t in self.store.tokens()? {
@@ -127,7 +135,8 @@ impl Node {
                 expires: g.expires,
                 audience: g.audience.map(|a| a.to_hex()),
                 revoked: r.token.ids().iter().any(|i| revoked.contains(i)),
-                reference: t.reference,
+                reference: if may_see(viewer, t.owner) { t.reference } else { String::new() },
+                owner: t.owner,
             });
         }
         out.sort_by_key(|t| t.id.clone());
@@ -155,19 +164,24 @@ impl Node {
         Err(ApiError::bad(format!("{q:?} is not a node key (64 hex digits), a peer id or an overlay address")))
     }
 
-    /// Narrows a ref offline-style (any node can, with the secret the token carries) and records the result.
-    pub fn delegate(&self, r: &Ref, caveat: &Caveat, seal: bool) -> Result<Ref, ApiError> {
+    /// Narrows a ref offline-style (any node can, with the secret the token carries) and records the result as
+    /// `owner`'s.
+    pub fn delegate(&self, r: &Ref, caveat: &Caveat, seal: bool, owner: &Caller) -> Result<Ref, ApiError> {
         let t = r.token.attenuate(caveat).map_err(|e| ApiError::bad(format!("cannot delegate: {e}")))?;
         let t = if seal { t.seal() } else { t };
         let child = Ref::new(t);
-        self.record_token(&child, Some(r.token.id()))?;
+        self.record_token(&child, Some(r.token.id()), owner)?;
         Ok(child)
     }
 
-    /// Revokes a ref: here when this node issued it, otherwise by asking its exporter.
-    pub async fn revoke(&self, r: &Ref) -> Result<String, ApiError> {
+    /// Revokes a ref for `caller`: here when this node issued it (if `caller` owns its export, or is root),
+    /// otherwise by asking its exporter (which decides by the ref itself).
+    pub async fn revoke(&self, r: &Ref, caller: &Caller) -> Result<String, ApiError> {
         let issuer = r.token.issuer();
         if issuer == self.me() {
+            let resource = r.token.resource();
+            let owner = self.find_export(&resource)?.map_or(0, |e| e.owner.uid);
+            owner_only(caller, owner, &format!("export {resource}"))?;
             return self.revoke_local(&r.token, None).await.map_err(ApiError::refused);
         }
         let body = rpc::encode(&rpc::Request::Revoke { token: r.token.encode() });

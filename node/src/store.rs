@@ -1,6 +1,10 @@
 //! The node's store: one redb file at `$STATE/metac.redb` holding exports, issued and delegated tokens,
-//! revocations, remembered peers, persistent binds, and each kind's own keys (see [`KindTable`]). Every write is one durable transaction, so a node killed with SIGKILL
-//! comes back with everything it had acknowledged.
+//! revocations, remembered peers, persistent binds, and each kind's own keys (see [`KindTable`]). Every write is
+//! one durable transaction, so a node killed with SIGKILL comes back with everything it had acknowledged.
+//!
+//! Records are postcard, which is not self-describing: a field is added at the end of a record, and the record as
+//! the earlier version wrote it is kept as a type of its own that is read and upgraded (`ExportV2`, `TokenV1`,
+//! `BindV1`). Records from before the node knew its local users belong to root.
 
 use std::path::Path;
 
@@ -10,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use metac_mesh::kind::{Kind, Rights};
 use metac_mesh::token::{ResourceId, TokenId};
+use metac_resource::Caller;
 
 const EXPORTS: TableDefinition<&str, &[u8]> = TableDefinition::new("exports");
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
@@ -56,6 +61,8 @@ pub struct Export {
     /// The kind's typed options, as JSON text (`null` for a record from before kinds had options: the kind derives
     /// them from `source`).
     pub options: String,
+    /// The local user who exported it: the kind opens it as this user; only this uid or root may unexport it.
+    pub owner: Caller,
 }
 
 /// An export as the first versions recorded it, before rights and options; read and upgraded on open.
@@ -68,19 +75,50 @@ struct ExportV1 {
     created: u64,
 }
 
-fn dec_export(b: &[u8]) -> Result<Export, Error> {
-    dec("exports", b).or_else(|e| match postcard::from_bytes::<ExportV1>(b) {
-        Ok(v) => Ok(Export {
+/// An export as recorded before owners.
+#[derive(Deserialize)]
+struct ExportV2 {
+    id: ResourceId,
+    kind: Kind,
+    name: String,
+    source: String,
+    created: u64,
+    rights: Rights,
+    options: String,
+}
+
+impl From<ExportV1> for ExportV2 {
+    fn from(v: ExportV1) -> ExportV2 {
+        let rights = v.kind.rights();
+        ExportV2 {
             id: v.id,
             kind: v.kind,
             name: v.name,
             source: v.source,
             created: v.created,
-            rights: v.kind.rights(),
+            rights,
             options: "null".into(),
-        }),
-        Err(_) => Err(e),
-    })
+        }
+    }
+}
+
+impl From<ExportV2> for Export {
+    fn from(v: ExportV2) -> Export {
+        let ExportV2 { id, kind, name, source, created, rights, options } = v;
+        Export { id, kind, name, source, created, rights, options, owner: Caller::root() }
+    }
+}
+
+fn dec_export(b: &[u8]) -> Result<Export, Error> {
+    upgraded::<Export, ExportV2>("exports", b)
+        .or_else(|e| postcard::from_bytes::<ExportV1>(b).map(|v| ExportV2::from(v).into()).map_err(|_| e))
+}
+
+/// Decodes a record of `table`, or one as the version before wrote it (`Old`), upgraded. A record of the current
+/// version never decodes as the old one by mistake: the current one is tried first, and an old record lacks the
+/// fields at the end that the current one reads.
+fn upgraded<T: DeserializeOwned, Old: DeserializeOwned + Into<T>>(table: &'static str, b: &[u8]) -> Result<T, Error> {
+    dec(table, b).or_else(|e| postcard::from_bytes::<Old>(b).map(Into::into).map_err(|_| e))
 }
 
 /// A bind to re-establish when the node starts.
@@ -96,6 +134,25 @@ pub struct BindRecord {
     pub options: String,
     /// Unix seconds when made.
     pub created: u64,
+    /// The local user it was made for: it comes back as theirs; only this uid or root may unbind it.
+    pub owner: Caller,
+}
+
+/// A persistent bind as recorded before owners.
+#[derive(Deserialize)]
+struct BindV1 {
+    id: String,
+    kind: Kind,
+    reference: String,
+    options: String,
+    created: u64,
+}
+
+impl From<BindV1> for BindRecord {
+    fn from(v: BindV1) -> BindRecord {
+        let BindV1 { id, kind, reference, options, created } = v;
+        BindRecord { id, kind, reference, options, created, owner: Caller::root() }
+    }
 }
 
 /// A token this node issued or delegated.
@@ -111,6 +168,33 @@ pub struct TokenRecord {
     pub created: u64,
     /// The parent token's id when this one was delegated from another.
     pub parent: Option<TokenId>,
+    /// The uid of the local user it was issued or delegated for: its ref is shown to that user and root only.
+    pub owner: u32,
+}
+
+/// A token as recorded before owners.
+#[derive(Deserialize)]
+struct TokenV1 {
+    id: TokenId,
+    resource: ResourceId,
+    reference: String,
+    created: u64,
+    parent: Option<TokenId>,
+}
+
+impl From<TokenV1> for TokenRecord {
+    fn from(v: TokenV1) -> TokenRecord {
+        let TokenV1 { id, resource, reference, created, parent } = v;
+        TokenRecord { id, resource, reference, created, parent, owner: 0 }
+    }
+}
+
+fn dec_token(b: &[u8]) -> Result<TokenRecord, Error> {
+    upgraded::<TokenRecord, TokenV1>("tokens", b)
+}
+
+fn dec_bind(b: &[u8]) -> Result<BindRecord, Error> {
+    upgraded::<BindRecord, BindV1>("binds", b)
 }
 
 /// A stock WireGuard peer allowed into the overlay by `metac overlay wg-config`.
@@ -170,12 +254,20 @@ impl Store {
     }
 
     fn all<T: DeserializeOwned>(&self, t: TableDefinition<&str, &[u8]>, name: &'static str) -> Result<Vec<T>, Error> {
+        self.all_with(t, |b| dec(name, b))
+    }
+
+    fn all_with<T>(
+        &self,
+        t: TableDefinition<&str, &[u8]>,
+        decode: impl Fn(&[u8]) -> Result<T, Error>,
+    ) -> Result<Vec<T>, Error> {
         let r = self.db.begin_read()?;
         let table = r.open_table(t)?;
         let mut out = vec![];
         for row in table.iter()? {
             let (_, v) = row?;
-            out.push(dec(name, v.value())?);
+            out.push(decode(v.value())?);
         }
         Ok(out)
     }
@@ -187,13 +279,7 @@ impl Store {
 
     /// Every export.
     pub fn exports(&self) -> Result<Vec<Export>, Error> {
-        let r = self.db.begin_read()?;
-        let table = r.open_table(EXPORTS)?;
-        let mut out = vec![];
-        for row in table.iter()? {
-            out.push(dec_export(row?.1.value())?);
-        }
-        Ok(out)
+        self.all_with(EXPORTS, dec_export)
     }
 
     /// Removes an export and revokes every token issued for it, in one transaction. Returns the export.
@@ -209,7 +295,7 @@ impl Store {
             let mut ids = vec![];
             for row in tokens.iter()? {
                 let (_, v) = row?;
-                let t: TokenRecord = dec("tokens", v.value())?;
+                let t = dec_token(v.value())?;
                 if t.resource == *id {
                     ids.push(t.id);
                 }
@@ -231,7 +317,7 @@ impl Store {
 
     /// Every token recorded.
     pub fn tokens(&self) -> Result<Vec<TokenRecord>, Error> {
-        self.all(TOKENS, "tokens")
+        self.all_with(TOKENS, dec_token)
     }
 
     /// Revokes a token id (and so every token descended from it).
@@ -295,7 +381,7 @@ impl Store {
 
     /// Every persistent bind.
     pub fn binds(&self) -> Result<Vec<BindRecord>, Error> {
-        self.all(BINDS, "binds")
+        self.all_with(BINDS, dec_bind)
     }
 
     /// Forgets a persistent bind. Returns whether there was one.
@@ -403,9 +489,16 @@ mod tests {
             created: 1,
             rights: Rights::READ,
             options: r#"{"path":"/tmp/f"}"#.into(),
+            owner: Caller { uid: 1000, gid: 1000, groups: vec![27, 4242] },
         };
-        let t =
-            TokenRecord { id: TokenId([2; 16]), resource: id, reference: "ref://x".into(), created: 1, parent: None };
+        let t = TokenRecord {
+            id: TokenId([2; 16]),
+            resource: id,
+            reference: "ref://x".into(),
+            created: 1,
+            parent: None,
+            owner: 1000,
+        };
         {
             let s = Store::open(&path).unwrap();
             s.put_export(&e).unwrap();
@@ -435,6 +528,7 @@ mod tests {
             reference: "ref://x".into(),
             options: "{}".into(),
             created: 2,
+            owner: Caller { uid: 1000, gid: 100, groups: vec![] },
         };
         s.put_bind(&b).unwrap();
         assert_eq!(s.binds().unwrap(), vec![b]);
@@ -460,6 +554,60 @@ mod tests {
         let e = &s.exports().unwrap()[0];
         assert_eq!((e.id, e.kind, e.name.as_str(), e.source.as_str()), (id, Kind::File, "disk", "/srv/disk.img"));
         assert_eq!((e.rights, e.options.as_str()), (Kind::File.rights(), "null"));
+        assert_eq!(e.owner, Caller::root());
+    }
+
+    /// Exports, tokens and binds recorded before the node knew its local users are read, and are root's.
+    #[test]
+    fn records_from_before_owners_are_read_as_roots() {
+        #[derive(Serialize)]
+        struct ExportV2 {
+            id: ResourceId,
+            kind: Kind,
+            name: String,
+            source: String,
+            created: u64,
+            rights: Rights,
+            options: String,
+        }
+        #[derive(Serialize)]
+        struct TokenV1 {
+            id: TokenId,
+            resource: ResourceId,
+            reference: String,
+            created: u64,
+            parent: Option<TokenId>,
+        }
+        #[derive(Serialize)]
+        struct BindV1 {
+            id: String,
+            kind: Kind,
+            reference: String,
+            options: String,
+            created: u64,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("metac.redb")).unwrap();
+        let id = ResourceId([8; 16]);
+        let (name, source, options) = ("disk".to_string(), "/srv/disk.img".to_string(), "{}".to_string());
+        let old = ExportV2 { id, kind: Kind::File, name, source, created: 3, rights: Rights::READ, options };
+        s.put(EXPORTS, &id.to_string(), &enc(&old)).unwrap();
+        let tid = TokenId([9; 16]);
+        let old = TokenV1 { id: tid, resource: id, reference: "ref://x".into(), created: 4, parent: None };
+        s.put(TOKENS, &tid.to_string(), &enc(&old)).unwrap();
+        let old =
+            BindV1 { id: "b".into(), kind: Kind::File, reference: "ref://y".into(), options: "{}".into(), created: 5 };
+        s.put(BINDS, "b", &enc(&old)).unwrap();
+
+        let e = &s.exports().unwrap()[0];
+        assert_eq!((e.id, e.rights, e.options.as_str(), &e.owner), (id, Rights::READ, "{}", &Caller::root()));
+        let t = &s.tokens().unwrap()[0];
+        assert_eq!((t.id, t.created, t.owner), (tid, 4, 0));
+        let b = &s.binds().unwrap()[0];
+        assert_eq!((b.id.as_str(), b.created, &b.owner), ("b", 5, &Caller::root()));
+        // Unexport still finds the old token to revoke.
+        s.remove_export(&id, 6).unwrap();
+        assert_eq!(s.revoked().unwrap(), vec![tid.to_string()]);
     }
 
     #[test]

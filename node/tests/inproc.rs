@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{wait, Cluster};
+use common::{wait, Cluster, ROOT};
 use metac_api::types::BindView;
 use metac_mesh::kind::{Kind, Rights};
 use metac_mesh::token::{Caveat, Ref};
@@ -25,7 +25,7 @@ async fn read_endpoint(socket: &Path) -> Result<Vec<u8>, String> {
 }
 
 fn bind_view(node: &Node, id: &str) -> Option<BindView> {
-    node.binds(None).into_iter().find(|b| b.id == id)
+    node.binds(None, &ROOT).into_iter().find(|b| b.id == id)
 }
 
 async fn wait_state(node: &Node, id: &str, state: &str) -> BindView {
@@ -46,7 +46,7 @@ fn live_binds(node: &Node) -> u64 {
 
 async fn export(node: &Node, path: &Path) -> Ref {
     let (_, r) =
-        node.export(Kind::File, path.display().to_string(), None, None, serde_json::Value::Null).await.unwrap();
+        node.export(Kind::File, path.display().to_string(), None, None, serde_json::Value::Null, &ROOT).await.unwrap();
     r
 }
 
@@ -61,7 +61,7 @@ async fn a_file_bind_is_an_nbd_endpoint_listed_with_its_state_and_cut_by_unbind(
     let (a, b) = (c.nodes[0].n().clone(), c.nodes[1].n().clone());
     let r = export(&a, &path).await;
     let sock = socket(&c, "disk.sock");
-    let started = b.bind_ref(r.clone(), json!({ "socket": sock }), false).unwrap();
+    let started = b.bind_ref(r.clone(), json!({ "socket": sock }), false, &ROOT).unwrap();
     let v = wait_state(&b, &started.id, "up").await;
     assert_eq!((v.kind.as_str(), v.target.as_str(), v.exporter.len()), ("file", sock.to_str().unwrap(), 16));
     assert_eq!(read_endpoint(&sock).await.unwrap(), data);
@@ -69,17 +69,17 @@ async fn a_file_bind_is_an_nbd_endpoint_listed_with_its_state_and_cut_by_unbind(
     let (x, y) = tokio::join!(read_endpoint(&sock), read_endpoint(&sock));
     assert_eq!((x.unwrap().len(), y.unwrap().len()), (data.len(), data.len()));
     assert!(bind_view(&b, &started.id).unwrap().bytes >= 3 * data.len() as u64);
-    assert_eq!(b.binds(Some(Kind::Fs)).len(), 0);
-    assert_eq!(b.binds(Some(Kind::File)).len(), 1);
+    assert_eq!(b.binds(Some(Kind::Fs), &ROOT).len(), 0);
+    assert_eq!(b.binds(Some(Kind::File), &ROOT).len(), 1);
     // The exporter serves the endpoint's standby stream.
     wait(LONG, "the exporter to count the standby bind", || async { live_binds(&a) == 1 }).await;
 
     // Unbind by target: the socket goes, the exporter's bind is cut.
-    b.unbind(sock.to_str().unwrap()).await.unwrap();
+    b.unbind(sock.to_str().unwrap(), &ROOT).await.unwrap();
     assert!(!sock.exists(), "the endpoint's socket is removed");
-    assert!(b.binds(None).is_empty());
+    assert!(b.binds(None, &ROOT).is_empty());
     wait(LONG, "the exporter to see the bind cut", || async { live_binds(&a) == 0 }).await;
-    assert!(b.unbind(&started.id).await.is_err(), "unbinding twice says there is no such bind");
+    assert!(b.unbind(&started.id, &ROOT).await.is_err(), "unbinding twice says there is no such bind");
     c.stop().await;
 }
 
@@ -93,7 +93,7 @@ async fn an_unused_file_bind_outlives_the_handshake_limit() {
     let (a, b) = (c.nodes[0].n().clone(), c.nodes[1].n().clone());
     let r = export(&a, &path).await;
     let sock = socket(&c, "idle.sock");
-    let started = b.bind_ref(r, json!({ "socket": sock }), false).unwrap();
+    let started = b.bind_ref(r, json!({ "socket": sock }), false, &ROOT).unwrap();
     wait_state(&b, &started.id, "up").await;
     let until = std::time::Instant::now() + metac_block::NEGOTIATION_TIMEOUT + Duration::from_secs(10);
     while std::time::Instant::now() < until {
@@ -112,9 +112,9 @@ async fn expiry_cuts_a_live_bind_on_both_sides_at_that_second() {
     let (a, b) = (c.nodes[0].n().clone(), c.nodes[1].n().clone());
     let r = export(&a, &path).await;
     let now = c.clock.now();
-    let short = a.delegate(&r, &Caveat { expires: Some(now + 100), ..Caveat::default() }, false).unwrap();
+    let short = a.delegate(&r, &Caveat { expires: Some(now + 100), ..Caveat::default() }, false, &ROOT).unwrap();
     let sock = socket(&c, "exp.sock");
-    let started = b.bind_ref(short, json!({ "socket": sock }), false).unwrap();
+    let started = b.bind_ref(short, json!({ "socket": sock }), false, &ROOT).unwrap();
     wait_state(&b, &started.id, "up").await;
     wait(LONG, "the exporter to serve the bind", || async { live_binds(&a) == 1 }).await;
     // A second before expiry nothing happens.
@@ -137,12 +137,12 @@ async fn revocation_cuts_a_bind_and_the_session_says_it_was_refused() {
     let (path, _) = c.file("f.img", 1 << 20);
     let (a, b) = (c.nodes[0].n().clone(), c.nodes[1].n().clone());
     let r = export(&a, &path).await;
-    let child = b.delegate(&r, &Caveat { rights: Some(Rights::READ), ..Caveat::default() }, false).unwrap();
+    let child = b.delegate(&r, &Caveat { rights: Some(Rights::READ), ..Caveat::default() }, false, &ROOT).unwrap();
     let sock = socket(&c, "rev.sock");
-    let started = b.bind_ref(child.clone(), json!({ "socket": sock }), true).unwrap();
+    let started = b.bind_ref(child.clone(), json!({ "socket": sock }), true, &ROOT).unwrap();
     wait_state(&b, &started.id, "up").await;
     // Revoked from the binding node: the exporter cuts the live bind, and refuses the session's next attempt.
-    b.revoke(&child).await.unwrap();
+    b.revoke(&child, &ROOT).await.unwrap();
     let v = wait_state(&b, &started.id, "refused").await;
     assert!(v.reason.as_deref().unwrap().contains("revoked"), "{v:?}");
     assert_eq!(live_binds(&a), 0);
@@ -150,7 +150,7 @@ async fn revocation_cuts_a_bind_and_the_session_says_it_was_refused() {
     drop(b);
     c.nodes[1].restart().await;
     let b = c.nodes[1].n().clone();
-    assert!(b.binds(None).is_empty(), "a refused persistent bind is forgotten");
+    assert!(b.binds(None, &ROOT).is_empty(), "a refused persistent bind is forgotten");
     c.stop().await;
 }
 
@@ -161,7 +161,7 @@ async fn a_bind_reconnects_when_its_exporter_comes_back() {
     let r = export(c.nodes[0].n(), &path).await;
     let b = c.nodes[1].n().clone();
     let sock = socket(&c, "re.sock");
-    let started = b.bind_ref(r, json!({ "socket": sock }), false).unwrap();
+    let started = b.bind_ref(r, json!({ "socket": sock }), false, &ROOT).unwrap();
     wait_state(&b, &started.id, "up").await;
 
     c.nodes[0].stop().await;
@@ -185,8 +185,8 @@ async fn a_persistent_bind_comes_back_after_a_restart_and_a_plain_one_does_not()
     let b = c.nodes[1].n().clone();
     let kept = socket(&c, "kept.sock");
     let gone = socket(&c, "gone.sock");
-    let p = b.bind_ref(r.clone(), json!({ "socket": kept }), true).unwrap();
-    let q = b.bind_ref(r, json!({ "socket": gone }), false).unwrap();
+    let p = b.bind_ref(r.clone(), json!({ "socket": kept }), true, &ROOT).unwrap();
+    let q = b.bind_ref(r, json!({ "socket": gone }), false, &ROOT).unwrap();
     wait_state(&b, &p.id, "up").await;
     wait_state(&b, &q.id, "up").await;
     drop(b);
@@ -200,10 +200,10 @@ async fn a_persistent_bind_comes_back_after_a_restart_and_a_plain_one_does_not()
     assert!(bind_view(&b, &q.id).is_none(), "a bind not asked to persist ends with the node");
     assert_eq!(read_endpoint(&kept).await.unwrap(), data);
     // Unbound, it stays unbound after the next restart.
-    b.unbind(&p.id[..6]).await.unwrap();
+    b.unbind(&p.id[..6], &ROOT).await.unwrap();
     drop(b);
     c.nodes[1].restart().await;
-    assert!(c.nodes[1].n().binds(None).is_empty());
+    assert!(c.nodes[1].n().binds(None, &ROOT).is_empty());
     c.stop().await;
 }
 
@@ -214,18 +214,18 @@ async fn bad_binds_are_refused_with_reasons() {
     let (a, b) = (c.nodes[0].n().clone(), c.nodes[1].n().clone());
     let r = export(&a, &path).await;
     // Options of the wrong shape, and a relative socket path.
-    let e = b.bind_ref(r.clone(), json!({ "socket": 5 }), false).unwrap_err();
+    let e = b.bind_ref(r.clone(), json!({ "socket": 5 }), false, &ROOT).unwrap_err();
     assert!(e.message.contains("bad file bind options"), "{}", e.message);
-    let e = b.bind_ref(r.clone(), json!({ "socket": "x.sock" }), false).unwrap_err();
+    let e = b.bind_ref(r.clone(), json!({ "socket": "x.sock" }), false, &ROOT).unwrap_err();
     assert!(e.message.contains("must be absolute"), "{}", e.message);
     // A ref made out to another node: the session is refused, with the exporter's reason.
-    let for_a = a.delegate(&r, &Caveat { audience: Some(a.me()), ..Caveat::default() }, false).unwrap();
-    let s = b.bind_ref(for_a, json!({ "socket": socket(&c, "aud.sock") }), false).unwrap();
+    let for_a = a.delegate(&r, &Caveat { audience: Some(a.me()), ..Caveat::default() }, false, &ROOT).unwrap();
+    let s = b.bind_ref(for_a, json!({ "socket": socket(&c, "aud.sock") }), false, &ROOT).unwrap();
     let v = wait_state(&b, &s.id, "refused").await;
     assert!(v.reason.unwrap().contains("wrong audience"));
     // Unexported: refused too.
-    a.unexport(&r.token.resource().to_string()).await.unwrap();
-    let s = b.bind_ref(r, json!({ "socket": socket(&c, "un.sock") }), false).unwrap();
+    a.unexport(&r.token.resource().to_string(), &ROOT).await.unwrap();
+    let s = b.bind_ref(r, json!({ "socket": socket(&c, "un.sock") }), false, &ROOT).unwrap();
     let v = wait_state(&b, &s.id, "refused").await;
     assert!(v.reason.unwrap().contains("revoked"), "unexport revokes the export's refs");
     c.stop().await;
@@ -243,14 +243,14 @@ async fn a_swapped_export_is_served_as_exported_and_refused_after_a_restart() {
     std::os::unix::fs::symlink(&secret, &path).unwrap();
     let b = c.nodes[1].n().clone();
     let sock = socket(&c, "swap.sock");
-    let s = b.bind_ref(r.clone(), json!({ "socket": sock }), false).unwrap();
+    let s = b.bind_ref(r.clone(), json!({ "socket": sock }), false, &ROOT).unwrap();
     wait_state(&b, &s.id, "up").await;
     assert_eq!(read_endpoint(&sock).await.unwrap(), data, "the file opened at export, not the symlink's target");
-    b.unbind(&s.id).await.unwrap();
+    b.unbind(&s.id, &ROOT).await.unwrap();
 
     c.nodes[0].restart().await;
     c.wait_mesh().await;
-    let s = b.bind_ref(r, json!({ "socket": socket(&c, "swap2.sock") }), false).unwrap();
+    let s = b.bind_ref(r, json!({ "socket": socket(&c, "swap2.sock") }), false, &ROOT).unwrap();
     let v = wait_state(&b, &s.id, "refused").await;
     let reason = v.reason.unwrap();
     assert!(reason.contains("is now a symbolic link, not the file that was exported"), "{reason}");
@@ -266,16 +266,16 @@ async fn a_ref_made_out_to_a_node_is_revoked_only_by_it_and_repeats_cost_nothing
     let (path, _) = c.file("f.img", 4096);
     let (a, b, stranger) = (c.nodes[0].n().clone(), c.nodes[1].n().clone(), c.nodes[2].n().clone());
     let r = export(&a, &path).await;
-    let for_b = a.delegate(&r, &Caveat { audience: Some(b.me()), ..Caveat::default() }, false).unwrap();
-    let e = stranger.revoke(&for_b).await.unwrap_err();
+    let for_b = a.delegate(&r, &Caveat { audience: Some(b.me()), ..Caveat::default() }, false, &ROOT).unwrap();
+    let e = stranger.revoke(&for_b, &ROOT).await.unwrap_err();
     assert!(e.message.contains("only that node or the exporter may revoke it"), "{}", e.message);
-    assert!(b.revoke(&for_b).await.unwrap().starts_with("revoked token"));
-    assert!(b.revoke(&for_b).await.unwrap().contains("was already revoked"), "a repeat writes nothing");
+    assert!(b.revoke(&for_b, &ROOT).await.unwrap().starts_with("revoked token"));
+    assert!(b.revoke(&for_b, &ROOT).await.unwrap().contains("was already revoked"), "a repeat writes nothing");
     // A bearer ref may be revoked by its holder, within the limit per peer.
     let mut refused = 0;
     for _ in 0..metac_node::refs::REVOCATIONS_PER_WINDOW + 3 {
-        let child = stranger.delegate(&r, &Caveat::default(), false).unwrap();
-        if let Err(e) = stranger.revoke(&child).await {
+        let child = stranger.delegate(&r, &Caveat::default(), false, &ROOT).unwrap();
+        if let Err(e) = stranger.revoke(&child, &ROOT).await {
             assert!(e.message.contains("revocations asked within"), "{}", e.message);
             refused += 1;
         }
@@ -293,7 +293,7 @@ async fn one_peer_cannot_hold_more_than_its_share_of_binds() {
     let (path, _) = c.file("f.img", 4096);
     let (a, b) = (c.nodes[0].n().clone(), c.nodes[1].n().clone());
     let r = export(&a, &path).await;
-    let ro = a.delegate(&r, &Caveat { rights: Some(Rights::READ), ..Caveat::default() }, false).unwrap();
+    let ro = a.delegate(&r, &Caveat { rights: Some(Rights::READ), ..Caveat::default() }, false, &ROOT).unwrap();
     let binder = b.ctx(Kind::File).binder;
     let mut held = vec![];
     for _ in 0..metac_node::serve::MAX_BINDS_PER_PEER {

@@ -8,10 +8,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{wait, Cluster};
+use common::{wait, Cluster, ROOT};
 use metac_mesh::kind::Kind;
 use metac_resource::{
-    Bind, BoxFuture, BoxStream, Ctx, Error, ExportSpec, Exporter, Link, Plugin, Prepared, Ref, ResourceKind, Session,
+    Bind, BoxFuture, BoxStream, Caller, Ctx, Error, ExportSpec, Exporter, Link, Plugin, Prepared, Ref, ResourceKind,
+    Session,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -99,7 +100,7 @@ impl ResourceKind for Echo {
         "echo"
     }
 
-    fn prepare(&self, source: &str, options: Option<EchoExport>) -> Result<Prepared<EchoExport>, Error> {
+    fn prepare(&self, source: &str, options: Option<EchoExport>, _: &Caller) -> Result<Prepared<EchoExport>, Error> {
         if source.is_empty() {
             return Err(Error::BadOptions("say what to greet with".into()));
         }
@@ -121,7 +122,7 @@ impl ResourceKind for Echo {
         })
     }
 
-    fn bind(&self, _: &Ref, options: EchoBind, _: &Ctx) -> Result<Box<dyn Session>, Error> {
+    fn bind(&self, _: &Ref, options: EchoBind, _: &Caller, _: &Ctx) -> Result<Box<dyn Session>, Error> {
         let answer = Arc::clone(ANSWER.get_or_init(Default::default));
         Ok(Box::new(EchoSession { line: options.line, answer }))
     }
@@ -141,21 +142,21 @@ async fn a_kind_plugged_in_from_outside_exports_binds_and_is_refused_where_it_is
     })
     .await;
     let (a, b, stock) = (c.nodes[0].n().clone(), c.nodes[1].n().clone(), c.nodes[2].n().clone());
-    let (_, r) = a.export(Kind::Desktop, "hello".into(), None, None, json!(null)).await.unwrap();
+    let (_, r) = a.export(Kind::Desktop, "hello".into(), None, None, json!(null), &ROOT).await.unwrap();
     assert_eq!(opened.load(Ordering::SeqCst), 1, "the export is opened once");
 
-    let s = b.bind_ref(r.clone(), json!({ "line": "world" }), false).unwrap();
+    let s = b.bind_ref(r.clone(), json!({ "line": "world" }), false, &ROOT).unwrap();
     wait(Duration::from_secs(20), "the echo bind to be up", || async {
-        b.binds(None).iter().any(|v| v.id == s.id && v.state == "up")
+        b.binds(None, &ROOT).iter().any(|v| v.id == s.id && v.state == "up")
     })
     .await;
     assert_eq!(*ANSWER.get().unwrap().lock().unwrap(), "hello world");
     assert_eq!(opened.load(Ordering::SeqCst), 1, "binds share the open export");
 
     // A stock node neither exports nor binds the kind, and says why.
-    let e = stock.export(Kind::Desktop, "x".into(), None, None, json!(null)).await.unwrap_err();
+    let e = stock.export(Kind::Desktop, "x".into(), None, None, json!(null), &ROOT).await.unwrap_err();
     assert_eq!(e.message, "resource kind desktop is not served by this build of metac");
-    let e = stock.bind_ref(r.clone(), json!({ "line": "x" }), false).unwrap_err();
+    let e = stock.bind_ref(r.clone(), json!({ "line": "x" }), false, &ROOT).unwrap_err();
     assert_eq!(e.message, "resource kind desktop is not served by this build of metac");
     // But it still lists the resource its peer adverts.
     wait(Duration::from_secs(20), "the stock node to list the echo export", || async {
@@ -164,9 +165,9 @@ async fn a_kind_plugged_in_from_outside_exports_binds_and_is_refused_where_it_is
     })
     .await;
     // Bad options are refused by the kind before anything is recorded.
-    let e = a.export(Kind::Desktop, String::new(), None, None, json!(null)).await.unwrap_err();
+    let e = a.export(Kind::Desktop, String::new(), None, None, json!(null), &ROOT).await.unwrap_err();
     assert_eq!((e.status, e.message.as_str()), (400, "say what to greet with"));
-    let e = a.export(Kind::Desktop, "x".into(), None, None, json!({ "greting": 1 })).await.unwrap_err();
+    let e = a.export(Kind::Desktop, "x".into(), None, None, json!({ "greting": 1 }), &ROOT).await.unwrap_err();
     assert!(e.message.starts_with("bad desktop export options"), "{}", e.message);
     assert_eq!(a.exports().unwrap().len(), 1);
 

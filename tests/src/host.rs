@@ -178,6 +178,18 @@ impl Host {
         checked(&mut cmd, timeout)
     }
 
+    /// The real `metac` CLI (from [`crate::metac_bin`]) run as another local user, with this host's socket:
+    /// `setpriv SETPRIV... metac --socket <socket> args...`, where `setpriv` (util-linux) takes the user's real
+    /// credentials, e.g. `["--reuid=65534", "--regid=65534", "--groups=4242"]`. Any exit status is `Ok`: tests of
+    /// what a user may not do read the refusal.
+    pub fn metac_as(&self, setpriv: &[&str], args: &[&str]) -> Result<Output> {
+        require_tool("setpriv", "util-linux")?;
+        let bin = crate::metac_bin()?;
+        let mut cmd = self.cmd("setpriv", setpriv);
+        cmd.arg(bin).arg("--socket").arg(self.socket()).args(args);
+        output(&mut cmd, RUN_TIMEOUT)
+    }
+
     /// Starts `metac node` in this host (see [`Node`]) with the binary from [`crate::metac_bin`] and waits until it
     /// answers `metac status`.
     pub fn start_node(&self, extra_args: &[&str]) -> Result<Node> {

@@ -15,8 +15,8 @@
 //!
 //! Hosts are numbered from 1. Everything a lab made (processes, namespaces, files) goes away when it is dropped,
 //! also when the test panics; a run that was killed outright is cleaned up by the next [`Lab::new`]. Every wait is
-//! bounded. Needs root and `iproute2`; `ping` (`iputils-ping`) for [`Host::ping`] and `nft` (`nftables`) for
-//! [`Lab::partition`] and [`Lab::loss`]. Set `METAC_LAB_KEEP=1` to keep the lab's files for a look afterwards.
+//! bounded. Needs root and `iproute2`; `ping` (`iputils-ping`) for [`Host::ping`], `nft` (`nftables`) for
+//! [`Lab::partition`] and [`Lab::loss`], and `setpriv` (`util-linux`) for [`Host::metac_as`]. Set `METAC_LAB_KEEP=1` to keep the lab's files for a look afterwards.
 
 #![warn(missing_docs)]
 

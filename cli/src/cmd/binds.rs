@@ -60,7 +60,7 @@ pub async fn list(c: &Client, json: bool, kind: Option<&str>) -> Result<()> {
     let v: Vec<BindView> = c.get(&path).await?;
     print(json, &v, |v| {
         table(
-            &["ID", "KIND", "TARGET", "EXPORTER", "STATE", "BYTES", "PERSISTENT"],
+            &["ID", "KIND", "TARGET", "EXPORTER", "OWNER", "STATE", "BYTES", "PERSISTENT"],
             v.iter().map(|b| {
                 let state = match &b.reason {
                     Some(r) => format!("{}: {r}", b.state),
@@ -71,6 +71,7 @@ pub async fn list(c: &Client, json: bool, kind: Option<&str>) -> Result<()> {
                     b.kind.clone(),
                     b.target.clone(),
                     b.exporter.clone(),
+                    b.owner.to_string(),
                     state,
                     human_bytes(b.bytes),
                     if b.persistent { "yes".into() } else { "no".into() },

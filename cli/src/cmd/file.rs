@@ -39,8 +39,9 @@ pub enum Cmd {
     /// itself when its exporter comes back
     Bind {
         reference: String,
-        /// The endpoint's Unix socket, as nbdkit's -U [default: file-<resource id>.sock in metac-binds/ beside
-        /// the node's API socket]
+        /// The endpoint's Unix socket, as nbdkit's -U; made as you, so where you may write [default:
+        /// file-<resource id>.sock in metac-binds/ beside the node's API socket, in metac-binds/uid-<uid>/ for a
+        /// user other than root]
         // Not named `socket`: clap would take it for the global --socket (same argument id).
         #[arg(short = 'U', long, value_name = "PATH")]
         unix: Option<PathBuf>,

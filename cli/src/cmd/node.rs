@@ -31,6 +31,10 @@ pub struct Args {
     /// UDP port of the overlay's WireGuard tunnels (0 picks one)
     #[arg(long, value_name = "PORT", default_value_t = 51820)]
     overlay_port: u16,
+    /// Members of this group (a name or a gid) may use the node's API; root and the node's user always may
+    /// [default: metac, if that group exists; a node that is not root has none]
+    #[arg(long, value_name = "GROUP")]
+    api_group: Option<String>,
     /// Log level or tracing filter (error, warn, info, debug, trace, or e.g. "metac_mesh=debug")
     #[arg(long, default_value = "info", env = "METAC_LOG")]
     log_level: String,
@@ -47,6 +51,7 @@ pub async fn run(a: Args, socket: PathBuf) -> Result<()> {
         mdns: !a.no_mdns,
         mesh_key: a.mesh_key,
         overlay: metac_node::overlay::OverlayConfig { enabled: !a.no_overlay, tun: a.tun, port: a.overlay_port },
+        api_group: a.api_group,
         ..metac_node::Config::new(a.state.unwrap_or_else(metac_node::config::default_state_dir), socket)
     };
     let cancel = tokio_util::sync::CancellationToken::new();

@@ -46,7 +46,7 @@ pub async fn run(c: &Client, json: bool, cmd: Cmd) -> Result<()> {
             let v: Vec<TokenView> = c.get("/v1/refs").await?;
             print(json, &v, |v| {
                 table(
-                    &["ID", "PARENT", "KIND", "RIGHTS", "EXPIRES", "AUDIENCE", "STATE", "REF"],
+                    &["ID", "PARENT", "KIND", "RIGHTS", "EXPIRES", "AUDIENCE", "STATE", "OWNER", "REF"],
                     v.iter().map(|t| {
                         vec![
                             t.id.clone(),
@@ -56,7 +56,9 @@ pub async fn run(c: &Client, json: bool, cmd: Cmd) -> Result<()> {
                             t.expires.map(rfc3339).unwrap_or("never".into()),
                             t.audience.as_deref().map(short).unwrap_or("anyone".into()),
                             if t.revoked { "revoked".into() } else { "valid".into() },
-                            t.reference.clone(),
+                            t.owner.to_string(),
+                            // Another local user's ref is not shown: it is a capability.
+                            if t.reference.is_empty() { "(not yours)".into() } else { t.reference.clone() },
                         ]
                     }),
                 )

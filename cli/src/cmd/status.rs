@@ -86,13 +86,14 @@ pub async fn run(c: &Client, json: bool, cmd: Cmd) -> Result<()> {
             let v: Vec<ExportView> = c.get("/v1/exports").await?;
             print(json, &v, |v| {
                 table(
-                    &["ID", "KIND", "NAME", "SOURCE", "REFS", "BINDS"],
+                    &["ID", "KIND", "NAME", "SOURCE", "OWNER", "REFS", "BINDS"],
                     v.iter().map(|e| {
                         vec![
                             e.id.clone(),
                             e.kind.clone(),
                             e.name.clone(),
                             e.source.clone(),
+                            e.owner.to_string(),
                             e.tokens.to_string(),
                             e.binds.to_string(),
                         ]

@@ -10,8 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use metac_node::{Config, Node};
-use metac_resource::{Clock, ManualClock, Plugin};
+use metac_resource::{Caller, Clock, ManualClock, Plugin};
 use tokio_util::sync::CancellationToken;
+
+/// The caller of the nodes' methods in these tests: root, which a node that is not root acts for as itself.
+pub const ROOT: Caller = Caller::root();
 
 /// One node of a [`Cluster`].
 pub struct TestNode {

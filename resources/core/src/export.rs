@@ -9,7 +9,7 @@ use metac_mesh::token::ResourceId;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::{BoxFuture, BoxStream, Error, Kind, NodeKey, Rights};
+use crate::{BoxFuture, BoxStream, Caller, Error, Kind, NodeKey, Rights};
 
 /// What an export is: its id, kind, name and the kind's typed options (`O`; JSON in the node's store).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,6 +22,9 @@ pub struct ExportSpec<O> {
     pub name: String,
     /// The most any ref of this export grants (its root token's rights): a read-only export opens read-only.
     pub rights: Rights,
+    /// The local user who made the export: the kind opens what it exports as this user ([`Caller::act`]), at
+    /// export time and after every node start.
+    pub owner: Caller,
     /// The kind's own options.
     pub options: O,
 }

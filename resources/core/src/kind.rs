@@ -2,6 +2,11 @@
 //! options, how an export is opened ([`Exporter`]), how a bind runs ([`Session`]) and its API routes. The node keeps
 //! a list of kinds (as [`Plugin`], the same thing with options in JSON) and hands each a [`Ctx`]; nothing else in
 //! the node knows about any one kind. docs/adding-a-kind.md walks through the `file` kind.
+//!
+//! Every request names its [`Caller`], the local user who asked: `prepare` and `bind` take it, an export's
+//! [`ExportSpec::owner`] is the user who made it, a session started through [`Binder`] names its owner, and a
+//! kind's own routes take a `Caller` argument. What touches the local system is done as that user
+//! ([`Caller::act`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,6 +15,7 @@ use metac_mesh::token::Ref;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::caller::Caller;
 use crate::clock::Clock;
 use crate::export::{ExportSpec, Exporter};
 use crate::session::{Opener, Session, Status};
@@ -30,8 +36,22 @@ pub struct Ctx {
     pub store: Arc<dyn KindStore>,
     /// Binding refs (of this kind or others) as sessions the node owns.
     pub binder: Arc<dyn Binder>,
-    /// A directory for the kind's local sockets and other runtime files (mode 0700, the node's own).
+    /// A directory for the kind's local sockets and other runtime files (the node's own; others may pass through
+    /// it, not list it). A caller's own files go in [`Ctx::run_dir_of`].
     pub run_dir: PathBuf,
+}
+
+impl Ctx {
+    /// Where `caller`'s local sockets go by default: the run directory for root and the node's user, a directory
+    /// of the caller's own in it for anyone else ([`Caller::run_dir`]).
+    pub fn run_dir_of(&self, caller: &Caller) -> Result<PathBuf, Error> {
+        caller.run_dir(&self.run_dir).map_err(|e| {
+            Error::Io(std::io::Error::new(
+                e.kind(),
+                format!("cannot make a run directory for {caller} in {}: {e}", self.run_dir.display()),
+            ))
+        })
+    }
 }
 
 /// A session to start: what [`Binder::start`] takes.
@@ -45,6 +65,8 @@ pub struct Start {
     /// The bind options to store when the bind is to persist across node restarts; `None` for a bind that lives
     /// as long as this node process (or less).
     pub persist: Option<serde_json::Value>,
+    /// Who it is for: only that user (or root) may unbind it, and it comes back as theirs after a restart.
+    pub owner: Caller,
 }
 
 /// A started bind.
@@ -60,9 +82,15 @@ pub struct Started {
 pub trait Binder: Opener {
     /// Registers and runs a session the node owns (listed, cut by unbind, revocation, expiry and stop).
     fn start(&self, start: Start) -> Result<Started, Error>;
-    /// Binds `reference` with its kind's bind options (JSON), as `POST /v1/binds` does: compute mounts fs refs,
-    /// `vm start` binds a file ref.
-    fn bind(&self, reference: Ref, options: serde_json::Value, persist: bool) -> BoxFuture<'_, Result<Started, Error>>;
+    /// Binds `reference` with its kind's bind options (JSON) for `owner`, as `POST /v1/binds` does: compute mounts
+    /// fs refs, `vm start` binds a file ref.
+    fn bind(
+        &self,
+        reference: Ref,
+        options: serde_json::Value,
+        persist: bool,
+        owner: Caller,
+    ) -> BoxFuture<'_, Result<Started, Error>>;
     /// Cuts a bind by id.
     fn unbind<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), Error>>;
 }
@@ -89,22 +117,32 @@ pub trait ResourceKind: Send + Sync + 'static {
     fn kind(&self) -> Kind;
     /// Its wire protocol, named in every bind's hello (`nbd` for files).
     fn protocol(&self) -> &'static str;
-    /// Checks an export request: `source` is what the user named (a path), `options` the kind's options if the
-    /// request carried them. Called before anything is recorded.
+    /// Checks an export request of `caller`: `source` is what the user named (a path), `options` the kind's
+    /// options if the request carried them. Called before anything is recorded; what it looks at on the local
+    /// system, it looks at as the caller ([`Caller::act`]).
     fn prepare(
         &self,
         source: &str,
         options: Option<Self::ExportOptions>,
+        caller: &Caller,
     ) -> Result<Prepared<Self::ExportOptions>, Error>;
-    /// Opens an export, at export time and after each node start.
+    /// Opens an export, at export time and after each node start, as its owner ([`ExportSpec::owner`]).
     fn open<'a>(
         &'a self,
         spec: ExportSpec<Self::ExportOptions>,
         ctx: &'a Ctx,
     ) -> BoxFuture<'a, Result<Arc<dyn Exporter>, Error>>;
-    /// Makes the session of a bind of `reference` (not yet running; the node starts it).
-    fn bind(&self, reference: &Ref, options: Self::BindOptions, ctx: &Ctx) -> Result<Box<dyn Session>, Error>;
-    /// The kind's own API routes, merged into the node's (e.g. `/v1/file/cat`). Their state is applied here.
+    /// Makes the session of a bind of `reference` for `caller` (not yet running; the node starts it). What the
+    /// session makes on the local system (a socket, a mount) it makes as the caller.
+    fn bind(
+        &self,
+        reference: &Ref,
+        options: Self::BindOptions,
+        caller: &Caller,
+        ctx: &Ctx,
+    ) -> Result<Box<dyn Session>, Error>;
+    /// The kind's own API routes, merged into the node's (e.g. `/v1/file/cat`). Their state is applied here; a
+    /// handler that acts for its caller takes a [`Caller`] argument.
     fn routes(&self, _ctx: Ctx) -> axum::Router {
         axum::Router::new()
     }
@@ -117,7 +155,12 @@ pub trait Plugin: Send + Sync + 'static {
     /// Its wire protocol.
     fn protocol(&self) -> &'static str;
     /// [`ResourceKind::prepare`], options in JSON (`null` for none).
-    fn prepare(&self, source: &str, options: serde_json::Value) -> Result<Prepared<serde_json::Value>, Error>;
+    fn prepare(
+        &self,
+        source: &str,
+        options: serde_json::Value,
+        caller: &Caller,
+    ) -> Result<Prepared<serde_json::Value>, Error>;
     /// [`ResourceKind::open`], options in JSON.
     fn open<'a>(
         &'a self,
@@ -125,7 +168,13 @@ pub trait Plugin: Send + Sync + 'static {
         ctx: &'a Ctx,
     ) -> BoxFuture<'a, Result<Arc<dyn Exporter>, Error>>;
     /// [`ResourceKind::bind`], options in JSON (`null` for the defaults).
-    fn bind(&self, reference: &Ref, options: serde_json::Value, ctx: &Ctx) -> Result<Box<dyn Session>, Error>;
+    fn bind(
+        &self,
+        reference: &Ref,
+        options: serde_json::Value,
+        caller: &Caller,
+        ctx: &Ctx,
+    ) -> Result<Box<dyn Session>, Error>;
     /// [`ResourceKind::routes`].
     fn routes(&self, ctx: Ctx) -> axum::Router;
 }
@@ -147,12 +196,17 @@ impl<K: ResourceKind> Plugin for K {
         ResourceKind::protocol(self)
     }
 
-    fn prepare(&self, source: &str, options: serde_json::Value) -> Result<Prepared<serde_json::Value>, Error> {
+    fn prepare(
+        &self,
+        source: &str,
+        options: serde_json::Value,
+        caller: &Caller,
+    ) -> Result<Prepared<serde_json::Value>, Error> {
         let options = match options {
             serde_json::Value::Null => None,
             v => Some(from_json(&format!("{} export", ResourceKind::kind(self)), v)?),
         };
-        let p = ResourceKind::prepare(self, source, options)?;
+        let p = ResourceKind::prepare(self, source, options, caller)?;
         Ok(Prepared { options: to_json(&p.options), source: p.source, name: p.name })
     }
 
@@ -163,19 +217,32 @@ impl<K: ResourceKind> Plugin for K {
     ) -> BoxFuture<'a, Result<Arc<dyn Exporter>, Error>> {
         Box::pin(async move {
             let options = from_json(&format!("{} export", spec.kind), spec.options)?;
-            let spec = ExportSpec { id: spec.id, kind: spec.kind, name: spec.name, rights: spec.rights, options };
+            let spec = ExportSpec {
+                id: spec.id,
+                kind: spec.kind,
+                name: spec.name,
+                rights: spec.rights,
+                owner: spec.owner,
+                options,
+            };
             ResourceKind::open(self, spec, ctx).await
         })
     }
 
-    fn bind(&self, reference: &Ref, options: serde_json::Value, ctx: &Ctx) -> Result<Box<dyn Session>, Error> {
+    fn bind(
+        &self,
+        reference: &Ref,
+        options: serde_json::Value,
+        caller: &Caller,
+        ctx: &Ctx,
+    ) -> Result<Box<dyn Session>, Error> {
         // `null` means "no options": the kind's defaults, if its options have them (`{}` decodes to them).
         let options = match options {
             serde_json::Value::Null => serde_json::Value::Object(Default::default()),
             v => v,
         };
         let options = from_json(&format!("{} bind", ResourceKind::kind(self)), options)?;
-        ResourceKind::bind(self, reference, options, ctx)
+        ResourceKind::bind(self, reference, options, caller, ctx)
     }
 
     fn routes(&self, ctx: Ctx) -> axum::Router {

@@ -6,9 +6,10 @@
 //!
 //! Module map: [`kind`] (the [`ResourceKind`] plug-in trait, its [`Ctx`] and the [`Binder`] kinds bind through),
 //! [`export`] (the exporting side: one [`Exporter`] per export), [`session`] (the binding side: a [`Session`] the
-//! node runs, its [`Link`] and [`State`]), [`transport`], [`clock`], [`store`] (a kind's own durable keys), and
-//! [`frame`] (the one framing helper).
+//! node runs, its [`Link`] and [`State`]), [`caller`] (the local user who asks, and acting as that user),
+//! [`transport`], [`clock`], [`store`] (a kind's own durable keys), and [`frame`] (the one framing helper).
 
+pub mod caller;
 pub mod clock;
 pub mod export;
 pub mod frame;
@@ -23,6 +24,7 @@ use std::pin::Pin;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+pub use caller::Caller;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use export::{Bind, ExportSpec, Exporter};
 pub use kind::{Binder, Ctx, Plugin, Prepared, ResourceKind, Start, Started};

@@ -13,7 +13,7 @@ use axum::routing::post;
 use axum::Router;
 use bytes::Bytes;
 use metac_api::server::Json;
-use metac_resource::{Ctx, Error, Kind, Ref, Start};
+use metac_resource::{Caller, Ctx, Error, Kind, Ref, Start};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
@@ -42,8 +42,8 @@ pub fn parse_ref(s: &str, kind: Kind) -> Result<Ref, Error> {
     }
 }
 
-async fn cat(State(ctx): State<Ctx>, Json(req): Json<CatReq>) -> Response {
-    match start_cat(&ctx, &req).await {
+async fn cat(State(ctx): State<Ctx>, caller: Caller, Json(req): Json<CatReq>) -> Response {
+    match start_cat(&ctx, &req, caller).await {
         Ok(body) => ([(header::CONTENT_TYPE, "application/octet-stream")], Body::from_stream(body)).into_response(),
         Err(e) => e.into_response(),
     }
@@ -51,13 +51,17 @@ async fn cat(State(ctx): State<Ctx>, Json(req): Json<CatReq>) -> Response {
 
 type Chunk = Result<Bytes, std::io::Error>;
 
-async fn start_cat(ctx: &Ctx, req: &CatReq) -> Result<impl futures::Stream<Item = Chunk> + Send + 'static, Error> {
+async fn start_cat(
+    ctx: &Ctx,
+    req: &CatReq,
+    owner: Caller,
+) -> Result<impl futures::Stream<Item = Chunk> + Send + 'static, Error> {
     let reference = parse_ref(&req.reference, Kind::File)?;
     let stream = ctx.binder.open(&reference, PROTOCOL).await?;
     let (writer, mut reader) = tokio::io::duplex(1 << 20);
     let (result_tx, result_rx) = oneshot::channel();
     let session = CatSession::new(stream, writer).report_to(result_tx);
-    ctx.binder.start(Start { kind: Kind::File, reference, session: Box::new(session), persist: None })?;
+    ctx.binder.start(Start { kind: Kind::File, reference, session: Box::new(session), persist: None, owner })?;
     // Pump the pipe into the body; the size is known only after the NBD handshake, so the body is chunked.
     let (tx, rx) = mpsc::channel::<Chunk>(8);
     tokio::spawn(async move {

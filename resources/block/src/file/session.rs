@@ -6,6 +6,8 @@
 //! it makes the next connection faster, and its end tells the session at once that the exporter went away (the
 //! node then retries with backoff, so the endpoint comes back by itself with the exporter). The exporter gives a
 //! handshake [`NEGOTIATION_TIMEOUT`]; a standby stream unused for [`STANDBY_REFRESH`] is replaced by a fresh one.
+//! The socket is made, and removed, as the user who bound it ([`Caller::act`]): it is that user's, where that user
+//! may write.
 //!
 //! [`CatSession`] (`metac file cat`) reads the whole export once, in order, into a pipe the API streams out.
 
@@ -14,7 +16,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use metac_resource::{BoxFuture, BoxStream, Error, Link, Session, Status};
+use metac_resource::{BoxFuture, BoxStream, Caller, Error, Link, Session, Status};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::oneshot;
@@ -31,29 +33,37 @@ const _: () =
 /// A local NBD endpoint for a remote file.
 pub struct Endpoint {
     socket: PathBuf,
+    owner: Caller,
     listener: Option<UnixListener>,
 }
 
 impl Endpoint {
-    /// An endpoint that will listen on `socket`.
-    pub fn new(socket: PathBuf) -> Endpoint {
-        Endpoint { socket, listener: None }
+    /// An endpoint that will listen on `socket`, made as `owner`.
+    pub fn new(socket: PathBuf, owner: Caller) -> Endpoint {
+        Endpoint { socket, owner, listener: None }
     }
 
-    fn listen(&mut self) -> Result<(), Error> {
+    /// Makes the socket, if it is not there yet. [`super::File`] does it when the bind is made, so that a socket
+    /// the user may not make is an error of the bind request itself.
+    pub(super) fn listen(&mut self) -> Result<(), Error> {
         if self.listener.is_none() {
-            self.listener = Some(listen(&self.socket)?);
+            let l = self.owner.act(|| listen(&self.socket))?;
+            l.set_nonblocking(true)?;
+            self.listener = Some(UnixListener::from_std(l)?);
         }
         Ok(())
     }
 }
 
-/// Binds `path` (mode 0600), replacing a stale socket but never a live one or another file.
-fn listen(path: &Path) -> Result<UnixListener, Error> {
+/// Binds `path` (mode 0600), replacing a stale socket but never a live one or another file. The socket is bound
+/// under a temporary name, made private, then renamed into place: it never exists at `path` with the umask's
+/// mode, not even for a moment in which another user could connect.
+fn listen(path: &Path) -> Result<std::os::unix::net::UnixListener, Error> {
     let bad = |why: String| Error::BadOptions(format!("cannot listen on {}: {why}", path.display()));
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| bad(e.to_string()))?;
-    }
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(bad("name a socket file".into()));
+    };
+    std::fs::create_dir_all(dir).map_err(|e| bad(e.to_string()))?;
     match std::fs::symlink_metadata(path) {
         Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -64,8 +74,15 @@ fn listen(path: &Path) -> Result<UnixListener, Error> {
         Ok(_) => return Err(bad("a file that is not a socket is in the way".into())),
         Err(_) => {}
     }
-    let l = UnixListener::bind(path).map_err(|e| bad(e.to_string()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| bad(e.to_string()))?;
+    let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let l = std::os::unix::net::UnixListener::bind(&tmp).map_err(|e| bad(e.to_string()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        bad(e.to_string())
+    })?;
     Ok(l)
 }
 
@@ -131,7 +148,9 @@ impl Session for Endpoint {
     fn close(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             if self.listener.take().is_some() {
-                let _ = std::fs::remove_file(&self.socket);
+                // As its owner: a path the owner swapped meanwhile (a directory for a symlink) leads nowhere the
+                // owner could not remove things anyway.
+                let _ = self.owner.act(|| std::fs::remove_file(&self.socket));
             }
         })
     }
