@@ -464,6 +464,6 @@ fn a_flood_of_fresh_keys_leaves_honest_nodes_bounded_and_talking() {
         f.propagation_secs
     );
     let report: serde_json::Value = serde_json::from_str(&f.flooder_report).expect("the flooder printed its report");
-    assert!(report["published"].as_u64() > Some(10_000), "the flooder did flood: {report}");
+    assert!(report["published"].as_u64() > Some(2_000), "the flooder did flood: {report}");
     assert!(report["disconnected"].as_u64() >= Some(1), "the flooded node cut the flooder off: {report}");
 }

@@ -34,8 +34,9 @@ const MAX_MDNS_DIALS: usize = 16;
 const MAX_DENIED: usize = 1024;
 /// Bytes of adverts of other nodes per second a peer may make us verify (gossip it passes on, sync pages).
 const RELAY_RATE: f64 = 256.0 * 1024.0;
-/// What a peer may spend on others' adverts at once: a sync of a few thousand nodes.
-const RELAY_BURST: f64 = 4.0 * 1024.0 * 1024.0;
+/// What a peer may spend on others' adverts at once: the first sync with a mesh of a few thousand nodes (larger
+/// ones page on at the rate).
+const RELAY_BURST: f64 = 1024.0 * 1024.0;
 /// Bytes per second of a peer's own adverts, with their own budget so that what it relays never holds them up.
 const OWN_RATE: f64 = 64.0 * 1024.0;
 /// What a peer may spend on its own adverts at once: a few dozen quick changes of a large one.
@@ -54,6 +55,34 @@ const OVERDRAFT_HALF_LIFE: Duration = Duration::from_secs(10);
 pub const BAN_FOR: Duration = Duration::from_secs(600);
 /// Banned peers remembered, at most.
 const MAX_BANNED: usize = 1024;
+/// Inbound connections one IP address may open at once, and per second after that: a flooder cut off comes back
+/// under a fresh key at once, and each fresh key would get a fresh budget.
+const CONN_BURST: f64 = 32.0;
+const CONN_RATE: f64 = 2.0;
+/// IP addresses tracked for the above, at most.
+const MAX_IPS: usize = 4096;
+
+/// What an IP address may still do: its inbound connection tokens, and the end of its ban.
+struct IpGate {
+    tokens: f64,
+    at: Instant,
+    banned_until: Option<Instant>,
+}
+
+impl IpGate {
+    fn refill(&mut self, now: Instant) {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + dt * CONN_RATE).min(CONN_BURST);
+        self.at = now;
+        if self.banned_until.is_some_and(|t| t <= now) {
+            self.banned_until = None;
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.tokens >= CONN_BURST && self.banned_until.is_none()
+    }
+}
 
 /// A token bucket in bytes.
 struct Bucket {
@@ -208,6 +237,8 @@ pub(super) struct Driver {
     deferred: Vec<(Instant, PeerId, KeyRange)>,
     /// Flooders, disconnected and refused until the time given.
     banned: HashMap<PeerId, Instant>,
+    /// Inbound connection rate and bans per IP address.
+    ips: HashMap<std::net::IpAddr, IpGate>,
     /// Bumped whenever what a snapshot shows of other nodes changes (see [`Snapshot::version`]).
     version: u64,
     /// When each connected peer's first connection came up: a peer not admitted within [`ADMIT_WITHIN`] of it is
@@ -286,6 +317,7 @@ impl Driver {
             budgets: HashMap::new(),
             deferred: vec![],
             banned: HashMap::new(),
+            ips: HashMap::new(),
             version: 1,
             connected_at: HashMap::new(),
             want_sync: HashSet::new(),
@@ -331,6 +363,10 @@ impl Driver {
             swarm.is_connected(p) || !b.is_idle()
         });
         self.banned.retain(|_, until| *until > t);
+        self.ips.retain(|_, g| {
+            g.refill(t);
+            !g.is_idle()
+        });
         let t = Instant::now();
         for i in 0..self.bootstrap.len() {
             let b = &mut self.bootstrap[i];
@@ -705,10 +741,41 @@ impl Driver {
                 self.banned.remove(&oldest);
             }
         }
-        self.banned.insert(peer, Instant::now() + BAN_FOR);
+        let until = Instant::now() + BAN_FOR;
+        self.banned.insert(peer, until);
+        // Its address too (but never loopback: the nodes of one host would shut each other out).
+        let ips: Vec<_> = self.conns.get(&peer).into_iter().flatten().filter_map(|c| ip_of(&c.2)).collect();
+        for ip in ips.into_iter().filter(|ip| !ip.is_loopback()) {
+            if let Some(g) = self.ip_gate(ip) {
+                g.banned_until = Some(until);
+            }
+        }
         self.budgets.remove(&peer);
         self.admitted.remove(&peer);
         let _ = self.swarm.disconnect_peer_id(peer);
+    }
+
+    /// The gate of `ip`, made if new and there is room (a stranger cycling through addresses fills the table with
+    /// idle gates first, which go at the next tick).
+    fn ip_gate(&mut self, ip: std::net::IpAddr) -> Option<&mut IpGate> {
+        if !self.ips.contains_key(&ip) && self.ips.len() >= MAX_IPS {
+            return None;
+        }
+        let now = Instant::now();
+        let g = self.ips.entry(ip).or_insert(IpGate { tokens: CONN_BURST, at: now, banned_until: None });
+        g.refill(now);
+        Some(g)
+    }
+
+    /// Whether an inbound connection from `addr` may go on: its address is not banned and within its rate.
+    fn admit_inbound(&mut self, addr: &Multiaddr) -> bool {
+        let Some(ip) = ip_of(addr) else { return true };
+        let Some(g) = self.ip_gate(ip) else { return false };
+        if g.banned_until.is_some() || g.tokens < 1.0 {
+            return false;
+        }
+        g.tokens -= 1.0;
+        true
     }
 
     fn is_refused(&self, peer: &PeerId) -> bool {
@@ -735,7 +802,12 @@ impl Driver {
                 self.addrs_dirty = true;
             }
             SwarmEvent::ConnectionEstablished { peer_id: peer, connection_id, endpoint, .. } => {
-                if self.is_refused(&peer) {
+                let inbound_ok = match &endpoint {
+                    ConnectedPoint::Listener { send_back_addr, .. } => self.admit_inbound(send_back_addr),
+                    ConnectedPoint::Dialer { .. } => true,
+                };
+                if self.is_refused(&peer) || !inbound_ok {
+                    tracing::debug!(%peer, "closing a connection from a banned peer or address, or one over its rate");
                     self.swarm.close_connection(connection_id);
                     return;
                 }
