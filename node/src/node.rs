@@ -132,6 +132,7 @@ impl Node {
         let n = Arc::clone(&node);
         let requests = tokio::spawn(async move {
             let mut remember = tokio::time::interval(Duration::from_secs(30));
+            let mut seen = 0;
             loop {
                 tokio::select! {
                     _ = n.cancel.cancelled() => break,
@@ -142,7 +143,7 @@ impl Node {
                         }
                         None => break,
                     },
-                    _ = remember.tick() => n.remember_peers().await,
+                    _ = remember.tick() => seen = n.remember_peers(seen).await,
                 }
             }
         });
@@ -189,7 +190,7 @@ impl Node {
     /// Stops everything: this node's binds and the binds it serves are cut, exports closed, the mesh task ends,
     /// peers are remembered.
     pub async fn shutdown(&self) {
-        self.remember_peers().await;
+        self.remember_peers(0).await;
         self.binds.stop_all().await;
         self.served.cut_all();
         self.cancel.cancel();
@@ -262,8 +263,10 @@ impl Node {
         }
     }
 
-    async fn remember_peers(&self) {
-        let Ok(snap) = self.mesh.snapshot().await else { return };
+    /// Stores the addresses of connected peers that changed, if the mesh changed since `version`; returns the
+    /// version seen.
+    async fn remember_peers(&self, version: u64) -> u64 {
+        let Ok(Some(snap)) = self.mesh.snapshot_since(version).await else { return version };
         for n in snap.nodes.iter().filter(|n| n.reachable) {
             let addrs: Vec<String> = n.addrs.iter().map(|a| format!("{a}/p2p/{}", n.peer_id)).collect();
             // Write only what changed: an idle node should not touch its disk.
@@ -276,6 +279,7 @@ impl Node {
                 tracing::warn!("cannot remember peer {}: {e}", n.key);
             }
         }
+        snap.version
     }
 
     /// The mesh as this node sees it.

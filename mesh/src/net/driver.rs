@@ -769,7 +769,8 @@ impl Driver {
 
     /// Whether an inbound connection from `addr` may go on: its address is not banned and within its rate.
     fn admit_inbound(&mut self, addr: &Multiaddr) -> bool {
-        let Some(ip) = ip_of(addr) else { return true };
+        // Loopback is the nodes of this host (and its local users, who have other ways to load it).
+        let Some(ip) = ip_of(addr).filter(|ip| !ip.is_loopback()) else { return true };
         let Some(g) = self.ip_gate(ip) else { return false };
         if g.banned_until.is_some() || g.tokens < 1.0 {
             return false;
