@@ -464,6 +464,7 @@ fn a_flood_of_fresh_keys_leaves_honest_nodes_bounded_and_talking() {
         f.propagation_secs
     );
     let report: serde_json::Value = serde_json::from_str(&f.flooder_report).expect("the flooder printed its report");
-    assert!(report["published"].as_u64() > Some(2_000), "the flooder did flood: {report}");
+    let tried = report["published"].as_u64().unwrap_or(0) + report["publish_errors"].as_u64().unwrap_or(0);
+    assert!(tried > 2_000, "the flooder did try to flood: {report}");
     assert!(report["disconnected"].as_u64() >= Some(1), "the flooded node cut the flooder off: {report}");
 }

@@ -51,6 +51,9 @@ const MAX_DEFERRED: usize = 1024;
 /// our budget for it; a flooder sending thousands a second passes this within seconds.
 const MAX_OVERDRAFT: f64 = 50_000.0;
 const OVERDRAFT_HALF_LIFE: Duration = Duration::from_secs(10);
+/// Invalid adverts (undecodable, badly signed, past the last seq) a peer may gossip before it is banned: an honest
+/// node sends none, but one of a newer version might send an advert we cannot read.
+const MAX_REJECTS: u32 = 3;
 /// How long a flooder stays banned.
 pub const BAN_FOR: Duration = Duration::from_secs(600);
 /// Banned peers remembered, at most.
@@ -118,6 +121,8 @@ struct Budget {
     own: Bucket,
     /// Gossip messages ignored past the budget, decaying (see [`MAX_OVERDRAFT`]).
     overdraft: f64,
+    /// Invalid adverts it gossiped (see [`MAX_REJECTS`]).
+    rejects: u32,
     at: Instant,
 }
 
@@ -127,6 +132,7 @@ impl Budget {
             relayed: Bucket::new(RELAY_RATE, RELAY_BURST),
             own: Bucket::new(OWN_RATE, OWN_BURST),
             overdraft: 0.0,
+            rejects: 0,
             at: now,
         }
     }
@@ -147,6 +153,7 @@ impl Budget {
     }
 
     fn is_idle(&self) -> bool {
+        // Its rejects go with it: a peer that left after one or two is forgotten, not remembered for ever.
         self.relayed.tokens >= self.relayed.burst && self.own.tokens >= self.own.burst && self.overdraft < 1.0
     }
 }
@@ -951,8 +958,11 @@ impl Driver {
         let signed = match Signed::decode(data) {
             Ok(s) if author.is_some() && author == peer_id(&s.node()) => s,
             Ok(s) => {
+                // No honest node publishes another's advert: this is a peer minting keys to flood. Cut it at once,
+                // before gossipsub's graylist hides its next messages from us.
                 tracing::debug!(node = %s.node(), ?author, "advert gossiped by another node than its own, from {from}");
-                return self.reject(from);
+                self.ban(from);
+                return gossipsub::MessageAcceptance::Reject;
             }
             Err(e) => {
                 tracing::debug!("bad advert from {from}: {e}");
@@ -986,11 +996,13 @@ impl Driver {
         }
     }
 
-    /// Rejects a gossip message of `from`, and bans `from` once its gossip score says it keeps sending such.
+    /// Rejects a gossip message of `from` (which lowers its gossip score), and bans `from` at its
+    /// [`MAX_REJECTS`]th such message (counted here: once gossipsub graylists a peer we no longer see its messages).
     fn reject(&mut self, from: PeerId) -> gossipsub::MessageAcceptance {
-        // The score counts this rejection once reported; ban on the one that takes it past the threshold.
-        let score = self.swarm.behaviour().gossip.peer_score(&from).unwrap_or(0.0);
-        if score - 10.0 < gossipsub::PeerScoreThresholds::default().graylist_threshold {
+        let t = Instant::now();
+        let budget = self.budgets.entry(from).or_insert_with(|| Budget::new(t));
+        budget.rejects += 1;
+        if budget.rejects >= MAX_REJECTS {
             self.ban(from);
         }
         gossipsub::MessageAcceptance::Reject

@@ -96,9 +96,9 @@ pub(super) fn build(config: &Config) -> Result<(Swarm<Behaviour>, gossipsub::Ide
     Ok((swarm, topic))
 }
 
-/// Scores gossip peers on what they send us that we reject (undecodable, badly signed or out-of-range adverts):
-/// a few such messages graylist a peer (its gossip is ignored) until the penalty decays, in about a minute. Nothing
-/// else counts: delivery-rate scores would punish honest peers of an idle mesh, and colocation scores the nodes of
+/// Scores gossip peers on what they send us that we reject (undecodable, badly signed or out-of-range adverts, or
+/// another node's): three such messages graylist a peer (gossipsub ignores it) until the penalty decays, and the
+/// driver bans it besides. Nothing else counts: delivery-rate scores would punish honest peers of an idle mesh, and colocation scores the nodes of
 /// one host (tests, containers).
 fn score_peers(gossip: &mut gossipsub::Behaviour, topic: &gossipsub::IdentTopic) -> Result<(), String> {
     let params =
