@@ -34,6 +34,9 @@ pub const IDLE: Duration = Duration::from_secs(180);
 /// Most endpoint candidates kept per peer.
 pub const MAX_CANDIDATES: usize = 4;
 
+/// The first byte of a WireGuard cookie reply (message type 3).
+const COOKIE_REPLY: u8 = 3;
+
 /// Which way a peer's packets travel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Path {
@@ -324,6 +327,16 @@ impl PeerState {
         }
     }
 
+    /// The tunnel answered a datagram from the peer with `reply`: the datagram was the peer's, unless the answer is a
+    /// cookie reply. boringtun's rate limiter writes one, under handshake load, for any handshake message whose mac1
+    /// is valid, and anyone who knows our public key can compute that: such an answer proves nothing and moves
+    /// nothing.
+    pub fn answered(&mut self, reply: &[u8], from: Option<SocketAddr>, handshake_init: bool, now: Instant) {
+        if reply.first() != Some(&COOKIE_REPLY) {
+            self.authenticated(from, handshake_init, now);
+        }
+    }
+
     /// The timer's decision. A live session does not excuse an unanswered handshake: boringtun starts one when its
     /// packets go unanswered, and the endpoint may have died under the session (the peer moved to another address);
     /// only an authenticated packet clears the wait.
@@ -580,6 +593,53 @@ mod tests {
         // A restart forgets what was narrow.
         let t = t.update(vec![info(1, &["[fd00:88::2]:1", "[fd00:77::2]:1"], 2, true)], &mut next, t0);
         assert!(t.by_public(&[1; 32]).unwrap().state().narrow.is_empty());
+    }
+
+    /// Attack: under handshake load (over 100 a second, which anyone can send), boringtun answers any handshake
+    /// message with a valid mac1 with a cookie reply, and mac1 needs only our public key. The engine took that answer
+    /// for proof that the peer had spoken, so a forged handshake response naming a peer's receiver index moved that
+    /// peer's endpoint to the forger's address and took it off the relay path.
+    #[test]
+    fn a_forged_handshake_response_under_load_does_not_move_the_endpoint() {
+        use blake2::digest::{FixedOutput, KeyInit, Update};
+        use boringtun::noise::rate_limiter::RateLimiter;
+        use boringtun::noise::TunnResult;
+        use boringtun::x25519::{PublicKey, StaticSecret};
+
+        let t0 = Instant::now();
+        let ours = StaticSecret::from([7; 32]);
+        let public = PublicKey::from(&ours);
+        let mut next = 0;
+        let t = Table::default().update(vec![info(1, &["[fd00::1]:1"], 1, true)], &mut next, t0);
+        let peer = t.by_public(&[1; 32]).unwrap();
+        // A handshake response of zeros but for its type, the peer's receiver index and a valid mac1.
+        let mut forged = [0u8; 92];
+        forged[0] = 2;
+        forged[8..12].copy_from_slice(&(peer.index << 8).to_le_bytes());
+        let mut key = blake2::Blake2s256::default();
+        Update::update(&mut key, b"mac1----");
+        Update::update(&mut key, public.as_bytes());
+        let mut mac1 =
+            blake2::Blake2sMac::<blake2::digest::consts::U16>::new_from_slice(&key.finalize_fixed()).unwrap();
+        Update::update(&mut mac1, &forged[..60]);
+        forged[60..76].copy_from_slice(&mac1.finalize_fixed());
+        // Under load (a limit of 0: every handshake message is over it).
+        let limiter = Arc::new(RateLimiter::new(&public, 0));
+        let mut tunn = Tunn::new(ours, PublicKey::from(peer.public), None, None, peer.index, Some(limiter));
+        let forger: SocketAddr = "[fd00::66]:4000".parse().unwrap();
+        let mut out = [0u8; 256];
+        let TunnResult::WriteToNetwork(reply) = tunn.decapsulate(Some(forger.ip()), &forged, &mut out) else {
+            panic!("boringtun answers a forged response under load with a cookie reply")
+        };
+        let mut st = peer.state();
+        st.answered(reply, Some(forger), false, t0);
+        assert_eq!((st.endpoint, st.roamed), (Some("[fd00::1]:1".parse().unwrap()), false));
+        st.path = Path::Relay;
+        st.answered(reply, Some(forger), true, t0);
+        assert_eq!(st.path, Path::Relay);
+        // A real answer (a handshake response, a keepalive) still roams.
+        st.answered(&[2, 0, 0, 0], Some(forger), false, t0);
+        assert_eq!((st.endpoint, st.path), (Some(forger), Path::Udp));
     }
 
     #[test]

@@ -89,7 +89,7 @@ impl Inner {
         match tunn.decapsulate(from.map(|a| a.ip()), datagram, out) {
             TunnResult::WriteToNetwork(reply) => {
                 if !is_cookie {
-                    st.authenticated(from, is_init, now);
+                    st.answered(reply, from, is_init, now);
                 }
                 match src {
                     Src::Udp(a) => {
