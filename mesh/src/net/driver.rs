@@ -58,35 +58,6 @@ const MAX_REJECTS: u32 = 3;
 pub const BAN_FOR: Duration = Duration::from_secs(600);
 /// Banned peers remembered, at most.
 const MAX_BANNED: usize = 1024;
-/// Inbound connections one IP address may open at once, and per second after that: a flooder cut off comes back
-/// under a fresh key at once, and each fresh key would get a fresh budget.
-const CONN_BURST: f64 = 32.0;
-const CONN_RATE: f64 = 2.0;
-/// IP addresses tracked for the above, at most.
-const MAX_IPS: usize = 4096;
-
-/// What an IP address may still do: its inbound connection tokens, and the end of its ban.
-struct IpGate {
-    tokens: f64,
-    at: Instant,
-    banned_until: Option<Instant>,
-}
-
-impl IpGate {
-    fn refill(&mut self, now: Instant) {
-        let dt = now.saturating_duration_since(self.at).as_secs_f64();
-        self.tokens = (self.tokens + dt * CONN_RATE).min(CONN_BURST);
-        self.at = now;
-        if self.banned_until.is_some_and(|t| t <= now) {
-            self.banned_until = None;
-        }
-    }
-
-    fn is_idle(&self) -> bool {
-        self.tokens >= CONN_BURST && self.banned_until.is_none()
-    }
-}
-
 /// A token bucket in bytes.
 struct Bucket {
     tokens: f64,
@@ -244,8 +215,6 @@ pub(super) struct Driver {
     deferred: Vec<(Instant, PeerId, KeyRange)>,
     /// Flooders, disconnected and refused until the time given.
     banned: HashMap<PeerId, Instant>,
-    /// Inbound connection rate and bans per IP address.
-    ips: HashMap<std::net::IpAddr, IpGate>,
     /// Bumped whenever what a snapshot shows of other nodes changes (see [`Snapshot::version`]).
     version: u64,
     /// When each connected peer's first connection came up: a peer not admitted within [`ADMIT_WITHIN`] of it is
@@ -324,7 +293,6 @@ impl Driver {
             budgets: HashMap::new(),
             deferred: vec![],
             banned: HashMap::new(),
-            ips: HashMap::new(),
             version: 1,
             connected_at: HashMap::new(),
             want_sync: HashSet::new(),
@@ -370,10 +338,7 @@ impl Driver {
             swarm.is_connected(p) || !b.is_idle()
         });
         self.banned.retain(|_, until| *until > t);
-        self.ips.retain(|_, g| {
-            g.refill(t);
-            !g.is_idle()
-        });
+        self.swarm.behaviour_mut().gate.prune(t);
         let t = Instant::now();
         for i in 0..self.bootstrap.len() {
             let b = &mut self.bootstrap[i];
@@ -752,38 +717,12 @@ impl Driver {
         self.banned.insert(peer, until);
         // Its address too (but never loopback: the nodes of one host would shut each other out).
         let ips: Vec<_> = self.conns.get(&peer).into_iter().flatten().filter_map(|c| ip_of(&c.2)).collect();
-        for ip in ips.into_iter().filter(|ip| !ip.is_loopback()) {
-            if let Some(g) = self.ip_gate(ip) {
-                g.banned_until = Some(until);
-            }
+        for ip in ips {
+            self.swarm.behaviour_mut().gate.ban(ip, until);
         }
         self.budgets.remove(&peer);
         self.admitted.remove(&peer);
         let _ = self.swarm.disconnect_peer_id(peer);
-    }
-
-    /// The gate of `ip`, made if new and there is room (a stranger cycling through addresses fills the table with
-    /// idle gates first, which go at the next tick).
-    fn ip_gate(&mut self, ip: std::net::IpAddr) -> Option<&mut IpGate> {
-        if !self.ips.contains_key(&ip) && self.ips.len() >= MAX_IPS {
-            return None;
-        }
-        let now = Instant::now();
-        let g = self.ips.entry(ip).or_insert(IpGate { tokens: CONN_BURST, at: now, banned_until: None });
-        g.refill(now);
-        Some(g)
-    }
-
-    /// Whether an inbound connection from `addr` may go on: its address is not banned and within its rate.
-    fn admit_inbound(&mut self, addr: &Multiaddr) -> bool {
-        // Loopback is the nodes of this host (and its local users, who have other ways to load it).
-        let Some(ip) = ip_of(addr).filter(|ip| !ip.is_loopback()) else { return true };
-        let Some(g) = self.ip_gate(ip) else { return false };
-        if g.banned_until.is_some() || g.tokens < 1.0 {
-            return false;
-        }
-        g.tokens -= 1.0;
-        true
     }
 
     fn is_refused(&self, peer: &PeerId) -> bool {
@@ -810,12 +749,8 @@ impl Driver {
                 self.addrs_dirty = true;
             }
             SwarmEvent::ConnectionEstablished { peer_id: peer, connection_id, endpoint, .. } => {
-                let inbound_ok = match &endpoint {
-                    ConnectedPoint::Listener { send_back_addr, .. } => self.admit_inbound(send_back_addr),
-                    ConnectedPoint::Dialer { .. } => true,
-                };
-                if self.is_refused(&peer) || !inbound_ok {
-                    tracing::debug!(%peer, "closing a connection from a banned peer or address, or one over its rate");
+                if self.is_refused(&peer) {
+                    tracing::debug!(%peer, "closing a connection from a banned or denied peer");
                     self.swarm.close_connection(connection_id);
                     return;
                 }

@@ -14,6 +14,7 @@
 mod addr;
 mod driver;
 pub mod flood;
+mod gate;
 mod rpc;
 mod swarm;
 #[cfg(test)]

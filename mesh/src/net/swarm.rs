@@ -25,6 +25,7 @@ pub(super) struct Behaviour {
     pub(super) gossip: gossipsub::Behaviour,
     pub(super) rpc: request_response::Behaviour<Codec>,
     pub(super) streams: libp2p_stream::Behaviour,
+    pub(super) gate: super::gate::Gate,
 }
 
 /// Builds the swarm for `config`, listens on its port and subscribes to the advert topic.
@@ -70,6 +71,7 @@ pub(super) fn build(config: &Config) -> Result<(Swarm<Behaviour>, gossipsub::Ide
                     request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
                 ),
                 streams: libp2p_stream::Behaviour::new(),
+                gate: Default::default(),
             })
         })
         .map_err(|e| Error::Transport(e.to_string()))?
