@@ -65,10 +65,18 @@ fn status(h: &Host, bin: &Path) -> Result<serde_json::Value> {
     serde_json::from_slice(&o.stdout).map_err(|e| Error::InvalidArg(format!("bad status JSON: {e}")))
 }
 
-/// Runs the flood scenario in a fresh three-host lab.
+/// Runs the flood scenario in a fresh three-host lab; on failure, the lab's logs go to stderr first.
 pub fn run(o: &FloodOptions) -> Result<FloodFigures> {
-    let bin = crate::metac_bin()?;
     let lab = Lab::new(3)?;
+    let r = scenario(&lab, o);
+    if r.is_err() {
+        lab.dump_logs();
+    }
+    r
+}
+
+fn scenario(lab: &Lab, o: &FloodOptions) -> Result<FloodFigures> {
+    let bin = crate::metac_bin()?;
     let honest = [
         lab.host(1).start_node_with(&bin, &["--log-level", "info"])?,
         lab.host(2).start_node_with(&bin, &["--log-level", "info"])?,
@@ -126,6 +134,10 @@ pub fn run(o: &FloodOptions) -> Result<FloodFigures> {
         wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
             let o = h0.metac_with(&bin, &["--json", "resources", "--kind", "file"], crate::RUN_TIMEOUT)?;
             Ok(String::from_utf8_lossy(&o.stdout).contains(&name))
+        })
+        .map_err(|e| Error::NotReady {
+            what: format!("node 0 did not list node 1's export {name} ({e}), {:?} into the flood", start.elapsed()),
+            log_tail: String::new(),
         })?;
         propagation.push(exported.elapsed().as_secs_f64());
         round += 1;
