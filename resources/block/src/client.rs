@@ -5,11 +5,17 @@
 //! protocol lets a server send in any order, parks early chunks in their window slot, writes chunks to the sink in
 //! order and only then gives their permit back. So at most `WINDOW` chunks are requested or held at once, and a slow
 //! sink slows the requests instead of growing memory. Finally `NBD_CMD_DISC`, and the server closes the stream.
+//! A server that goes silent with the stream open is given up on after [`SERVER_STALL_TIMEOUT`] without a byte
+//! while the client waits for one.
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter, ReadBuf};
 use tokio::sync::Semaphore;
 
 use crate::nbd::proto::{
@@ -27,17 +33,67 @@ const MAX_OPTION_REPLIES: usize = 64;
 /// Buffer size of the stream reader.
 const STREAM_BUF: usize = 128 << 10;
 
+/// How long the client waits for the server's next byte, when it is waiting for one, before giving up on it.
+pub const SERVER_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A stream whose reads fail once one has waited [`SERVER_STALL_TIMEOUT`] for data. Time passes only while a read
+/// is pending: a slow sink, which keeps the client from reading, never trips it.
+struct Watchdog<S> {
+    inner: S,
+    limit: Duration,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watchdog<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                this.deadline = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let limit = this.limit;
+                let deadline = this.deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                match deadline.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("the NBD server sent nothing for {limit:?}"),
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watchdog<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// NBD client: reads the whole export in order and writes it to `out`; returns the bytes copied.
 ///
 /// The handshake uses `NBD_OPT_GO` on the default export. Reads are `CHUNK`-sized (smaller if the server's
 /// maximum block size says so) with up to `WINDOW` in flight. `progress(bytes_done, total)` is called once before
 /// the first read and after every chunk written to `out`. At the end it sends `NBD_CMD_DISC` and waits for the
-/// server to close the stream (wrap the call in a timeout if the server is not trusted to).
+/// server to close the stream. A server silent for [`SERVER_STALL_TIMEOUT`] while a reply is due ends it with an
+/// error.
 pub async fn cat<S, W>(stream: S, out: &mut W, mut progress: impl FnMut(u64, u64)) -> Result<u64, Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
     W: AsyncWrite + Unpin,
 {
+    let stream = Watchdog { inner: stream, limit: SERVER_STALL_TIMEOUT, deadline: None };
     let mut stream = BufReader::with_capacity(STREAM_BUF, stream);
     let remote = negotiate(&mut stream).await?;
     let plan = Plan { total: remote.size, chunk: chunk_len(remote.block) };

@@ -19,7 +19,7 @@ mod server;
 use std::io;
 use std::path::PathBuf;
 
-pub use client::cat;
+pub use client::{cat, SERVER_STALL_TIMEOUT};
 pub use export::{Export, FileId};
 pub use file::File;
 pub use server::{serve, Stats, NEGOTIATION_TIMEOUT, STALL_TIMEOUT};

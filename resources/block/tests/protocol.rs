@@ -336,3 +336,20 @@ async fn an_idle_client_keeps_its_connection() {
     assert_eq!(&data[..], &c.data[..10]);
     c.disconnect().await;
 }
+
+/// Attack (issue 10, finding 6, the client side): a server that sends its greeting and then nothing, with the stream
+/// open, held `metac file cat` for ever. The client gives up after SERVER_STALL_TIMEOUT without a byte.
+#[tokio::test(start_paused = true)]
+async fn a_server_gone_silent_is_given_up_on() {
+    let (client, mut server) = UnixStream::pair().unwrap();
+    let greeting = Greeting { flags: handshake::FIXED_NEWSTYLE | handshake::NO_ZEROES }.encode();
+    server.write_all(&greeting).await.unwrap();
+    let t = tokio::time::Instant::now();
+    let mut out = vec![];
+    let r = tokio::time::timeout(2 * metac_block::SERVER_STALL_TIMEOUT, metac_block::cat(client, &mut out, |_, _| {}))
+        .await
+        .expect("the client does not wait for ever");
+    assert!(matches!(&r, Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut), "{r:?}");
+    assert!(t.elapsed() >= metac_block::SERVER_STALL_TIMEOUT);
+    drop(server);
+}
