@@ -116,7 +116,7 @@ impl Budget {
         self.at = now;
     }
 
-    /// The bucket an advert signed by `node` and passed on by `from` draws from, if it has anything left now.
+    /// The bucket an advert draws from (the peer's own adverts, or those it relays), if it has anything left now.
     fn bucket(&mut self, own: bool, now: Instant) -> Option<&mut Bucket> {
         self.refill(now);
         let b = if own { &mut self.own } else { &mut self.relayed };
