@@ -6,7 +6,11 @@
 //! ends send a digest (node -> seq) and answer the other's digest with every advert the other lacks or has older,
 //! so one round trip converges two tables. Changes spread by gossip in between. A node we are connected to is
 //! reachable; when the last connection drops it is unreachable at once, and its advert is forgotten only after
-//! `grace` without news of it, so a short partition never wipes the view.
+//! `grace` without news of it, so a short partition never wipes the view. Gossip can lose a message (a queue full,
+//! a connection closed under it): every few seconds a node compares a [`Core::summary`] of its table with a random
+//! peer's and syncs the key ranges that differ. A forgotten advert is remembered as a tombstone for another
+//! `grace`, so that such a sync cannot bring a dead node back; only a newer advert, which only a live node signs,
+//! can.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -41,6 +45,11 @@ pub const MAX_NODES: usize = 131_072;
 /// Default bound of the table in bytes of adverts. An honest advert takes a few hundred bytes; a stranger minting
 /// keys and signing 64 KiB adverts fills this long before [`MAX_NODES`].
 pub const MAX_TABLE_BYTES: usize = 32 * 1024 * 1024;
+/// Most buckets of a [`Core::summary`] (`2^MAX_SUMMARY_BITS`): 2 KiB of hashes, each bucket a 1/256 of the key
+/// space (about 400 nodes of a 100k-node mesh, a 16 KiB digest page to sync when it differs).
+pub const MAX_SUMMARY_BITS: u8 = 8;
+/// Forgotten nodes remembered at most (see [`Core::handle_tick`]); past it the oldest tombstones go first.
+pub const MAX_TOMBSTONES: usize = 16 * 1024;
 
 /// What became of an advert handed to the core.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +81,19 @@ impl KeyRange {
     /// True if `k` lies in the range.
     pub fn contains(&self, k: &NodeKey) -> bool {
         *k >= self.start && self.end.is_none_or(|e| *k < e)
+    }
+
+    /// Bucket `i` of the `2^bits` equal ranges a [`Core::summary`] divides the key space into, by the keys' first
+    /// `bits` bits (`bits` at most [`MAX_SUMMARY_BITS`], `i` below `2^bits`).
+    pub fn bucket(bits: u8, i: usize) -> KeyRange {
+        let width = 256usize >> bits.min(MAX_SUMMARY_BITS);
+        let key = |b: usize| {
+            let mut k = [0u8; 32];
+            k[0] = b as u8;
+            NodeKey(k)
+        };
+        let end = (i + 1) * width;
+        KeyRange { start: key(i * width), end: (end < 256).then(|| key(end)) }
     }
 }
 
@@ -166,6 +188,10 @@ pub struct Core {
     actions: VecDeque<Action>,
     own_signed_at: Millis,
     stats: Stats,
+    /// Nodes forgotten after `grace`: the seq they had and when, kept for another `grace` (see the module doc).
+    tombstones: HashMap<NodeKey, (u64, Millis)>,
+    /// Tombstones in the order they were laid, to prune and bound them (a key may be listed after it was lifted).
+    tombstone_order: VecDeque<(NodeKey, Millis)>,
 }
 
 impl Core {
@@ -188,6 +214,8 @@ impl Core {
             actions: VecDeque::new(),
             own_signed_at: now,
             stats: Stats::default(),
+            tombstones: HashMap::new(),
+            tombstone_order: VecDeque::new(),
         }
     }
 
@@ -229,6 +257,8 @@ impl Core {
         p.connections += 1;
         p.last_seen = now;
         let first = p.connections == 1;
+        // A node that connects is alive, whatever we forgot of it.
+        self.tombstones.remove(&peer);
         self.make_direct(peer);
         if let Some(e) = self.table.get_mut(&peer) {
             e.last_heard = now;
@@ -260,6 +290,34 @@ impl Core {
             self.table.iter().filter(|(k, _)| range.contains(k)).map(|(k, e)| (*k, e.advert.seq())).collect();
         d.sort_unstable();
         d
+    }
+
+    /// A summary of the table for anti-entropy: for each of the `2^bits` key ranges of [`KeyRange::bucket`], a hash
+    /// of the (key, seq) pairs in it (a sum of per-entry hashes, so no sorting). Tables that agree on a range have
+    /// the same hash for it; only the ranges whose hashes differ need a sync page.
+    pub fn summary(&self, bits: u8) -> Vec<u64> {
+        let bits = bits.min(MAX_SUMMARY_BITS);
+        let mut out = vec![0u64; 1 << bits];
+        for (k, e) in &self.table {
+            let i = usize::from(k.0[0]) >> (8 - bits);
+            let mut h = blake3::Hasher::new();
+            h.update(&k.0);
+            h.update(&e.advert.seq().to_le_bytes());
+            let b = h.finalize();
+            let word = u64::from_le_bytes(b.as_bytes()[..8].try_into().expect("8 bytes"));
+            out[i] = out[i].wrapping_add(word);
+        }
+        out
+    }
+
+    /// The bits of summary worth sending for this table: one bucket per 64 nodes or so, at most
+    /// [`MAX_SUMMARY_BITS`].
+    pub fn summary_bits(&self) -> u8 {
+        let mut bits = 0;
+        while bits < MAX_SUMMARY_BITS && (self.table.len() >> bits) > 64 {
+            bits += 1;
+        }
+        bits
     }
 
     /// Answers a peer's digest with every advert it lacks or has older.
@@ -335,6 +393,11 @@ impl Core {
             self.stats.refused += 1;
             return Outcome::Refused;
         }
+        if self.tombstones.get(&node).is_some_and(|t| advert.seq() <= t.0) {
+            // Forgotten as dead: only a newer advert brings it back.
+            self.stats.stale += 1;
+            return Outcome::Stale;
+        }
         let known = self.table.get_mut(&node);
         let held = known.as_ref().map_or(0, |e| e.advert.wire_len());
         if let Some(e) = known {
@@ -363,6 +426,7 @@ impl Core {
             return Outcome::Full;
         }
         self.stats.accepted += 1;
+        self.tombstones.remove(&node);
         let addrs = advert.advert().addrs.clone();
         self.put(node, Entry { advert, last_heard: now, source });
         self.actions.push_back(Action::Event(Event::Updated { node, addrs }));
@@ -444,9 +508,32 @@ impl Core {
             .map(|(k, _)| *k)
             .collect();
         for node in expired {
-            self.remove(&node);
+            if let Some(e) = self.remove(&node) {
+                self.lay_tombstone(node, e.advert.seq(), now);
+            }
             self.peers.remove(&node);
             self.actions.push_back(Action::Event(Event::Expired { node }));
+        }
+        while let Some(&(node, at)) = self.tombstone_order.front() {
+            if now.saturating_sub(at) < grace && self.tombstone_order.len() <= MAX_TOMBSTONES {
+                break;
+            }
+            self.tombstone_order.pop_front();
+            if self.tombstones.get(&node).is_some_and(|t| t.1 == at) {
+                self.tombstones.remove(&node);
+            }
+        }
+    }
+
+    fn lay_tombstone(&mut self, node: NodeKey, seq: u64, now: Millis) {
+        self.tombstones.insert(node, (seq, now));
+        self.tombstone_order.push_back((node, now));
+        if self.tombstone_order.len() > MAX_TOMBSTONES {
+            if let Some((old, at)) = self.tombstone_order.pop_front() {
+                if self.tombstones.get(&old).is_some_and(|t| t.1 == at) {
+                    self.tombstones.remove(&old);
+                }
+            }
         }
     }
 
@@ -787,5 +874,81 @@ mod tests {
         let half = KeyRange { start: NodeKey([0; 32]), end: Some(mid) };
         let (lower, next) = a.handle_sync_range(b.me(), &half, &[], usize::MAX, 3);
         assert!(next.is_none() && lower.iter().all(|s| s.node() < mid));
+    }
+
+    /// The buckets of every summary size tile the key space, in order.
+    #[test]
+    fn summary_buckets_tile_the_key_space() {
+        for bits in 0..=MAX_SUMMARY_BITS {
+            let n = 1usize << bits;
+            assert_eq!(KeyRange::bucket(bits, 0).start, NodeKey([0; 32]));
+            for i in 0..n - 1 {
+                assert_eq!(KeyRange::bucket(bits, i).end, Some(KeyRange::bucket(bits, i + 1).start), "bits {bits}");
+            }
+            assert_eq!(KeyRange::bucket(bits, n - 1).end, None);
+        }
+        let mut k = [0u8; 32];
+        k[0] = 0x81;
+        assert!(KeyRange::bucket(1, 1).contains(&NodeKey(k)) && !KeyRange::bucket(1, 0).contains(&NodeKey(k)));
+    }
+
+    /// Gossip lost a message: the summaries of two tables differ in exactly the bucket of the advert one lacks (or
+    /// holds older), and a sync of that bucket alone brings it.
+    #[test]
+    fn summaries_agree_on_equal_tables_and_point_at_the_range_that_differs() {
+        let (mut a, mut b) = (node(1), node(2));
+        for i in 0..200 {
+            a.handle_gossip(stranger(i, 10), stranger(i, 10).node(), 1);
+            b.handle_gossip(stranger(i, 10), stranger(i, 10).node(), 1);
+        }
+        connect(&mut a, &mut b, 2);
+        let bits = a.summary_bits();
+        assert_eq!((bits, b.summary_bits()), (2, 2), "202 nodes: 4 buckets");
+        assert_eq!(a.summary(bits), b.summary(bits));
+        // b changes; the gossip of it is lost.
+        b.set_local(vec![], None, vec![res("new")], vec![], 3);
+        let (sa, sb) = (a.summary(bits), b.summary(bits));
+        let differ: Vec<usize> = (0..sa.len()).filter(|&i| sa[i] != sb[i]).collect();
+        assert_eq!(differ.len(), 1);
+        let range = KeyRange::bucket(bits, differ[0]);
+        assert!(range.contains(&b.me()));
+        let (adverts, next) = b.handle_sync_range(a.me(), &range, &a.digest_range(&range), usize::MAX, 4);
+        assert_eq!((adverts.len(), next), (1, None), "only b's new advert");
+        a.handle_adverts(adverts, b.me(), 4);
+        assert_eq!(a.summary(bits), b.summary(bits));
+        assert_eq!(a.entry(&b.me()).unwrap().advert.advert().resources[0].name, "new");
+    }
+
+    /// A node forgotten after the grace period is not brought back by a peer that still holds its advert (periodic
+    /// summaries would otherwise pass a dead node to and fro for ever); a newer advert, which only the live node
+    /// signs, is taken, and so is the node when it connects.
+    #[test]
+    fn a_forgotten_node_comes_back_only_with_a_newer_advert() {
+        let (mut a, mut b, mut x) = (node(1), node(2), node(3));
+        connect(&mut a, &mut x, 0);
+        connect(&mut b, &mut x, 0);
+        a.handle_disconnected(x.me(), 10);
+        a.handle_tick(1100);
+        assert!(a.entry(&x.me()).is_none(), "forgotten after grace");
+        // b has not forgotten it yet and answers a's digest with it.
+        let old = b.handle_sync_request(a.me(), &a.digest(), 1200);
+        assert!(old.iter().any(|s| s.node() == x.me()));
+        assert_eq!(a.handle_adverts(old, b.me(), 1200), 1, "b's own advert only");
+        assert!(a.entry(&x.me()).is_none(), "not brought back by its old advert");
+        // x is alive and re-signs: the newer advert is taken.
+        x.set_local(vec![], None, vec![res("back")], vec![], 1300);
+        let newer = x.entry(&x.me()).unwrap().advert.clone();
+        assert_eq!(a.handle_gossip(newer, b.me(), 1300), Outcome::New);
+        // Forgotten again, then connected: a connected node is alive, its advert is taken whatever the tombstone.
+        a.handle_tick(2500);
+        assert!(a.entry(&x.me()).is_none());
+        connect(&mut a, &mut x, 2600);
+        assert!(a.entry(&x.me()).is_some());
+        // Tombstones go after another grace period.
+        a.handle_disconnected(x.me(), 2700);
+        a.handle_tick(3800);
+        assert_eq!(a.tombstones.len(), 1);
+        a.handle_tick(4900);
+        assert!(a.tombstones.is_empty() && a.tombstone_order.is_empty());
     }
 }

@@ -32,15 +32,21 @@ fn a_flood_of_fresh_keys_leaves_honest_nodes_bounded_and_talking() {
         assert!(n.known_nodes < 5_000, "8 KiB adverts of 10k keys cannot all be kept: {n:?}");
     }
     assert!(f.propagation_secs.len() >= 5, "honest adverts were checked through the flood: {:?}", f.propagation_secs);
+    // Gossip carries a change in milliseconds; one it lost comes with the next anti-entropy round (every 8-12 s).
+    let mut sorted = f.propagation_secs.clone();
+    sorted.sort_by(f64::total_cmp);
+    assert!(sorted[sorted.len() / 2] < 2.0, "honest adverts keep flowing during the flood: {:?}", f.propagation_secs);
     assert!(
-        f.propagation_secs.iter().all(|s| *s < 10.0),
-        "honest adverts keep flowing during the flood: {:?}",
+        sorted.iter().all(|s| *s < 15.0),
+        "an honest advert gossip lost arrives within an anti-entropy round: {:?}",
         f.propagation_secs
     );
     let report: serde_json::Value = serde_json::from_str(&f.flooder_report).expect("the flooder printed its report");
     // What it tried: adverts handed to gossipsub, and connections (it comes back under a fresh key when cut off).
-    let tried =
-        ["published", "publish_errors", "sessions"].iter().map(|k| report[k].as_u64().unwrap_or(0)).sum::<u64>();
-    assert!(tried > 2_000, "the flooder did try to flood: {report}");
+    // It was cut off after its first messages, and kept coming back under fresh keys (how often depends on how
+    // busy the machine is: over a thousand times in 30 s here, even with six busy loops beside it).
+    let handed = ["published", "publish_errors"].iter().map(|k| report[k].as_u64().unwrap_or(0)).sum::<u64>();
+    assert!(handed >= 32, "the flooder did try to flood: {report}");
+    assert!(report["sessions"].as_u64() >= Some(100), "the flooder kept coming back: {report}");
     assert!(report["disconnected"].as_u64() >= Some(1), "the flooded node cut the flooder off: {report}");
 }

@@ -22,7 +22,7 @@ use super::rpc::{admission_proof, mesh_secret, proof_matches, Request, Response,
 use super::swarm::{Behaviour, BehaviourEvent};
 use super::{Command, Config, Error, Event, NodeView, Snapshot};
 use crate::advert::{ResourceInfo, Signed};
-use crate::core::{self, Action, Core, KeyRange, Millis, Outcome, Via};
+use crate::core::{self, Action, Core, KeyRange, Millis, Outcome, Via, MAX_SUMMARY_BITS};
 use crate::identity::NodeKey;
 use crate::token::TokenId;
 
@@ -58,6 +58,15 @@ const MAX_REJECTS: u32 = 3;
 pub const BAN_FOR: Duration = Duration::from_secs(600);
 /// Banned peers remembered, at most.
 const MAX_BANNED: usize = 1024;
+/// How often a node compares a summary of its table with a random peer's (jittered by a fifth either way), and
+/// syncs the ranges that differ: a gossip message lost (a full queue, a connection closed under it) is made good
+/// within about this long, not at the sender's next refresh minutes later.
+const ANTI_ENTROPY: Duration = Duration::from_secs(10);
+/// Differing ranges synced per anti-entropy round, at most: the rest wait for the next round, so that a peer
+/// claiming that everything differs gets a few pages, within its budget.
+const MAX_SUMMARY_RANGES: usize = 4;
+/// A peer's summaries are answered at most this often: each costs a pass over the table.
+const SUMMARY_GAP: Duration = Duration::from_secs(2);
 /// A token bucket in bytes.
 struct Bucket {
     tokens: f64,
@@ -94,6 +103,8 @@ struct Budget {
     overdraft: f64,
     /// Invalid adverts it gossiped (see [`MAX_REJECTS`]).
     rejects: u32,
+    /// When we last answered its summary (see [`SUMMARY_GAP`]).
+    summary_at: Option<Instant>,
     at: Instant,
 }
 
@@ -104,6 +115,7 @@ impl Budget {
             own: Bucket::new(OWN_RATE, OWN_BURST),
             overdraft: 0.0,
             rejects: 0,
+            summary_at: None,
             at: now,
         }
     }
@@ -222,6 +234,10 @@ pub(super) struct Driver {
     connected_at: HashMap<PeerId, Instant>,
     /// Peers owed a sync with our digest once they are admitted (until then they got the proof alone).
     want_sync: HashSet<PeerId>,
+    /// Summaries in flight, and the bits of each.
+    summaries: HashMap<OutboundRequestId, (PeerId, u8)>,
+    /// When to send the next summary.
+    next_summary: Instant,
 }
 
 /// How long a connected peer has to prove the mesh key before it is disconnected. A member does so in its first
@@ -296,6 +312,8 @@ impl Driver {
             version: 1,
             connected_at: HashMap::new(),
             want_sync: HashSet::new(),
+            summaries: HashMap::new(),
+            next_summary: start + jittered(ANTI_ENTROPY),
         }
     }
 
@@ -339,6 +357,10 @@ impl Driver {
         });
         self.banned.retain(|_, until| *until > t);
         self.swarm.behaviour_mut().gate.prune(t);
+        if t >= self.next_summary {
+            self.next_summary = t + jittered(ANTI_ENTROPY);
+            self.send_summary();
+        }
         let t = Instant::now();
         for i in 0..self.bootstrap.len() {
             let b = &mut self.bootstrap[i];
@@ -539,6 +561,21 @@ impl Driver {
         let proof = admission_proof(&self.secret, self.swarm.local_peer_id(), &p);
         let id = self.swarm.behaviour_mut().rpc.send_request(&p, Request::SyncPage { proof, range, digest });
         self.syncs.insert(id, (p, Some(range)));
+    }
+
+    /// One anti-entropy round: a summary of our table to a random admitted peer, whose answer names the ranges to
+    /// sync (see [`ANTI_ENTROPY`]).
+    fn send_summary(&mut self) {
+        let peers: Vec<PeerId> = self.admitted.iter().filter(|p| self.swarm.is_connected(p)).copied().collect();
+        if peers.is_empty() {
+            return;
+        }
+        let p = peers[(random_u64() % peers.len() as u64) as usize];
+        let bits = self.core.summary_bits();
+        let hashes = self.core.summary(bits);
+        let proof = admission_proof(&self.secret, self.swarm.local_peer_id(), &p);
+        let id = self.swarm.behaviour_mut().rpc.send_request(&p, Request::Summary { proof, bits, hashes });
+        self.summaries.insert(id, (p, bits));
     }
 
     /// Asks `p` for the rest of `range` now, or once its budget allows.
@@ -863,6 +900,8 @@ impl Driver {
             },
             BehaviourEvent::Rpc(request_response::Event::OutboundFailure { request_id, error, peer, .. }) => {
                 // A sync lost with a connection that was closed as a duplicate is sent again on the one kept.
+                // A lost summary waits for the next round (a node of an earlier version cannot read one).
+                self.summaries.remove(&request_id);
                 if self.syncs.remove(&request_id).is_some() && self.swarm.is_connected(&peer) {
                     tracing::debug!(%peer, "sync failed ({error}), sending it again");
                     let digest = self.core.digest();
@@ -993,6 +1032,25 @@ impl Driver {
                 let _ =
                     self.swarm.behaviour_mut().rpc.send_response(channel, Response::SyncPage { proof, adverts, next });
             }
+            Request::Summary { proof, bits, hashes } => {
+                let Some(channel) = self.check_request_proof(peer, &proof, channel) else { return };
+                let t = Instant::now();
+                let budget = self.budgets.entry(peer).or_insert_with(|| Budget::new(t));
+                let response = if bits > MAX_SUMMARY_BITS || hashes.len() != 1 << bits {
+                    Response::Denied(format!("a summary of {} hashes for {bits} bits", hashes.len()))
+                } else if budget.summary_at.is_some_and(|at| t.duration_since(at) < SUMMARY_GAP) {
+                    Response::Denied(format!("summaries more often than every {SUMMARY_GAP:?}"))
+                } else {
+                    budget.summary_at = Some(t);
+                    let ours = self.core.summary(bits);
+                    let differ = (0..ours.len()).filter(|&i| ours[i] != hashes[i]).map(|i| i as u16).collect();
+                    Response::Summary {
+                        proof: admission_proof(&self.secret, self.swarm.local_peer_id(), &peer),
+                        differ,
+                    }
+                };
+                let _ = self.swarm.behaviour_mut().rpc.send_response(channel, response);
+            }
             Request::App(body) => {
                 if !self.admitted.contains(&peer) {
                     let _ =
@@ -1016,6 +1074,9 @@ impl Driver {
 
     fn on_response(&mut self, peer: PeerId, id: OutboundRequestId, response: Response, now: Millis) {
         let node = node_key(&peer).unwrap_or(self.me);
+        if let Some((_, bits)) = self.summaries.remove(&id) {
+            return self.on_summary(peer, bits, response);
+        }
         match response {
             Response::Sync { proof, adverts } => {
                 self.syncs.remove(&id);
@@ -1050,8 +1111,55 @@ impl Driver {
                     let _ = tx.send(Ok(body));
                 }
             }
+            Response::Summary { .. } => {}
         }
     }
+
+    /// The answer to our summary: sync a few of the ranges that differ, chosen at random (the rest next round).
+    fn on_summary(&mut self, peer: PeerId, bits: u8, response: Response) {
+        let differ = match response {
+            Response::Summary { proof, differ } => {
+                if !self.check_proof(peer, &proof) {
+                    return;
+                }
+                differ
+            }
+            Response::Denied(why) => {
+                tracing::debug!(%peer, "summary not answered: {why}");
+                return;
+            }
+            _ => {
+                tracing::debug!(%peer, "a summary answered with something else");
+                return;
+            }
+        };
+        let n = 1usize << bits;
+        let mut differ: Vec<usize> = differ.into_iter().map(usize::from).filter(|&i| i < n).collect();
+        differ.sort_unstable();
+        differ.dedup();
+        if differ.is_empty() {
+            return;
+        }
+        tracing::debug!(%peer, ranges = differ.len(), "anti-entropy: our tables differ");
+        let from = (random_u64() % differ.len() as u64) as usize;
+        differ.rotate_left(from);
+        for i in differ.into_iter().take(MAX_SUMMARY_RANGES) {
+            self.continue_sync(peer, KeyRange::bucket(bits, i));
+        }
+    }
+}
+
+/// A random number (for choices that only need to differ between nodes and rounds).
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    // A failing system RNG leaves zeros: the first peer and no jitter, still correct.
+    let _ = getrandom::getrandom(&mut b);
+    u64::from_le_bytes(b)
+}
+
+/// `d` give or take a fifth, at random, so that nodes started together do not act in step.
+fn jittered(d: Duration) -> Duration {
+    d.mul_f64(0.8 + 0.4 * (random_u64() >> 11) as f64 / (1u64 << 53) as f64)
 }
 
 #[cfg(test)]

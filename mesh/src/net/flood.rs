@@ -197,6 +197,10 @@ async fn session(
                         Response::SyncPage { proof, adverts, next }
                     }
                     Request::App(_) => Response::Denied("no".into()),
+                    // Everything differs, it claims: the victim asks for pages it fills with fresh keys.
+                    Request::Summary { bits, .. } => {
+                        Response::Summary { proof, differ: (0..1u16 << bits.min(8)).collect() }
+                    }
                 };
                 let _ = swarm.behaviour_mut().rpc.send_response(channel, response);
             }

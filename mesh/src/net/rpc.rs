@@ -55,6 +55,9 @@ pub enum Request {
     App(Vec<u8>),
     /// One page of a sync: the digest of the nodes in `range` (at most [`PAGE_ENTRIES`]).
     SyncPage { proof: [u8; 32], range: KeyRange, digest: Vec<(NodeKey, u64)> },
+    /// Anti-entropy: a [`crate::core::Core::summary`] of the sender's table in `2^bits` key ranges (`bits` at most
+    /// [`crate::core::MAX_SUMMARY_BITS`]).
+    Summary { proof: [u8; 32], bits: u8, hashes: Vec<u64> },
 }
 
 /// RPC responses. Variants are only ever added at the end.
@@ -69,6 +72,8 @@ pub enum Response {
     /// The answer to [`Request::SyncPage`]: adverts of the range the digest lacks, in key order, at most
     /// [`PAGE_BYTES`]; `next` is where the range goes on when the page is full.
     SyncPage { proof: [u8; 32], adverts: Vec<Signed>, next: Option<NodeKey> },
+    /// The answer to [`Request::Summary`]: the buckets whose hashes differ from ours, by index.
+    Summary { proof: [u8; 32], differ: Vec<u16> },
 }
 
 /// Decodes one RPC frame's payload as a request (what a peer sends us), bounded like the codec; for fuzzing and
@@ -211,6 +216,11 @@ mod tests {
             hex(&postcard::to_allocvec(&next).unwrap()),
             format!("03{}0001{}", "01".repeat(32), "03".repeat(32))
         );
+        // And the summary variants after those.
+        let summary = Request::Summary { proof: [1; 32], bits: 1, hashes: vec![1, 300] };
+        let differ = Response::Summary { proof: [1; 32], differ: vec![1] };
+        assert_eq!(hex(&postcard::to_allocvec(&summary).unwrap()), format!("03{}010201ac02", "01".repeat(32)));
+        assert_eq!(hex(&postcard::to_allocvec(&differ).unwrap()), format!("04{}0101", "01".repeat(32)));
     }
 
     /// The frame bound holds both ways, and trailing bytes are refused.

@@ -1,5 +1,5 @@
-//! Attack tests of the driver with a hostile peer built from the mesh's own swarm: a stranger that connects to a
-//! node of a private mesh and never proves the mesh key.
+//! Tests of the driver against peers built from the mesh's own swarm: a stranger that connects to a node of a
+//! private mesh and never proves the mesh key, and a member whose changes gossip never carries.
 
 use std::time::{Duration, Instant};
 
@@ -67,5 +67,101 @@ async fn a_silent_stranger_learns_nothing_and_is_disconnected() {
     assert!(held >= Duration::from_secs(4) && held < Duration::from_secs(9), "disconnected after {held:?}");
     assert!(!digests.is_empty(), "the victim sent its admission proof");
     assert!(digests.iter().all(|d| d.is_empty()), "no digest (members' keys) reached the stranger: {digests:?}");
+    cancel.cancel();
+}
+
+/// Gossip lost a change (a full queue, a connection closed under it): before, a node learned of it only at the
+/// sender's next refresh, minutes later. Now anti-entropy summaries find the range that differs and sync it. The
+/// peer here never gossips at all; it answers syncs and summaries from a core of its own, as a node does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_gossip_never_carried_arrives_by_anti_entropy() {
+    use crate::advert::ResourceInfo;
+    use crate::core::{Config as CoreConfig, Core};
+    use crate::kind::Kind;
+    use crate::token::ResourceId;
+
+    use super::rpc::{admission_proof, mesh_secret, Response, PAGE_BYTES};
+
+    let key = b"the members' secret key";
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let (victim, _events, _task) = spawn(config(1, key), cancel.clone()).await.unwrap();
+    let victim_key = Identity::from_secret([1; 32]).public();
+    let mut addr = None;
+    for _ in 0..200 {
+        let snap = victim.snapshot().await.unwrap();
+        addr = snap.listen.iter().find(|a| a.starts_with("/ip4/127.0.0.1/tcp/")).cloned();
+        if addr.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let addr: libp2p::Multiaddr = addr.expect("the victim listens on loopback").parse().unwrap();
+
+    let peer_config = config(2, key);
+    let peer_key = peer_config.identity.public();
+    let mut core = Core::new(peer_config.identity.clone(), CoreConfig::default(), 1, 0);
+    let (mut peer, _) = swarm::build(&peer_config).unwrap();
+    let me = *peer.local_peer_id();
+    let secret = mesh_secret(Some(key));
+    peer.dial(addr).unwrap();
+
+    let start = Instant::now();
+    let mut changed: Option<Instant> = None;
+    let mut summaries = 0;
+    let mut check = tokio::time::interval(Duration::from_millis(200));
+    let arrived = loop {
+        assert!(start.elapsed() < Duration::from_secs(60), "the change did not arrive ({summaries} summaries)");
+        tokio::select! {
+            ev = peer.select_next_some() => {
+                let SwarmEvent::Behaviour(BehaviourEvent::Rpc(request_response::Event::Message {
+                    peer: from,
+                    message: request_response::Message::Request { request, channel, .. },
+                    ..
+                })) = ev else { continue };
+                let proof = admission_proof(&secret, &me, &from);
+                let now = start.elapsed().as_millis() as u64;
+                let response = match request {
+                    Request::Sync { .. } => Response::Sync { proof, adverts: vec![] },
+                    Request::SyncPage { range, digest, .. } => {
+                        let (adverts, next) = core.handle_sync_range(victim_key, &range, &digest, PAGE_BYTES, now);
+                        Response::SyncPage { proof, adverts, next }
+                    }
+                    Request::Summary { bits, hashes, .. } => {
+                        summaries += 1;
+                        let ours = core.summary(bits);
+                        let differ = (0..ours.len()).filter(|&i| ours[i] != hashes[i]).map(|i| i as u16).collect();
+                        Response::Summary { proof, differ }
+                    }
+                    Request::App(_) => Response::Denied("no".into()),
+                };
+                let _ = peer.behaviour_mut().rpc.send_response(channel, response);
+            }
+            _ = check.tick() => {
+                let snap = victim.snapshot().await.unwrap();
+                let Some(view) = snap.nodes.iter().find(|n| n.key == peer_key.to_string()) else { continue };
+                match changed {
+                    None => {
+                        // The victim holds our first advert: change it, and gossip nothing (the action is dropped).
+                        let r = ResourceInfo {
+                            id: ResourceId([9; 16]),
+                            kind: Kind::File,
+                            name: "changed".into(),
+                            description: String::new(),
+                            public_ref: None,
+                        };
+                        core.set_local(vec![], None, vec![r], vec![], start.elapsed().as_millis() as u64);
+                        while core.poll_action().is_some() {}
+                        changed = Some(Instant::now());
+                    }
+                    Some(at) if view.resources.iter().any(|r| r.name == "changed") => break at.elapsed(),
+                    Some(_) => {}
+                }
+            }
+        }
+    };
+    assert!(summaries >= 1, "it came by a summary");
+    // A round every 8 to 12 s: the change arrives within two.
+    assert!(arrived < Duration::from_secs(25), "arrived after {arrived:?}");
+    println!("anti-entropy: the change arrived after {arrived:?} ({summaries} summaries)");
     cancel.cancel();
 }
