@@ -6,7 +6,8 @@
 //! line each), [`node`] (the wiring), [`exports`] (exports and their open exporters), [`serve`] (inbound binds:
 //! token checks, cuts on revocation and expiry), [`binds`] (this node's binds as sessions), [`refs`] (tokens,
 //! delegation, revocation), [`transport`] (where resource streams travel), [`overlay`] (the fd6f network's
-//! wiring), [`api`] (HTTP + JSON on a Unix socket), [`rpc`] (node-to-node requests), [`error`].
+//! wiring), [`api`] (HTTP + JSON on a Unix socket), [`rpc`] (node-to-node requests), [`trim`] (memory an idle
+//! node gives back), [`error`].
 
 pub mod access;
 pub mod api;
@@ -23,6 +24,7 @@ pub mod rpc;
 pub mod serve;
 pub mod store;
 pub mod transport;
+pub mod trim;
 
 pub use config::Config;
 pub use node::Node;
@@ -64,10 +66,12 @@ pub async fn run(config: Config, cancel: CancellationToken, ready: impl FnOnce(&
     ready(&node);
     let access = access::Access::new(group);
     let api = tokio::spawn(api::serve(listener, Arc::clone(&node), access, cancel.clone()));
+    let trim = tokio::spawn(trim::run(cancel.clone()));
     cancel.cancelled().await;
     tracing::info!("shutting down");
     node.shutdown().await;
     let _ = api.await;
+    let _ = trim.await;
     let _ = std::fs::remove_file(&config.socket);
     Ok(())
 }
