@@ -107,8 +107,11 @@ fn clean_mappings(smaps: &str, path: &str) -> Vec<Mapping> {
     out
 }
 
+/// What a mapping's header line says: its range (if it parses), its permissions and its path.
+type Header<'a> = (Option<(usize, usize)>, &'a str, &'a str);
+
 /// A mapping's header line: `start-end perms offset dev inode [path]`.
-fn header(line: &str) -> Option<(Option<(usize, usize)>, &str, &str)> {
+fn header(line: &str) -> Option<Header<'_>> {
     let mut f = line.splitn(6, ' ');
     let range = f.next()?;
     let (s, e) = range.split_once('-')?;
