@@ -9,7 +9,7 @@ use metac_api::blocking;
 use metac_mesh::kind::{Kind, Rights};
 use metac_mesh::token::{Caveat, ResourceId, SigCache, Token};
 use metac_mesh::Identity;
-use metac_tests::procstat::{proc_stat, status_kib, ticks_to_ms};
+use metac_tests::procstat::{cpu_ns, proc_stat, status_kib};
 use metac_tests::{metac_bin, wait_until, Lab};
 
 /// Options of `metac-bench spine`.
@@ -41,13 +41,14 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Resident MiB at the end and CPU ms per 10 s of a node left alone for `secs` (after 2 s to settle).
+/// Resident MiB at the end and CPU ms per 10 s of a node left alone for `secs` (after 2 s to settle). CPU time is
+/// the scheduler's count in nanoseconds (ticks of 10 ms would round a few milliseconds to 0 or 10).
 fn idle(pid: u32, secs: u64) -> Result<(f64, f64)> {
     std::thread::sleep(Duration::from_secs(2));
-    let (_, t0) = proc_stat(pid)?;
+    let t0 = cpu_ns(pid)?;
     std::thread::sleep(Duration::from_secs(secs));
-    let (rss, t1) = proc_stat(pid)?;
-    let cpu_ms = ticks_to_ms(t1 - t0);
+    let (rss, _) = proc_stat(pid)?;
+    let cpu_ms = (cpu_ns(pid)? - t0) as f64 / 1e6;
     let (anon, file) = (status_kib(pid, "RssAnon")?, status_kib(pid, "RssFile")?);
     println!(
         "# rss of pid {pid}: {:.1} MiB anonymous (heap, stacks), {:.1} MiB mapped from the binary",
