@@ -9,7 +9,7 @@ use metac_api::blocking;
 use metac_mesh::kind::{Kind, Rights};
 use metac_mesh::token::{Caveat, ResourceId, SigCache, Token};
 use metac_mesh::Identity;
-use metac_tests::procstat::{cpu_ns, proc_stat, status_kib};
+use metac_tests::procstat::{cpu_ns, cpu_ns_by_thread, proc_stat, status_kib};
 use metac_tests::{metac_bin, wait_until, Lab};
 
 /// Options of `metac-bench spine`.
@@ -18,7 +18,7 @@ pub struct Args {
     /// Nodes for the advert propagation run
     #[arg(long, default_value_t = 20)]
     nodes: usize,
-    /// Seconds of idle to measure RSS and CPU over (CPU time is counted in 10 ms ticks, so longer is finer)
+    /// Seconds of idle to measure RSS and CPU over
     #[arg(long, default_value_t = 20)]
     idle_secs: u64,
     /// Repetitions of timed runs (the median is printed)
@@ -46,9 +46,17 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn idle(pid: u32, secs: u64) -> Result<(f64, f64)> {
     std::thread::sleep(Duration::from_secs(2));
     let t0 = cpu_ns(pid)?;
+    let by_thread0 = cpu_ns_by_thread(pid)?;
     std::thread::sleep(Duration::from_secs(secs));
     let (rss, _) = proc_stat(pid)?;
     let cpu_ms = (cpu_ns(pid)? - t0) as f64 / 1e6;
+    let threads: Vec<String> = cpu_ns_by_thread(pid)?
+        .into_iter()
+        .map(|(name, ns)| (name.clone(), ns.saturating_sub(by_thread0.get(&name).copied().unwrap_or(0))))
+        .filter(|(_, ns)| *ns > 0)
+        .map(|(name, ns)| format!("{name} {:.1} ms", ns as f64 / 1e6))
+        .collect();
+    println!("# cpu of pid {pid} by thread over {secs} s: {}", threads.join(", "));
     let (anon, file) = (status_kib(pid, "RssAnon")?, status_kib(pid, "RssFile")?);
     println!(
         "# rss of pid {pid}: {:.1} MiB anonymous (heap, stacks), {:.1} MiB mapped from the binary",

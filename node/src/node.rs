@@ -273,16 +273,23 @@ impl Node {
     /// version seen.
     async fn remember_peers(&self, version: u64) -> u64 {
         let Ok(Some(snap)) = self.mesh.snapshot_since(version).await else { return version };
-        for n in snap.nodes.iter().filter(|n| n.reachable) {
-            let addrs: Vec<String> = n.addrs.iter().map(|a| format!("{a}/p2p/{}", n.peer_id)).collect();
-            // Write only what changed: an idle node should not touch its disk.
-            if self.remembered.lock().expect("remembered lock").get(&n.key) == Some(&addrs) {
-                continue;
+        let mut changed = vec![];
+        {
+            let mut remembered = self.remembered.lock().expect("remembered lock");
+            for n in snap.nodes.iter().filter(|n| n.reachable) {
+                let addrs: Vec<String> = n.addrs.iter().map(|a| format!("{a}/p2p/{}", n.peer_id)).collect();
+                // Write only what changed: an idle node should not touch its disk.
+                if remembered.get(&n.key) != Some(&addrs) {
+                    remembered.insert(n.key.clone(), addrs.clone());
+                    changed.push((n.key.clone(), addrs));
+                }
             }
-            self.remembered.lock().expect("remembered lock").insert(n.key.clone(), addrs.clone());
-            tracing::debug!(peer = %n.key, ?addrs, "remembering peer");
-            if let Err(e) = self.store.put_peer(&n.key, &addrs) {
-                tracing::warn!("cannot remember peer {}: {e}", n.key);
+        }
+        if !changed.is_empty() {
+            tracing::debug!(peers = changed.len(), "remembering peers");
+            // One transaction: a node joining a mesh of 20 used to sync its disk 19 times.
+            if let Err(e) = self.store.put_peers(&changed) {
+                tracing::warn!("cannot remember {} peers: {e}", changed.len());
             }
         }
         snap.version

@@ -354,9 +354,17 @@ impl Store {
         Ok(all.into_iter().take(limit).map(|(_, id)| id).collect())
     }
 
-    /// Remembers a peer's addresses.
-    pub fn put_peer(&self, key_hex: &str, addrs: &[String]) -> Result<(), Error> {
-        self.put(PEERS, key_hex, &enc(&addrs))
+    /// Remembers peers' addresses, in one transaction (one sync to disk).
+    pub fn put_peers(&self, peers: &[(String, Vec<String>)]) -> Result<(), Error> {
+        let w = self.db.begin_write()?;
+        {
+            let mut t = w.open_table(PEERS)?;
+            for (key_hex, addrs) in peers {
+                t.insert(key_hex.as_str(), enc(addrs).as_slice())?;
+            }
+        }
+        w.commit()?;
+        Ok(())
     }
 
     /// Records a stock WireGuard peer (guest) of the overlay, replacing one of the same name.
@@ -626,5 +634,25 @@ mod tests {
         assert!(fs.remove("a").unwrap());
         assert!(!fs.remove("a").unwrap());
         assert_eq!(file.list().unwrap().len(), 1);
+    }
+
+    /// Peers remembered in one transaction are all there after a reopen, and a second write replaces a peer's.
+    #[test]
+    fn peers_remembered_together_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metac.redb");
+        {
+            let s = Store::open(&path).unwrap();
+            let peers: Vec<(String, Vec<String>)> =
+                (0..19).map(|i| (format!("{i:02x}"), vec![format!("/ip6/fd00::{i}/tcp/1")])).collect();
+            s.put_peers(&peers).unwrap();
+            s.put_peers(&[("00".into(), vec!["/ip6/fd00::99/tcp/1".into()])]).unwrap();
+        }
+        let mut addrs = Store::open(&path).unwrap().peer_addrs().unwrap();
+        addrs.sort();
+        assert_eq!(addrs.len(), 19);
+        assert!(
+            addrs.contains(&"/ip6/fd00::99/tcp/1".to_string()) && !addrs.contains(&"/ip6/fd00::0/tcp/1".to_string())
+        );
     }
 }

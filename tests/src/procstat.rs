@@ -47,6 +47,24 @@ pub fn cpu_ns(pid: u32) -> Result<u64> {
     Ok(total)
 }
 
+/// CPU nanoseconds so far of each live thread of a process, by thread name (threads of one name summed): where an
+/// idle process spends its time.
+pub fn cpu_ns_by_thread(pid: u32) -> Result<std::collections::BTreeMap<String, u64>> {
+    let dir = format!("/proc/{pid}/task");
+    let tasks = std::fs::read_dir(&dir).map_err(|e| Error::io(format!("read {dir}"), e))?;
+    let mut out = std::collections::BTreeMap::new();
+    for t in tasks.flatten() {
+        let (Ok(s), Ok(name)) =
+            (std::fs::read_to_string(t.path().join("schedstat")), std::fs::read_to_string(t.path().join("comm")))
+        else {
+            continue;
+        };
+        let ns = s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        *out.entry(name.trim().to_string()).or_insert(0) += ns;
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
