@@ -60,7 +60,7 @@ pub(super) fn build(config: &Config) -> Result<(Swarm<Behaviour>, gossipsub::Ide
                         .with_agent_version(format!("metac/{}", env!("CARGO_PKG_VERSION"))),
                 ),
                 ping: ping::Behaviour::new(
-                    ping::Config::new().with_interval(Duration::from_secs(15)).with_timeout(Duration::from_secs(10)),
+                    ping::Config::new().with_interval(super::PING_EVERY).with_timeout(super::PING_TIMEOUT),
                 ),
                 mdns4: mdns4.into(),
                 mdns6: mdns6.into(),

@@ -136,8 +136,16 @@ impl Sim<'_> {
         }
     }
 
+    /// How long after a peer went silent its connection fails, as the driver's pings see it: the timeout after the
+    /// next ping, which is due anywhere within an interval.
+    pub(super) fn ping_fail_after(&mut self) -> Micros {
+        let every = metac_mesh::net::PING_EVERY.as_micros() as Micros;
+        let timeout = metac_mesh::net::PING_TIMEOUT.as_micros() as Micros;
+        timeout + self.rng.gen_range(0..every)
+    }
+
     /// Takes node `i` down: a graceful leave closes its connections (peers see it after one latency); a crash
-    /// leaves them to fail by ping timeout (10-25 s). Its state is gone either way.
+    /// leaves them to fail by ping timeout (see [`Sim::ping_fail_after`]). Its state is gone either way.
     pub(super) fn down(&mut self, i: u32, graceful: bool) {
         let n = &mut self.nodes[i as usize];
         n.core = None;
@@ -148,8 +156,7 @@ impl Sim<'_> {
         n.mcache.clear();
         let conns = std::mem::take(&mut n.conns);
         for c in conns {
-            let t =
-                if graceful { self.now + c.lat as Micros } else { self.now + self.rng.gen_range(10 * SEC..25 * SEC) };
+            let t = if graceful { self.now + c.lat as Micros } else { self.now + self.ping_fail_after() };
             self.push(t, Ev::DetectDown { node: c.peer, peer: i, gen: c.gen });
         }
         for t in &mut self.tracks {

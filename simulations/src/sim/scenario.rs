@@ -50,12 +50,11 @@ impl Sim<'_> {
 
     pub(super) fn partition_start(&mut self) {
         self.partitioned = true;
-        // A connection across the split dies when a ping fails: pings every 15 s with a 10 s timeout, so 10-25 s
-        // after the split, unless it heals first.
+        // A connection across the split dies when a ping fails (see `ping_fail_after`), unless it heals first.
         for a in 0..self.nodes.len() as u32 {
             for c in self.nodes[a as usize].conns.clone() {
                 if c.peer > a && self.blocked(a, c.peer) {
-                    let t = self.now + self.rng.gen_range(10 * SEC..25 * SEC);
+                    let t = self.now + self.ping_fail_after();
                     self.push(t, Ev::PingFail { a, b: c.peer, gen: c.gen });
                 }
             }
