@@ -1,0 +1,179 @@
+//! metac-fs: the `fs` kind. A directory tree exported by one node (`metac fs export local:PATH`) and mounted on
+//! another with FUSE (`metac fs bind MOUNTPOINT REF`), over metac-fs/1 (DESIGN section 6).
+//!
+//! - [`proto`]: the wire messages and their bounded decoders;
+//! - [`server`]: the exporting side's filesystem logic, on O_PATH handles, every name resolved beneath the export;
+//! - `exporter`: the per-export object, serving each bind's stream with a few worker threads as the exporting user;
+//! - [`client`]: the binding side's pipelined connection (many requests in flight on one stream);
+//! - [`mount`]: the FUSE glue (fuser), a library other kinds use to mount an fs ref;
+//! - `session`: the bind as a session the node runs (mounted until unbind, revocation, expiry or stop).
+//!
+//! The node may run as root; an export is opened, and served, as the user who made it ([`Caller::act`]), so a
+//! binder gets no more of the tree than that user's own rights give.
+
+pub mod client;
+mod exporter;
+pub mod mount;
+pub mod proto;
+pub mod server;
+mod session;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use metac_resource::{BoxFuture, Caller, Ctx, Error, ExportSpec, Exporter, Kind, Prepared, Ref, ResourceKind, Session};
+use serde::{Deserialize, Serialize};
+
+pub use proto::PROTOCOL;
+pub use session::FsSession;
+
+/// What an fs export records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsExport {
+    /// The exported directory: absolute, symlinks resolved at export.
+    pub path: PathBuf,
+    /// The directory exported (device and inode), checked at every later open so that a path swapped for another
+    /// directory is not served in its place (set by the node at export).
+    #[serde(default)]
+    pub id: Option<(u64, u64)>,
+}
+
+/// What an fs bind asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsBind {
+    /// Where to mount: an existing directory, absolute.
+    pub mountpoint: PathBuf,
+    /// Mount read-only even if the ref grants write.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// The `fs` kind.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Fs;
+
+impl ResourceKind for Fs {
+    type ExportOptions = FsExport;
+    type BindOptions = FsBind;
+
+    fn kind(&self) -> Kind {
+        Kind::Fs
+    }
+
+    fn protocol(&self) -> &'static str {
+        PROTOCOL
+    }
+
+    fn prepare(&self, source: &str, options: Option<FsExport>, caller: &Caller) -> Result<Prepared<FsExport>, Error> {
+        let path = match options {
+            Some(o) => o.path,
+            None => PathBuf::from(source.strip_prefix("local:").unwrap_or(source)),
+        };
+        if !path.is_absolute() {
+            return Err(Error::BadOptions(format!(
+                "{}: name the directory to export as local:/absolute/path",
+                path.display()
+            )));
+        }
+        // Resolved, and opened, as the caller: a directory the caller may not read is not exported.
+        let (real, id) = caller
+            .act(|| {
+                let real = std::fs::canonicalize(&path)?;
+                let dir = open_root(&real, None)?;
+                let m = std::fs::metadata(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&dir)))?;
+                Ok::<_, std::io::Error>((real, (m.dev(), m.ino())))
+            })
+            .map_err(|e| cannot(&path, caller, e))?;
+        let name = real.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| "root".into());
+        Ok(Prepared { source: real.display().to_string(), name, options: FsExport { path: real, id: Some(id) } })
+    }
+
+    fn open<'a>(
+        &'a self,
+        spec: ExportSpec<FsExport>,
+        _ctx: &'a Ctx,
+    ) -> BoxFuture<'a, Result<Arc<dyn Exporter>, Error>> {
+        Box::pin(async move { Ok(Arc::new(exporter::FsExporter::open(spec)?) as Arc<dyn Exporter>) })
+    }
+
+    fn bind(&self, reference: &Ref, options: FsBind, caller: &Caller, _ctx: &Ctx) -> Result<Box<dyn Session>, Error> {
+        let _ = reference;
+        let mp = &options.mountpoint;
+        if !mp.is_absolute() {
+            return Err(Error::BadOptions(format!("{}: the mount point must be an absolute path", mp.display())));
+        }
+        // The caller must be able to reach the mount point and own it (or be root), as fusermount3 asks.
+        let m = caller
+            .act(|| std::fs::metadata(mp))
+            .map_err(|e| Error::BadOptions(format!("cannot mount on {}: {e}", mp.display())))?;
+        if !m.is_dir() {
+            return Err(Error::BadOptions(format!("cannot mount on {}: not a directory", mp.display())));
+        }
+        if !caller.is_root() && m.uid() != caller.uid {
+            return Err(Error::Refused {
+                by: "this node".into(),
+                reason: format!("{caller} may mount only on a directory of its own, and {} is not", mp.display()),
+            });
+        }
+        Ok(Box::new(FsSession::new(options, caller.clone())))
+    }
+}
+
+/// Opens the export's directory: O_PATH would do for the server, but reading it proves the user may list it.
+fn open_root(path: &Path, id: Option<(u64, u64)>) -> std::io::Result<std::os::fd::OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    let fd =
+        rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
+    if let Some(id) = id {
+        let st = rustix::fs::fstat(&fd)?;
+        if (st.st_dev, st.st_ino) != id {
+            return Err(std::io::Error::other(format!(
+                "{} is no longer the directory that was exported (replaced since); export it again",
+                path.display()
+            )));
+        }
+    }
+    Ok(fd)
+}
+
+fn cannot(path: &Path, caller: &Caller, e: std::io::Error) -> Error {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => Error::Refused {
+            by: "this node".into(),
+            reason: format!(
+                "{caller} may not read {} ({e}): the node exports a tree as the user who asks",
+                path.display()
+            ),
+        },
+        _ => Error::BadOptions(format!("cannot export {}: {e} (name a directory)", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_export_names_a_directory_by_its_real_path() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("real")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("link")).unwrap();
+        let src = format!("local:{}", dir.path().join("link").display());
+        let p = ResourceKind::prepare(&Fs, &src, None, &Caller::root()).unwrap();
+        assert_eq!(p.options.path, dir.path().join("real").canonicalize().unwrap());
+        assert_eq!(p.name, "real");
+        assert!(p.options.id.is_some());
+        let e = ResourceKind::prepare(&Fs, "local:relative", None, &Caller::root()).unwrap_err();
+        assert!(e.to_string().contains("local:/absolute/path"), "{e}");
+        std::fs::write(dir.path().join("file"), b"").unwrap();
+        let e =
+            ResourceKind::prepare(&Fs, dir.path().join("file").to_str().unwrap(), None, &Caller::root()).unwrap_err();
+        assert!(e.to_string().contains("name a directory"), "{e}");
+        // A directory swapped after the export is not served in its place.
+        std::fs::rename(dir.path().join("real"), dir.path().join("old")).unwrap();
+        std::fs::create_dir(dir.path().join("real")).unwrap();
+        let e = open_root(&p.options.path, p.options.id).unwrap_err();
+        assert!(e.to_string().contains("no longer the directory that was exported"), "{e}");
+    }
+}

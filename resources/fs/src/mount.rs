@@ -1,0 +1,422 @@
+//! The FUSE glue of the binding side, and the library other kinds (compute) use to put an fs ref on a path:
+//! [`Mount::new`] mounts a [`Conn`] at a directory with fuser, [`Mount::unmount`] takes it off.
+//!
+//! The kernel's requests arrive on fuser's threads; each becomes a task on the tokio runtime that sends the
+//! metac-fs/1 request and answers the kernel when the reply comes, so the fuser thread never waits on the network
+//! and many requests are in flight at once. The kernel caches entries and attributes for [`TTL`] (short, since the
+//! exporter does not push invalidations yet), and reads and writes go up to 1 MiB at a time.
+//!
+//! The connection sits in a [`Slot`] that the session fills on every (re)connection: while it is empty (the exporter
+//! is away) operations fail with EIO at once rather than hang.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
+    LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, SessionACL, TimeOrNow, WriteFlags,
+};
+use tokio::runtime::Handle;
+
+use crate::client::Conn;
+use crate::proto::{Attr, Op, Reply, SetAttr, Time, MAX_IO};
+
+/// How long the kernel may trust an entry or attributes it was given.
+pub const TTL: Duration = Duration::from_secs(1);
+/// How long an unmount may take before it is left to finish lazily.
+pub const UNMOUNT_WAIT: Duration = Duration::from_secs(5);
+
+/// Where the FUSE side finds the current connection to the exporter.
+pub type Slot = Arc<RwLock<Option<Conn>>>;
+
+/// How to mount.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// A read-only mount (writes fail with EROFS in the binder's kernel).
+    pub read_only: bool,
+    /// Let users other than the node's own reach the mount (the kernel still checks permissions).
+    pub allow_other: bool,
+    /// What `mount` shows as the source.
+    pub source: String,
+}
+
+/// A mounted fs.
+pub struct Mount {
+    session: Option<fuser::BackgroundSession>,
+    path: PathBuf,
+}
+
+impl Mount {
+    /// Mounts the connection in `slot` at `path` (an existing directory). Must be called within a tokio runtime,
+    /// which then runs the requests.
+    pub fn new(path: &Path, slot: Slot, options: &Options) -> std::io::Result<Mount> {
+        let mut mount_options = vec![
+            MountOption::FSName(if options.source.is_empty() { "metac".into() } else { options.source.clone() }),
+            MountOption::Subtype("metac".into()),
+            MountOption::DefaultPermissions,
+        ];
+        if options.read_only {
+            mount_options.push(MountOption::RO);
+        }
+        let mut config = Config::default();
+        config.mount_options = mount_options;
+        config.acl = if options.allow_other { SessionACL::All } else { SessionACL::Owner };
+        config.n_threads = Some(2);
+        let fs = Fuse { slot, rt: Handle::current() };
+        let session = fuser::spawn_mount(fs, path, &config)?;
+        Ok(Mount { session: Some(session), path: path.to_path_buf() })
+    }
+
+    /// Where it is mounted.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Unmounts (lazily, so that open files do not keep it up) and waits a little for the FUSE threads to end.
+    pub async fn unmount(mut self) {
+        if let Some(s) = self.session.take() {
+            let path = self.path.clone();
+            let done = tokio::task::spawn_blocking(move || s.umount_and_join());
+            match tokio::time::timeout(UNMOUNT_WAIT, done).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => tracing::warn!("unmounting {}: {e}", path.display()),
+                Ok(Err(e)) => tracing::warn!("unmounting {}: {e}", path.display()),
+                Err(_) => tracing::warn!("{} is still busy {UNMOUNT_WAIT:?} after a lazy unmount", path.display()),
+            }
+        }
+    }
+}
+
+struct Fuse {
+    slot: Slot,
+    rt: Handle,
+}
+
+impl Fuse {
+    /// Sends `op` on a task and hands its outcome to `done` there.
+    fn call(&self, op: Op, done: impl FnOnce(Result<Reply, Errno>) + Send + 'static) {
+        let conn = self.slot.read().expect("connection slot").clone();
+        match conn {
+            None => done(Err(Errno::EIO)),
+            Some(c) => {
+                self.rt.spawn(async move { done(c.call(op).await.map_err(Errno::from_i32)) });
+            }
+        }
+    }
+}
+
+/// An answer of the wrong sort: the exporter broke the protocol.
+fn unexpected(r: Reply) -> Errno {
+    tracing::warn!("fs: unexpected answer from the exporter: {r:?}");
+    Errno::EIO
+}
+
+fn name(n: &OsStr) -> Vec<u8> {
+    n.as_bytes().to_vec()
+}
+
+fn time((sec, nsec): (i64, u32)) -> SystemTime {
+    if sec >= 0 {
+        UNIX_EPOCH + Duration::new(sec as u64, nsec)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(sec.unsigned_abs()) + Duration::from_nanos(nsec.into())
+    }
+}
+
+fn kind(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: time(a.atime),
+        mtime: time(a.mtime),
+        ctime: time(a.ctime),
+        crtime: UNIX_EPOCH,
+        kind: kind(a.mode),
+        perm: (a.mode & 0o7777) as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        blksize: a.blksize,
+        flags: 0,
+    }
+}
+
+fn set_time(t: Option<TimeOrNow>) -> Option<Time> {
+    t.map(|t| match t {
+        TimeOrNow::Now => Time::Now,
+        TimeOrNow::SpecificTime(t) => match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => Time::At { sec: d.as_secs() as i64, nsec: d.subsec_nanos() },
+            Err(e) => {
+                let d = e.duration();
+                let (mut sec, mut nsec) = (-(d.as_secs() as i64), d.subsec_nanos());
+                if nsec > 0 {
+                    sec -= 1;
+                    nsec = 1_000_000_000 - nsec;
+                }
+                Time::At { sec, nsec }
+            }
+        },
+    })
+}
+
+fn entry(reply: ReplyEntry) -> impl FnOnce(Result<Reply, Errno>) {
+    move |r| match r {
+        Ok(Reply::Entry(a)) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+        Ok(r) => reply.error(unexpected(r)),
+        Err(e) => reply.error(e),
+    }
+}
+
+fn empty(reply: ReplyEmpty) -> impl FnOnce(Result<Reply, Errno>) {
+    move |r| match r {
+        Ok(Reply::Empty) => reply.ok(),
+        Ok(r) => reply.error(unexpected(r)),
+        Err(e) => reply.error(e),
+    }
+}
+
+fn attr(reply: ReplyAttr) -> impl FnOnce(Result<Reply, Errno>) {
+    move |r| match r {
+        Ok(Reply::Attr(a)) => reply.attr(&TTL, &file_attr(&a)),
+        Ok(r) => reply.error(unexpected(r)),
+        Err(e) => reply.error(e),
+    }
+}
+
+fn data(reply: ReplyData) -> impl FnOnce(Result<Reply, Errno>) {
+    move |r| match r {
+        Ok(Reply::Data(d)) => reply.data(&d),
+        Ok(r) => reply.error(unexpected(r)),
+        Err(e) => reply.error(e),
+    }
+}
+
+impl Filesystem for Fuse {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Best effort: the kernel may allow less, and says so in the error, which is then what it uses.
+        let _ = config.set_max_write(MAX_IO);
+        let _ = config.set_max_readahead(MAX_IO);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
+        self.call(Op::Lookup { parent: parent.0, name: name(n) }, entry(reply));
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.call(Op::Forget { ino: ino.0, n: nlookup }, |_| {});
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.call(Op::Getattr { ino: ino.0 }, attr(reply));
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr { mode, uid, gid, size, atime: set_time(atime), mtime: set_time(mtime) };
+        self.call(Op::Setattr { ino: ino.0, fh: fh.map(|f| f.0), set }, attr(reply));
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.call(Op::Readlink { ino: ino.0 }, data(reply));
+    }
+
+    fn mkdir(&self, _req: &Request, parent: INodeNo, n: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        self.call(Op::Mkdir { parent: parent.0, name: name(n), mode, umask }, entry(reply));
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        self.call(Op::Unlink { parent: parent.0, name: name(n) }, empty(reply));
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        self.call(Op::Rmdir { parent: parent.0, name: name(n) }, empty(reply));
+    }
+
+    fn symlink(&self, _req: &Request, parent: INodeNo, n: &OsStr, target: &Path, reply: ReplyEntry) {
+        let target = target.as_os_str().as_bytes().to_vec();
+        self.call(Op::Symlink { parent: parent.0, name: name(n), target }, entry(reply));
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let op = Op::Rename {
+            parent: parent.0,
+            name: name(n),
+            newparent: newparent.0,
+            newname: name(newname),
+            flags: flags.bits(),
+        };
+        self.call(op, empty(reply));
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        self.call(Op::Link { ino: ino.0, newparent: newparent.0, newname: name(newname) }, entry(reply));
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.call(Op::Open { ino: ino.0, flags: flags.0 }, move |r| match r {
+            Ok(Reply::Opened { fh }) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(r) => reply.error(unexpected(r)),
+            Err(e) => reply.error(e),
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        self.call(Op::Read { fh: fh.0, offset, size: size.min(MAX_IO) }, data(reply));
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        bytes: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        if bytes.len() > MAX_IO as usize {
+            return reply.error(Errno::EINVAL);
+        }
+        self.call(Op::Write { fh: fh.0, offset, data: bytes.to_vec() }, move |r| match r {
+            Ok(Reply::Written(n)) => reply.written(n),
+            Ok(r) => reply.error(unexpected(r)),
+            Err(e) => reply.error(e),
+        });
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        // Writes are not cached on this side: every one has reached the exporter when it returned.
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.call(Op::Release { fh: fh.0 }, empty(reply));
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        self.call(Op::Fsync { fh: fh.0, datasync }, empty(reply));
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        self.call(Op::Readdir { ino: ino.0, offset }, move |r| match r {
+            Ok(Reply::Dir(entries)) => {
+                for e in entries {
+                    if reply.add(INodeNo(e.ino), e.offset, kind(e.kind), OsStr::from_bytes(&e.name)) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Ok(r) => reply.error(unexpected(r)),
+            Err(e) => reply.error(e),
+        });
+    }
+
+    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        self.call(Op::Statfs { ino: ino.0 }, move |r| match r {
+            Ok(Reply::Statfs(s)) => {
+                reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize)
+            }
+            Ok(r) => reply.error(unexpected(r)),
+            Err(e) => reply.error(e),
+        });
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        self.call(Op::Create { parent: parent.0, name: name(n), mode, umask, flags }, move |r| match r {
+            Ok(Reply::Created { attr, fh }) => {
+                reply.created(&TTL, &file_attr(&attr), Generation(0), FileHandle(fh), FopenFlags::empty())
+            }
+            Ok(r) => reply.error(unexpected(r)),
+            Err(e) => reply.error(e),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_before_the_epoch_keep_their_nanoseconds() {
+        let t = time((-2, 250_000_000));
+        assert_eq!(set_time(Some(TimeOrNow::SpecificTime(t))), Some(Time::At { sec: -2, nsec: 250_000_000 }));
+        let t = time((1_700_000_000, 123));
+        assert_eq!(set_time(Some(TimeOrNow::SpecificTime(t))), Some(Time::At { sec: 1_700_000_000, nsec: 123 }));
+        assert_eq!(kind(libc::S_IFLNK | 0o777), FileType::Symlink);
+    }
+}

@@ -1,0 +1,95 @@
+//! An fs bind as a session the node runs (`metac fs bind MOUNTPOINT REF`). The first run connects to the exporter,
+//! checks that it serves the export's root, and mounts; the mount then stays up across reconnections (the node
+//! retries a lost exporter with backoff), with operations failing with EIO while the exporter is away and inode
+//! numbers of before the break answered ESTALE after it. Unbind, revocation, expiry and node stop unmount
+//! ([`Session::close`]).
+//!
+//! The mount is made by the node (root, or the node's own user with fusermount3); for a caller other than root it
+//! is opened to other users (`allow_other`) with the kernel checking permissions (`default_permissions`), and only
+//! on a directory the caller owns ([`crate::Fs`] checks, as fusermount3 does).
+
+use std::sync::{Arc, RwLock};
+
+use metac_resource::{BoxFuture, Caller, Error, Link, Rights, Session};
+use tokio_util::sync::CancellationToken;
+
+use crate::client::Conn;
+use crate::mount::{Mount, Options, Slot};
+use crate::proto::{Op, Reply, ROOT};
+use crate::FsBind;
+
+/// One fs bind.
+pub struct FsSession {
+    options: FsBind,
+    owner: Caller,
+    slot: Slot,
+    mount: Option<Mount>,
+}
+
+impl FsSession {
+    /// A bind that will mount at `options.mountpoint` for `owner`.
+    pub fn new(options: FsBind, owner: Caller) -> FsSession {
+        FsSession { options, owner, slot: Arc::new(RwLock::new(None)), mount: None }
+    }
+
+    fn set(&self, conn: Option<Conn>) {
+        *self.slot.write().expect("connection slot") = conn;
+    }
+}
+
+impl Session for FsSession {
+    fn target(&self) -> String {
+        self.options.mountpoint.display().to_string()
+    }
+
+    fn run<'a>(&'a mut self, link: &'a Link, cancel: &'a CancellationToken) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let stream = link.open().await?;
+            let conn = Conn::start(stream, Some(Arc::clone(link.status())));
+            match conn.call(Op::Getattr { ino: ROOT }).await {
+                Ok(Reply::Attr(a)) if a.mode & libc::S_IFMT == libc::S_IFDIR => {}
+                Ok(r) => return Err(Error::Protocol(format!("the exporter's root is not a directory: {r:?}"))),
+                Err(e) => {
+                    let e = std::io::Error::from_raw_os_error(e);
+                    return Err(Error::Unavailable(format!("the exporter cannot serve its root: {e}")));
+                }
+            }
+            self.set(Some(conn.clone()));
+            if self.mount.is_none() {
+                let rights = link.reference().token.effective().rights;
+                let options = Options {
+                    read_only: self.options.read_only || !rights.contains(Rights::WRITE),
+                    allow_other: !self.owner.is_root(),
+                    source: format!("metac:{}", &link.reference().token.resource().to_string()[..12]),
+                };
+                let mp = self.options.mountpoint.clone();
+                let mount = Mount::new(&mp, Arc::clone(&self.slot), &options).map_err(|e| {
+                    Error::Io(std::io::Error::new(e.kind(), format!("cannot mount on {}: {e}", mp.display())))
+                })?;
+                self.mount = Some(mount);
+            }
+            link.up();
+            tokio::select! {
+                () = cancel.cancelled() => {
+                    conn.close();
+                    Ok(())
+                }
+                () = conn.closed().cancelled() => {
+                    self.set(None);
+                    Err(Error::Unreachable("the connection to the exporter ended".into()))
+                }
+            }
+        })
+    }
+
+    fn close(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Some(c) = self.slot.write().expect("connection slot").take() {
+                c.close();
+            }
+            if let Some(m) = self.mount.take() {
+                m.unmount().await;
+            }
+        })
+    }
+}
