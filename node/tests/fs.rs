@@ -130,7 +130,10 @@ async fn an_fs_bind_mounts_the_export_and_real_tools_read_and_write_it() {
     assert!(!src.join("a/b/f3.txt").exists());
     // A 2 MB file written through the mount (several 1 MiB requests) arrives whole.
     ok(format!("head -c 2000000 {m}/big.bin > {m}/made/copy.bin && sync")).await;
-    assert_eq!(std::fs::read(src.join("made/copy.bin")).unwrap(), std::fs::read(src.join("big.bin")).unwrap()[..2_000_000]);
+    assert_eq!(
+        std::fs::read(src.join("made/copy.bin")).unwrap(),
+        std::fs::read(src.join("big.bin")).unwrap()[..2_000_000]
+    );
     // Errors keep their errno.
     let (done, _, err) = sh(format!("mkdir {m}/made")).await;
     assert!(!done && err.contains("File exists"), "{err}");

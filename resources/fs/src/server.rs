@@ -349,8 +349,8 @@ impl Server {
                 .map_err(errno)?;
         }
         if set.uid.is_some() || set.gid.is_some() {
-            let uid = set.uid.map(|u| rustix::fs::Uid::from_raw(u));
-            let gid = set.gid.map(|g| rustix::fs::Gid::from_raw(g));
+            let uid = set.uid.map(rustix::fs::Uid::from_raw);
+            let gid = set.gid.map(rustix::fs::Gid::from_raw);
             rustix::fs::chownat(&*fd, "", uid, gid, AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW).map_err(errno)?;
         }
         if let Some(size) = set.size {
