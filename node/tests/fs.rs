@@ -149,6 +149,8 @@ async fn an_fs_bind_mounts_the_export_and_real_tools_read_and_write_it() {
         a.exports().unwrap().iter().map(|e| e.binds).sum::<usize>() == 0
     })
     .await;
+    // The test's handles go first, so that stopping does not wait for them to let go of the nodes.
+    drop((a, b));
     c.stop().await;
 }
 
@@ -193,6 +195,7 @@ async fn read_only_and_sub_path_refs_are_enforced_and_a_node_stop_unmounts() {
     // Stopping the binding node unmounts everything it mounted.
     let mounts = [mnt_ro, mnt_ro2, mnt_sub];
     assert!(mounts.iter().all(|m| mounted(m)));
+    drop((a, b));
     c.nodes[1].stop().await;
     for m in &mounts {
         assert!(!mounted(m), "{} is unmounted when the node stops", m.display());
