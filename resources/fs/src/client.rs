@@ -61,7 +61,9 @@ async fn drive(
     status: Option<Arc<Status>>,
     closed: CancellationToken,
 ) {
-    let (mut rd, mut wr) = tokio::io::split(stream);
+    let (mut rd, wr) = tokio::io::split(stream);
+    // A frame's length and body leave in one write (one transport frame), not two.
+    let mut wr = tokio::io::BufWriter::with_capacity(64 << 10, wr);
     let (resp_tx, mut resp_rx) = mpsc::channel::<Response>(MAX_IN_FLIGHT);
     let count = |n: usize| {
         if let Some(s) = &status {

@@ -71,7 +71,9 @@ pub async fn serve(
     stream: BoxStream,
     cancel: CancellationToken,
 ) -> Result<(), Error> {
-    let (mut rd, mut wr) = tokio::io::split(stream);
+    let (mut rd, wr) = tokio::io::split(stream);
+    // A frame's length and body leave in one write (one transport frame), not two.
+    let mut wr = tokio::io::BufWriter::with_capacity(64 << 10, wr);
     let (req_tx, req_rx) = mpsc::channel::<Request>(MAX_IN_FLIGHT);
     let (resp_tx, mut resp_rx) = mpsc::channel::<Response>(MAX_IN_FLIGHT);
     let req_rx = Arc::new(Mutex::new(req_rx));

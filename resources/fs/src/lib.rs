@@ -153,6 +153,75 @@ fn cannot(path: &Path, caller: &Caller, e: std::io::Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use metac_resource::{ResourceId, Rights};
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A user exports a tree only as far as the kernel lets that user go: not a directory it may not read, and
+    /// once exported, every request is served with its rights (a root-only file in the tree stays closed, a file
+    /// made through the bind is the user's). Needs root (it acts as another user); under CI it runs and fails
+    /// loudly without it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tree_is_served_only_as_far_as_the_exporting_user_may_go() {
+        use crate::proto::{Op, Reply, ROOT};
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "this test acts as another user and needs root");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (shared, private) = (dir.path().join("shared"), dir.path().join("private"));
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::create_dir(&private).unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::fs::write(shared.join("root-only"), b"root's").unwrap();
+        std::fs::set_permissions(shared.join("root-only"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(shared.join("public"), b"everyone's").unwrap();
+        let nobody = Caller { uid: 65534, gid: 65534, groups: vec![] };
+
+        let e = ResourceKind::prepare(&Fs, private.to_str().unwrap(), None, &nobody).unwrap_err();
+        assert!(matches!(e, Error::Refused { .. }) && e.to_string().contains("uid 65534 may not read"), "{e}");
+        let p = ResourceKind::prepare(&Fs, shared.to_str().unwrap(), None, &nobody).unwrap();
+        let spec = ExportSpec {
+            id: ResourceId([1; 16]),
+            kind: Kind::Fs,
+            name: p.name,
+            rights: Rights::READ | Rights::WRITE,
+            owner: nobody.clone(),
+            options: p.options,
+        };
+        let exporter = Arc::new(exporter::FsExporter::open(spec).unwrap());
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let bind = metac_resource::Bind {
+            peer: metac_resource::NodeKey([7; 32]),
+            rights: Rights::READ | Rights::WRITE,
+            path: None,
+            expires: None,
+        };
+        let cancel = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(Exporter::serve(exporter, bind, Box::new(b), cancel.clone()));
+        let c = client::Conn::start(Box::new(a), None);
+        let lookup = |name: &str| {
+            let c = c.clone();
+            let name = name.as_bytes().to_vec();
+            async move {
+                match c.call(Op::Lookup { parent: ROOT, name }).await? {
+                    Reply::Entry(a) => Ok::<_, i32>(a),
+                    r => panic!("{r:?}"),
+                }
+            }
+        };
+        let secret = lookup("root-only").await.unwrap();
+        assert_eq!(c.call(Op::Open { ino: secret.ino, flags: libc::O_RDONLY }).await, Err(libc::EACCES));
+        let public = lookup("public").await.unwrap();
+        assert!(matches!(c.call(Op::Open { ino: public.ino, flags: libc::O_RDONLY }).await, Ok(Reply::Opened { .. })));
+        assert_eq!(c.call(Op::Open { ino: public.ino, flags: libc::O_WRONLY }).await, Err(libc::EACCES));
+        let made = c.call(Op::Mkdir { parent: ROOT, name: b"made".to_vec(), mode: 0o755, umask: 0 }).await.unwrap();
+        let Reply::Entry(made) = made else { panic!() };
+        assert_eq!((made.uid, made.gid), (65534, 65534), "what the binder makes is the exporting user's");
+        // Changing ownership is the kernel's to allow, and it does not let nobody give a file away.
+        let set = proto::SetAttr { uid: Some(0), ..proto::SetAttr::default() };
+        assert_eq!(c.call(Op::Setattr { ino: made.ino, fh: None, set }).await, Err(libc::EPERM));
+        cancel.cancel();
+    }
 
     #[test]
     fn an_export_names_a_directory_by_its_real_path() {
