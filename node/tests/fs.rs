@@ -141,9 +141,23 @@ async fn an_fs_bind_mounts_the_export_and_real_tools_read_and_write_it() {
     assert!(!done && err.contains("not empty"), "{err}");
     assert!(b.binds(Some(Kind::Fs), &ROOT)[0].bytes > 5_000_000, "bytes are counted");
 
-    // Unbind unmounts; the exporter's side is cut.
+    // Unbind unmounts; the exporter's side is cut. A mount namespace made while the bind was up holds a copy of
+    // the mount that the unmount does not reach (a container started meanwhile, a netns lab): the connection is
+    // aborted, so the copy fails with ENOTCONN instead of keeping the bind's threads (and the node's stop) waiting.
+    let mut holder = Command::new("unshare").args(["-m", "sleep", "120"]).spawn().expect("unshare runs");
+    let ns = format!("/proc/{}/ns/mnt", holder.id());
+    common::wait(LONG, "the namespace holding a copy of the mount", || async {
+        std::fs::read_link(&ns).ok() != std::fs::read_link("/proc/self/ns/mnt").ok()
+    })
+    .await;
+    let started = std::time::Instant::now();
     b.unbind(mnt.to_str().unwrap(), &ROOT).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10), "unbind took {:?}", started.elapsed());
     assert!(!mounted(&mnt), "unbind unmounts");
+    let (done, _, err) = sh(format!("nsenter -t {} -m cat {m}/a/link", holder.id())).await;
+    assert!(!done && err.contains("not connected"), "the copy's connection is cut: {err}");
+    holder.kill().unwrap();
+    holder.wait().unwrap();
     assert!(b.binds(Some(Kind::Fs), &ROOT).is_empty());
     common::wait(LONG, "the exporter to see the bind cut", || async {
         a.exports().unwrap().iter().map(|e| e.binds).sum::<usize>() == 0

@@ -27,8 +27,8 @@ use crate::proto::{Attr, Op, Reply, SetAttr, Time, MAX_IO};
 
 /// How long the kernel may trust an entry or attributes it was given.
 pub const TTL: Duration = Duration::from_secs(1);
-/// How long an unmount may take before it is left to finish lazily.
-pub const UNMOUNT_WAIT: Duration = Duration::from_secs(5);
+/// How long the FUSE threads may take to end after an unmount before the connection is aborted.
+pub const UNMOUNT_WAIT: Duration = Duration::from_secs(2);
 
 /// Where the FUSE side finds the current connection to the exporter.
 pub type Slot = Arc<RwLock<Option<Conn>>>;
@@ -48,6 +48,7 @@ pub struct Options {
 pub struct Mount {
     session: Option<fuser::BackgroundSession>,
     path: PathBuf,
+    conn: Option<u32>,
 }
 
 impl Mount {
@@ -68,7 +69,7 @@ impl Mount {
         config.n_threads = Some(2);
         let fs = Fuse { slot, rt: Handle::current() };
         let session = fuser::spawn_mount(fs, path, &config)?;
-        Ok(Mount { session: Some(session), path: path.to_path_buf() })
+        Ok(Mount { session: Some(session), path: path.to_path_buf(), conn: connection(path) })
     }
 
     /// Where it is mounted.
@@ -76,18 +77,75 @@ impl Mount {
         &self.path
     }
 
-    /// Unmounts (lazily, so that open files do not keep it up) and waits a little for the FUSE threads to end.
+    /// Unmounts and waits for the FUSE threads to end. When the kernel keeps the filesystem alive past the unmount
+    /// (files still open on it, so the unmount is refused; or a copy of the mount in a mount namespace made while
+    /// it was up, which the unmount does not reach), the mount is detached and its FUSE connection aborted, so
+    /// that whatever still holds it gets ENOTCONN, as from a FUSE server that died, and nothing waits for ever.
     pub async fn unmount(mut self) {
-        if let Some(s) = self.session.take() {
-            let path = self.path.clone();
-            let done = tokio::task::spawn_blocking(move || s.umount_and_join());
-            match tokio::time::timeout(UNMOUNT_WAIT, done).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(e))) => tracing::warn!("unmounting {}: {e}", path.display()),
-                Ok(Err(e)) => tracing::warn!("unmounting {}: {e}", path.display()),
-                Err(_) => tracing::warn!("{} is still busy {UNMOUNT_WAIT:?} after a lazy unmount", path.display()),
+        let Some(s) = self.session.take() else { return };
+        let path = self.path.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // A thread of its own rather than the runtime's blocking pool: if it never ends, the process still can.
+        let spawned = std::thread::Builder::new().name("metac-fs-umount".into()).spawn(move || {
+            let _ = tx.send(s.umount_and_join());
+        });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot unmount {}: {e}", path.display());
+            return;
+        }
+        let why = match tokio::time::timeout(UNMOUNT_WAIT, rx).await {
+            Ok(Ok(Ok(()))) | Ok(Err(_)) => return,
+            Ok(Ok(Err(e))) => {
+                if let Err(e) = detach(&path) {
+                    tracing::warn!("cannot detach {}: {e}", path.display());
+                }
+                format!("the unmount was refused ({e})")
+            }
+            Err(_) => format!("the filesystem is still held {UNMOUNT_WAIT:?} after the unmount"),
+        };
+        match self.conn.map(abort) {
+            Some(Ok(())) => tracing::info!("{}: {why}; its FUSE connection was aborted", path.display()),
+            Some(Err(e)) => tracing::warn!("{}: {why}, and its FUSE connection cannot be aborted: {e}", path.display()),
+            None => tracing::warn!("{}: {why}, and its FUSE connection is not known", path.display()),
+        }
+    }
+}
+
+/// The FUSE connection (fusectl's number: the minor device number) of what is mounted at `path`, from
+/// /proc/self/mountinfo: reading it asks the filesystem nothing.
+fn connection(path: &Path) -> Option<u32> {
+    let path = path.canonicalize().ok()?;
+    let path = path.to_str()?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines()
+        .filter(|l| l.split(' ').nth(4) == Some(path))
+        .filter(|l| l.split(" - ").nth(1).is_some_and(|t| t.starts_with("fuse")))
+        .filter_map(|l| l.split(' ').nth(2)?.split(':').nth(1)?.parse().ok())
+        .next_back()
+}
+
+/// Aborts a FUSE connection through fusectl, mounting fusectl where systemd would if nothing has.
+fn abort(conn: u32) -> std::io::Result<()> {
+    let ctl = Path::new("/sys/fs/fuse/connections");
+    if !ctl.join(conn.to_string()).exists() {
+        rustix::mount::mount("fusectl", ctl, "fusectl", rustix::mount::MountFlags::empty(), None)?;
+    }
+    std::fs::write(ctl.join(conn.to_string()).join("abort"), b"1")
+}
+
+/// Detaches the mount at `path` (a lazy unmount): as root with umount2, else with `fusermount3 -u -z`.
+fn detach(path: &Path) -> std::io::Result<()> {
+    match rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::PERM) => {
+            let out = std::process::Command::new("fusermount3").arg("-u").arg("-z").arg(path).output()?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_string()))
             }
         }
+        Err(e) => Err(e.into()),
     }
 }
 
