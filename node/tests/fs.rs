@@ -216,3 +216,39 @@ async fn read_only_and_sub_path_refs_are_enforced_and_a_node_stop_unmounts() {
     }
     c.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revocation_unmounts_and_a_persistent_bind_is_mounted_again_after_a_restart() {
+    require_fuse();
+    let mut c = Cluster::start(2).await;
+    let src = c.dir.path().join("src");
+    tree(&src);
+    let (a, b) = (c.nodes[0].n().clone(), c.nodes[1].n().clone());
+    let r = export_ref(&a, &src, false).await;
+    let (kept, revoked) = (c.dir.path().join("kept"), c.dir.path().join("revoked"));
+    std::fs::create_dir_all(&kept).unwrap();
+    let p = b.bind_ref(r.clone(), json!({ "mountpoint": kept }), true, &ROOT).unwrap();
+    wait_up(&b, &p.id).await;
+    let child = b.delegate(&r, &Caveat { rights: Some(Rights::READ), ..Caveat::default() }, false, &ROOT).unwrap();
+    let v = bind(&b, child.clone(), &revoked).await;
+
+    // Revoked: the exporter cuts the live bind, the session is refused, and the mount goes.
+    let t = std::time::Instant::now();
+    b.revoke(&child, &ROOT).await.unwrap();
+    common::wait(LONG, "the revoked bind to be unmounted", || async { !mounted(&revoked) }).await;
+    // Issue 11 asks for a second; a loaded CI machine gets some slack.
+    assert!(t.elapsed() < Duration::from_secs(3), "unmounted only {:?} after the revocation", t.elapsed());
+    let v = b.binds(None, &ROOT).into_iter().find(|x| x.id == v.id).unwrap();
+    assert!(v.state == "refused" && v.reason.as_deref().unwrap_or("").contains("revoked"), "{v:?}");
+
+    // A persistent bind is unmounted at stop and mounted again when the node comes back.
+    drop((a, b));
+    c.nodes[1].restart().await;
+    let b = c.nodes[1].n().clone();
+    let v = wait_up(&b, &p.id).await;
+    assert!(v.persistent && mounted(&kept));
+    assert_eq!(ok(format!("cat {}/a/link", kept.display())).await, b"file 1\n");
+    drop(b);
+    c.stop().await;
+    assert!(!mounted(&kept));
+}
