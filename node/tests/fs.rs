@@ -252,3 +252,47 @@ async fn revocation_unmounts_and_a_persistent_bind_is_mounted_again_after_a_rest
     c.stop().await;
     assert!(!mounted(&kept));
 }
+
+/// While the exporter is away, an operation waits for it (up to the bind's timeout) and goes on when it is back;
+/// a bind with a short timeout fails with EIO instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operation_waits_for_an_exporter_that_comes_back_within_the_bind_timeout() {
+    require_fuse();
+    let mut c = Cluster::start(2).await;
+    let src = c.dir.path().join("src");
+    tree(&src);
+    let a = c.nodes[0].n().clone();
+    let b = c.nodes[1].n().clone();
+    let r = export_ref(&a, &src, false).await;
+    let (patient, hasty) = (c.dir.path().join("patient"), c.dir.path().join("hasty"));
+    std::fs::create_dir_all(&patient).unwrap();
+    std::fs::create_dir_all(&hasty).unwrap();
+    let p = b.bind_ref(r.clone(), json!({ "mountpoint": patient, "timeout": 60 }), false, &ROOT).unwrap();
+    let h = b.bind_ref(r, json!({ "mountpoint": hasty, "timeout": 1 }), false, &ROOT).unwrap();
+    wait_up(&b, &p.id).await;
+    wait_up(&b, &h.id).await;
+    assert_eq!(ok(format!("cat {}/a/link", patient.display())).await, b"file 1\n");
+
+    drop(a);
+    c.nodes[0].stop().await;
+    common::wait(LONG, "the binds to see their exporter gone", || async {
+        b.binds(None, &ROOT).iter().all(|v| v.state == "retrying")
+    })
+    .await;
+    // Past the kernel's cache of entries, so that the walk below asks the exporter.
+    tokio::time::sleep(mount_ttl()).await;
+    let waiting = tokio::spawn(sh(format!("cat {}/a/link", patient.display())));
+    let (done, _, err) = sh(format!("cat {}/a/link", hasty.display())).await;
+    assert!(!done && err.contains("Input/output error"), "a 1 s timeout gives EIO: {err}");
+    assert!(!waiting.is_finished(), "the patient bind's cat waits for the exporter");
+    c.nodes[0].restart().await;
+    let (done, out, err) = waiting.await.unwrap();
+    assert!(done, "the waiting cat goes on once the exporter is back: {err}");
+    assert_eq!(out, b"file 1\n");
+    drop(b);
+    c.stop().await;
+}
+
+fn mount_ttl() -> Duration {
+    metac_fs::mount::TTL + Duration::from_millis(500)
+}

@@ -34,6 +34,9 @@ pub enum Cmd {
         /// Mount it again after the node restarts
         #[arg(long)]
         persistent: bool,
+        /// Seconds an operation waits for an exporter that is away before it fails with EIO
+        #[arg(long, value_name = "SECS", default_value_t = 60)]
+        timeout: u64,
     },
     /// Unmount an fs bind (by mount point, bind id or id prefix)
     Unbind {
@@ -61,9 +64,9 @@ pub async fn run(c: &Client, json: bool, cmd: Cmd) -> Result<()> {
             let v: ExportResp = c.post("/v1/exports", &body).await?;
             print(json, &v, |v| v.reference.clone());
         }
-        Cmd::Bind { mountpoint, reference, read_only, persistent } => {
+        Cmd::Bind { mountpoint, reference, read_only, persistent, timeout } => {
             let mountpoint = std::path::absolute(&mountpoint)?;
-            let options = serde_json::to_value(FsBind { mountpoint, read_only })?;
+            let options = serde_json::to_value(FsBind { mountpoint, read_only, timeout: Some(timeout) })?;
             binds::bind(c, json, reference, options, persistent).await?;
         }
         Cmd::Unbind { mountpoint } => {

@@ -47,6 +47,9 @@ pub struct FsBind {
     /// Mount read-only even if the ref grants write.
     #[serde(default)]
     pub read_only: bool,
+    /// Seconds an operation waits for an exporter that is away before it fails with EIO [default: 60].
+    #[serde(default)]
+    pub timeout: Option<u64>,
 }
 
 /// The `fs` kind.

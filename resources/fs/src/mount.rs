@@ -6,13 +6,16 @@
 //! and many requests are in flight at once. The kernel caches entries and attributes for [`TTL`] (short, since the
 //! exporter does not push invalidations yet), and reads and writes go up to 1 MiB at a time.
 //!
-//! The connection sits in a [`Slot`] that the session fills on every (re)connection: while it is empty (the exporter
-//! is away) operations fail with EIO at once rather than hang.
+//! The connection sits in a [`Slot`] that the session fills on every (re)connection. While the exporter is away,
+//! operations wait for it to come back, up to the bind's stall limit ([`Options::stall`], 60 s by default), and
+//! then fail with EIO; when the bind is cut for good they fail with ENOTCONN at once. Requests in flight when the
+//! connection broke fail with EIO, and inode numbers of before the break answer ESTALE (the new stream's server has
+//! a table of its own), but a path walked anew after the break works.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -31,7 +34,45 @@ pub const TTL: Duration = Duration::from_secs(1);
 pub const UNMOUNT_WAIT: Duration = Duration::from_secs(2);
 
 /// Where the FUSE side finds the current connection to the exporter.
-pub type Slot = Arc<RwLock<Option<Conn>>>;
+#[derive(Clone)]
+pub struct Slot(Arc<tokio::sync::watch::Sender<Phase>>);
+
+/// Where a bind's connection is.
+pub enum Phase {
+    /// Not connected now (not yet, or the exporter went away): operations wait.
+    Away,
+    /// Connected.
+    Up(Conn),
+    /// Cut for good (unbind, refusal, node stop): operations fail with ENOTCONN.
+    Closed,
+}
+
+impl Default for Slot {
+    fn default() -> Slot {
+        Slot(Arc::new(tokio::sync::watch::Sender::new(Phase::Away)))
+    }
+}
+
+impl Slot {
+    /// Sets where the connection is; operations waiting for one go on.
+    pub fn set(&self, phase: Phase) {
+        self.0.send_replace(phase);
+    }
+
+    /// The connection, once there is one: within `stall`, else EIO; ENOTCONN once closed.
+    pub async fn conn(&self, stall: Duration) -> Result<Conn, Errno> {
+        let mut rx = self.0.subscribe();
+        let r = match tokio::time::timeout(stall, rx.wait_for(|p| !matches!(p, Phase::Away))).await {
+            Ok(Ok(p)) => match &*p {
+                Phase::Up(c) => Ok(c.clone()),
+                _ => Err(Errno::ENOTCONN),
+            },
+            Ok(Err(_)) => Err(Errno::ENOTCONN),
+            Err(_) => Err(Errno::EIO),
+        };
+        r
+    }
+}
 
 /// How to mount.
 #[derive(Debug, Clone, Default)]
@@ -42,7 +83,12 @@ pub struct Options {
     pub allow_other: bool,
     /// What `mount` shows as the source.
     pub source: String,
+    /// How long an operation waits for an exporter that is away before it fails with EIO [default: 60 s].
+    pub stall: Option<Duration>,
 }
+
+/// How long an operation waits for an exporter that is away, unless the bind says otherwise.
+pub const STALL: Duration = Duration::from_secs(60);
 
 /// A mounted fs.
 pub struct Mount {
@@ -67,7 +113,7 @@ impl Mount {
         config.mount_options = mount_options;
         config.acl = if options.allow_other { SessionACL::All } else { SessionACL::Owner };
         config.n_threads = Some(2);
-        let fs = Fuse { slot, rt: Handle::current() };
+        let fs = Fuse { slot, rt: Handle::current(), stall: options.stall.unwrap_or(STALL) };
         let session = fuser::spawn_mount(fs, path, &config)?;
         Ok(Mount { session: Some(session), path: path.to_path_buf(), conn: connection(path) })
     }
@@ -152,18 +198,20 @@ fn detach(path: &Path) -> std::io::Result<()> {
 struct Fuse {
     slot: Slot,
     rt: Handle,
+    stall: Duration,
 }
 
 impl Fuse {
-    /// Sends `op` on a task and hands its outcome to `done` there.
+    /// Sends `op` on a task (once there is a connection) and hands its outcome to `done` there.
     fn call(&self, op: Op, done: impl FnOnce(Result<Reply, Errno>) + Send + 'static) {
-        let conn = self.slot.read().expect("connection slot").clone();
-        match conn {
-            None => done(Err(Errno::EIO)),
-            Some(c) => {
-                self.rt.spawn(async move { done(c.call(op).await.map_err(Errno::from_i32)) });
-            }
-        }
+        let (slot, stall) = (self.slot.clone(), self.stall);
+        self.rt.spawn(async move {
+            let r = match slot.conn(stall).await {
+                Ok(c) => c.call(op).await.map_err(Errno::from_i32),
+                Err(e) => Err(e),
+            };
+            done(r)
+        });
     }
 }
 

@@ -8,13 +8,14 @@
 //! is opened to other users (`allow_other`) with the kernel checking permissions (`default_permissions`), and only
 //! on a directory the caller owns ([`crate::Fs`] checks, as fusermount3 does).
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+use std::time::Duration;
 
 use metac_resource::{BoxFuture, Caller, Error, Link, Rights, Session};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::Conn;
-use crate::mount::{Mount, Options, Slot};
+use crate::mount::{Mount, Options, Phase, Slot};
 use crate::proto::{Op, Reply, ROOT};
 use crate::FsBind;
 
@@ -29,11 +30,7 @@ pub struct FsSession {
 impl FsSession {
     /// A bind that will mount at `options.mountpoint` for `owner`.
     pub fn new(options: FsBind, owner: Caller) -> FsSession {
-        FsSession { options, owner, slot: Arc::new(RwLock::new(None)), mount: None }
-    }
-
-    fn set(&self, conn: Option<Conn>) {
-        *self.slot.write().expect("connection slot") = conn;
+        FsSession { options, owner, slot: Slot::default(), mount: None }
     }
 }
 
@@ -54,16 +51,17 @@ impl Session for FsSession {
                     return Err(Error::Unavailable(format!("the exporter cannot serve its root: {e}")));
                 }
             }
-            self.set(Some(conn.clone()));
+            self.slot.set(Phase::Up(conn.clone()));
             if self.mount.is_none() {
                 let rights = link.reference().token.effective().rights;
                 let options = Options {
                     read_only: self.options.read_only || !rights.contains(Rights::WRITE),
                     allow_other: !self.owner.is_root(),
                     source: format!("metac:{}", &link.reference().token.resource().to_string()[..12]),
+                    stall: self.options.timeout.map(Duration::from_secs),
                 };
                 let mp = self.options.mountpoint.clone();
-                let mount = Mount::new(&mp, Arc::clone(&self.slot), &options).map_err(|e| {
+                let mount = Mount::new(&mp, self.slot.clone(), &options).map_err(|e| {
                     Error::Io(std::io::Error::new(e.kind(), format!("cannot mount on {}: {e}", mp.display())))
                 })?;
                 self.mount = Some(mount);
@@ -75,7 +73,7 @@ impl Session for FsSession {
                     Ok(())
                 }
                 () = conn.closed().cancelled() => {
-                    self.set(None);
+                    self.slot.set(Phase::Away);
                     Err(Error::Unreachable("the connection to the exporter ended".into()))
                 }
             }
@@ -84,9 +82,7 @@ impl Session for FsSession {
 
     fn close(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            if let Some(c) = self.slot.write().expect("connection slot").take() {
-                c.close();
-            }
+            self.slot.set(Phase::Closed);
             if let Some(m) = self.mount.take() {
                 m.unmount().await;
             }
