@@ -98,6 +98,21 @@ pub struct Mount {
 }
 
 impl Mount {
+    /// Serves a FUSE session at `path` from `stream`, a stream to an exporter already past the resource handshake
+    /// (what other kinds use to put an fs on a path of their own; a bind the node owns goes through
+    /// `Binder::bind` with [`crate::FsBind`] options instead). The mount fails with ENOTCONN once the stream ends.
+    pub fn serve(stream: metac_resource::BoxStream, path: &Path, options: &Options) -> std::io::Result<Mount> {
+        let conn = Conn::start(stream, None);
+        let slot = Slot::default();
+        slot.set(Phase::Up(conn.clone()));
+        let ended = slot.clone();
+        tokio::spawn(async move {
+            conn.closed().cancelled().await;
+            ended.set(Phase::Closed);
+        });
+        Mount::new(path, slot, options)
+    }
+
     /// Mounts the connection in `slot` at `path` (an existing directory). Must be called within a tokio runtime,
     /// which then runs the requests.
     pub fn new(path: &Path, slot: Slot, options: &Options) -> std::io::Result<Mount> {
@@ -543,6 +558,44 @@ impl Filesystem for Fuse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The FUSE side alone, against a server on an in-memory stream: real /dev/fuse, real `cat`, `ls`, `sh` on the
+    /// mount. Needs root (it mounts); under CI it runs and fails loudly without it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_served_mount_is_used_by_real_tools_and_fails_with_enotconn_when_its_stream_ends() {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "this test mounts FUSE and needs root");
+        let dir = tempfile::tempdir().unwrap();
+        let (src, mnt) = (dir.path().join("src"), dir.path().join("mnt"));
+        std::fs::create_dir_all(src.join("d")).unwrap();
+        std::fs::create_dir(&mnt).unwrap();
+        std::fs::write(src.join("d/f"), b"served").unwrap();
+        let root = rustix::fs::open(&src, rustix::fs::OFlags::PATH, rustix::fs::Mode::empty()).unwrap();
+        let server = Arc::new(crate::server::Server::new(root, false).unwrap());
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let caller = metac_resource::Caller::root();
+        tokio::spawn(crate::exporter::serve(server, caller, Box::new(b), cancel.clone()));
+        let m = Mount::serve(Box::new(a), &mnt, &Options::default()).unwrap();
+        let sh = |script: String| {
+            tokio::task::spawn_blocking(move || {
+                std::process::Command::new("timeout").args(["30", "sh", "-c", &script]).output().unwrap()
+            })
+        };
+        let out = sh(format!("cat {0}/d/f && ls {0} && echo new > {0}/d/g", mnt.display())).await.unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.stdout, b"servedd\n", "cat, then ls");
+        assert_eq!(std::fs::read(src.join("d/g")).unwrap(), b"new\n");
+        // The exporter's side ends: the mount answers ENOTCONN, it does not hang.
+        cancel.cancel();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let out = sh(format!("ls {}/d", mnt.display())).await.unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("not connected"), "{err}");
+        m.unmount().await;
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!info.contains(mnt.to_str().unwrap()), "unmounted");
+    }
 
     #[test]
     fn times_before_the_epoch_keep_their_nanoseconds() {
