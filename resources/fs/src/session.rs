@@ -1,12 +1,13 @@
 //! An fs bind as a session the node runs (`metac fs bind MOUNTPOINT REF`). The first run connects to the exporter,
 //! checks that it serves the export's root, and mounts; the mount then stays up across reconnections (the node
-//! retries a lost exporter with backoff), with operations failing with EIO while the exporter is away and inode
-//! numbers of before the break answered ESTALE after it. Unbind, revocation, expiry and node stop unmount
-//! ([`Session::close`]).
+//! retries a lost exporter with backoff). While the exporter is away operations wait for it up to the bind's
+//! timeout ([`crate::mount`]); inode numbers of before a break answer ESTALE after it. Unbind, revocation, expiry
+//! and node stop unmount ([`Session::close`]).
 //!
-//! The mount is made by the node (root, or the node's own user with fusermount3); for a caller other than root it
-//! is opened to other users (`allow_other`) with the kernel checking permissions (`default_permissions`), and only
-//! on a directory the caller owns ([`crate::Fs`] checks, as fusermount3 does).
+//! The mount is made by the node (as root; a node that is not root goes through fusermount3, which fuser calls, not
+//! tested yet); for a caller other than root it is opened to other users (`allow_other`) with the kernel checking
+//! permissions (`default_permissions`), and only on a directory the caller owns ([`crate::Fs`] checks, as
+//! fusermount3 does).
 
 use std::sync::Arc;
 use std::time::Duration;
