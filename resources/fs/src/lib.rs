@@ -100,27 +100,31 @@ impl ResourceKind for Fs {
         Box::pin(async move { Ok(Arc::new(exporter::FsExporter::open(spec)?) as Arc<dyn Exporter>) })
     }
 
-    fn bind(&self, reference: &Ref, options: FsBind, caller: &Caller, _ctx: &Ctx) -> Result<Box<dyn Session>, Error> {
-        let _ = reference;
-        let mp = &options.mountpoint;
-        if !mp.is_absolute() {
-            return Err(Error::BadOptions(format!("{}: the mount point must be an absolute path", mp.display())));
-        }
-        // The caller must be able to reach the mount point and own it (or be root), as fusermount3 asks.
-        let m = caller
-            .act(|| std::fs::metadata(mp))
-            .map_err(|e| Error::BadOptions(format!("cannot mount on {}: {e}", mp.display())))?;
-        if !m.is_dir() {
-            return Err(Error::BadOptions(format!("cannot mount on {}: not a directory", mp.display())));
-        }
-        if !caller.is_root() && m.uid() != caller.uid {
-            return Err(Error::Refused {
-                by: "this node".into(),
-                reason: format!("{caller} may mount only on a directory of its own, and {} is not", mp.display()),
-            });
-        }
+    fn bind(&self, _reference: &Ref, options: FsBind, caller: &Caller, _ctx: &Ctx) -> Result<Box<dyn Session>, Error> {
+        check_mountpoint(&options.mountpoint, caller)?;
         Ok(Box::new(FsSession::new(options, caller.clone())))
     }
+}
+
+/// A mount point must be an absolute path to a directory the caller can reach and owns (or the caller is root), as
+/// fusermount3 asks: nobody mounts over a directory of someone else's.
+fn check_mountpoint(mp: &Path, caller: &Caller) -> Result<(), Error> {
+    if !mp.is_absolute() {
+        return Err(Error::BadOptions(format!("{}: the mount point must be an absolute path", mp.display())));
+    }
+    let m = caller
+        .act(|| std::fs::metadata(mp))
+        .map_err(|e| Error::BadOptions(format!("cannot mount on {}: {e}", mp.display())))?;
+    if !m.is_dir() {
+        return Err(Error::BadOptions(format!("cannot mount on {}: not a directory", mp.display())));
+    }
+    if !caller.is_root() && m.uid() != caller.uid {
+        return Err(Error::Refused {
+            by: "this node".into(),
+            reason: format!("{caller} may mount only on a directory of its own, and {} is not", mp.display()),
+        });
+    }
+    Ok(())
 }
 
 /// Opens the export's directory: O_PATH would do for the server, but reading it proves the user may list it.
@@ -224,6 +228,32 @@ mod tests {
         let set = proto::SetAttr { uid: Some(0), ..proto::SetAttr::default() };
         assert_eq!(c.call(Op::Setattr { ino: made.ino, fh: None, set }).await, Err(libc::EPERM));
         cancel.cancel();
+    }
+
+    /// Nobody mounts over someone else's directory, nor on a path it cannot reach. Needs root (it acts as another
+    /// user); under CI it runs and fails loudly without it.
+    #[test]
+    fn a_user_mounts_only_on_a_directory_of_its_own() {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "this test acts as another user and needs root");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (roots, own, file) = (dir.path().join("roots"), dir.path().join("own"), dir.path().join("file"));
+        std::fs::create_dir(&roots).unwrap();
+        std::fs::create_dir(&own).unwrap();
+        std::os::unix::fs::chown(&own, Some(65534), Some(65534)).unwrap();
+        std::fs::write(&file, b"").unwrap();
+        let nobody = Caller { uid: 65534, gid: 65534, groups: vec![] };
+        let e = check_mountpoint(&roots, &nobody).unwrap_err();
+        assert!(matches!(e, Error::Refused { .. }) && e.to_string().contains("a directory of its own"), "{e}");
+        check_mountpoint(&own, &nobody).unwrap();
+        check_mountpoint(&roots, &Caller::root()).unwrap();
+        let e = check_mountpoint(&file, &Caller::root()).unwrap_err();
+        assert!(e.to_string().contains("not a directory"), "{e}");
+        let e = check_mountpoint(Path::new("relative"), &Caller::root()).unwrap_err();
+        assert!(e.to_string().contains("absolute"), "{e}");
+        let e = check_mountpoint(&dir.path().join("missing"), &Caller::root()).unwrap_err();
+        assert!(e.to_string().contains("No such file"), "{e}");
     }
 
     #[test]
