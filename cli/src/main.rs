@@ -42,6 +42,9 @@ enum Command {
     /// Files and block devices
     #[command(subcommand)]
     File(cmd::file::Cmd),
+    /// Directory trees, mounted with FUSE
+    #[command(subcommand)]
+    Fs(cmd::fs::Cmd),
     /// The fd6f overlay network: status, and configurations for stock WireGuard peers
     #[command(subcommand)]
     Overlay(cmd::overlay::Cmd),
@@ -81,6 +84,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Binds(cmd) => cmd::binds::run(&c, cli.json, cmd).await,
         Command::Ref(cmd) => cmd::refs::run(&c, cli.json, cmd).await,
         Command::File(cmd) => cmd::file::run(&c, cli.json, cmd).await,
+        Command::Fs(cmd) => cmd::fs::run(&c, cli.json, cmd).await,
         Command::Overlay(cmd) => cmd::overlay::run(&c, cli.json, cmd).await,
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod binds;
 pub mod file;
+pub mod fs;
 pub mod node;
 pub mod overlay;
 pub mod refs;

@@ -1,0 +1,608 @@
+//! The FUSE glue of the binding side, and the library other kinds (compute) use to put an fs ref on a path:
+//! [`Mount::new`] mounts a [`Conn`] at a directory with fuser, [`Mount::unmount`] takes it off.
+//!
+//! The kernel's requests arrive on fuser's threads; each becomes a task on the tokio runtime that sends the
+//! metac-fs/1 request and answers the kernel when the reply comes, so the fuser thread never waits on the network
+//! and many requests are in flight at once. The kernel caches entries and attributes for [`TTL`] (short, since the
+//! exporter does not push invalidations yet), and reads and writes go up to 1 MiB at a time.
+//!
+//! The connection sits in a [`Slot`] that the session fills on every (re)connection. While the exporter is away,
+//! operations wait for it to come back, up to the bind's stall limit ([`Options::stall`], 60 s by default), and
+//! then fail with EIO; when the bind is cut for good they fail with ENOTCONN at once. Requests in flight when the
+//! connection broke fail with EIO, and inode numbers of before the break answer ESTALE (the new stream's server has
+//! a table of its own), but a path walked anew after the break works.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
+    LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
+};
+use tokio::runtime::Handle;
+
+use crate::client::Conn;
+use crate::proto::{Attr, Op, Reply, SetAttr, Time, MAX_IO};
+
+/// How long the kernel may trust an entry or attributes it was given.
+pub const TTL: Duration = Duration::from_secs(1);
+/// How long the FUSE threads may take to end after an unmount before the connection is aborted.
+pub const UNMOUNT_WAIT: Duration = Duration::from_secs(2);
+
+/// Where the FUSE side finds the current connection to the exporter.
+#[derive(Clone)]
+pub struct Slot(Arc<tokio::sync::watch::Sender<Phase>>);
+
+/// Where a bind's connection is.
+pub enum Phase {
+    /// Not connected now (not yet, or the exporter went away): operations wait.
+    Away,
+    /// Connected.
+    Up(Conn),
+    /// Cut for good (unbind, refusal, node stop): operations fail with ENOTCONN.
+    Closed,
+}
+
+impl Default for Slot {
+    fn default() -> Slot {
+        Slot(Arc::new(tokio::sync::watch::Sender::new(Phase::Away)))
+    }
+}
+
+impl Slot {
+    /// Sets where the connection is; operations waiting for one go on.
+    pub fn set(&self, phase: Phase) {
+        self.0.send_replace(phase);
+    }
+
+    /// The connection, once there is one: within `stall`, else EIO; ENOTCONN once closed.
+    pub async fn conn(&self, stall: Duration) -> Result<Conn, Errno> {
+        let mut rx = self.0.subscribe();
+        let r = match tokio::time::timeout(stall, rx.wait_for(|p| !matches!(p, Phase::Away))).await {
+            Ok(Ok(p)) => match &*p {
+                Phase::Up(c) => Ok(c.clone()),
+                _ => Err(Errno::ENOTCONN),
+            },
+            Ok(Err(_)) => Err(Errno::ENOTCONN),
+            Err(_) => Err(Errno::EIO),
+        };
+        r
+    }
+}
+
+/// How to mount.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// A read-only mount (writes fail with EROFS in the binder's kernel).
+    pub read_only: bool,
+    /// Let users other than the node's own reach the mount (the kernel still checks permissions).
+    pub allow_other: bool,
+    /// What `mount` shows as the source.
+    pub source: String,
+    /// How long an operation waits for an exporter that is away before it fails with EIO [default: 60 s].
+    pub stall: Option<Duration>,
+}
+
+/// How long an operation waits for an exporter that is away, unless the bind says otherwise.
+pub const STALL: Duration = Duration::from_secs(60);
+
+/// A mounted fs.
+pub struct Mount {
+    session: Option<fuser::BackgroundSession>,
+    path: PathBuf,
+    conn: Option<u32>,
+}
+
+impl Mount {
+    /// Serves a FUSE session at `path` from `stream`, a stream to an exporter already past the resource handshake
+    /// (what other kinds use to put an fs on a path of their own; a bind the node owns goes through
+    /// `Binder::bind` with [`crate::FsBind`] options instead). The mount fails with ENOTCONN once the stream ends.
+    pub fn serve(stream: metac_resource::BoxStream, path: &Path, options: &Options) -> std::io::Result<Mount> {
+        let conn = Conn::start(stream, None);
+        let slot = Slot::default();
+        slot.set(Phase::Up(conn.clone()));
+        let ended = slot.clone();
+        tokio::spawn(async move {
+            conn.closed().cancelled().await;
+            ended.set(Phase::Closed);
+        });
+        Mount::new(path, slot, options)
+    }
+
+    /// Mounts the connection in `slot` at `path` (an existing directory). Must be called within a tokio runtime,
+    /// which then runs the requests.
+    pub fn new(path: &Path, slot: Slot, options: &Options) -> std::io::Result<Mount> {
+        let mut mount_options = vec![
+            MountOption::FSName(if options.source.is_empty() { "metac".into() } else { options.source.clone() }),
+            MountOption::Subtype("metac".into()),
+            MountOption::DefaultPermissions,
+        ];
+        if options.read_only {
+            mount_options.push(MountOption::RO);
+        }
+        let mut config = Config::default();
+        config.mount_options = mount_options;
+        config.acl = if options.allow_other { SessionACL::All } else { SessionACL::Owner };
+        config.n_threads = Some(2);
+        let fs = Fuse { slot, rt: Handle::current(), stall: options.stall.unwrap_or(STALL) };
+        let session = fuser::spawn_mount(fs, path, &config)?;
+        Ok(Mount { session: Some(session), path: path.to_path_buf(), conn: connection(path) })
+    }
+
+    /// Where it is mounted.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Unmounts and waits for the FUSE threads to end. When the kernel keeps the filesystem alive past the unmount
+    /// (files still open on it, so the unmount is refused; or a copy of the mount in a mount namespace made while
+    /// it was up, which the unmount does not reach), the mount is detached and its FUSE connection aborted, so
+    /// that whatever still holds it gets ENOTCONN, as from a FUSE server that died, and nothing waits for ever.
+    pub async fn unmount(mut self) {
+        let Some(s) = self.session.take() else { return };
+        let path = self.path.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // A thread of its own rather than the runtime's blocking pool: if it never ends, the process still can.
+        let spawned = std::thread::Builder::new().name("metac-fs-umount".into()).spawn(move || {
+            let _ = tx.send(s.umount_and_join());
+        });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot unmount {}: {e}", path.display());
+            return;
+        }
+        let why = match tokio::time::timeout(UNMOUNT_WAIT, rx).await {
+            Ok(Ok(Ok(()))) | Ok(Err(_)) => return,
+            Ok(Ok(Err(e))) => {
+                if let Err(e) = detach(&path) {
+                    tracing::warn!("cannot detach {}: {e}", path.display());
+                }
+                format!("the unmount was refused ({e})")
+            }
+            Err(_) => format!("the filesystem is still held {UNMOUNT_WAIT:?} after the unmount"),
+        };
+        match self.conn.map(abort) {
+            Some(Ok(())) => tracing::info!("{}: {why}; its FUSE connection was aborted", path.display()),
+            Some(Err(e)) => tracing::warn!("{}: {why}, and its FUSE connection cannot be aborted: {e}", path.display()),
+            None => tracing::warn!("{}: {why}, and its FUSE connection is not known", path.display()),
+        }
+    }
+}
+
+/// The FUSE connection (fusectl's number: the minor device number) of what is mounted at `path`, from
+/// /proc/self/mountinfo: reading it asks the filesystem nothing.
+fn connection(path: &Path) -> Option<u32> {
+    let path = path.canonicalize().ok()?;
+    let path = path.to_str()?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines()
+        .filter(|l| l.split(' ').nth(4) == Some(path))
+        .filter(|l| l.split(" - ").nth(1).is_some_and(|t| t.starts_with("fuse")))
+        .filter_map(|l| l.split(' ').nth(2)?.split(':').nth(1)?.parse().ok())
+        .next_back()
+}
+
+/// Aborts a FUSE connection through fusectl, mounting fusectl where systemd would if nothing has.
+fn abort(conn: u32) -> std::io::Result<()> {
+    let ctl = Path::new("/sys/fs/fuse/connections");
+    if !ctl.join(conn.to_string()).exists() {
+        rustix::mount::mount("fusectl", ctl, "fusectl", rustix::mount::MountFlags::empty(), None)?;
+    }
+    std::fs::write(ctl.join(conn.to_string()).join("abort"), b"1")
+}
+
+/// Detaches the mount at `path` (a lazy unmount): as root with umount2, else with `fusermount3 -u -z`.
+fn detach(path: &Path) -> std::io::Result<()> {
+    match rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::PERM) => {
+            let out = std::process::Command::new("fusermount3").arg("-u").arg("-z").arg(path).output()?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_string()))
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+struct Fuse {
+    slot: Slot,
+    rt: Handle,
+    stall: Duration,
+}
+
+impl Fuse {
+    /// Sends `op` on a task (once there is a connection) and hands its outcome to `done` there.
+    fn call(&self, op: Op, done: impl FnOnce(Result<Reply, Errno>) + Send + 'static) {
+        let (slot, stall) = (self.slot.clone(), self.stall);
+        self.rt.spawn(async move {
+            let r = match slot.conn(stall).await {
+                Ok(c) => c.call(op).await.map_err(Errno::from_i32),
+                Err(e) => Err(e),
+            };
+            done(r)
+        });
+    }
+}
+
+/// An answer of the wrong sort: the exporter broke the protocol.
+fn unexpected(r: Reply) -> Errno {
+    tracing::warn!("fs: unexpected answer from the exporter: {r:?}");
+    Errno::EIO
+}
+
+fn name(n: &OsStr) -> Vec<u8> {
+    n.as_bytes().to_vec()
+}
+
+fn time((sec, nsec): (i64, u32)) -> SystemTime {
+    if sec >= 0 {
+        UNIX_EPOCH + Duration::new(sec as u64, nsec)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(sec.unsigned_abs()) + Duration::from_nanos(nsec.into())
+    }
+}
+
+fn kind(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: time(a.atime),
+        mtime: time(a.mtime),
+        ctime: time(a.ctime),
+        crtime: UNIX_EPOCH,
+        kind: kind(a.mode),
+        perm: (a.mode & 0o7777) as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        blksize: a.blksize,
+        flags: 0,
+    }
+}
+
+fn set_time(t: Option<TimeOrNow>) -> Option<Time> {
+    t.map(|t| match t {
+        TimeOrNow::Now => Time::Now,
+        TimeOrNow::SpecificTime(t) => match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => Time::At { sec: d.as_secs() as i64, nsec: d.subsec_nanos() },
+            Err(e) => {
+                let d = e.duration();
+                let (mut sec, mut nsec) = (-(d.as_secs() as i64), d.subsec_nanos());
+                if nsec > 0 {
+                    sec -= 1;
+                    nsec = 1_000_000_000 - nsec;
+                }
+                Time::At { sec, nsec }
+            }
+        },
+    })
+}
+
+fn entry(reply: ReplyEntry) -> impl FnOnce(Result<Reply, Errno>) {
+    move |r| match r {
+        Ok(Reply::Entry(a)) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+        Ok(r) => reply.error(unexpected(r)),
+        Err(e) => reply.error(e),
+    }
+}
+
+fn empty(reply: ReplyEmpty) -> impl FnOnce(Result<Reply, Errno>) {
+    move |r| match r {
+        Ok(Reply::Empty) => reply.ok(),
+        Ok(r) => reply.error(unexpected(r)),
+        Err(e) => reply.error(e),
+    }
+}
+
+fn attr(reply: ReplyAttr) -> impl FnOnce(Result<Reply, Errno>) {
+    move |r| match r {
+        Ok(Reply::Attr(a)) => reply.attr(&TTL, &file_attr(&a)),
+        Ok(r) => reply.error(unexpected(r)),
+        Err(e) => reply.error(e),
+    }
+}
+
+fn data(reply: ReplyData) -> impl FnOnce(Result<Reply, Errno>) {
+    move |r| match r {
+        Ok(Reply::Data(d)) => reply.data(&d),
+        Ok(r) => reply.error(unexpected(r)),
+        Err(e) => reply.error(e),
+    }
+}
+
+impl Filesystem for Fuse {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Best effort: the kernel may allow less, and says so in the error, which is then what it uses.
+        let _ = config.set_max_write(MAX_IO);
+        let _ = config.set_max_readahead(MAX_IO);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
+        self.call(Op::Lookup { parent: parent.0, name: name(n) }, entry(reply));
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.call(Op::Forget { ino: ino.0, n: nlookup }, |_| {});
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.call(Op::Getattr { ino: ino.0 }, attr(reply));
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr { mode, uid, gid, size, atime: set_time(atime), mtime: set_time(mtime) };
+        self.call(Op::Setattr { ino: ino.0, fh: fh.map(|f| f.0), set }, attr(reply));
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.call(Op::Readlink { ino: ino.0 }, data(reply));
+    }
+
+    fn mkdir(&self, _req: &Request, parent: INodeNo, n: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        self.call(Op::Mkdir { parent: parent.0, name: name(n), mode, umask }, entry(reply));
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        self.call(Op::Unlink { parent: parent.0, name: name(n) }, empty(reply));
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        self.call(Op::Rmdir { parent: parent.0, name: name(n) }, empty(reply));
+    }
+
+    fn symlink(&self, _req: &Request, parent: INodeNo, n: &OsStr, target: &Path, reply: ReplyEntry) {
+        let target = target.as_os_str().as_bytes().to_vec();
+        self.call(Op::Symlink { parent: parent.0, name: name(n), target }, entry(reply));
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let op = Op::Rename {
+            parent: parent.0,
+            name: name(n),
+            newparent: newparent.0,
+            newname: name(newname),
+            flags: flags.bits(),
+        };
+        self.call(op, empty(reply));
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        self.call(Op::Link { ino: ino.0, newparent: newparent.0, newname: name(newname) }, entry(reply));
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.call(Op::Open { ino: ino.0, flags: flags.0 }, move |r| match r {
+            Ok(Reply::Opened { fh }) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(r) => reply.error(unexpected(r)),
+            Err(e) => reply.error(e),
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        self.call(Op::Read { fh: fh.0, offset, size: size.min(MAX_IO) }, data(reply));
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        bytes: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        if bytes.len() > MAX_IO as usize {
+            return reply.error(Errno::EINVAL);
+        }
+        self.call(Op::Write { fh: fh.0, offset, data: bytes.to_vec() }, move |r| match r {
+            Ok(Reply::Written(n)) => reply.written(n),
+            Ok(r) => reply.error(unexpected(r)),
+            Err(e) => reply.error(e),
+        });
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        // Writes are not cached on this side: every one has reached the exporter when it returned.
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.call(Op::Release { fh: fh.0 }, empty(reply));
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        self.call(Op::Fsync { fh: fh.0, datasync }, empty(reply));
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        self.call(Op::Readdir { ino: ino.0, offset }, move |r| match r {
+            Ok(Reply::Dir(entries)) => {
+                for e in entries {
+                    if reply.add(INodeNo(e.ino), e.offset, kind(e.kind), OsStr::from_bytes(&e.name)) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Ok(r) => reply.error(unexpected(r)),
+            Err(e) => reply.error(e),
+        });
+    }
+
+    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        self.call(Op::Statfs { ino: ino.0 }, move |r| match r {
+            Ok(Reply::Statfs(s)) => {
+                reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize)
+            }
+            Ok(r) => reply.error(unexpected(r)),
+            Err(e) => reply.error(e),
+        });
+    }
+
+    // Extended attributes are not carried yet (issue 11): ENOSYS tells the kernel once per mount, and it answers
+    // EOPNOTSUPP by itself from then on, without asking again.
+    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        self.call(Op::Create { parent: parent.0, name: name(n), mode, umask, flags }, move |r| match r {
+            Ok(Reply::Created { attr, fh }) => {
+                reply.created(&TTL, &file_attr(&attr), Generation(0), FileHandle(fh), FopenFlags::empty())
+            }
+            Ok(r) => reply.error(unexpected(r)),
+            Err(e) => reply.error(e),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The FUSE side alone, against a server on an in-memory stream: real /dev/fuse, real `cat`, `ls`, `sh` on the
+    /// mount. Needs root (it mounts); under CI it runs and fails loudly without it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_served_mount_is_used_by_real_tools_and_fails_with_enotconn_when_its_stream_ends() {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "this test mounts FUSE and needs root");
+        let dir = tempfile::tempdir().unwrap();
+        let (src, mnt) = (dir.path().join("src"), dir.path().join("mnt"));
+        std::fs::create_dir_all(src.join("d")).unwrap();
+        std::fs::create_dir(&mnt).unwrap();
+        std::fs::write(src.join("d/f"), b"served").unwrap();
+        let root = rustix::fs::open(&src, rustix::fs::OFlags::PATH, rustix::fs::Mode::empty()).unwrap();
+        let server = Arc::new(crate::server::Server::new(root, false).unwrap());
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let caller = metac_resource::Caller::root();
+        tokio::spawn(crate::exporter::serve(server, caller, Box::new(b), cancel.clone()));
+        let m = Mount::serve(Box::new(a), &mnt, &Options::default()).unwrap();
+        let sh = |script: String| {
+            tokio::task::spawn_blocking(move || {
+                std::process::Command::new("timeout").args(["30", "sh", "-c", &script]).output().unwrap()
+            })
+        };
+        let out = sh(format!("cat {0}/d/f && ls {0} && echo new > {0}/d/g", mnt.display())).await.unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.stdout, b"servedd\n", "cat, then ls");
+        assert_eq!(std::fs::read(src.join("d/g")).unwrap(), b"new\n");
+        // The exporter's side ends: the mount answers ENOTCONN, it does not hang.
+        cancel.cancel();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let out = sh(format!("ls {}/d", mnt.display())).await.unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("not connected"), "{err}");
+        m.unmount().await;
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!info.contains(mnt.to_str().unwrap()), "unmounted");
+    }
+
+    #[test]
+    fn times_before_the_epoch_keep_their_nanoseconds() {
+        let t = time((-2, 250_000_000));
+        assert_eq!(set_time(Some(TimeOrNow::SpecificTime(t))), Some(Time::At { sec: -2, nsec: 250_000_000 }));
+        let t = time((1_700_000_000, 123));
+        assert_eq!(set_time(Some(TimeOrNow::SpecificTime(t))), Some(Time::At { sec: 1_700_000_000, nsec: 123 }));
+        assert_eq!(kind(libc::S_IFLNK | 0o777), FileType::Symlink);
+    }
+}

@@ -1,0 +1,375 @@
+//! metac-fs/1, the wire messages of fs binds (DESIGN section 6). After the resource handshake the binder sends
+//! [`Request`]s and the exporter answers each with a [`Response`] carrying the same id, in whatever order the
+//! answers are ready: many requests are in flight at once on one stream. The operations mirror FUSE's, on inode
+//! numbers the exporter hands out (1 is the export's root) and file handles it opens; a failure is the errno the
+//! exporter's kernel gave, so programs on the mount see the error they would see on a local disk.
+//!
+//! Every message travels as one frame of the one framing helper ([`metac_resource::frame`]: u32 length, postcard),
+//! at most [`MAX_FRAME`] bytes, checked before anything is allocated. Decoding a frame is the only way in:
+//! [`decode_request`] and [`decode_response`] also refuse names, targets and data longer than the protocol allows,
+//! so the rest of the code never sees an oversized value.
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol named in every fs bind's hello.
+pub const PROTOCOL: &str = "metac-fs/1";
+/// The largest read or write in one request (FUSE's largest with max_pages 256).
+pub const MAX_IO: u32 = 1 << 20;
+/// The largest frame either side accepts: one [`MAX_IO`] payload and room for the rest of the message.
+pub const MAX_FRAME: usize = MAX_IO as usize + 64 * 1024;
+/// The longest name of one directory entry (NAME_MAX).
+pub const MAX_NAME: usize = 255;
+/// The longest symlink target (PATH_MAX less its NUL).
+pub const MAX_TARGET: usize = 4095;
+/// The most entries in one [`Reply::Dir`].
+pub const MAX_DIR_ENTRIES: usize = 1024;
+/// The most requests a binder has in flight on one stream; the exporter's queues hold this many, so neither side
+/// ever waits on a full queue while the other waits on it.
+pub const MAX_IN_FLIGHT: usize = 64;
+/// The inode number of the export's root.
+pub const ROOT: u64 = 1;
+
+/// One request of the binder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Chosen by the binder; the response carries it back.
+    pub id: u64,
+    /// What to do.
+    pub op: Op,
+}
+
+/// The operations, as FUSE names them. `name`s are one path component; `ino`s and `fh`s are the exporter's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// The entry `name` in directory `parent`: [`Reply::Entry`], counting one lookup of it.
+    Lookup { parent: u64, name: Vec<u8> },
+    /// The binder's kernel forgot `n` lookups of `ino`: [`Reply::Empty`].
+    Forget { ino: u64, n: u64 },
+    /// [`Reply::Attr`].
+    Getattr { ino: u64 },
+    /// Changes what `set` names, through `fh` when given: [`Reply::Attr`].
+    Setattr { ino: u64, fh: Option<u64>, set: SetAttr },
+    /// Entries of directory `ino` after the position `offset` (0: from the start): [`Reply::Dir`].
+    Readdir { ino: u64, offset: u64 },
+    /// Opens file `ino` with open(2) `flags`: [`Reply::Opened`].
+    Open { ino: u64, flags: i32 },
+    /// At most `size` bytes at `offset`: [`Reply::Data`], shorter only at the end of the file.
+    Read { fh: u64, offset: u64, size: u32 },
+    /// [`Reply::Written`].
+    Write { fh: u64, offset: u64, data: Vec<u8> },
+    /// Creates and opens a file: [`Reply::Created`].
+    Create { parent: u64, name: Vec<u8>, mode: u32, umask: u32, flags: i32 },
+    /// [`Reply::Entry`].
+    Mkdir { parent: u64, name: Vec<u8>, mode: u32, umask: u32 },
+    /// [`Reply::Empty`].
+    Unlink { parent: u64, name: Vec<u8> },
+    /// [`Reply::Empty`].
+    Rmdir { parent: u64, name: Vec<u8> },
+    /// renameat2(2) with its `flags` (RENAME_NOREPLACE, RENAME_EXCHANGE): [`Reply::Empty`].
+    Rename { parent: u64, name: Vec<u8>, newparent: u64, newname: Vec<u8>, flags: u32 },
+    /// A symlink to `target`, stored as given and never followed by the exporter: [`Reply::Entry`].
+    Symlink { parent: u64, name: Vec<u8>, target: Vec<u8> },
+    /// [`Reply::Data`] with the target.
+    Readlink { ino: u64 },
+    /// A hard link to `ino`: [`Reply::Entry`].
+    Link { ino: u64, newparent: u64, newname: Vec<u8> },
+    /// [`Reply::Statfs`].
+    Statfs { ino: u64 },
+    /// [`Reply::Empty`].
+    Fsync { fh: u64, datasync: bool },
+    /// Closes `fh`: [`Reply::Empty`].
+    Release { fh: u64 },
+}
+
+/// What a [`Op::Setattr`] changes; `None` leaves it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetAttr {
+    /// Permission bits.
+    pub mode: Option<u32>,
+    /// Owner.
+    pub uid: Option<u32>,
+    /// Group.
+    pub gid: Option<u32>,
+    /// Truncate or extend to this size.
+    pub size: Option<u64>,
+    /// Access time.
+    pub atime: Option<Time>,
+    /// Modification time.
+    pub mtime: Option<Time>,
+}
+
+/// A time to set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Time {
+    /// The exporter's now.
+    Now,
+    /// Seconds and nanoseconds since the epoch.
+    At { sec: i64, nsec: u32 },
+}
+
+/// The exporter's answer to the request `id`: a reply, or the errno of the failure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    /// The request's id.
+    pub id: u64,
+    /// The outcome.
+    pub result: Result<Reply, i32>,
+}
+
+/// The answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// An entry the binder now holds one more lookup of.
+    Entry(Attr),
+    /// Attributes.
+    Attr(Attr),
+    /// Directory entries in order; empty at the end.
+    Dir(Vec<DirEntry>),
+    /// An open file.
+    Opened { fh: u64 },
+    /// A created and opened file.
+    Created { attr: Attr, fh: u64 },
+    /// Bytes read, or a symlink's target.
+    Data(Vec<u8>),
+    /// Bytes written.
+    Written(u32),
+    /// Filesystem figures.
+    Statfs(Statfs),
+    /// Done.
+    Empty,
+}
+
+/// An inode's attributes, as stat(2) gives them, with the exporter's inode number.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attr {
+    /// The exporter's inode number for it (not the one on its disk).
+    pub ino: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// 512-byte blocks allocated.
+    pub blocks: u64,
+    /// Last access, seconds and nanoseconds.
+    pub atime: (i64, u32),
+    /// Last modification.
+    pub mtime: (i64, u32),
+    /// Last status change.
+    pub ctime: (i64, u32),
+    /// File type and permission bits (st_mode).
+    pub mode: u32,
+    /// Hard links.
+    pub nlink: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Device number of a device file.
+    pub rdev: u32,
+    /// Preferred IO size.
+    pub blksize: u32,
+}
+
+/// One directory entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    /// An inode number for it (the exporter's when it has handed one out, else the one on its disk).
+    pub ino: u64,
+    /// Its file type, as the S_IFMT bits of st_mode.
+    pub kind: u32,
+    /// Where the next read of the directory starts after this entry.
+    pub offset: u64,
+    /// Its name.
+    pub name: Vec<u8>,
+}
+
+/// statfs(2) figures.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Statfs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+    pub frsize: u32,
+}
+
+/// What a frame may not be.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Not a message of this protocol.
+    #[error("malformed metac-fs/1 frame: {0}")]
+    Malformed(String),
+    /// A field is longer than the protocol allows.
+    #[error("metac-fs/1 {what} of {len} bytes is longer than the {max} allowed")]
+    TooLong { what: &'static str, len: usize, max: usize },
+}
+
+fn check(what: &'static str, len: usize, max: usize) -> Result<(), Error> {
+    if len > max {
+        return Err(Error::TooLong { what, len, max });
+    }
+    Ok(())
+}
+
+fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    check("frame", bytes.len(), MAX_FRAME)?;
+    metac_resource::frame::decode(bytes).map_err(|e| Error::Malformed(e.to_string()))
+}
+
+/// Decodes a request and checks its bounds.
+pub fn decode_request(bytes: &[u8]) -> Result<Request, Error> {
+    let r: Request = body(bytes)?;
+    r.op.check()?;
+    Ok(r)
+}
+
+/// Decodes a response and checks its bounds.
+pub fn decode_response(bytes: &[u8]) -> Result<Response, Error> {
+    let r: Response = body(bytes)?;
+    match &r.result {
+        Ok(Reply::Data(d)) => check("data", d.len(), MAX_IO as usize)?,
+        Ok(Reply::Dir(entries)) => {
+            check("directory listing", entries.len(), MAX_DIR_ENTRIES)?;
+            for e in entries {
+                check("name", e.name.len(), MAX_NAME)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(r)
+}
+
+impl Op {
+    /// Checks names, targets and data against the protocol's limits.
+    pub fn check(&self) -> Result<(), Error> {
+        match self {
+            Op::Lookup { name, .. }
+            | Op::Create { name, .. }
+            | Op::Mkdir { name, .. }
+            | Op::Unlink { name, .. }
+            | Op::Rmdir { name, .. } => check("name", name.len(), MAX_NAME),
+            Op::Link { newname, .. } => check("name", newname.len(), MAX_NAME),
+            Op::Rename { name, newname, .. } => {
+                check("name", name.len(), MAX_NAME)?;
+                check("name", newname.len(), MAX_NAME)
+            }
+            Op::Symlink { name, target, .. } => {
+                check("name", name.len(), MAX_NAME)?;
+                check("symlink target", target.len(), MAX_TARGET)
+            }
+            Op::Write { data, .. } => check("write", data.len(), MAX_IO as usize),
+            Op::Read { size, .. } => check("read", *size as usize, MAX_IO as usize),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether the operation changes the export (refused with EROFS on a read-only bind).
+    pub fn writes(&self) -> bool {
+        matches!(
+            self,
+            Op::Setattr { .. }
+                | Op::Write { .. }
+                | Op::Create { .. }
+                | Op::Mkdir { .. }
+                | Op::Unlink { .. }
+                | Op::Rmdir { .. }
+                | Op::Rename { .. }
+                | Op::Symlink { .. }
+                | Op::Link { .. }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+        postcard::to_allocvec(v).unwrap()
+    }
+
+    /// The encoding is the protocol: these bytes must not change within metac-fs/1.
+    #[test]
+    fn golden_encodings() {
+        let r = Request { id: 7, op: Op::Lookup { parent: 1, name: b"a".to_vec() } };
+        assert_eq!(encode(&r), [7, 0, 1, 1, b'a']);
+        let r = Request { id: 300, op: Op::Read { fh: 2, offset: 4096, size: 1 << 20 } };
+        assert_eq!(encode(&r), [0xac, 0x02, 6, 2, 0x80, 0x20, 0x80, 0x80, 0x40]);
+        let ok = Response { id: 7, result: Ok(Reply::Written(5)) };
+        assert_eq!(encode(&ok), [7, 0, 6, 5]);
+        let err = Response { id: 8, result: Err(libc::ENOENT) };
+        assert_eq!(encode(&err), [8, 1, 4]);
+        let set = Request { id: 1, op: Op::Setattr { ino: 3, fh: None, set: SetAttr::default() } };
+        assert_eq!(encode(&set), [1, 3, 3, 0, 0, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn round_trips() {
+        let reqs = [
+            Op::Rename { parent: 1, name: b"x".to_vec(), newparent: 2, newname: b"y".to_vec(), flags: 1 },
+            Op::Write { fh: 9, offset: u64::MAX, data: vec![1; 1000] },
+            Op::Setattr {
+                ino: 5,
+                fh: Some(3),
+                set: SetAttr {
+                    mode: Some(0o644),
+                    atime: Some(Time::Now),
+                    mtime: Some(Time::At { sec: -1, nsec: 5 }),
+                    ..SetAttr::default()
+                },
+            },
+            Op::Symlink { parent: 1, name: b"l".to_vec(), target: b"../../etc".to_vec() },
+        ];
+        for (id, op) in reqs.into_iter().enumerate() {
+            let r = Request { id: id as u64, op };
+            assert_eq!(decode_request(&encode(&r)).unwrap(), r);
+        }
+        let dir = Response {
+            id: 1,
+            result: Ok(Reply::Dir(vec![DirEntry { ino: 1, kind: libc::S_IFDIR, offset: 1, name: b".".to_vec() }])),
+        };
+        assert_eq!(decode_response(&encode(&dir)).unwrap(), dir);
+    }
+
+    #[test]
+    fn oversized_fields_are_refused_with_what_was_too_long() {
+        let long = Request { id: 1, op: Op::Lookup { parent: 1, name: vec![b'a'; MAX_NAME + 1] } };
+        let e = decode_request(&encode(&long)).unwrap_err();
+        assert_eq!(e.to_string(), "metac-fs/1 name of 256 bytes is longer than the 255 allowed");
+        let big = Request { id: 1, op: Op::Write { fh: 1, offset: 0, data: vec![0; MAX_IO as usize + 1] } };
+        assert!(matches!(decode_request(&encode(&big)), Err(Error::TooLong { what: "write", .. })));
+        let read = Request { id: 1, op: Op::Read { fh: 1, offset: 0, size: MAX_IO + 1 } };
+        assert!(matches!(decode_request(&encode(&read)), Err(Error::TooLong { what: "read", .. })));
+        let target = Request { id: 1, op: Op::Symlink { parent: 1, name: b"l".to_vec(), target: vec![b'x'; 5000] } };
+        assert!(matches!(decode_request(&encode(&target)), Err(Error::TooLong { what: "symlink target", .. })));
+        assert!(matches!(decode_request(&vec![0; MAX_FRAME + 1]), Err(Error::TooLong { what: "frame", .. })));
+    }
+
+    #[test]
+    fn garbage_is_refused_not_panicked_on() {
+        // A length prefix claiming a vector of 2^60 names: postcard checks it against the bytes there are.
+        let e = decode_request(&[1, 0, 1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x10]).unwrap_err();
+        assert!(e.to_string().starts_with("malformed metac-fs/1 frame"), "{e}");
+        assert!(decode_request(&[]).is_err());
+        assert!(decode_request(&[1, 200]).is_err(), "no operation 200");
+        assert!(decode_response(&[1, 2]).is_err(), "a Result is 0 or 1");
+        let mut ok = encode(&Request { id: 1, op: Op::Getattr { ino: 1 } });
+        ok.push(0);
+        assert!(decode_request(&ok).is_err(), "trailing bytes");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_decode_or_error(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let _ = decode_request(&bytes);
+            let _ = decode_response(&bytes);
+        }
+
+        #[test]
+        fn any_write_round_trips(id: u64, fh: u64, offset: u64, data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048)) {
+            let r = Request { id, op: Op::Write { fh, offset, data } };
+            proptest::prop_assert_eq!(decode_request(&encode(&r)).unwrap(), r);
+        }
+    }
+}

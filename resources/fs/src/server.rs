@@ -1,0 +1,452 @@
+//! The exporting side's filesystem logic: metac-fs/1 operations on the export's tree, with no IO of the network.
+//!
+//! Every inode the binder knows is an O_PATH descriptor in a table ([`Server`] hands out the numbers; 1 is the
+//! root). A name is only ever resolved as one component beneath the descriptor of its parent directory, with
+//! openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS) and O_NOFOLLOW, and the other calls that
+//! take a name (mkdirat, unlinkat, renameat2, symlinkat, linkat) take the parent's descriptor and one component
+//! too. So `..`, a name with a `/`, an absolute or relative symlink and a symlink swapped in for a directory after it
+//! was looked up never lead out of the export: a symlink is stored and read, never followed by the exporter, and a
+//! looked-up inode stays the inode it was whatever is renamed over its name later.
+//!
+//! Opening an inode for IO, changing its mode or times goes through `/proc/self/fd/N` of its O_PATH descriptor,
+//! the one path that reaches that very inode (as virtiofsd does); symlinks are never opened so.
+//!
+//! A read-only server refuses every change with EROFS, whatever the binder's kernel thinks of its mount.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, RenameFlags, ResolveFlags, Stat, Timespec, Timestamps};
+use rustix::io::Errno;
+
+use crate::proto::{self, Attr, DirEntry, Op, Reply, SetAttr, Time, MAX_DIR_ENTRIES, MAX_IO, ROOT};
+
+/// The most inodes one bind may hold looked up at once (ENFILE beyond).
+pub const MAX_INODES: usize = 1 << 20;
+/// The most files one bind may hold open at once (EMFILE beyond).
+pub const MAX_FILES: usize = 4096;
+
+const RESOLVE: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_MAGICLINKS).union(ResolveFlags::NO_SYMLINKS);
+
+/// One bind's view of an export: its inode and file tables.
+pub struct Server {
+    proc_fd: OwnedFd,
+    read_only: bool,
+    inodes: Mutex<Inodes>,
+    files: Mutex<Files>,
+}
+
+struct Node {
+    fd: Arc<OwnedFd>,
+    key: (u64, u64),
+    lookups: u64,
+}
+
+struct Inodes {
+    by_ino: HashMap<u64, Node>,
+    by_key: HashMap<(u64, u64), u64>,
+    next: u64,
+}
+
+struct Files {
+    open: HashMap<u64, Arc<OwnedFd>>,
+    next: u64,
+}
+
+/// The errno of a failure, as the binder's programs will see it.
+pub type Result<T> = std::result::Result<T, i32>;
+
+fn errno(e: Errno) -> i32 {
+    e.raw_os_error()
+}
+
+impl Server {
+    /// A server of the tree under `root` (a directory, opened O_PATH or not), read-only if asked.
+    pub fn new(root: OwnedFd, read_only: bool) -> std::io::Result<Server> {
+        let proc_fd =
+            rustix::fs::open("/proc/self/fd", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        let root = rustix::fs::openat(&root, ".", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        let st = rustix::fs::fstat(&root)?;
+        let key = (st.st_dev, st.st_ino);
+        let node = Node { fd: Arc::new(root), key, lookups: 1 };
+        let inodes =
+            Inodes { by_ino: HashMap::from([(ROOT, node)]), by_key: HashMap::from([(key, ROOT)]), next: ROOT + 1 };
+        Ok(Server {
+            proc_fd,
+            read_only,
+            inodes: Mutex::new(inodes),
+            files: Mutex::new(Files { open: HashMap::new(), next: 1 }),
+        })
+    }
+
+    /// The tree under `sub` (a relative path, resolved beneath `root` as any name is) of the export at `root`.
+    pub fn beneath(root: &OwnedFd, sub: &str) -> std::io::Result<OwnedFd> {
+        let sub = sub.trim_start_matches('/');
+        let sub = if sub.is_empty() { "." } else { sub };
+        // Symlinks inside the sub-path are followed, but only as far as they stay beneath the root.
+        let how = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
+        Ok(rustix::fs::openat2(root, sub, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty(), how)?)
+    }
+
+    /// How many inodes and open files the bind holds (for tests and limits).
+    pub fn held(&self) -> (usize, usize) {
+        (self.inodes.lock().expect("inodes").by_ino.len(), self.files.lock().expect("files").open.len())
+    }
+
+    /// Does one operation.
+    pub fn handle(&self, op: Op) -> Result<Reply> {
+        if self.read_only && (op.writes() || matches!(op, Op::Open { flags, .. } if opens_for_writing(flags))) {
+            return Err(libc::EROFS);
+        }
+        match op {
+            Op::Lookup { parent, name } => self.lookup(parent, &name).map(Reply::Entry),
+            Op::Forget { ino, n } => {
+                self.forget(ino, n);
+                Ok(Reply::Empty)
+            }
+            Op::Getattr { ino } => self.attr(ino).map(Reply::Attr),
+            Op::Setattr { ino, fh, set } => self.setattr(ino, fh, &set).map(Reply::Attr),
+            Op::Readdir { ino, offset } => self.readdir(ino, offset).map(Reply::Dir),
+            Op::Open { ino, flags } => self.open(ino, flags).map(|fh| Reply::Opened { fh }),
+            Op::Read { fh, offset, size } => self.read(fh, offset, size).map(Reply::Data),
+            Op::Write { fh, offset, data } => {
+                let f = self.file(fh)?;
+                let mut done = 0;
+                while done < data.len() {
+                    match rustix::io::pwrite(&*f, &data[done..], offset + done as u64) {
+                        Ok(0) => return Err(libc::EIO),
+                        Ok(n) => done += n,
+                        Err(Errno::INTR) => {}
+                        Err(e) => return Err(errno(e)),
+                    }
+                }
+                Ok(Reply::Written(done as u32))
+            }
+            Op::Create { parent, name, mode, umask, flags } => self.create(parent, &name, mode & !umask, flags),
+            Op::Mkdir { parent, name, mode, umask } => {
+                let p = self.fd(parent)?;
+                rustix::fs::mkdirat(&*p, component(&name)?, Mode::from_raw_mode(mode & !umask)).map_err(errno)?;
+                self.lookup(parent, &name).map(Reply::Entry)
+            }
+            Op::Unlink { parent, name } => {
+                let p = self.fd(parent)?;
+                rustix::fs::unlinkat(&*p, component(&name)?, AtFlags::empty()).map_err(errno)?;
+                Ok(Reply::Empty)
+            }
+            Op::Rmdir { parent, name } => {
+                let p = self.fd(parent)?;
+                rustix::fs::unlinkat(&*p, component(&name)?, AtFlags::REMOVEDIR).map_err(errno)?;
+                Ok(Reply::Empty)
+            }
+            Op::Rename { parent, name, newparent, newname, flags } => {
+                let (p, np) = (self.fd(parent)?, self.fd(newparent)?);
+                let flags = RenameFlags::from_bits(flags).ok_or(libc::EINVAL)?;
+                rustix::fs::renameat_with(&*p, component(&name)?, &*np, component(&newname)?, flags).map_err(errno)?;
+                Ok(Reply::Empty)
+            }
+            Op::Symlink { parent, name, target } => {
+                let p = self.fd(parent)?;
+                if target.is_empty() || target.contains(&0) {
+                    return Err(libc::EINVAL);
+                }
+                rustix::fs::symlinkat(target.as_slice(), &*p, component(&name)?).map_err(errno)?;
+                self.lookup(parent, &name).map(Reply::Entry)
+            }
+            Op::Readlink { ino } => {
+                let fd = self.fd(ino)?;
+                let target = rustix::fs::readlinkat(&*fd, "", Vec::new()).map_err(errno)?;
+                Ok(Reply::Data(target.into_bytes()))
+            }
+            Op::Link { ino, newparent, newname } => {
+                let (fd, np) = (self.fd(ino)?, self.fd(newparent)?);
+                if file_type(&stat(&fd)?) == FileType::Directory {
+                    return Err(libc::EPERM);
+                }
+                // Through /proc: linkat(fd, "", AT_EMPTY_PATH) would take CAP_DAC_READ_SEARCH.
+                let proc = fd.as_raw_fd().to_string();
+                rustix::fs::linkat(&self.proc_fd, proc.as_str(), &*np, component(&newname)?, AtFlags::SYMLINK_FOLLOW)
+                    .map_err(errno)?;
+                self.lookup(newparent, &newname).map(Reply::Entry)
+            }
+            Op::Statfs { ino } => {
+                let s = rustix::fs::fstatfs(&*self.fd(ino)?).map_err(errno)?;
+                Ok(Reply::Statfs(proto::Statfs {
+                    blocks: s.f_blocks,
+                    bfree: s.f_bfree,
+                    bavail: s.f_bavail,
+                    files: s.f_files,
+                    ffree: s.f_ffree,
+                    bsize: s.f_bsize as u32,
+                    namelen: s.f_namelen as u32,
+                    frsize: s.f_frsize as u32,
+                }))
+            }
+            Op::Fsync { fh, datasync } => {
+                let f = self.file(fh)?;
+                if datasync { rustix::fs::fdatasync(&*f) } else { rustix::fs::fsync(&*f) }.map_err(errno)?;
+                Ok(Reply::Empty)
+            }
+            Op::Release { fh } => {
+                self.files.lock().expect("files").open.remove(&fh).ok_or(libc::EBADF)?;
+                Ok(Reply::Empty)
+            }
+        }
+    }
+
+    fn fd(&self, ino: u64) -> Result<Arc<OwnedFd>> {
+        // An inode number this bind was never given (or forgot, or had before the exporter restarted) is stale.
+        self.inodes.lock().expect("inodes").by_ino.get(&ino).map(|n| Arc::clone(&n.fd)).ok_or(libc::ESTALE)
+    }
+
+    fn file(&self, fh: u64) -> Result<Arc<OwnedFd>> {
+        self.files.lock().expect("files").open.get(&fh).cloned().ok_or(libc::EBADF)
+    }
+
+    fn attr(&self, ino: u64) -> Result<Attr> {
+        Ok(attr(ino, &stat(&self.fd(ino)?)?))
+    }
+
+    /// Resolves one component beneath `parent` and counts a lookup of what it names.
+    fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr> {
+        let p = self.fd(parent)?;
+        let fd = rustix::fs::openat2(
+            &*p,
+            component(name)?,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            RESOLVE,
+        )
+        .map_err(errno)?;
+        self.remember(fd)
+    }
+
+    /// Enters an O_PATH descriptor in the inode table (once per inode) and gives its attributes.
+    fn remember(&self, fd: OwnedFd) -> Result<Attr> {
+        let st = stat(&fd)?;
+        let key = (st.st_dev, st.st_ino);
+        let mut t = self.inodes.lock().expect("inodes");
+        if let Some(&ino) = t.by_key.get(&key) {
+            t.by_ino.get_mut(&ino).expect("inode table is consistent").lookups += 1;
+            return Ok(attr(ino, &st));
+        }
+        if t.by_ino.len() >= MAX_INODES {
+            return Err(libc::ENFILE);
+        }
+        let ino = t.next;
+        t.next += 1;
+        t.by_key.insert(key, ino);
+        t.by_ino.insert(ino, Node { fd: Arc::new(fd), key, lookups: 1 });
+        Ok(attr(ino, &st))
+    }
+
+    fn forget(&self, ino: u64, n: u64) {
+        if ino == ROOT {
+            return;
+        }
+        let mut t = self.inodes.lock().expect("inodes");
+        let Some(node) = t.by_ino.get_mut(&ino) else { return };
+        node.lookups = node.lookups.saturating_sub(n);
+        if node.lookups == 0 {
+            let key = node.key;
+            t.by_ino.remove(&ino);
+            t.by_key.remove(&key);
+        }
+    }
+
+    /// Reopens the inode behind an O_PATH descriptor for IO, through /proc: never a symlink.
+    fn reopen(&self, fd: &OwnedFd, flags: OFlags) -> Result<OwnedFd> {
+        if file_type(&stat(fd)?) == FileType::Symlink {
+            return Err(libc::ELOOP);
+        }
+        let proc = fd.as_raw_fd().to_string();
+        rustix::fs::openat(&self.proc_fd, proc.as_str(), flags | OFlags::CLOEXEC, Mode::empty()).map_err(errno)
+    }
+
+    fn keep_open(&self, f: OwnedFd) -> Result<u64> {
+        let mut t = self.files.lock().expect("files");
+        if t.open.len() >= MAX_FILES {
+            return Err(libc::EMFILE);
+        }
+        let fh = t.next;
+        t.next += 1;
+        t.open.insert(fh, Arc::new(f));
+        Ok(fh)
+    }
+
+    fn open(&self, ino: u64, flags: i32) -> Result<u64> {
+        let fd = self.fd(ino)?;
+        let f = self.reopen(&fd, open_flags(flags))?;
+        self.keep_open(f)
+    }
+
+    fn create(&self, parent: u64, name: &[u8], mode: u32, flags: i32) -> Result<Reply> {
+        let p = self.fd(parent)?;
+        let how = open_flags(flags) | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let f = rustix::fs::openat2(&*p, component(name)?, how, Mode::from_raw_mode(mode & 0o7777), RESOLVE)
+            .map_err(errno)?;
+        // The inode's O_PATH handle comes from the file just opened, not from its name again.
+        let proc = f.as_raw_fd().to_string();
+        let path = rustix::fs::openat(&self.proc_fd, proc.as_str(), OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
+            .map_err(errno)?;
+        let attr = self.remember(path)?;
+        let fh = self.keep_open(f)?;
+        Ok(Reply::Created { attr, fh })
+    }
+
+    fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let f = self.file(fh)?;
+        let mut buf = vec![0u8; size.min(MAX_IO) as usize];
+        let mut done = 0;
+        while done < buf.len() {
+            match rustix::io::pread(&*f, &mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(errno(e)),
+            }
+        }
+        buf.truncate(done);
+        Ok(buf)
+    }
+
+    fn readdir(&self, ino: u64, offset: u64) -> Result<Vec<DirEntry>> {
+        let fd = self.fd(ino)?;
+        let dir = rustix::fs::openat(&*fd, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(errno)?;
+        let mut d = Dir::new(dir).map_err(errno)?;
+        if offset != 0 {
+            d.seek(offset as i64).map_err(errno)?;
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        while out.len() < MAX_DIR_ENTRIES && bytes < 64 * 1024 {
+            let Some(e) = d.read() else { break };
+            let e = e.map_err(errno)?;
+            let name = e.file_name().to_bytes().to_vec();
+            bytes += name.len() + 24;
+            out.push(DirEntry { ino: e.ino(), kind: kind_bits(e.file_type()), offset: e.offset() as u64, name });
+        }
+        // Entries this bind has looked up carry the numbers it knows them by; the others their disk's (never 0,
+        // which some readers skip).
+        let t = self.inodes.lock().expect("inodes");
+        let dev = t.by_ino.get(&ino).map(|n| n.key.0);
+        for e in &mut out {
+            e.ino = dev.and_then(|dev| t.by_key.get(&(dev, e.ino)).copied()).unwrap_or(e.ino.max(2));
+        }
+        Ok(out)
+    }
+
+    fn setattr(&self, ino: u64, fh: Option<u64>, set: &SetAttr) -> Result<Attr> {
+        let fd = self.fd(ino)?;
+        let is_link = file_type(&stat(&fd)?) == FileType::Symlink;
+        let proc = fd.as_raw_fd().to_string();
+        if let Some(mode) = set.mode {
+            if is_link {
+                return Err(libc::EOPNOTSUPP);
+            }
+            rustix::fs::chmodat(&self.proc_fd, proc.as_str(), Mode::from_raw_mode(mode & 0o7777), AtFlags::empty())
+                .map_err(errno)?;
+        }
+        if set.uid.is_some() || set.gid.is_some() {
+            let uid = set.uid.map(rustix::fs::Uid::from_raw);
+            let gid = set.gid.map(rustix::fs::Gid::from_raw);
+            rustix::fs::chownat(&*fd, "", uid, gid, AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW).map_err(errno)?;
+        }
+        if let Some(size) = set.size {
+            let f = match fh.map(|fh| self.file(fh)).transpose()? {
+                Some(f) => f,
+                None => Arc::new(self.reopen(&fd, OFlags::WRONLY)?),
+            };
+            rustix::fs::ftruncate(&*f, size).map_err(errno)?;
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            if is_link {
+                return Err(libc::EOPNOTSUPP);
+            }
+            let ts = Timestamps { last_access: timespec(set.atime), last_modification: timespec(set.mtime) };
+            rustix::fs::utimensat(&self.proc_fd, proc.as_str(), &ts, AtFlags::empty()).map_err(errno)?;
+        }
+        Ok(attr(ino, &stat(&fd)?))
+    }
+}
+
+/// One path component: not empty, no `/`, no NUL, not `.` or `..` (which would name the parent, or leave it).
+fn component(name: &[u8]) -> Result<std::ffi::CString> {
+    if name == b".." || name == b"." {
+        return Err(libc::EPERM);
+    }
+    if name.is_empty() || name.contains(&b'/') || name.contains(&0) {
+        return Err(libc::EINVAL);
+    }
+    if name.len() > proto::MAX_NAME {
+        return Err(libc::ENAMETOOLONG);
+    }
+    std::ffi::CString::new(name).map_err(|_| libc::EINVAL)
+}
+
+fn opens_for_writing(flags: i32) -> bool {
+    flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
+}
+
+/// The open(2) flags a binder may pass on: access mode and the ones that change how IO behaves, never ones that
+/// change what is opened (O_CREAT, O_NOFOLLOW, O_PATH, O_DIRECTORY are the exporter's to choose).
+fn open_flags(flags: i32) -> OFlags {
+    let pass = libc::O_ACCMODE
+        | libc::O_APPEND
+        | libc::O_TRUNC
+        | libc::O_EXCL
+        | libc::O_SYNC
+        | libc::O_DSYNC
+        | libc::O_NOATIME;
+    OFlags::from_bits_truncate((flags & pass) as u32)
+}
+
+fn stat(fd: &impl AsFd) -> Result<Stat> {
+    rustix::fs::statat(fd, "", AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW).map_err(errno)
+}
+
+fn file_type(st: &Stat) -> FileType {
+    FileType::from_raw_mode(st.st_mode)
+}
+
+fn kind_bits(t: FileType) -> u32 {
+    match t {
+        FileType::RegularFile => libc::S_IFREG,
+        FileType::Directory => libc::S_IFDIR,
+        FileType::Symlink => libc::S_IFLNK,
+        FileType::Fifo => libc::S_IFIFO,
+        FileType::Socket => libc::S_IFSOCK,
+        FileType::CharacterDevice => libc::S_IFCHR,
+        FileType::BlockDevice => libc::S_IFBLK,
+        FileType::Unknown => 0,
+    }
+}
+
+fn timespec(t: Option<Time>) -> Timespec {
+    match t {
+        None => Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_OMIT },
+        Some(Time::Now) => Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_NOW },
+        Some(Time::At { sec, nsec }) => Timespec { tv_sec: sec, tv_nsec: nsec.into() },
+    }
+}
+
+fn attr(ino: u64, st: &Stat) -> Attr {
+    Attr {
+        ino,
+        size: st.st_size as u64,
+        blocks: st.st_blocks as u64,
+        atime: (st.st_atime, st.st_atime_nsec as u32),
+        mtime: (st.st_mtime, st.st_mtime_nsec as u32),
+        ctime: (st.st_ctime, st.st_ctime_nsec as u32),
+        mode: st.st_mode,
+        nlink: st.st_nlink as u32,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        rdev: st.st_rdev as u32,
+        blksize: st.st_blksize as u32,
+    }
+}
+
+#[cfg(test)]
+mod tests;

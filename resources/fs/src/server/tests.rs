@@ -1,0 +1,280 @@
+//! The server on a real directory, played against as a binder would and as an attacker would.
+
+use std::path::Path;
+
+use super::*;
+
+/// An export directory `export` beside a directory `outside` holding a secret.
+struct Lab {
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("export")).unwrap();
+        std::fs::create_dir(dir.path().join("outside")).unwrap();
+        std::fs::write(dir.path().join("outside/secret"), b"outside the export").unwrap();
+        Lab { dir }
+    }
+
+    fn export(&self) -> std::path::PathBuf {
+        self.dir.path().join("export")
+    }
+
+    fn server(&self, read_only: bool) -> Server {
+        Server::new(open_dir(&self.export()), read_only).unwrap()
+    }
+}
+
+fn open_dir(p: &Path) -> OwnedFd {
+    rustix::fs::open(p, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).unwrap()
+}
+
+fn lookup(s: &Server, parent: u64, name: &str) -> Result<Attr> {
+    match s.handle(Op::Lookup { parent, name: name.into() })? {
+        Reply::Entry(a) => Ok(a),
+        r => panic!("lookup answered {r:?}"),
+    }
+}
+
+fn open(s: &Server, ino: u64, flags: i32) -> Result<u64> {
+    match s.handle(Op::Open { ino, flags })? {
+        Reply::Opened { fh } => Ok(fh),
+        r => panic!("open answered {r:?}"),
+    }
+}
+
+fn read_all(s: &Server, ino: u64) -> Result<Vec<u8>> {
+    let fh = open(s, ino, libc::O_RDONLY)?;
+    let r = s.handle(Op::Read { fh, offset: 0, size: MAX_IO });
+    s.handle(Op::Release { fh }).unwrap();
+    match r? {
+        Reply::Data(d) => Ok(d),
+        r => panic!("read answered {r:?}"),
+    }
+}
+
+fn names(s: &Server, ino: u64) -> Vec<String> {
+    let mut out = vec![];
+    let mut offset = 0;
+    loop {
+        let Reply::Dir(entries) = s.handle(Op::Readdir { ino, offset }).unwrap() else { panic!() };
+        if entries.is_empty() {
+            break;
+        }
+        offset = entries.last().unwrap().offset;
+        out.extend(entries.into_iter().map(|e| String::from_utf8(e.name).unwrap()));
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_binder_creates_writes_reads_lists_renames_links_and_removes() {
+    let lab = Lab::new();
+    let s = lab.server(false);
+    let Reply::Created { attr, fh } = s
+        .handle(Op::Create { parent: ROOT, name: b"f".to_vec(), mode: 0o644, umask: 0o022, flags: libc::O_RDWR })
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(attr.mode & 0o777, 0o644);
+    assert_eq!(s.handle(Op::Write { fh, offset: 3, data: b"lo".to_vec() }).unwrap(), Reply::Written(2));
+    s.handle(Op::Write { fh, offset: 0, data: b"hel".to_vec() }).unwrap();
+    s.handle(Op::Fsync { fh, datasync: true }).unwrap();
+    s.handle(Op::Release { fh }).unwrap();
+    assert_eq!(std::fs::read(lab.export().join("f")).unwrap(), b"hello");
+    assert_eq!(read_all(&s, attr.ino).unwrap(), b"hello");
+    assert_eq!(lookup(&s, ROOT, "f").unwrap().ino, attr.ino, "one number per inode");
+
+    let Reply::Entry(d) = s.handle(Op::Mkdir { parent: ROOT, name: b"d".to_vec(), mode: 0o755, umask: 0 }).unwrap()
+    else {
+        panic!()
+    };
+    s.handle(Op::Rename { parent: ROOT, name: b"f".to_vec(), newparent: d.ino, newname: b"g".to_vec(), flags: 0 })
+        .unwrap();
+    let Reply::Entry(l) = s.handle(Op::Link { ino: attr.ino, newparent: ROOT, newname: b"hard".to_vec() }).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!((l.ino, l.nlink), (attr.ino, 2));
+    assert_eq!(names(&s, ROOT), [".", "..", "d", "hard"]);
+    assert_eq!(names(&s, d.ino), [".", "..", "g"]);
+    let set = SetAttr {
+        size: Some(2),
+        mode: Some(0o600),
+        mtime: Some(Time::At { sec: 1_000_000_000, nsec: 123 }),
+        ..SetAttr::default()
+    };
+    let Reply::Attr(a) = s.handle(Op::Setattr { ino: attr.ino, fh: None, set }).unwrap() else { panic!() };
+    assert_eq!((a.size, a.mode & 0o7777, a.mtime), (2, 0o600, (1_000_000_000, 123)));
+    assert_eq!(s.handle(Op::Rmdir { parent: ROOT, name: b"d".to_vec() }), Err(libc::ENOTEMPTY));
+    s.handle(Op::Unlink { parent: d.ino, name: b"g".to_vec() }).unwrap();
+    s.handle(Op::Rmdir { parent: ROOT, name: b"d".to_vec() }).unwrap();
+    assert_eq!(lookup(&s, ROOT, "d"), Err(libc::ENOENT));
+    assert!(matches!(s.handle(Op::Statfs { ino: ROOT }), Ok(Reply::Statfs(f)) if f.bsize > 0));
+    // Forgetting every lookup lets the inode go; its number is stale afterwards.
+    let before = s.held().0;
+    s.handle(Op::Forget { ino: d.ino, n: 1 }).unwrap();
+    assert_eq!(s.held().0, before - 1);
+    assert_eq!(s.handle(Op::Getattr { ino: d.ino }), Err(libc::ESTALE));
+    assert_eq!(s.handle(Op::Read { fh: 999, offset: 0, size: 1 }), Err(libc::EBADF));
+}
+
+#[test]
+fn dot_dot_and_names_with_slashes_are_refused() {
+    let lab = Lab::new();
+    let s = lab.server(false);
+    std::fs::create_dir(lab.export().join("sub")).unwrap();
+    let sub = lookup(&s, ROOT, "sub").unwrap();
+    assert_eq!(lookup(&s, ROOT, ".."), Err(libc::EPERM));
+    assert_eq!(lookup(&s, sub.ino, ".."), Err(libc::EPERM));
+    assert_eq!(lookup(&s, ROOT, "../outside/secret"), Err(libc::EINVAL));
+    assert_eq!(lookup(&s, ROOT, "/etc"), Err(libc::EINVAL));
+    assert_eq!(lookup(&s, ROOT, ""), Err(libc::EINVAL));
+    let mk = |name: &[u8]| s.handle(Op::Mkdir { parent: ROOT, name: name.to_vec(), mode: 0o755, umask: 0 });
+    assert_eq!(mk(b"../escaped"), Err(libc::EINVAL));
+    let mv = s.handle(Op::Rename {
+        parent: sub.ino,
+        name: b"x".to_vec(),
+        newparent: ROOT,
+        newname: b"..".to_vec(),
+        flags: 0,
+    });
+    assert_eq!(mv, Err(libc::EPERM));
+    assert!(!lab.dir.path().join("escaped").exists());
+}
+
+#[test]
+fn symlinks_are_stored_and_read_but_never_followed_out() {
+    let lab = Lab::new();
+    let s = lab.server(false);
+    let outside = lab.dir.path().join("outside");
+    std::os::unix::fs::symlink(&outside, lab.export().join("abs")).unwrap();
+    std::os::unix::fs::symlink("../outside", lab.export().join("rel")).unwrap();
+    // One made by the binder, to a file outside.
+    let target = outside.join("secret");
+    let made = s.handle(Op::Symlink {
+        parent: ROOT,
+        name: b"mine".to_vec(),
+        target: target.as_os_str().as_encoded_bytes().to_vec(),
+    });
+    assert!(made.is_ok(), "{made:?}");
+    for (name, target) in [("abs", outside.clone()), ("rel", "../outside".into()), ("mine", target.clone())] {
+        let l = lookup(&s, ROOT, name).unwrap();
+        assert_eq!(l.mode & libc::S_IFMT, libc::S_IFLNK, "{name} is the link itself");
+        assert_eq!(
+            s.handle(Op::Readlink { ino: l.ino }),
+            Ok(Reply::Data(target.as_os_str().as_encoded_bytes().to_vec()))
+        );
+        assert_eq!(open(&s, l.ino, libc::O_RDONLY), Err(libc::ELOOP), "{name} is never opened through");
+        assert_eq!(lookup(&s, l.ino, "secret"), Err(libc::ENOTDIR), "{name} is never walked through");
+        let set = SetAttr { mode: Some(0o777), ..SetAttr::default() };
+        assert_eq!(s.handle(Op::Setattr { ino: l.ino, fh: None, set }), Err(libc::EOPNOTSUPP));
+        assert_eq!(s.handle(Op::Readdir { ino: l.ino, offset: 0 }), Err(libc::ENOTDIR));
+    }
+    // A sub-path is resolved beneath the root too: a symlink out of it, or `..`, is refused.
+    let root = open_dir(&lab.export());
+    assert_eq!(Server::beneath(&root, "rel").unwrap_err().raw_os_error(), Some(libc::EXDEV));
+    assert_eq!(Server::beneath(&root, "abs").unwrap_err().raw_os_error(), Some(libc::EXDEV));
+    assert_eq!(Server::beneath(&root, "..").unwrap_err().raw_os_error(), Some(libc::EXDEV));
+    std::fs::create_dir(lab.export().join("sub")).unwrap();
+    std::fs::write(lab.export().join("sub/inside"), b"in").unwrap();
+    let sub = Server::new(Server::beneath(&root, "/sub/").unwrap(), false).unwrap();
+    assert_eq!(names(&sub, ROOT), [".", "..", "inside"]);
+    assert_eq!(lookup(&sub, ROOT, ".."), Err(libc::EPERM));
+}
+
+/// A directory looked up, then swapped for a symlink to outside the export: the binder's inode is still the
+/// directory it looked up, and the new name is a symlink that leads nowhere.
+#[test]
+fn a_symlink_swapped_in_after_lookup_leads_nowhere() {
+    let lab = Lab::new();
+    let s = lab.server(false);
+    std::fs::create_dir(lab.export().join("d")).unwrap();
+    std::fs::write(lab.export().join("d/secret"), b"inside").unwrap();
+    let d = lookup(&s, ROOT, "d").unwrap();
+    std::fs::rename(lab.export().join("d"), lab.export().join("moved")).unwrap();
+    std::os::unix::fs::symlink(lab.dir.path().join("outside"), lab.export().join("d")).unwrap();
+    let f = lookup(&s, d.ino, "secret").unwrap();
+    assert_eq!(read_all(&s, f.ino).unwrap(), b"inside");
+    let again = lookup(&s, ROOT, "d").unwrap();
+    assert_eq!(again.mode & libc::S_IFMT, libc::S_IFLNK);
+    assert_eq!(lookup(&s, again.ino, "secret"), Err(libc::ENOTDIR));
+    // A file looked up, then replaced by a symlink to the secret: opening the inode opens what was looked up.
+    std::fs::write(lab.export().join("f"), b"mine").unwrap();
+    let f = lookup(&s, ROOT, "f").unwrap();
+    std::fs::remove_file(lab.export().join("f")).unwrap();
+    std::os::unix::fs::symlink(lab.dir.path().join("outside/secret"), lab.export().join("f")).unwrap();
+    assert_eq!(read_all(&s, f.ino).unwrap(), b"mine");
+}
+
+/// Swaps a directory and a symlink to outside in a loop while the server walks through the name: no read ever
+/// returns the secret.
+#[test]
+fn a_directory_swapped_for_a_symlink_in_a_loop_never_lets_a_walk_out() {
+    let lab = Lab::new();
+    let s = lab.server(false);
+    let (d, tmp_dir, tmp_link) = (lab.export().join("d"), lab.export().join("d.dir"), lab.export().join("d.link"));
+    std::fs::create_dir(&d).unwrap();
+    std::fs::write(d.join("secret"), b"inside").unwrap();
+    std::os::unix::fs::symlink(lab.dir.path().join("outside"), &tmp_link).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = std::fs::rename(&d, &tmp_dir).and_then(|()| std::fs::rename(&tmp_link, &d));
+                let _ = std::fs::rename(&d, &tmp_link).and_then(|()| std::fs::rename(&tmp_dir, &d));
+            }
+        });
+        let mut inside = 0;
+        for _ in 0..3000 {
+            let Ok(dir) = lookup(&s, ROOT, "d") else { continue };
+            if let Ok(f) = lookup(&s, dir.ino, "secret") {
+                let data = read_all(&s, f.ino).unwrap();
+                assert_eq!(data, b"inside", "a walk through a swapped name reached outside the export");
+                inside += 1;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(inside > 0, "the walk never got through at all");
+    });
+}
+
+#[test]
+fn a_read_only_server_refuses_every_change_with_erofs() {
+    let lab = Lab::new();
+    std::fs::write(lab.export().join("f"), b"data").unwrap();
+    let s = lab.server(true);
+    let f = lookup(&s, ROOT, "f").unwrap();
+    assert_eq!(read_all(&s, f.ino).unwrap(), b"data");
+    for flags in [libc::O_WRONLY, libc::O_RDWR, libc::O_RDONLY | libc::O_TRUNC] {
+        assert_eq!(open(&s, f.ino, flags), Err(libc::EROFS));
+    }
+    let fh = open(&s, f.ino, libc::O_RDONLY).unwrap();
+    let changes = [
+        Op::Write { fh, offset: 0, data: b"x".to_vec() },
+        Op::Create { parent: ROOT, name: b"new".to_vec(), mode: 0o644, umask: 0, flags: libc::O_WRONLY },
+        Op::Mkdir { parent: ROOT, name: b"dir".to_vec(), mode: 0o755, umask: 0 },
+        Op::Unlink { parent: ROOT, name: b"f".to_vec() },
+        Op::Rmdir { parent: ROOT, name: b"f".to_vec() },
+        Op::Rename { parent: ROOT, name: b"f".to_vec(), newparent: ROOT, newname: b"g".to_vec(), flags: 0 },
+        Op::Symlink { parent: ROOT, name: b"l".to_vec(), target: b"f".to_vec() },
+        Op::Link { ino: f.ino, newparent: ROOT, newname: b"h".to_vec() },
+        Op::Setattr { ino: f.ino, fh: None, set: SetAttr { size: Some(0), ..SetAttr::default() } },
+    ];
+    for op in changes {
+        assert_eq!(s.handle(op.clone()), Err(libc::EROFS), "{op:?}");
+    }
+    assert_eq!(std::fs::read(lab.export().join("f")).unwrap(), b"data");
+    assert_eq!(names(&s, ROOT), [".", "..", "f"]);
+}
+
+#[test]
+fn open_flags_never_choose_what_is_opened() {
+    let f =
+        open_flags(libc::O_RDWR | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_DIRECTORY | libc::O_APPEND | libc::O_PATH);
+    assert_eq!(f, OFlags::RDWR | OFlags::APPEND);
+}

@@ -1,0 +1,92 @@
+//! An fs bind as a session the node runs (`metac fs bind MOUNTPOINT REF`). The first run connects to the exporter,
+//! checks that it serves the export's root, and mounts; the mount then stays up across reconnections (the node
+//! retries a lost exporter with backoff). While the exporter is away operations wait for it up to the bind's
+//! timeout ([`crate::mount`]); inode numbers of before a break answer ESTALE after it. Unbind, revocation, expiry
+//! and node stop unmount ([`Session::close`]).
+//!
+//! The mount is made by the node (as root; a node that is not root goes through fusermount3, which fuser calls, not
+//! tested yet); for a caller other than root it is opened to other users (`allow_other`) with the kernel checking
+//! permissions (`default_permissions`), and only on a directory the caller owns ([`crate::Fs`] checks, as
+//! fusermount3 does).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use metac_resource::{BoxFuture, Caller, Error, Link, Rights, Session};
+use tokio_util::sync::CancellationToken;
+
+use crate::client::Conn;
+use crate::mount::{Mount, Options, Phase, Slot};
+use crate::proto::{Op, Reply, ROOT};
+use crate::FsBind;
+
+/// One fs bind.
+pub struct FsSession {
+    options: FsBind,
+    owner: Caller,
+    slot: Slot,
+    mount: Option<Mount>,
+}
+
+impl FsSession {
+    /// A bind that will mount at `options.mountpoint` for `owner`.
+    pub fn new(options: FsBind, owner: Caller) -> FsSession {
+        FsSession { options, owner, slot: Slot::default(), mount: None }
+    }
+}
+
+impl Session for FsSession {
+    fn target(&self) -> String {
+        self.options.mountpoint.display().to_string()
+    }
+
+    fn run<'a>(&'a mut self, link: &'a Link, cancel: &'a CancellationToken) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let stream = link.open().await?;
+            let conn = Conn::start(stream, Some(Arc::clone(link.status())));
+            match conn.call(Op::Getattr { ino: ROOT }).await {
+                Ok(Reply::Attr(a)) if a.mode & libc::S_IFMT == libc::S_IFDIR => {}
+                Ok(r) => return Err(Error::Protocol(format!("the exporter's root is not a directory: {r:?}"))),
+                Err(e) => {
+                    let e = std::io::Error::from_raw_os_error(e);
+                    return Err(Error::Unavailable(format!("the exporter cannot serve its root: {e}")));
+                }
+            }
+            self.slot.set(Phase::Up(conn.clone()));
+            if self.mount.is_none() {
+                let rights = link.reference().token.effective().rights;
+                let options = Options {
+                    read_only: self.options.read_only || !rights.contains(Rights::WRITE),
+                    allow_other: !self.owner.is_root(),
+                    source: format!("metac:{}", &link.reference().token.resource().to_string()[..12]),
+                    stall: self.options.timeout.map(Duration::from_secs),
+                };
+                let mp = self.options.mountpoint.clone();
+                let mount = Mount::new(&mp, self.slot.clone(), &options).map_err(|e| {
+                    Error::Io(std::io::Error::new(e.kind(), format!("cannot mount on {}: {e}", mp.display())))
+                })?;
+                self.mount = Some(mount);
+            }
+            link.up();
+            tokio::select! {
+                () = cancel.cancelled() => {
+                    conn.close();
+                    Ok(())
+                }
+                () = conn.closed().cancelled() => {
+                    self.slot.set(Phase::Away);
+                    Err(Error::Unreachable("the connection to the exporter ended".into()))
+                }
+            }
+        })
+    }
+
+    fn close(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.slot.set(Phase::Closed);
+            if let Some(m) = self.mount.take() {
+                m.unmount().await;
+            }
+        })
+    }
+}

@@ -1,0 +1,109 @@
+//! The fs kind between real hosts: `metac fs export` on one netns host, `metac fs bind` on another, and real tools
+//! (`tar`, `find`, `cat`, `sh`) on the mount, run in the binding node's mount namespace (which holds its FUSE
+//! mounts). Build the binary first (`cargo build --bin metac`); the tests need root and never skip.
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use metac_tests::{output, require_root, wait_until, Host, Lab};
+
+fn ok(h: &Host, args: &[&str]) -> String {
+    match h.metac(args) {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        Err(e) => panic!("metac {args:?} on host {} failed: {e}", h.index()),
+    }
+}
+
+fn json(h: &Host, args: &[&str]) -> serde_json::Value {
+    let mut a = vec!["--json"];
+    a.extend_from_slice(args);
+    serde_json::from_str(&ok(h, &a)).expect("valid JSON")
+}
+
+/// Runs `script` with `sh -c` in the mount namespace of process `pid` on host `h`.
+fn sh_in(h: &Host, pid: u32, script: &str) -> Output {
+    output(&mut h.nsenter_cmd(pid, "sh", ["-c", script]), Duration::from_secs(120)).expect("sh runs")
+}
+
+fn sh_ok(h: &Host, pid: u32, script: &str) -> Vec<u8> {
+    let o = sh_in(h, pid, script);
+    assert!(o.status.success(), "`{script}` failed: {}", String::from_utf8_lossy(&o.stderr));
+    o.stdout
+}
+
+/// What `sh -c script` prints on this machine, outside the lab (for the source tree).
+fn local(script: &str) -> Vec<u8> {
+    let o = std::process::Command::new("sh").args(["-c", script]).output().unwrap();
+    assert!(o.status.success(), "`{script}` failed: {}", String::from_utf8_lossy(&o.stderr));
+    o.stdout
+}
+
+/// A tree of more than 1000 files in nested directories, a 16 MiB file, a symlink and a hard link.
+fn tree(root: &Path) {
+    for d in 0..12 {
+        let dir = root.join(format!("dir{d}/sub"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..90 {
+            std::fs::write(dir.join(format!("f{f}")), format!("{d}/{f}\n").repeat(f + 1)).unwrap();
+        }
+    }
+    metac_tests::write_pseudo_random(&root.join("big.bin"), 16 << 20).unwrap();
+    std::os::unix::fs::symlink("dir0/sub/f1", root.join("link")).unwrap();
+    std::fs::hard_link(root.join("big.bin"), root.join("dir1/big-again.bin")).unwrap();
+}
+
+fn mounted(pid: u32, p: &Path) -> bool {
+    let info = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    info.lines().any(|l| l.split(' ').nth(4) == Some(p.to_str().unwrap()))
+}
+
+#[test]
+fn a_tree_exported_on_one_host_is_mounted_on_another_and_real_tools_use_it() {
+    require_root();
+    let lab = Lab::new(2).unwrap();
+    let nodes = lab.start_nodes(&[]).unwrap();
+    let (h1, h2) = (lab.host(1), lab.host(2));
+    let src = h1.dir().join("shared");
+    tree(&src);
+    let r = ok(h1, &["fs", "export", &format!("local:{}", src.display()), "--name", "shared"]);
+    let mnt = h2.dir().join("shared-from-host1");
+    std::fs::create_dir(&mnt).unwrap();
+    ok(h2, &["fs", "bind", mnt.to_str().unwrap(), &r]);
+    wait_until(Duration::from_secs(30), Duration::from_millis(100), || Ok(json(h2, &["fs", "ls"])[0]["state"] == "up"))
+        .expect("the fs bind comes up");
+    let pid = nodes[1].pid();
+    assert!(mounted(pid, &mnt), "the binding node's namespace holds the mount");
+    let (m, s) = (mnt.display(), src.display());
+
+    // tar of the mount is the tar of the source, byte for byte; find + cat read every file right.
+    let t = std::time::Instant::now();
+    let tar = sh_ok(h2, pid, &format!("tar c --sort=name -C {m} . | sha256sum"));
+    eprintln!("tar c of {} files over the mount took {:?}", 12 * 90 + 3, t.elapsed());
+    assert_eq!(tar, local(&format!("tar c --sort=name -C {s} . | sha256sum")));
+    let sums = |root: &str| format!("cd {root} && find . -type f | sort | xargs cat | sha256sum");
+    assert_eq!(sh_ok(h2, pid, &sums(&m.to_string())), local(&sums(&s.to_string())));
+    assert_eq!(sh_ok(h2, pid, &format!("cat {m}/link")), b"0/1\n0/1\n");
+
+    // Changes made on the mount land in the exporter's tree.
+    sh_ok(h2, pid, &format!("echo from-host2 > {m}/new.txt && mkdir {m}/made && mv {m}/new.txt {m}/made/"));
+    assert_eq!(std::fs::read(src.join("made/new.txt")).unwrap(), b"from-host2\n");
+
+    // A read-only ref: every change fails with EROFS.
+    let ro = ok(h1, &["ref", "delegate", &r, "--read-only"]);
+    let ro_mnt = h2.dir().join("ro");
+    std::fs::create_dir(&ro_mnt).unwrap();
+    ok(h2, &["fs", "bind", ro_mnt.to_str().unwrap(), &ro]);
+    wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+        Ok(json(h2, &["fs", "ls"]).as_array().unwrap().iter().all(|b| b["state"] == "up"))
+    })
+    .expect("the read-only bind comes up");
+    let o = sh_in(h2, pid, &format!("touch {}/x", ro_mnt.display()));
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("Read-only file system"));
+
+    // Unbind unmounts.
+    ok(h2, &["fs", "unbind", mnt.to_str().unwrap()]);
+    ok(h2, &["fs", "unbind", ro_mnt.to_str().unwrap()]);
+    assert!(!mounted(pid, &mnt) && !mounted(pid, &ro_mnt), "unbind unmounts");
+    assert_eq!(json(h2, &["fs", "ls"]), serde_json::json!([]));
+}
