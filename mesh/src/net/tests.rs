@@ -25,6 +25,18 @@ fn config(seed: u8, mesh_key: &[u8]) -> Config {
     }
 }
 
+/// The node's TCP address on loopback, once it listens.
+async fn loopback_addr(node: &super::Handle) -> libp2p::Multiaddr {
+    for _ in 0..200 {
+        let snap = node.snapshot().await.unwrap();
+        if let Some(a) = snap.listen.iter().find(|a| a.starts_with("/ip4/127.0.0.1/tcp/")) {
+            return a.parse().unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the node does not listen on loopback within 2 s");
+}
+
 /// Attack (issue 10, finding 3): a stranger that never answered the admission proof stayed connected (idle timeout
 /// 24 h) and received the node's digest, every member's key. Now it gets a sync carrying the proof alone and is
 /// disconnected within [`super::driver::ADMIT_WITHIN`].
@@ -32,16 +44,7 @@ fn config(seed: u8, mesh_key: &[u8]) -> Config {
 async fn a_silent_stranger_learns_nothing_and_is_disconnected() {
     let cancel = tokio_util::sync::CancellationToken::new();
     let (victim, _events, _task) = spawn(config(1, b"the members' secret key"), cancel.clone()).await.unwrap();
-    let mut addr = None;
-    for _ in 0..200 {
-        let snap = victim.snapshot().await.unwrap();
-        addr = snap.listen.iter().find(|a| a.starts_with("/ip4/127.0.0.1/tcp/")).cloned();
-        if addr.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let addr: libp2p::Multiaddr = addr.expect("the victim listens on loopback").parse().unwrap();
+    let addr = loopback_addr(&victim).await;
 
     // The stranger speaks every protocol of the mesh but knows another key, and never answers a sync.
     let (mut stranger, _) = swarm::build(&config(2, b"not the members' key")).unwrap();
@@ -86,16 +89,7 @@ async fn a_change_gossip_never_carried_arrives_by_anti_entropy() {
     let cancel = tokio_util::sync::CancellationToken::new();
     let (victim, _events, _task) = spawn(config(1, key), cancel.clone()).await.unwrap();
     let victim_key = Identity::from_secret([1; 32]).public();
-    let mut addr = None;
-    for _ in 0..200 {
-        let snap = victim.snapshot().await.unwrap();
-        addr = snap.listen.iter().find(|a| a.starts_with("/ip4/127.0.0.1/tcp/")).cloned();
-        if addr.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let addr: libp2p::Multiaddr = addr.expect("the victim listens on loopback").parse().unwrap();
+    let addr = loopback_addr(&victim).await;
 
     let peer_config = config(2, key);
     let peer_key = peer_config.identity.public();
