@@ -234,6 +234,9 @@ pub struct DelegateReq {
     /// Forbid further delegation.
     #[serde(default)]
     pub seal: bool,
+    /// Narrow an fs ref to this sub-tree of the export (`sub/dir` or `/sub/dir`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 /// Answer to `POST /v1/refs/delegate`.

@@ -300,7 +300,8 @@ async fn delegate(State(node): State<Arc<Node>>, caller: Caller, Json(d): Json<D
         Some(n) => Some(node.resolve_node(&n).await?),
         None => None,
     };
-    let caveat = Caveat { rights, expires: d.expires_in.map(|s| unix_now() + s), audience, path: None };
+    let path = crate::refs::sub_path(r.token.kind(), d.path.as_deref())?;
+    let caveat = Caveat { rights, expires: d.expires_in.map(|s| unix_now() + s), audience, path };
     let child = node.delegate(&r, &caveat, d.seal, &caller)?;
     Ok(Json(DelegateResp { reference: child.to_string(), id: child.token.id().to_string() }))
 }

@@ -7,7 +7,7 @@
 //! or root.
 
 use metac_api::types::{RefView, TokenView};
-use metac_mesh::kind::Rights;
+use metac_mesh::kind::{Kind, Rights};
 use metac_mesh::net;
 use metac_mesh::token::{Caveat, Ref, Token, TokenId};
 use metac_mesh::NodeKey;
@@ -97,6 +97,24 @@ pub fn narrowed(current: Rights, read_only: bool, rights: Option<&str>) -> Resul
         }
         k => Ok(k),
     }
+}
+
+/// The sub-tree a narrowed copy of a ref of `kind` is limited to, from what the user typed (`sub/dir` or
+/// `/sub/dir`, relative to the export's root). Only trees have sub-trees: a path on a ref of another kind is refused
+/// rather than carried where nothing would enforce it.
+pub fn sub_path(kind: Kind, path: Option<&str>) -> Result<Option<String>, ApiError> {
+    let Some(p) = path else { return Ok(None) };
+    if kind != Kind::Fs {
+        return Err(ApiError::bad(format!("--path narrows fs refs to a sub-tree; this is a {kind} ref")));
+    }
+    if p.is_empty() {
+        return Err(ApiError::bad("--path is empty: give a directory of the export, such as sub/dir"));
+    }
+    let p = if p.starts_with('/') { p.to_string() } else { format!("/{p}") };
+    if p.contains('\0') || p.split('/').any(|c| c == "..") {
+        return Err(ApiError::bad(format!("--path {p:?} must stay beneath the export's root (no '..', no NUL)")));
+    }
+    Ok(Some(p))
 }
 
 /// Parses a ref given by a user.
@@ -266,6 +284,19 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--path` takes a sub-tree of an fs export, with or without the leading slash; it refuses to climb out, to
+    /// be empty, and to go on a ref of a kind that has no tree (nothing there would enforce it).
+    #[test]
+    fn a_sub_path_is_for_fs_refs_and_stays_beneath_the_root() {
+        assert_eq!(sub_path(Kind::Fs, None).unwrap(), None);
+        assert_eq!(sub_path(Kind::Fs, Some("sub/dir")).unwrap().as_deref(), Some("/sub/dir"));
+        assert_eq!(sub_path(Kind::Fs, Some("/sub")).unwrap().as_deref(), Some("/sub"));
+        assert!(sub_path(Kind::Fs, Some("../etc")).unwrap_err().message.contains("beneath the export's root"));
+        assert!(sub_path(Kind::Fs, Some("a/../../b")).unwrap_err().message.contains("beneath"));
+        assert!(sub_path(Kind::Fs, Some("")).unwrap_err().message.contains("empty"));
+        assert!(sub_path(Kind::File, Some("sub")).unwrap_err().message.contains("this is a file ref"));
+    }
 
     /// Attack (issue 10, finding 10): `--read-only` kept admin, so a "read-only" holder could still manage the
     /// export.

@@ -101,9 +101,27 @@ fn a_tree_exported_on_one_host_is_mounted_on_another_and_real_tools_use_it() {
     let o = sh_in(h2, pid, &format!("touch {}/x", ro_mnt.display()));
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("Read-only file system"));
 
+    // A ref narrowed with `ref delegate --path` sees only that sub-tree, and cannot be widened back out.
+    let sub = ok(h1, &["ref", "delegate", &r, "--path", "dir3"]);
+    assert!(json(h1, &["ref", "show", &sub])["path"] == "/dir3", "{}", ok(h1, &["ref", "show", &sub]));
+    let sub_mnt = h2.dir().join("sub");
+    std::fs::create_dir(&sub_mnt).unwrap();
+    ok(h2, &["fs", "bind", sub_mnt.to_str().unwrap(), &sub]);
+    wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+        Ok(json(h2, &["fs", "ls"]).as_array().unwrap().iter().all(|b| b["state"] == "up"))
+    })
+    .expect("the sub-tree bind comes up");
+    assert_eq!(sh_ok(h2, pid, &format!("ls {}", sub_mnt.display())), b"sub\n");
+    assert_eq!(sh_ok(h2, pid, &format!("cat {}/sub/f0", sub_mnt.display())), b"3/0\n");
+    for (bad, why) in [("/dir4", "widens the path"), ("../etc", "beneath the export"), ("", "empty")] {
+        let e = h1.metac(&["ref", "delegate", &sub, "--path", bad]).expect_err("refused");
+        assert!(e.to_string().contains(why), "--path {bad:?}: {e}");
+    }
+
     // Unbind unmounts.
     ok(h2, &["fs", "unbind", mnt.to_str().unwrap()]);
     ok(h2, &["fs", "unbind", ro_mnt.to_str().unwrap()]);
-    assert!(!mounted(pid, &mnt) && !mounted(pid, &ro_mnt), "unbind unmounts");
+    ok(h2, &["fs", "unbind", sub_mnt.to_str().unwrap()]);
+    assert!(!mounted(pid, &mnt) && !mounted(pid, &ro_mnt) && !mounted(pid, &sub_mnt), "unbind unmounts");
     assert_eq!(json(h2, &["fs", "ls"]), serde_json::json!([]));
 }

@@ -34,6 +34,9 @@ pub enum Cmd {
         /// Forbid any further delegation
         #[arg(long)]
         seal: bool,
+        /// Only this sub-tree of an fs export (e.g. sub/dir; relative to the export's root)
+        #[arg(long, value_name = "PATH")]
+        path: Option<String>,
     },
     /// Revoke a ref (and everything delegated from it); live binds are cut
     Revoke { reference: String },
@@ -90,7 +93,7 @@ pub async fn run(c: &Client, json: bool, cmd: Cmd) -> Result<()> {
                 )
             });
         }
-        Cmd::Delegate { reference, read_only, rights, expires, to, seal } => {
+        Cmd::Delegate { reference, read_only, rights, expires, to, seal, path } => {
             let body = DelegateReq {
                 reference,
                 read_only,
@@ -98,6 +101,7 @@ pub async fn run(c: &Client, json: bool, cmd: Cmd) -> Result<()> {
                 expires_in: expires.map(|d| Duration::from(d).as_secs().max(1)),
                 to,
                 seal,
+                path,
             };
             let v: DelegateResp = c.post("/v1/refs/delegate", &body).await?;
             print(json, &v, |v| v.reference.clone());
