@@ -125,6 +125,9 @@ impl Node {
             state: config.state.clone(),
             me_weak: me_weak.clone(),
         });
+        for k in &node.kinds {
+            k.recover(&node.ctx(k.kind()));
+        }
         node.open_exports().await;
         node.publish().await;
         let accept = node.accept_binds()?;

@@ -46,6 +46,24 @@ fn mounted(p: &Path) -> bool {
     mounts.lines().any(|l| l.split(' ').nth(4) == Some(p.to_str().unwrap()))
 }
 
+/// Mounts a FUSE filesystem of the fs kind's type at `path` with no server behind it: what a node killed while it
+/// had a bind up leaves (the kernel aborts the connection once the device is closed; every access: ENOTCONN).
+fn mount_dead(path: &Path) {
+    use std::ffi::CString;
+    let dev = std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse").unwrap();
+    let data = format!("fd={},rootmode=40000,user_id=0,group_id=0", std::os::fd::AsRawFd::as_raw_fd(&dev));
+    let (src, target, fstype, data) = (
+        CString::new("metac:crashed").unwrap(),
+        CString::new(path.to_str().unwrap()).unwrap(),
+        CString::new("fuse.metac").unwrap(),
+        CString::new(data).unwrap(),
+    );
+    // SAFETY: every pointer is a NUL-terminated string that outlives the call; mount(2) reads them only.
+    let r = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, data.as_ptr().cast()) };
+    assert_eq!(r, 0, "mount: {}", std::io::Error::last_os_error());
+    drop(dev);
+}
+
 async fn wait_up(node: &Node, id: &str) -> BindView {
     let deadline = std::time::Instant::now() + LONG;
     loop {
@@ -241,9 +259,17 @@ async fn revocation_unmounts_and_a_persistent_bind_is_mounted_again_after_a_rest
     let v = b.binds(None, &ROOT).into_iter().find(|x| x.id == v.id).unwrap();
     assert!(v.state == "refused" && v.reason.as_deref().unwrap_or("").contains("revoked"), "{v:?}");
 
+    // A node killed while it had a mount up (kill -9) leaves it dead: the next start detaches it.
+    let crashed = c.dir.path().join("crashed");
+    std::fs::create_dir_all(&crashed).unwrap();
+    mount_dead(&crashed);
+    b.ctx(Kind::Fs).store.put(&format!("mount:{}", crashed.display()), b"").unwrap();
+    assert!(mounted(&crashed));
+
     // A persistent bind is unmounted at stop and mounted again when the node comes back.
     drop((a, b));
     c.nodes[1].restart().await;
+    assert!(!mounted(&crashed), "the dead mount is detached at the next start");
     let b = c.nodes[1].n().clone();
     let v = wait_up(&b, &p.id).await;
     assert!(v.persistent && mounted(&kept));

@@ -146,6 +146,9 @@ pub trait ResourceKind: Send + Sync + 'static {
     fn routes(&self, _ctx: Ctx) -> axum::Router {
         axum::Router::new()
     }
+    /// Called once when the node starts, before exports are opened and binds restored: the kind cleans up what a
+    /// node killed without stopping left behind (the fs kind: its dead mounts).
+    fn recover(&self, _ctx: &Ctx) {}
 }
 
 /// A kind as the node holds it: [`ResourceKind`] with its options in JSON.
@@ -177,6 +180,8 @@ pub trait Plugin: Send + Sync + 'static {
     ) -> Result<Box<dyn Session>, Error>;
     /// [`ResourceKind::routes`].
     fn routes(&self, ctx: Ctx) -> axum::Router;
+    /// [`ResourceKind::recover`].
+    fn recover(&self, ctx: &Ctx);
 }
 
 fn from_json<T: DeserializeOwned>(what: &str, v: serde_json::Value) -> Result<T, Error> {
@@ -247,5 +252,9 @@ impl<K: ResourceKind> Plugin for K {
 
     fn routes(&self, ctx: Ctx) -> axum::Router {
         ResourceKind::routes(self, ctx)
+    }
+
+    fn recover(&self, ctx: &Ctx) {
+        ResourceKind::recover(self, ctx)
     }
 }

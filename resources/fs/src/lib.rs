@@ -100,9 +100,24 @@ impl ResourceKind for Fs {
         Box::pin(async move { Ok(Arc::new(exporter::FsExporter::open(spec)?) as Arc<dyn Exporter>) })
     }
 
-    fn bind(&self, _reference: &Ref, options: FsBind, caller: &Caller, _ctx: &Ctx) -> Result<Box<dyn Session>, Error> {
+    fn bind(&self, _reference: &Ref, options: FsBind, caller: &Caller, ctx: &Ctx) -> Result<Box<dyn Session>, Error> {
         check_mountpoint(&options.mountpoint, caller)?;
-        Ok(Box::new(FsSession::new(options, caller.clone())))
+        Ok(Box::new(FsSession::new(options, caller.clone(), Arc::clone(&ctx.store))))
+    }
+
+    /// A node killed without stopping (kill -9, a crash) leaves its mounts behind, dead: every access answers
+    /// ENOTCONN. Each mount is recorded while it is up; at the next start the dead ones are detached.
+    fn recover(&self, ctx: &Ctx) {
+        let Ok(records) = ctx.store.list() else { return };
+        for (key, _) in records {
+            let Some(path) = key.strip_prefix(session::MOUNT_KEY) else { continue };
+            match mount::clear_dead_mount(std::path::Path::new(path)) {
+                Ok(true) => tracing::info!(mountpoint = path, "detached a mount left by a node that did not stop"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(mountpoint = path, "cannot detach a dead mount: {e}"),
+            }
+            let _ = ctx.store.remove(&key);
+        }
     }
 }
 

@@ -185,6 +185,37 @@ fn connection(path: &Path) -> Option<u32> {
         .next_back()
 }
 
+/// Detaches what a node killed without stopping left mounted at `path`: only a FUSE mount of ours (type
+/// `fuse.metac`, as /proc/self/mountinfo says, which asks the filesystem nothing) whose connection is gone (the
+/// kernel answers ENOTCONN). A live mount there, another node's, is left alone; so is one that does not answer
+/// within 2 s. Returns whether it detached one.
+pub fn clear_dead_mount(path: &Path) -> std::io::Result<bool> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    if !is_metac_mount(&info, path) {
+        return Ok(false);
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let p = path.to_path_buf();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::symlink_metadata(&p).err().and_then(|e| e.raw_os_error()));
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(2)) {
+        Ok(Some(libc::ENOTCONN)) => detach(path).map(|()| true),
+        _ => Ok(false),
+    }
+}
+
+/// Whether `mountinfo` (the text of /proc/self/mountinfo) shows a FUSE mount of ours at `path` (spelled as
+/// mountinfo spells it: space, tab, newline and backslash in octal).
+fn is_metac_mount(mountinfo: &str, path: &Path) -> bool {
+    let Some(p) = path.to_str() else { return false };
+    let escaped = p.replace('\\', "\\134").replace(' ', "\\040").replace('\t', "\\011").replace('\n', "\\012");
+    mountinfo.lines().any(|l| {
+        l.split(' ').nth(4) == Some(escaped.as_str())
+            && l.split(" - ").nth(1).and_then(|t| t.split(' ').next()) == Some("fuse.metac")
+    })
+}
+
 /// Aborts a FUSE connection through fusectl, mounting fusectl where systemd would if nothing has.
 fn abort(conn: u32) -> std::io::Result<()> {
     let ctl = Path::new("/sys/fs/fuse/connections");
@@ -604,5 +635,42 @@ mod tests {
         let t = time((1_700_000_000, 123));
         assert_eq!(set_time(Some(TimeOrNow::SpecificTime(t))), Some(Time::At { sec: 1_700_000_000, nsec: 123 }));
         assert_eq!(kind(libc::S_IFLNK | 0o777), FileType::Symlink);
+    }
+
+    /// Mounts a FUSE filesystem of our type at `path` with no server, and closes the device: what a node killed
+    /// without stopping leaves behind (the kernel aborts the connection when the last device handle goes).
+    pub(crate) fn mount_dead(path: &Path) {
+        let dev = std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse").unwrap();
+        let data = format!("fd={},rootmode=40000,user_id=0,group_id=0", std::os::fd::AsRawFd::as_raw_fd(&dev));
+        let data = std::ffi::CString::new(data).unwrap();
+        rustix::mount::mount("metac:dead", path, "fuse.metac", rustix::mount::MountFlags::empty(), data.as_c_str())
+            .unwrap();
+        drop(dev);
+    }
+
+    /// A dead mount of ours is detached; a path with no mount, a mount of another type and a mountinfo line that
+    /// only looks alike are left alone.
+    #[test]
+    fn a_dead_mount_left_behind_is_detached_and_nothing_else() {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "this test mounts FUSE and needs root");
+        let dir = tempfile::tempdir().unwrap();
+        let (dead, plain, tmp) = (dir.path().join("dead one"), dir.path().join("plain"), dir.path().join("tmp"));
+        for d in [&dead, &plain, &tmp] {
+            std::fs::create_dir(d).unwrap();
+        }
+        mount_dead(&dead);
+        let e = std::fs::symlink_metadata(&dead).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN), "a dead FUSE mount answers ENOTCONN");
+        rustix::mount::mount("tmpfs", &tmp, "tmpfs", rustix::mount::MountFlags::empty(), None).unwrap();
+        assert!(!clear_dead_mount(&plain).unwrap(), "no mount there");
+        assert!(!clear_dead_mount(&tmp).unwrap(), "not ours");
+        assert!(clear_dead_mount(&dead).unwrap(), "ours and dead");
+        assert!(std::fs::symlink_metadata(&dead).unwrap().is_dir(), "the directory is back");
+        assert!(!clear_dead_mount(&dead).unwrap(), "once");
+        rustix::mount::unmount(&tmp, rustix::mount::UnmountFlags::empty()).unwrap();
+        let line = "36 35 0:50 / /a\\040b rw - fuse.metac metac:x rw\n37 35 0:51 / /c rw - fuse.other x rw";
+        assert!(is_metac_mount(line, Path::new("/a b")));
+        assert!(!is_metac_mount(line, Path::new("/c")) && !is_metac_mount(line, Path::new("/a")));
     }
 }

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use metac_resource::{BoxFuture, Caller, Error, Link, Rights, Session};
+use metac_resource::{BoxFuture, Caller, Error, KindStore, Link, Rights, Session};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::Conn;
@@ -20,18 +20,27 @@ use crate::mount::{Mount, Options, Phase, Slot};
 use crate::proto::{Op, Reply, ROOT};
 use crate::FsBind;
 
+/// The kind-store key prefix of a mount that is up (`mount:/path`), so that the next start can detach it if the
+/// node was killed without unmounting ([`crate::Fs`]'s `recover`).
+pub const MOUNT_KEY: &str = "mount:";
+
 /// One fs bind.
 pub struct FsSession {
     options: FsBind,
     owner: Caller,
     slot: Slot,
     mount: Option<Mount>,
+    store: Arc<dyn KindStore>,
 }
 
 impl FsSession {
-    /// A bind that will mount at `options.mountpoint` for `owner`.
-    pub fn new(options: FsBind, owner: Caller) -> FsSession {
-        FsSession { options, owner, slot: Slot::default(), mount: None }
+    /// A bind that will mount at `options.mountpoint` for `owner`, recording its mount in `store` while it is up.
+    pub fn new(options: FsBind, owner: Caller, store: Arc<dyn KindStore>) -> FsSession {
+        FsSession { options, owner, slot: Slot::default(), mount: None, store }
+    }
+
+    fn record_key(&self) -> String {
+        format!("{MOUNT_KEY}{}", self.options.mountpoint.display())
     }
 }
 
@@ -66,6 +75,9 @@ impl Session for FsSession {
                     Error::Io(std::io::Error::new(e.kind(), format!("cannot mount on {}: {e}", mp.display())))
                 })?;
                 self.mount = Some(mount);
+                if let Err(e) = self.store.put(&self.record_key(), b"") {
+                    tracing::warn!("cannot record the mount on {}: {e}", mp.display());
+                }
             }
             link.up();
             tokio::select! {
@@ -86,6 +98,7 @@ impl Session for FsSession {
             self.slot.set(Phase::Closed);
             if let Some(m) = self.mount.take() {
                 m.unmount().await;
+                let _ = self.store.remove(&self.record_key());
             }
         })
     }
