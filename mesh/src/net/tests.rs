@@ -159,3 +159,62 @@ async fn a_change_gossip_never_carried_arrives_by_anti_entropy() {
     println!("anti-entropy: the change arrived after {arrived:?} ({summaries} summaries)");
     cancel.cancel();
 }
+
+/// Attack (a mesh member): summaries cost the answering node a pass over its table. One of the wrong size is
+/// refused, and a member asking more often than every 2 s is refused too, without either costing it the mesh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn summaries_of_the_wrong_size_or_too_often_are_refused() {
+    use super::rpc::{admission_proof, mesh_secret, Response};
+
+    let key = b"the members' secret key";
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let (victim, _events, _task) = spawn(config(1, key), cancel.clone()).await.unwrap();
+    let addr = loopback_addr(&victim).await;
+    let (mut member, _) = swarm::build(&config(2, key)).unwrap();
+    let me = *member.local_peer_id();
+    member.dial(addr).unwrap();
+    let secret = mesh_secret(Some(key));
+    let victim_peer = loop {
+        match tokio::time::timeout(Duration::from_secs(15), member.select_next_some()).await.expect("connects") {
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => break peer_id,
+            _ => continue,
+        }
+    };
+    let proof = admission_proof(&secret, &me, &victim_peer);
+    // Each request in turn, and the answer it gets.
+    let requests = [
+        Request::Sync { proof, digest: vec![] },
+        Request::Summary { proof, bits: 9, hashes: vec![0; 512] },
+        Request::Summary { proof, bits: 1, hashes: vec![0; 3] },
+        Request::Summary { proof, bits: 0, hashes: vec![0] },
+        Request::Summary { proof, bits: 0, hashes: vec![0] },
+    ];
+    let mut answers = vec![];
+    for r in requests {
+        let id = member.behaviour_mut().rpc.send_request(&victim_peer, r);
+        let answer = loop {
+            let ev = tokio::time::timeout(Duration::from_secs(15), member.select_next_some()).await.expect("answered");
+            match ev {
+                SwarmEvent::Behaviour(BehaviourEvent::Rpc(request_response::Event::Message {
+                    message: request_response::Message::Response { request_id, response },
+                    ..
+                })) if request_id == id => break response,
+                SwarmEvent::ConnectionClosed { num_established: 0, .. } => panic!("the member was disconnected"),
+                _ => {}
+            }
+        };
+        answers.push(answer);
+    }
+    assert!(matches!(answers[0], Response::Sync { .. }), "admitted: {:?}", answers[0]);
+    let denied = |a: &Response| match a {
+        Response::Denied(why) => why.clone(),
+        other => panic!("not refused: {other:?}"),
+    };
+    assert!(denied(&answers[1]).contains("512 hashes for 9 bits"));
+    assert!(denied(&answers[2]).contains("3 hashes for 1 bits"));
+    assert!(matches!(&answers[3], Response::Summary { differ, .. } if differ == &vec![0]), "{:?}", answers[3]);
+    assert!(denied(&answers[4]).contains("more often than"));
+    // Refusals cost the member nothing more: it is still admitted and connected.
+    assert!(member.is_connected(&victim_peer));
+    cancel.cancel();
+}
