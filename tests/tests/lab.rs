@@ -248,6 +248,8 @@ fn forty_hosts_use_permanent_neighbours() {
 /// 0.3 s, exits 0 on SIGTERM, exits 3 at once with `--fail-start`) and `--socket S status --json`.
 const FAKE_METAC: &str = r#"#!/bin/sh
 if [ "$1" = node ]; then
+  # First of all, so that a TERM however early ends cleanly.
+  trap 'echo "fake node $$ got TERM"; rm -f "$sock"; exit 0' TERM
   shift; args="$*"
   while [ $# -gt 0 ]; do
     case "$1" in
@@ -260,12 +262,12 @@ if [ "$1" = node ]; then
   echo "fake node $$ args: $args"
   echo start >> "$state/starts"
   rm -f "$sock"
-  trap 'echo "fake node $$ got TERM"; rm -f "$sock"; exit 0' TERM
   sleep 0.3
-  : > "$sock"
+  echo $$ > "$sock"
   while :; do sleep 0.1; done
 fi
-if [ "$1" = --socket ] && [ "$3" = status ] && [ -e "$2" ]; then
+# A socket left by a node killed with -9 names a dead pid: no node there (as a real node's socket refuses).
+if [ "$1" = --socket ] && [ "$3" = status ] && [ -e "$2" ] && kill -0 "$(cat "$2")" 2>/dev/null; then
   printf '{"fake":true,"net":"%s"}\n' "$(readlink /proc/self/ns/net)"; exit 0
 fi
 echo "fake: no node at $2" >&2; exit 1
