@@ -37,7 +37,7 @@ pub use error::{Error, Result};
 pub use exec::{checked, output, Proc, TERM_GRACE};
 pub use host::{Host, RUN_TIMEOUT};
 pub use lab::{Lab, MAX_HOSTS, STATIC_NEIGH_ABOVE};
-pub use node::{Node, READY_TIMEOUT, STOP_TIMEOUT};
+pub use node::{Node, LOG_LEVEL, READY_TIMEOUT, STOP_TIMEOUT};
 
 /// The `metac` binary: `$METAC_BIN` if set, else `metac` in the cargo target directory of the running test
 /// (`target/<profile>/metac`, found by walking up from the test executable out of `deps/`).

@@ -1,5 +1,5 @@
 //! A real `metac node` process in a lab host, started as
-//! `metac node --state <dir>/state --socket <dir>/metac.sock --port 0 --log-level debug <extra...>` with stdout and
+//! `metac node --state <dir>/state --socket <dir>/metac.sock --port 0 --log-level LOG_LEVEL <extra...>` with stdout and
 //! stderr appended to `<dir>/node.log`, and considered up once `metac --socket <sock> status --json` succeeds.
 //! It keeps its state directory and socket across [`Node::restart`], so restarts exercise persistence.
 
@@ -19,6 +19,11 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How long [`Node::stop`] waits after SIGTERM before SIGKILL.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The nodes' log filter unless the test gives one: debug, but for gossipsub's heartbeat (a line each second that
+/// says nothing) and libp2p-core's dial errors (which print whole transport types), which would push all else out
+/// of a log's tail.
+pub const LOG_LEVEL: &str = "debug,libp2p_gossipsub=info,libp2p_core=info";
 
 /// Lines of log shown in errors.
 const TAIL_LINES: usize = 40;
@@ -64,7 +69,11 @@ impl Node {
             args.extend(["--port".into(), "0".into()]);
         }
         if !self.extra.iter().any(|a| a == "--log-level" || a.starts_with("--log-level=")) {
-            args.extend(["--log-level".into(), "debug".into()]);
+            // gossipsub's heartbeat says nothing each second at debug: it would push all else out of a log's tail.
+            args.extend([
+                "--log-level".into(),
+                "debug,libp2p_gossipsub=info,libp2p_core=info,libp2p_mdns=debug".into(),
+            ]);
         }
         args.extend(self.extra.iter().map(OsString::from));
 

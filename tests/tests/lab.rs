@@ -292,9 +292,10 @@ fn node_lifecycle_against_a_stand_in_metac() {
     assert_eq!(node.status().unwrap()["net"], net.as_str(), "status runs in the host's namespace");
     let log = node.log();
     let want = format!(
-        "--state {} --socket {} --port 0 --log-level debug --no-mdns",
+        "--state {} --socket {} --port 0 --log-level {} --no-mdns",
         h.state_dir().display(),
-        h.socket().display()
+        h.socket().display(),
+        metac_tests::LOG_LEVEL
     );
     assert!(log.contains(&want), "node arguments, in:\n{log}");
 

@@ -363,6 +363,74 @@ fn bootstrap_peers_without_mdns_retry_and_gossip_the_rest() {
     assert!(p3["via"] == "gossip" || p3["via"] == "inbound", "host 3 came from gossip: {p3}");
 }
 
+/// mDNS reports an address once per record lifetime (minutes): a node whose first dial to a LAN peer failed
+/// must retry on its own. Here only mDNS gets through at first: both nodes hear of each other, every dial fails;
+/// once the filter lifts they connect within seconds, not at the next announcement.
+#[test]
+fn lan_peers_whose_first_dials_failed_are_redialed() {
+    require_root();
+    let lab = Lab::new(2).unwrap();
+    // Each host sends nothing but mDNS (UDP to port 5353) to the LAN: its TCP dials are refused at once, its QUIC
+    // dials give up after QUIC's 5 s handshake timeout.
+    for h in lab.hosts() {
+        let rules = h.dir().join("mdns-only.nft");
+        std::fs::write(
+            &rules,
+            "table inet mdnsonly {
+                chain out {
+                    type filter hook output priority 0;
+                    oifname \"eth0\" meta l4proto tcp reject with tcp reset
+                    oifname \"eth0\" udp dport != 5353 drop
+                }
+            }\n",
+        )
+        .unwrap();
+        h.run("nft", ["-f", rules.to_str().unwrap()]).unwrap();
+    }
+    let nodes = lab.start_nodes(&["--no-overlay"]).unwrap();
+    for node in &nodes {
+        wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+            Ok(std::fs::read_to_string(node.log_path()).unwrap_or_default().contains("discovered by mDNS"))
+        })
+        .unwrap_or_else(|e| panic!("host {} hears of the other by mDNS: {e}", node.host().index()));
+    }
+    // Past QUIC's handshake timeout: no first dial is still pending when the filter lifts.
+    std::thread::sleep(Duration::from_secs(7));
+    for h in lab.hosts() {
+        assert_eq!(json(h, &["status"])["peers"], 0, "host {}: nothing but mDNS got through", h.index());
+    }
+    for h in lab.hosts() {
+        h.run("nft", ["delete table inet mdnsonly"]).unwrap();
+    }
+    let took = all_see_each_other(&lab, 1);
+    eprintln!("connected {took:?} after the filter lifted");
+}
+
+/// Dials go one address at a time, TCP first: a firewall that drops TCP silently must not hold up the QUIC
+/// fallback for the kernel's two minutes of SYN retries. Host 2 drops all TCP from the LAN; both nodes meet
+/// over QUIC once their TCP handshakes time out (10 s).
+#[test]
+fn a_lan_that_drops_tcp_falls_back_to_quic_within_seconds() {
+    require_root();
+    let lab = Lab::new(2).unwrap();
+    let h2 = lab.host(2);
+    let rules = h2.dir().join("no-tcp.nft");
+    std::fs::write(
+        &rules,
+        "table inet notcp {
+            chain in {
+                type filter hook input priority 0;
+                iifname \"eth0\" meta l4proto tcp drop
+            }
+        }\n",
+    )
+    .unwrap();
+    h2.run("nft", ["-f", rules.to_str().unwrap()]).unwrap();
+    let _nodes = lab.start_nodes(&["--no-overlay"]).unwrap();
+    let took = all_see_each_other(&lab, 1);
+    eprintln!("connected over QUIC {took:?} after both answered");
+}
+
 /// `metac file bind`: a local NBD endpoint that real NBD clients use as they would nbdkit, listed with its state,
 /// read-only when the ref is, surviving its exporter's restart, and gone on unbind.
 #[test]

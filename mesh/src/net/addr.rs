@@ -98,11 +98,11 @@ pub fn is_routable_ip(ip: &std::net::IpAddr) -> bool {
     }
 }
 
-/// Orders dial addresses TCP first: on Linux, TCP + noise + yamux is the faster and lighter of the two here
-/// (DESIGN section 6), and one connection per peer is all we keep.
-pub(super) fn tcp_first(mut addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
-    addrs.sort_by_key(|a| a.iter().any(|p| matches!(p, Protocol::QuicV1)));
-    addrs
+/// Splits dial addresses into TCP (and other stream) addresses and QUIC ones. TCP is dialed first: on Linux,
+/// TCP + noise + yamux is the faster and lighter of the two here (DESIGN section 6), and one connection per peer
+/// is all we keep; QUIC is the fallback where TCP does not get through.
+pub(super) fn split_quic(addrs: Vec<Multiaddr>) -> (Vec<Multiaddr>, Vec<Multiaddr>) {
+    addrs.into_iter().partition(|a| !a.iter().any(|p| matches!(p, Protocol::QuicV1)))
 }
 
 #[cfg(test)]
@@ -132,10 +132,14 @@ mod tests {
     }
 
     #[test]
-    fn tcp_is_dialed_first() {
-        let a: Vec<Multiaddr> =
-            ["/ip6/fd00::1/udp/1/quic-v1", "/ip6/fd00::1/tcp/1"].iter().map(|a| a.parse().unwrap()).collect();
-        assert_eq!(tcp_first(a)[0].to_string(), "/ip6/fd00::1/tcp/1");
+    fn quic_addresses_are_split_from_tcp() {
+        let a: Vec<Multiaddr> = ["/ip6/fd00::1/udp/1/quic-v1", "/ip6/fd00::1/tcp/1", "/dns/n/tcp/2"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let (tcp, quic) = split_quic(a);
+        assert_eq!(tcp.iter().map(|a| a.to_string()).collect::<Vec<_>>(), ["/ip6/fd00::1/tcp/1", "/dns/n/tcp/2"]);
+        assert_eq!(quic.iter().map(|a| a.to_string()).collect::<Vec<_>>(), ["/ip6/fd00::1/udp/1/quic-v1"]);
     }
 
     /// Attack (issue 10, finding 8): adverts could make every node resolve and dial `/dns/` names, or any

@@ -17,7 +17,7 @@ use libp2p::{gossipsub, mdns, ping, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::addr::{ip_of, is_dialable, is_routable, node_key, peer_id, tcp_first};
+use super::addr::{ip_of, is_dialable, is_routable, node_key, peer_id, split_quic};
 use super::rpc::{admission_proof, mesh_secret, proof_matches, Request, Response, PAGE_BYTES, PAGE_ENTRIES};
 use super::swarm::{Behaviour, BehaviourEvent};
 use super::{Command, Config, Error, Event, NodeView, Snapshot};
@@ -30,6 +30,11 @@ use crate::token::TokenId;
 const MAX_GOSSIP_DIALS: usize = 64;
 /// Peers dialed for one mDNS announcement, at most.
 const MAX_MDNS_DIALS: usize = 16;
+/// Peers whose mDNS-announced addresses are kept for redials, at most, and addresses kept of each.
+const MAX_LAN_PEERS: usize = 64;
+const MAX_LAN_ADDRS: usize = 8;
+/// Dials waiting to fall back to QUIC, at most (one per peer being dialed).
+const MAX_PENDING_FALLBACKS: usize = 1024;
 /// Peers remembered as denied (wrong mesh key), at most; the oldest are forgotten first.
 const MAX_DENIED: usize = 1024;
 /// Bytes of adverts of other nodes per second a peer may make us verify (gossip it passes on, sync pages).
@@ -217,8 +222,14 @@ pub(super) struct Driver {
     conns: HashMap<PeerId, Vec<(ConnectionId, bool, Multiaddr)>>,
     /// What this node adverts of its overlay tunnel.
     tunnel: Option<String>,
-    /// Peers whose connections all went down: when to redial next, and the backoff.
+    /// Peers whose connections all went down, or announced by mDNS and not yet reached: when to redial next, and
+    /// the backoff.
     redial: HashMap<PeerId, (Instant, Duration)>,
+    /// Addresses peers announced by mDNS, until the announcement expires: libp2p reports an address once per
+    /// record lifetime (minutes), so a first dial that fails is retried from here ([`MAX_LAN_PEERS`]).
+    lan: HashMap<PeerId, Vec<Multiaddr>>,
+    /// QUIC addresses to dial once the TCP dial in progress to each peer fails ([`Driver::dial_peer`]).
+    quic_fallback: HashMap<PeerId, Vec<Multiaddr>>,
     /// Sync requests in flight, and the range of each page.
     syncs: HashMap<OutboundRequestId, (PeerId, Option<KeyRange>)>,
     /// Each peer's budget of adverts to verify.
@@ -305,6 +316,8 @@ impl Driver {
             conns: HashMap::new(),
             tunnel: config.tunnel,
             redial: HashMap::new(),
+            lan: HashMap::new(),
+            quic_fallback: HashMap::new(),
             syncs: HashMap::new(),
             budgets: HashMap::new(),
             deferred: vec![],
@@ -460,7 +473,7 @@ impl Driver {
         let first = !self.waiting.contains_key(&peer);
         self.waiting.entry(peer).or_default().push(tx);
         if first {
-            if let Err(e) = self.swarm.dial(DialOpts::peer_id(peer).addresses(tcp_first(addrs)).build()) {
+            if let Err(e) = self.dial_peer(peer, addrs) {
                 self.fail_waiting(&peer, e.to_string());
             }
         }
@@ -668,28 +681,61 @@ impl Driver {
         }
     }
 
+    /// Dials `p` at its TCP addresses, keeping its QUIC addresses for when that fails (or at its QUIC addresses
+    /// alone when it has no other). Left to the swarm, a QUIC dial queued behind a TCP one timed out unanswered as
+    /// soon as the TCP dial gave up, so a LAN that drops TCP was never reached over QUIC.
+    fn dial_peer(&mut self, p: PeerId, addrs: Vec<Multiaddr>) -> Result<(), libp2p::swarm::DialError> {
+        let (tcp, quic) = split_quic(addrs);
+        let first = if tcp.is_empty() {
+            quic
+        } else {
+            if !quic.is_empty()
+                && (self.quic_fallback.len() < MAX_PENDING_FALLBACKS || self.quic_fallback.contains_key(&p))
+            {
+                self.quic_fallback.insert(p, quic);
+            }
+            tcp
+        };
+        let r = self.swarm.dial(DialOpts::peer_id(p).addresses(first).build());
+        if matches!(&r, Err(e) if !matches!(e, libp2p::swarm::DialError::DialPeerConditionFalse(_))) {
+            self.quic_fallback.remove(&p);
+        }
+        r
+    }
+
     /// Dials known nodes whose connections all went down, with backoff, while their advert is still in the
     /// table: a partition that heals reconnects without waiting for mDNS or a bootstrap retry.
     fn redial_lost(&mut self) {
         let now = Instant::now();
         let due: Vec<PeerId> = self.redial.iter().filter(|(_, (at, _))| *at <= now).map(|(p, _)| *p).collect();
         for p in due {
-            let addrs = node_key(&p).and_then(|k| self.core.entry(&k)).map(|e| {
-                e.advert
-                    .advert()
-                    .addrs
-                    .iter()
-                    .filter_map(|a| a.parse::<Multiaddr>().ok())
-                    .filter(is_dialable)
-                    .collect::<Vec<_>>()
-            });
+            let mut addrs: Vec<Multiaddr> = node_key(&p)
+                .and_then(|k| self.core.entry(&k))
+                .map(|e| {
+                    e.advert
+                        .advert()
+                        .addrs
+                        .iter()
+                        .filter_map(|a| a.parse::<Multiaddr>().ok())
+                        .filter(is_dialable)
+                        .collect()
+                })
+                .unwrap_or_default();
+            for a in self.lan.get(&p).into_iter().flatten() {
+                if !addrs.contains(a) {
+                    addrs.push(a.clone());
+                }
+            }
             match addrs {
-                Some(addrs) if !addrs.is_empty() && !self.swarm.is_connected(&p) && !self.is_refused(&p) => {
+                addrs if !addrs.is_empty() && !self.swarm.is_connected(&p) && !self.is_refused(&p) => {
+                    let dialed = self.dial_peer(p, addrs);
                     let entry = self.redial.get_mut(&p).expect("due entry");
-                    entry.1 = (entry.1 * 2).min(Duration::from_secs(60));
+                    // A dial still in progress (a slow handshake) is not a failure: wait as long again for it.
+                    if !matches!(dialed, Err(libp2p::swarm::DialError::DialPeerConditionFalse(_))) {
+                        tracing::debug!(%p, "redialing a lost or unreached peer");
+                        entry.1 = (entry.1 * 2).min(Duration::from_secs(60));
+                    }
                     entry.0 = now + entry.1;
-                    tracing::debug!(%p, "redialing a lost peer");
-                    let _ = self.swarm.dial(DialOpts::peer_id(p).addresses(tcp_first(addrs)).build());
                 }
                 _ => {
                     self.redial.remove(&p);
@@ -726,7 +772,7 @@ impl Driver {
                             addrs.iter().filter_map(|a| a.parse().ok()).filter(is_dialable).collect();
                         if !addrs.is_empty() {
                             self.via.entry(p).or_insert(Via::Gossip);
-                            let _ = self.swarm.dial(DialOpts::peer_id(p).addresses(tcp_first(addrs)).build());
+                            let _ = self.dial_peer(p, addrs);
                         }
                     }
                 }
@@ -800,6 +846,7 @@ impl Driver {
                     tracing::debug!(%peer, %address, "connected (outbound)");
                 }
                 self.redial.remove(&peer);
+                self.quic_fallback.remove(&peer);
                 let remote = match &endpoint {
                     ConnectedPoint::Dialer { address, .. } => address.clone(),
                     ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr.clone(),
@@ -849,6 +896,14 @@ impl Driver {
                     self.retry_later(i);
                 }
                 if let Some(p) = peer_id {
+                    if let Some(quic) = self.quic_fallback.remove(&p) {
+                        if !self.swarm.is_connected(&p) && !self.is_refused(&p) {
+                            tracing::debug!(%p, "TCP did not get through ({error}): dialing QUIC");
+                            if self.swarm.dial(DialOpts::peer_id(p).addresses(quic).build()).is_ok() {
+                                return;
+                            }
+                        }
+                    }
                     if !self.swarm.is_connected(&p) {
                         self.fail_waiting(&p, error.to_string());
                     }
@@ -865,16 +920,41 @@ impl Driver {
             | BehaviourEvent::Mdns6(mdns::Event::Discovered(list)) => {
                 let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
                 for (p, a) in list {
-                    if is_routable(&a) && !self.is_refused(&p) {
+                    if !is_routable(&a) {
+                        tracing::trace!(%p, %a, "mDNS announced an address not dialed (link-local, loopback or overlay)");
+                    } else if !self.is_refused(&p) {
                         by_peer.entry(p).or_default().push(a);
                     }
                 }
-                // A LAN can announce any number of peers: dial a bounded number per announcement.
+                // A LAN can announce any number of peers: dial a bounded number per announcement, and keep the
+                // addresses of a bounded number for redials.
                 for (p, addrs) in by_peer.into_iter().take(MAX_MDNS_DIALS) {
+                    if self.lan.len() < MAX_LAN_PEERS || self.lan.contains_key(&p) {
+                        let known = self.lan.entry(p).or_default();
+                        for a in &addrs {
+                            if !known.contains(a) && known.len() < MAX_LAN_ADDRS {
+                                known.push(a.clone());
+                            }
+                        }
+                    }
                     if !self.swarm.is_connected(&p) {
                         tracing::debug!(%p, ?addrs, "discovered by mDNS");
                         self.via.insert(p, Via::Mdns);
-                        let _ = self.swarm.dial(DialOpts::peer_id(p).addresses(tcp_first(addrs)).build());
+                        if self.lan.contains_key(&p) {
+                            let retry = Duration::from_secs(1);
+                            self.redial.entry(p).or_insert((Instant::now() + retry, retry));
+                        }
+                        let _ = self.dial_peer(p, addrs);
+                    }
+                }
+            }
+            BehaviourEvent::Mdns4(mdns::Event::Expired(list)) | BehaviourEvent::Mdns6(mdns::Event::Expired(list)) => {
+                for (p, a) in list {
+                    if let Some(known) = self.lan.get_mut(&p) {
+                        known.retain(|k| *k != a);
+                        if known.is_empty() {
+                            self.lan.remove(&p);
+                        }
                     }
                 }
             }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{gossipsub, identify, mdns, noise, ping, tcp, yamux, Multiaddr, Swarm};
+use libp2p::{gossipsub, identify, mdns, noise, ping, tcp, yamux, Multiaddr, Swarm, Transport};
 
 use super::rpc::{Codec, RPC_PROTOCOL};
 use super::{Config, Error};
@@ -28,6 +28,9 @@ pub(super) struct Behaviour {
     pub(super) gate: super::gate::Gate,
 }
 
+/// Longest a TCP connection may take from the dial (or accept) to a multiplexed, authenticated connection.
+const TCP_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Builds the swarm for `config`, listens on its port and subscribes to the advert topic.
 pub(super) fn build(config: &Config) -> Result<(Swarm<Behaviour>, gossipsub::IdentTopic), Error> {
     let keypair = libp2p::identity::Keypair::ed25519_from_bytes(config.identity.secret())
@@ -35,9 +38,21 @@ pub(super) fn build(config: &Config) -> Result<(Swarm<Behaviour>, gossipsub::Ide
     let mdns_on = config.mdns;
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
-        .map_err(|e| Error::Transport(e.to_string()))?
         .with_quic()
+        // TCP with a bound on each dial and each inbound handshake: dials are sequential (below), and a TCP dial
+        // into a firewall that drops SYNs would otherwise hold up the QUIC fallback for the two minutes of the
+        // kernel's SYN retries.
+        .with_other_transport(|key| {
+            type BoxError = Box<dyn std::error::Error + Send + Sync>;
+            Ok::<_, BoxError>(
+                tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                    .upgrade(libp2p::core::upgrade::Version::V1Lazy)
+                    .authenticate(noise::Config::new(key)?)
+                    .multiplex(yamux::Config::default())
+                    .timeout(TCP_HANDSHAKE_TIMEOUT),
+            )
+        })
+        .map_err(|e| Error::Transport(e.to_string()))?
         .with_dns()
         .map_err(|e| Error::Transport(e.to_string()))?
         .with_behaviour(|key| {
@@ -75,9 +90,9 @@ pub(super) fn build(config: &Config) -> Result<(Swarm<Behaviour>, gossipsub::Ide
             })
         })
         .map_err(|e| Error::Transport(e.to_string()))?
-        // One address at a time, in the order given (TCP first, see `tcp_first`): dialed all at once, QUIC won the
-        // race to about half the peers, and each QUIC connection costs an idle node keep-alives every 5 s and a
-        // receive path of its own. QUIC stays as the fallback where TCP does not get through.
+        // One address at a time. The driver dials a peer's TCP addresses first and its QUIC ones only when those
+        // fail (`Driver::dial_peer`): dialed all at once, QUIC won the race to about half the peers, and each QUIC
+        // connection costs an idle node keep-alives every 5 s and a receive path of its own.
         .with_swarm_config(|c| {
             c.with_idle_connection_timeout(Duration::from_secs(24 * 3600))
                 .with_dial_concurrency_factor(std::num::NonZeroU8::MIN)
