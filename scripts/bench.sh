@@ -1,10 +1,20 @@
 #!/usr/bin/env bash
-# Builds metac in release mode and runs a benchmark in network namespaces: ./scripts/bench.sh [spine|overlay|file] [ARGS], as root
+# Builds metac in release mode and runs a benchmark in network namespaces: ./scripts/bench.sh [spine|overlay|file|flood|fs] [ARGS], as root
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 [ "$(id -u)" = 0 ] || { echo "bench.sh: run as root: it builds network namespaces" >&2; exit 1; }
+if [ "${1:-}" = fs ]; then
+  # The peer tool of `fs`: sshfs against an sshd; and git for its `git status` figure.
+  need=()
+  for t in sshfs:sshfs sshd:openssh-server git:git; do
+    command -v "${t%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${t%%:*}" ] || need+=("${t#*:}")
+  done
+  if [ ${#need[@]} -gt 0 ]; then
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  fi
+fi
 cargo build --release --quiet --bin metac --bin metac-bench --bin metac-flood
 export METAC_BIN=$PWD/target/release/metac
 exec ./target/release/metac-bench "${@:-spine}"

@@ -4,6 +4,7 @@
 
 mod file;
 mod flood;
+mod fs;
 mod overlay;
 mod spine;
 
@@ -24,6 +25,8 @@ enum Command {
     File(file::Args),
     /// An advert flood: what two honest nodes cost while a hostile peer floods adverts of fresh keys at one
     Flood(flood::Args),
+    /// Filesystems: metac's fs kind and sshfs between the same two hosts: read, untar, find + cat, git status
+    Fs(fs::Args),
     /// The overlay: iperf3 TCP and ping RTT over the raw veth, wireguard-go and the metac overlay, with ratios
     Overlay(overlay::Args),
 }
@@ -36,6 +39,7 @@ fn main() {
         Command::Overlay(a) => overlay::run(a),
         Command::File(a) => file::run(a),
         Command::Flood(a) => flood::run(a),
+        Command::Fs(a) => fs::run(a),
     };
     if let Err(e) = r {
         eprintln!("metac-bench: error: {e:#}");
