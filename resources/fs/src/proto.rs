@@ -79,6 +79,9 @@ pub enum Op {
     Fsync { fh: u64, datasync: bool },
     /// Closes `fh`: [`Reply::Empty`].
     Release { fh: u64 },
+    /// Entries of directory `ino` after `offset`, each with its attributes and counted as one lookup (but `.` and
+    /// `..`), as many as FUSE's readdirplus encoding fits in `size` bytes: [`Reply::DirPlus`].
+    ReaddirPlus { ino: u64, offset: u64, size: u32 },
 }
 
 /// What a [`Op::Setattr`] changes; `None` leaves it.
@@ -137,6 +140,9 @@ pub enum Reply {
     Statfs(Statfs),
     /// Done.
     Empty,
+    /// Directory entries in order, each with its attributes when the exporter looked it up (the binder then holds
+    /// one more lookup of it); empty at the end.
+    DirPlus(Vec<(DirEntry, Option<Attr>)>),
 }
 
 /// An inode's attributes, as stat(2) gives them, with the exporter's inode number.
@@ -235,6 +241,12 @@ pub fn decode_response(bytes: &[u8]) -> Result<Response, Error> {
                 check("name", e.name.len(), MAX_NAME)?;
             }
         }
+        Ok(Reply::DirPlus(entries)) => {
+            check("directory listing", entries.len(), MAX_DIR_ENTRIES)?;
+            for (e, _) in entries {
+                check("name", e.name.len(), MAX_NAME)?;
+            }
+        }
         _ => {}
     }
     Ok(r)
@@ -260,6 +272,7 @@ impl Op {
             }
             Op::Write { data, .. } => check("write", data.len(), MAX_IO as usize),
             Op::Read { size, .. } => check("read", *size as usize, MAX_IO as usize),
+            Op::ReaddirPlus { size, .. } => check("readdirplus buffer", *size as usize, MAX_IO as usize),
             _ => Ok(()),
         }
     }

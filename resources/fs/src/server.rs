@@ -108,6 +108,7 @@ impl Server {
             Op::Getattr { ino } => self.attr(ino).map(Reply::Attr),
             Op::Setattr { ino, fh, set } => self.setattr(ino, fh, &set).map(Reply::Attr),
             Op::Readdir { ino, offset } => self.readdir(ino, offset).map(Reply::Dir),
+            Op::ReaddirPlus { ino, offset, size } => self.readdir_plus(ino, offset, size).map(Reply::DirPlus),
             Op::Open { ino, flags } => self.open(ino, flags).map(|fh| Reply::Opened { fh }),
             Op::Read { fh, offset, size } => self.read(fh, offset, size).map(Reply::Data),
             Op::Write { fh, offset, data } => {
@@ -333,6 +334,28 @@ impl Server {
         let dev = t.by_ino.get(&ino).map(|n| n.key.0);
         for e in &mut out {
             e.ino = dev.and_then(|dev| t.by_key.get(&(dev, e.ino)).copied()).unwrap_or(e.ino.max(2));
+        }
+        Ok(out)
+    }
+
+    /// [`Server::readdir`] with each entry looked up (so counted, as the kernel counts it), as many as fill
+    /// `size` bytes of FUSE's encoding (a `fuse_direntplus` is 152 bytes and the name, 8-aligned): the kernel takes
+    /// them all, and no lookup is counted for an entry it would drop. An entry that vanished between the listing
+    /// and its lookup goes without attributes, as a plain entry.
+    fn readdir_plus(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<(DirEntry, Option<Attr>)>> {
+        let mut out = Vec::new();
+        let mut used = 0usize;
+        for e in self.readdir(ino, offset)? {
+            let len = (152 + e.name.len() + 7) & !7;
+            if used + len > size as usize {
+                break;
+            }
+            used += len;
+            let attr = match e.name.as_slice() {
+                b"." | b".." => None,
+                name => self.lookup(ino, name).ok(),
+            };
+            out.push((e, attr));
         }
         Ok(out)
     }
