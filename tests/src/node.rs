@@ -69,11 +69,7 @@ impl Node {
             args.extend(["--port".into(), "0".into()]);
         }
         if !self.extra.iter().any(|a| a == "--log-level" || a.starts_with("--log-level=")) {
-            // gossipsub's heartbeat says nothing each second at debug: it would push all else out of a log's tail.
-            args.extend([
-                "--log-level".into(),
-                "debug,libp2p_gossipsub=info,libp2p_core=info,libp2p_mdns=debug".into(),
-            ]);
+            args.extend(["--log-level".into(), LOG_LEVEL.into()]);
         }
         args.extend(self.extra.iter().map(OsString::from));
 
