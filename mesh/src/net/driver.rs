@@ -384,7 +384,7 @@ impl Driver {
                 b.next = None;
                 continue;
             }
-            let opts = DialOpts::unknown_peer_id().address(b.addr.clone()).build();
+            let opts = DialOpts::unknown_peer_id().address(b.addr.clone()).allocate_new_port().build();
             b.dialing = Some(opts.connection_id());
             b.next = None;
             tracing::debug!(addr = %b.addr, "dialing bootstrap peer");
@@ -686,6 +686,7 @@ impl Driver {
     /// soon as the TCP dial gave up, so a LAN that drops TCP was never reached over QUIC.
     fn dial_peer(&mut self, p: PeerId, addrs: Vec<Multiaddr>) -> Result<(), libp2p::swarm::DialError> {
         let (tcp, quic) = split_quic(addrs);
+        let tcp_first = !tcp.is_empty();
         let first = if tcp.is_empty() {
             quic
         } else {
@@ -696,7 +697,12 @@ impl Driver {
             }
             tcp
         };
-        let r = self.swarm.dial(DialOpts::peer_id(p).addresses(first).build());
+        let opts = DialOpts::peer_id(p).addresses(first);
+        // TCP from a port of its own: with the listening port reused, two nodes that dial each other at once (as
+        // mDNS makes them) open one TCP connection by simultaneous open, both ends start the handshake as its
+        // initiator, it fails, and the peers meet over QUIC instead.
+        let opts = if tcp_first { opts.allocate_new_port() } else { opts };
+        let r = self.swarm.dial(opts.build());
         if matches!(&r, Err(e) if !matches!(e, libp2p::swarm::DialError::DialPeerConditionFalse(_))) {
             self.quic_fallback.remove(&p);
         }

@@ -430,6 +430,10 @@ impl Filesystem for Fuse {
         // Directory listings carry attributes (one round trip for `ls -l` or `find` of a directory, not one per
         // entry), and the kernel uses them where lookups would follow.
         let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
+        // A file's cached pages outlive its opens (FOPEN_KEEP_CACHE on every open), and go when its attributes,
+        // fetched anew once their TTL is past, show another size or modification time: a re-read costs nothing,
+        // and a change made on the exporter is seen at the next open after the TTL, as NFS's close-to-open.
+        let _ = config.add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA);
         Ok(())
     }
 
@@ -515,7 +519,7 @@ impl Filesystem for Fuse {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         self.readahead.widen_once();
         self.call(Op::Open { ino: ino.0, flags: flags.0 }, move |r| match r {
-            Ok(Reply::Opened { fh }) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(Reply::Opened { fh }) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
             Ok(r) => reply.error(unexpected(r)),
             Err(e) => reply.error(e),
         });
@@ -675,7 +679,7 @@ impl Filesystem for Fuse {
     ) {
         self.call(Op::Create { parent: parent.0, name: name(n), mode, umask, flags }, move |r| match r {
             Ok(Reply::Created { attr, fh }) => {
-                reply.created(&TTL, &file_attr(&attr), Generation(0), FileHandle(fh), FopenFlags::empty())
+                reply.created(&TTL, &file_attr(&attr), Generation(0), FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
             }
             Ok(r) => reply.error(unexpected(r)),
             Err(e) => reply.error(e),
