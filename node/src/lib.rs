@@ -53,6 +53,7 @@ pub enum Error {
 /// Runs a node until `cancel` fires (SIGTERM or SIGINT in the binary). `ready` is called once the API answers.
 pub async fn run(config: Config, cancel: CancellationToken, ready: impl FnOnce(&Node)) -> Result<(), Error> {
     raise_fd_limit();
+    trim::large_buffers_from_mmap();
     let group = access::resolve(config.api_group.as_deref())?;
     let node = Node::start(&config, cancel.clone()).await?;
     let listener = api::bind(&config.socket, group.as_ref())?;

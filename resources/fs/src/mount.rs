@@ -438,7 +438,15 @@ impl Filesystem for Fuse {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
-        self.call(Op::Lookup { parent: parent.0, name: name(n) }, entry(reply));
+        self.call(Op::Lookup { parent: parent.0, name: name(n) }, move |r| match r {
+            // A name that is not there is cached as such for the TTL (an entry with inode 0), as a name that is:
+            // the many lookups of missing names (a compiler's search path, git's .gitignore in every directory)
+            // cost one round trip per second, not one each.
+            Err(Errno::ENOENT) => {
+                reply.entry(&TTL, &FileAttr { ino: INodeNo(0), ..file_attr(&Attr::default()) }, Generation(0))
+            }
+            r => entry(reply)(r),
+        });
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
