@@ -363,6 +363,13 @@ fn bootstrap_peers_without_mdns_retry_and_gossip_the_rest() {
     assert!(p3["via"] == "gossip" || p3["via"] == "inbound", "host 3 came from gossip: {p3}");
 }
 
+/// Loads an nftables ruleset into host `h`.
+fn nft(h: &Host, ruleset: &str) {
+    let file = h.dir().join("rules.nft");
+    std::fs::write(&file, format!("{ruleset}\n")).unwrap();
+    h.run("nft", ["-f", file.to_str().unwrap()]).unwrap();
+}
+
 /// mDNS reports an address once per record lifetime (minutes): a node whose first dial to a LAN peer failed
 /// must retry on its own. Here only mDNS gets through at first: both nodes hear of each other, every dial fails;
 /// once the filter lifts they connect within seconds, not at the next announcement.
@@ -373,19 +380,16 @@ fn lan_peers_whose_first_dials_failed_are_redialed() {
     // Each host sends nothing but mDNS (UDP to port 5353) to the LAN: its TCP dials are refused at once, its QUIC
     // dials give up after QUIC's 5 s handshake timeout.
     for h in lab.hosts() {
-        let rules = h.dir().join("mdns-only.nft");
-        std::fs::write(
-            &rules,
+        nft(
+            h,
             "table inet mdnsonly {
                 chain out {
                     type filter hook output priority 0;
                     oifname \"eth0\" meta l4proto tcp reject with tcp reset
                     oifname \"eth0\" udp dport != 5353 drop
                 }
-            }\n",
-        )
-        .unwrap();
-        h.run("nft", ["-f", rules.to_str().unwrap()]).unwrap();
+            }",
+        );
     }
     let nodes = lab.start_nodes(&["--no-overlay"]).unwrap();
     for node in &nodes {
@@ -414,18 +418,15 @@ fn a_lan_that_drops_tcp_falls_back_to_quic_within_seconds() {
     require_root();
     let lab = Lab::new(2).unwrap();
     let h2 = lab.host(2);
-    let rules = h2.dir().join("no-tcp.nft");
-    std::fs::write(
-        &rules,
+    nft(
+        h2,
         "table inet notcp {
             chain in {
                 type filter hook input priority 0;
                 iifname \"eth0\" meta l4proto tcp drop
             }
-        }\n",
-    )
-    .unwrap();
-    h2.run("nft", ["-f", rules.to_str().unwrap()]).unwrap();
+        }",
+    );
     let _nodes = lab.start_nodes(&["--no-overlay"]).unwrap();
     let took = all_see_each_other(&lab, 1);
     eprintln!("connected over QUIC {took:?} after both answered");

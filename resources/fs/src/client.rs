@@ -1,133 +1,159 @@
 //! The binding side's connection: metac-fs/1 requests pipelined on one stream. [`Conn::call`] may be called from
 //! many tasks at once; up to [`MAX_IN_FLIGHT`] requests are outstanding (a permit each, taken before the request is
-//! queued), each answered in whatever order the exporter finishes them.
+//! sent), each answered in whatever order the exporter finishes them.
 //!
-//! One task owns the stream's writing half and the table of requests waiting for answers; a second reads answers
-//! (bounded frames, bounded decoder) and hands them over. When the stream ends or breaks every waiting request gets
-//! EIO, as does every later one, and [`Conn::closed`] fires so the session knows to reconnect.
+//! A caller writes its request itself (the writing half behind an async mutex, held for one frame) and waits for
+//! its answer; one task reads answers (bounded frames, bounded decoder) and hands each straight to its caller. No
+//! task sits between the two: each hop was a wake-up of another thread on a request's round trip. When the stream
+//! ends or breaks every waiting request gets EIO, as does every later one, and [`Conn::closed`] fires so the
+//! session knows to reconnect.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use metac_resource::{frame, BoxStream, Status};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::io::{BufWriter, WriteHalf};
+use tokio::sync::{oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::proto::{self, Op, Reply, Request, Response, MAX_IN_FLIGHT};
+use crate::proto::{self, Op, Reply, Request, MAX_IN_FLIGHT};
 
 type Answer = oneshot::Sender<Result<Reply, i32>>;
+
+/// Requests sent and not answered yet; `None` once the connection is gone.
+type Waiting = Arc<Mutex<Option<HashMap<u64, Answer>>>>;
 
 /// A pipelined connection to an exporter.
 #[derive(Clone)]
 pub struct Conn {
-    tx: mpsc::Sender<(Op, Answer)>,
-    permits: Arc<Semaphore>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    writer: tokio::sync::Mutex<(u64, BufWriter<WriteHalf<BoxStream>>)>,
+    waiting: Waiting,
+    permits: Semaphore,
     closed: CancellationToken,
+    status: Option<Arc<Status>>,
 }
 
 impl Conn {
-    /// Starts the connection's tasks on `stream` (already past the resource handshake), counting bytes in
+    /// Starts the connection's reading task on `stream` (already past the resource handshake), counting bytes in
     /// `status` when given.
     pub fn start(stream: BoxStream, status: Option<Arc<Status>>) -> Conn {
-        let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT);
+        let (rd, wr) = tokio::io::split(stream);
         let closed = CancellationToken::new();
-        tokio::spawn(drive(stream, rx, status, closed.clone()));
-        Conn { tx, permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)), closed }
+        let waiting: Waiting = Arc::new(Mutex::new(Some(HashMap::new())));
+        tokio::spawn(read_answers(rd, Arc::clone(&waiting), status.clone(), closed.clone()));
+        Conn {
+            inner: Arc::new(Inner {
+                // A frame's length and body leave in one write (one transport frame), not two.
+                writer: tokio::sync::Mutex::new((0, BufWriter::with_capacity(64 << 10, wr))),
+                waiting,
+                permits: Semaphore::new(MAX_IN_FLIGHT),
+                closed,
+                status,
+            }),
+        }
     }
 
     /// Sends `op` and waits for its answer: the reply, or the errno of the failure (EIO when the connection is
     /// gone).
     pub async fn call(&self, op: Op) -> Result<Reply, i32> {
-        let _permit = self.permits.acquire().await.map_err(|_| libc::EIO)?;
+        let c = &self.inner;
+        let _permit = c.permits.acquire().await.map_err(|_| libc::EIO)?;
         let (answer, rx) = oneshot::channel();
-        self.tx.send((op, answer)).await.map_err(|_| libc::EIO)?;
+        let len = match &op {
+            Op::Write { data, .. } => data.len() + 32,
+            _ => 32,
+        };
+        {
+            // Neither waiting for the writer nor writing outlives the connection: an exporter that stops reading
+            // must not hold callers once the bind is closed.
+            let mut w = tokio::select! {
+                w = c.writer.lock() => w,
+                () = c.closed.cancelled() => return Err(libc::EIO),
+            };
+            w.0 += 1;
+            let id = w.0;
+            match c.waiting.lock().expect("waiting").as_mut() {
+                Some(waiting) => waiting.insert(id, answer),
+                None => return Err(libc::EIO),
+            };
+            let req = Request { id, op };
+            let written = tokio::select! {
+                r = frame::write(&mut w.1, &req) => r,
+                () = c.closed.cancelled() => Ok(()), // the reader has failed or will fail every waiting request
+            };
+            if let Err(e) = written {
+                tracing::debug!("fs connection: {e}");
+                c.closed.cancel();
+                c.waiting.lock().expect("waiting").take();
+                return Err(libc::EIO);
+            }
+        }
+        if let Some(s) = &c.status {
+            s.count(len as u64);
+        }
         rx.await.unwrap_or(Err(libc::EIO))
     }
 
     /// Fires when the stream has ended or broken.
     pub fn closed(&self) -> &CancellationToken {
-        &self.closed
+        &self.inner.closed
     }
 
     /// Ends the connection.
     pub fn close(&self) {
+        self.inner.closed.cancel();
+    }
+}
+
+impl Drop for Inner {
+    /// The last handle gone: the reading task ends and the stream with it.
+    fn drop(&mut self) {
         self.closed.cancel();
     }
 }
 
-async fn drive(
-    stream: BoxStream,
-    mut rx: mpsc::Receiver<(Op, Answer)>,
+/// Reads answers until the stream ends, breaks, carries garbage or the connection is closed; then fails everything
+/// still waiting with EIO (the senders drop) and says the connection is closed.
+async fn read_answers(
+    mut rd: tokio::io::ReadHalf<BoxStream>,
+    waiting: Waiting,
     status: Option<Arc<Status>>,
     closed: CancellationToken,
 ) {
-    let (mut rd, wr) = tokio::io::split(stream);
-    // A frame's length and body leave in one write (one transport frame), not two.
-    let mut wr = tokio::io::BufWriter::with_capacity(64 << 10, wr);
-    let (resp_tx, mut resp_rx) = mpsc::channel::<Response>(MAX_IN_FLIGHT);
-    let count = |n: usize| {
-        if let Some(s) = &status {
-            s.count(n as u64);
-        }
-    };
-    let reader = {
-        let closed = closed.clone();
-        let status = status.clone();
-        tokio::spawn(async move {
-            let r = async {
-                while let Some(body) = crate::exporter::read_body(&mut rd).await? {
-                    if let Some(s) = &status {
-                        s.count(body.len() as u64 + 4);
-                    }
-                    let resp =
-                        proto::decode_response(&body).map_err(|e| metac_resource::Error::Protocol(e.to_string()))?;
-                    if resp_tx.send(resp).await.is_err() {
-                        break;
-                    }
+    let r = async {
+        while let Some(body) = crate::exporter::read_body(&mut rd).await? {
+            if let Some(s) = &status {
+                s.count(body.len() as u64 + 4);
+            }
+            let resp = proto::decode_response(&body).map_err(|e| metac_resource::Error::Protocol(e.to_string()))?;
+            let answer = waiting.lock().expect("waiting").as_mut().and_then(|w| w.remove(&resp.id));
+            match answer {
+                Some(a) => {
+                    let _ = a.send(resp.result);
                 }
-                Ok::<(), metac_resource::Error>(())
-            }
-            .await;
-            if let Err(e) = r {
-                tracing::debug!("fs connection: {e}");
-            }
-            closed.cancel();
-        })
-    };
-    let mut waiting: HashMap<u64, Answer> = HashMap::new();
-    let mut next_id = 0u64;
-    loop {
-        tokio::select! {
-            () = closed.cancelled() => break,
-            cmd = rx.recv() => {
-                let Some((op, answer)) = cmd else { break };
-                next_id += 1;
-                let req = Request { id: next_id, op };
-                waiting.insert(next_id, answer);
-                let len = match &req.op { Op::Write { data, .. } => data.len() + 32, _ => 32 };
-                if let Err(e) = frame::write(&mut wr, &req).await {
-                    tracing::debug!("fs connection: {e}");
-                    break;
-                }
-                count(len);
-            }
-            resp = resp_rx.recv() => {
-                let Some(resp) = resp else { break };
-                match waiting.remove(&resp.id) {
-                    Some(answer) => { let _ = answer.send(resp.result); }
-                    None => {
-                        tracing::warn!("fs connection: the exporter answered request {} that is not waiting", resp.id);
-                        break;
-                    }
+                None => {
+                    return Err(metac_resource::Error::Protocol(format!(
+                        "the exporter answered request {} that is not waiting",
+                        resp.id
+                    )))
                 }
             }
         }
+        Ok::<(), metac_resource::Error>(())
+    };
+    tokio::select! {
+        () = closed.cancelled() => {}
+        r = r => if let Err(e) = r {
+            tracing::debug!("fs connection: {e}");
+        },
     }
     closed.cancel();
-    reader.abort();
-    // Everything still waiting, or queued, gets EIO (the senders drop).
-    drop(waiting);
-    rx.close();
+    // Everything still waiting gets EIO, and nothing waits from now on.
+    waiting.lock().expect("waiting").take();
 }
 
 #[cfg(test)]
@@ -176,6 +202,27 @@ mod tests {
         served.await.unwrap().unwrap();
         tokio::time::timeout(std::time::Duration::from_secs(5), c.closed().cancelled()).await.unwrap();
         assert_eq!(c.call(Op::Getattr { ino: ROOT }).await, Err(libc::EIO));
+    }
+
+    /// An exporter that stops reading holds callers only until the bind is closed: then every one, those waiting
+    /// to write and the one writing, fails with EIO.
+    #[tokio::test]
+    async fn callers_stuck_behind_an_exporter_that_does_not_read_are_let_go_on_close() {
+        let (a, _b) = tokio::io::duplex(256);
+        let c = Conn::start(Box::new(a), None);
+        let calls: Vec<_> = (0..8)
+            .map(|i| {
+                let c = c.clone();
+                tokio::spawn(async move { c.call(Op::Write { fh: 1, offset: i * 4096, data: vec![7; 4096] }).await })
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(calls.iter().all(|t| !t.is_finished()), "the writes wait for the exporter");
+        c.close();
+        for t in calls {
+            let r = tokio::time::timeout(std::time::Duration::from_secs(5), t).await.expect("let go").unwrap();
+            assert_eq!(r, Err(libc::EIO));
+        }
     }
 
     /// An exporter that sends garbage is cut off, not believed.

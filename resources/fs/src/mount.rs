@@ -699,6 +699,18 @@ impl Filesystem for Fuse {
 mod tests {
     use super::*;
 
+    /// `src` served as root over an in-memory stream and mounted at `mnt`: the server (for its tables), the mount,
+    /// and what ends the serving side.
+    fn served(src: &Path, mnt: &Path) -> (Arc<crate::server::Server>, Mount, tokio_util::sync::CancellationToken) {
+        let root = rustix::fs::open(src, rustix::fs::OFlags::PATH, rustix::fs::Mode::empty()).unwrap();
+        let server = Arc::new(crate::server::Server::new(root, false).unwrap());
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let caller = metac_resource::Caller::root();
+        tokio::spawn(crate::exporter::serve(Arc::clone(&server), caller, Box::new(b), cancel.clone()));
+        (server, Mount::serve(Box::new(a), mnt, &Options::default()).unwrap(), cancel)
+    }
+
     /// The FUSE side alone, against a server on an in-memory stream: real /dev/fuse, real `cat`, `ls`, `sh` on the
     /// mount. Needs root (it mounts); under CI it runs and fails loudly without it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -710,13 +722,7 @@ mod tests {
         std::fs::create_dir_all(src.join("d")).unwrap();
         std::fs::create_dir(&mnt).unwrap();
         std::fs::write(src.join("d/f"), b"served").unwrap();
-        let root = rustix::fs::open(&src, rustix::fs::OFlags::PATH, rustix::fs::Mode::empty()).unwrap();
-        let server = Arc::new(crate::server::Server::new(root, false).unwrap());
-        let (a, b) = tokio::io::duplex(1 << 20);
-        let cancel = tokio_util::sync::CancellationToken::new();
-        let caller = metac_resource::Caller::root();
-        tokio::spawn(crate::exporter::serve(server, caller, Box::new(b), cancel.clone()));
-        let m = Mount::serve(Box::new(a), &mnt, &Options::default()).unwrap();
+        let (_server, m, cancel) = served(&src, &mnt);
         let sh = |script: String| {
             tokio::task::spawn_blocking(move || {
                 std::process::Command::new("timeout").args(["30", "sh", "-c", &script]).output().unwrap()
@@ -751,12 +757,7 @@ mod tests {
         for i in 0..300 {
             std::fs::write(src.join(format!("many/file-with-a-longer-name-{i:03}")), vec![b'x'; i]).unwrap();
         }
-        let root = rustix::fs::open(&src, rustix::fs::OFlags::PATH, rustix::fs::Mode::empty()).unwrap();
-        let server = Arc::new(crate::server::Server::new(root, false).unwrap());
-        let (a, b) = tokio::io::duplex(1 << 20);
-        let cancel = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(crate::exporter::serve(Arc::clone(&server), metac_resource::Caller::root(), Box::new(b), cancel));
-        let m = Mount::serve(Box::new(a), &mnt, &Options::default()).unwrap();
+        let (server, m, _cancel) = served(&src, &mnt);
         let sh = |script: String| {
             tokio::task::spawn_blocking(move || {
                 let o = std::process::Command::new("timeout").args(["30", "sh", "-c", &script]).output().unwrap();
