@@ -396,6 +396,11 @@ mod tests {
         assert_eq!(encode(&r), [0xac, 0x02, 6, 2, 0x80, 0x20, 0x80, 0x80, 0x40]);
         let ok = Response { id: 7, result: Ok(Reply::Written(5)) };
         assert_eq!(encode(&ok), [7, 0, 6, 5]);
+        let r = Request { id: 1, op: Op::ReaddirPlus { ino: 1, offset: 0, size: 4096 } };
+        assert_eq!(encode(&r), [1, 19, 1, 0, 0x80, 0x20]);
+        let e = DirEntry { ino: 2, kind: 0, offset: 3, name: b"n".to_vec() };
+        let ok = Response { id: 1, result: Ok(Reply::DirPlus(vec![(e, None)])) };
+        assert_eq!(encode(&ok), [1, 0, 9, 1, 2, 0, 3, 1, b'n', 0]);
         let err = Response { id: 8, result: Err(libc::ENOENT) };
         assert_eq!(encode(&err), [8, 1, 4]);
         let set = Request { id: 1, op: Op::Setattr { ino: 3, fh: None, set: SetAttr::default() } };
