@@ -183,6 +183,42 @@ impl Denied {
     }
 }
 
+/// Addresses peers announced by mDNS, until the announcement expires, for redials: libp2p reports an address once
+/// per record lifetime (minutes), so a first dial that fails is retried from here. Bounded: a LAN stranger
+/// announcing any number of peers or addresses holds [`MAX_LAN_PEERS`] entries of [`MAX_LAN_ADDRS`] at most.
+#[derive(Default)]
+struct Lan(HashMap<PeerId, Vec<Multiaddr>>);
+
+impl Lan {
+    /// Keeps what `p` announced (within the bounds); returns whether `p` is kept.
+    fn remember(&mut self, p: PeerId, addrs: &[Multiaddr]) -> bool {
+        if self.0.len() >= MAX_LAN_PEERS && !self.0.contains_key(&p) {
+            return false;
+        }
+        let known = self.0.entry(p).or_default();
+        for a in addrs {
+            if !known.contains(a) && known.len() < MAX_LAN_ADDRS {
+                known.push(a.clone());
+            }
+        }
+        true
+    }
+
+    /// Forgets an announcement that expired.
+    fn expire(&mut self, p: &PeerId, a: &Multiaddr) {
+        if let Some(known) = self.0.get_mut(p) {
+            known.retain(|k| k != a);
+            if known.is_empty() {
+                self.0.remove(p);
+            }
+        }
+    }
+
+    fn addrs(&self, p: &PeerId) -> &[Multiaddr] {
+        self.0.get(p).map(Vec::as_slice).unwrap_or_default()
+    }
+}
+
 /// The state the mesh task owns.
 pub(super) struct Driver {
     swarm: Swarm<Behaviour>,
@@ -225,9 +261,8 @@ pub(super) struct Driver {
     /// Peers whose connections all went down, or announced by mDNS and not yet reached: when to redial next, and
     /// the backoff.
     redial: HashMap<PeerId, (Instant, Duration)>,
-    /// Addresses peers announced by mDNS, until the announcement expires: libp2p reports an address once per
-    /// record lifetime (minutes), so a first dial that fails is retried from here ([`MAX_LAN_PEERS`]).
-    lan: HashMap<PeerId, Vec<Multiaddr>>,
+    /// Addresses peers announced by mDNS, for redials.
+    lan: Lan,
     /// QUIC addresses to dial once the TCP dial in progress to each peer fails ([`Driver::dial_peer`]).
     quic_fallback: HashMap<PeerId, Vec<Multiaddr>>,
     /// Sync requests in flight, and the range of each page.
@@ -316,7 +351,7 @@ impl Driver {
             conns: HashMap::new(),
             tunnel: config.tunnel,
             redial: HashMap::new(),
-            lan: HashMap::new(),
+            lan: Lan::default(),
             quic_fallback: HashMap::new(),
             syncs: HashMap::new(),
             budgets: HashMap::new(),
@@ -727,7 +762,7 @@ impl Driver {
                         .collect()
                 })
                 .unwrap_or_default();
-            for a in self.lan.get(&p).into_iter().flatten() {
+            for a in self.lan.addrs(&p) {
                 if !addrs.contains(a) {
                     addrs.push(a.clone());
                 }
@@ -935,18 +970,11 @@ impl Driver {
                 // A LAN can announce any number of peers: dial a bounded number per announcement, and keep the
                 // addresses of a bounded number for redials.
                 for (p, addrs) in by_peer.into_iter().take(MAX_MDNS_DIALS) {
-                    if self.lan.len() < MAX_LAN_PEERS || self.lan.contains_key(&p) {
-                        let known = self.lan.entry(p).or_default();
-                        for a in &addrs {
-                            if !known.contains(a) && known.len() < MAX_LAN_ADDRS {
-                                known.push(a.clone());
-                            }
-                        }
-                    }
+                    let kept = self.lan.remember(p, &addrs);
                     if !self.swarm.is_connected(&p) {
                         tracing::debug!(%p, ?addrs, "discovered by mDNS");
                         self.via.insert(p, Via::Mdns);
-                        if self.lan.contains_key(&p) {
+                        if kept {
                             let retry = Duration::from_secs(1);
                             self.redial.entry(p).or_insert((Instant::now() + retry, retry));
                         }
@@ -956,12 +984,7 @@ impl Driver {
             }
             BehaviourEvent::Mdns4(mdns::Event::Expired(list)) | BehaviourEvent::Mdns6(mdns::Event::Expired(list)) => {
                 for (p, a) in list {
-                    if let Some(known) = self.lan.get_mut(&p) {
-                        known.retain(|k| *k != a);
-                        if known.is_empty() {
-                            self.lan.remove(&p);
-                        }
-                    }
+                    self.lan.expire(&p, &a);
                 }
             }
             BehaviourEvent::Ping(ping::Event { peer, connection, result: Err(e) }) => {
@@ -1266,5 +1289,29 @@ mod tests {
         let last = *d.order.back().unwrap();
         d.insert(last);
         assert_eq!(d.order.len(), MAX_DENIED, "a repeat does not take a second place");
+    }
+
+    /// Attack: a LAN stranger answers mDNS for any number of made-up peers, each with any number of addresses.
+    /// What is kept for redials stays bounded; a peer already kept still gets its new addresses (within the bound),
+    /// and an expired announcement frees its place.
+    #[test]
+    fn what_a_lan_announces_is_kept_within_bounds() {
+        let addr =
+            |i: usize| -> Multiaddr { format!("/ip6/fd00:77::{:x}/tcp/{}", i % 0xffff, 1000 + i).parse().unwrap() };
+        let mut lan = Lan::default();
+        let honest = PeerId::random();
+        assert!(lan.remember(honest, &[addr(1)]));
+        let many: Vec<Multiaddr> = (0..100).map(addr).collect();
+        let kept = (0..1000).filter(|_| lan.remember(PeerId::random(), &many)).count();
+        assert_eq!(kept, MAX_LAN_PEERS - 1, "the stranger fills what is left, no more");
+        assert_eq!(lan.0.len(), MAX_LAN_PEERS);
+        assert!(lan.0.values().all(|a| a.len() <= MAX_LAN_ADDRS));
+        assert!(lan.remember(honest, &[addr(2), addr(1)]), "a kept peer stays kept");
+        assert_eq!(lan.addrs(&honest), [addr(1), addr(2)]);
+        for a in [addr(1), addr(2)] {
+            lan.expire(&honest, &a);
+        }
+        assert!(lan.addrs(&honest).is_empty());
+        assert!(lan.remember(PeerId::random(), &[addr(3)]), "the expired peer's place is free again");
     }
 }

@@ -322,6 +322,12 @@ impl Fuse {
     }
 }
 
+/// Attributes of inode 0: to the kernel, a name that is not there (in a lookup's answer) or an entry given
+/// without attributes (in a readdirplus answer).
+fn no_entry() -> FileAttr {
+    FileAttr { ino: INodeNo(0), ..file_attr(&Attr::default()) }
+}
+
 /// An answer of the wrong sort: the exporter broke the protocol.
 fn unexpected(r: Reply) -> Errno {
     tracing::warn!("fs: unexpected answer from the exporter: {r:?}");
@@ -442,9 +448,7 @@ impl Filesystem for Fuse {
             // A name that is not there is cached as such for the TTL (an entry with inode 0), as a name that is:
             // the many lookups of missing names (a compiler's search path, git's .gitignore in every directory)
             // cost one round trip per second, not one each.
-            Err(Errno::ENOENT) => {
-                reply.entry(&TTL, &FileAttr { ino: INodeNo(0), ..file_attr(&Attr::default()) }, Generation(0))
-            }
+            Err(Errno::ENOENT) => reply.entry(&TTL, &no_entry(), Generation(0)),
             r => entry(reply)(r),
         });
     }
@@ -612,23 +616,20 @@ impl Filesystem for Fuse {
             Ok(Reply::DirPlus(entries)) => {
                 let mut full = false;
                 for (e, a) in entries {
+                    if !full {
+                        let (ino, fa) = match &a {
+                            Some(a) => (a.ino, file_attr(a)),
+                            None => (e.ino, no_entry()),
+                        };
+                        full = reply.add(INodeNo(ino), e.offset, OsStr::from_bytes(&e.name), &TTL, &fa, Generation(0));
+                        if !full {
+                            continue;
+                        }
+                    }
                     // The exporter fitted its answer to the buffer; should an entry not fit after all, the lookup
                     // it counted is given back.
-                    if full {
-                        if let Some(a) = a {
-                            forget(a.ino);
-                        }
-                        continue;
-                    }
-                    let (ino, fa) = match &a {
-                        Some(a) => (a.ino, file_attr(a)),
-                        None => (e.ino, FileAttr { ino: INodeNo(0), ..file_attr(&Attr::default()) }),
-                    };
-                    full = reply.add(INodeNo(ino), e.offset, OsStr::from_bytes(&e.name), &TTL, &fa, Generation(0));
-                    if full {
-                        if let Some(a) = a {
-                            forget(a.ino);
-                        }
+                    if let Some(a) = a {
+                        forget(a.ino);
                     }
                 }
                 reply.ok();

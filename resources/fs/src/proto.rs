@@ -52,13 +52,6 @@ mod bytes {
             fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
                 Ok(v)
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
-                let mut v = Vec::new();
-                while let Some(b) = seq.next_element()? {
-                    v.push(b);
-                }
-                Ok(v)
-            }
         }
         d.deserialize_byte_buf(V)
     }
