@@ -440,6 +440,15 @@ mod tests {
         let target = Request { id: 1, op: Op::Symlink { parent: 1, name: b"l".to_vec(), target: vec![b'x'; 5000] } };
         assert!(matches!(decode_request(&encode(&target)), Err(Error::TooLong { what: "symlink target", .. })));
         assert!(matches!(decode_request(&vec![0; MAX_FRAME + 1]), Err(Error::TooLong { what: "frame", .. })));
+        // A binder asking for a listing larger than any frame, and an exporter answering with too many entries
+        // or too long a name, are refused alike.
+        let plus = Request { id: 1, op: Op::ReaddirPlus { ino: 1, offset: 0, size: MAX_IO + 1 } };
+        assert!(matches!(decode_request(&encode(&plus)), Err(Error::TooLong { what: "readdirplus buffer", .. })));
+        let entry = |name: Vec<u8>| (DirEntry { ino: 2, kind: 0, offset: 1, name }, None);
+        let many = Response { id: 1, result: Ok(Reply::DirPlus(vec![entry(b"e".to_vec()); MAX_DIR_ENTRIES + 1])) };
+        assert!(matches!(decode_response(&encode(&many)), Err(Error::TooLong { what: "directory listing", .. })));
+        let long = Response { id: 1, result: Ok(Reply::DirPlus(vec![entry(vec![b'n'; MAX_NAME + 1])])) };
+        assert!(matches!(decode_response(&encode(&long)), Err(Error::TooLong { what: "name", .. })));
     }
 
     #[test]
