@@ -1,4 +1,4 @@
-//! Fuzzes metac-fs/1 as both ends receive it: a frame body decoded as a `Request` (what a binder sends the
+//! Fuzzes metac-fs/2 as both ends receive it: a frame body decoded as a `Request` (what a binder sends the
 //! exporter) and as a `Response` (what an exporter sends the binder). Each must return Ok or Err, never panic;
 //! whatever decodes must survive an encode/decode round trip, and a decoded request must be answered by a real
 //! server on a small read-only tree with a reply or an errno, never a panic.

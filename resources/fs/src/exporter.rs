@@ -1,6 +1,7 @@
 //! The exporting side of the `fs` kind: the export's directory is opened once (as the user who exported it, and
 //! checked to be the very directory exported), and each bind is served from it by a [`crate::server::Server`] of
-//! its own, beneath the ref's sub-path if it has one, read-only unless both the export and the ref grant write.
+//! its own, beneath the ref's sub-path if it has one, read-only unless both the export and the ref grant write,
+//! with the admin right (owners, permission bits, extended attributes) only where both grant it.
 //!
 //! One bind: a task reads requests (bounded frames, bounded decoder) into a queue; [`WORKERS`] threads, each with
 //! the exporting user's filesystem identity ([`Caller::act`]), take them in turn, do the syscalls and queue the
@@ -27,6 +28,7 @@ pub(crate) struct FsExporter {
     root: OwnedFd,
     owner: Caller,
     writable: bool,
+    admin: bool,
     name: String,
 }
 
@@ -37,7 +39,8 @@ impl FsExporter {
         let root = spec.owner.act(|| crate::open_root(&o.path, o.id)).map_err(|e| {
             Error::Unavailable(format!("export {} ({}) cannot be opened: {e}", spec.name, o.path.display()))
         })?;
-        Ok(FsExporter { root, owner: spec.owner, writable: spec.rights.contains(Rights::WRITE), name: spec.name })
+        let (writable, admin) = (spec.rights.contains(Rights::WRITE), spec.rights.contains(Rights::ADMIN));
+        Ok(FsExporter { root, owner: spec.owner, writable, admin, name: spec.name })
     }
 }
 
@@ -58,7 +61,9 @@ impl Exporter for FsExporter {
                 None => self.root.try_clone(),
             }
             .map_err(|e| Error::Unavailable(format!("export {}: sub-path {:?}: {e}", self.name, bind.path)))?;
-            let server = Arc::new(Server::new(root, read_only)?);
+            let admin = self.admin && bind.rights.contains(Rights::ADMIN);
+            let server = Server::new(root, read_only)?.with_admin(admin).exported_by(self.owner.uid, self.owner.gid);
+            let server = Arc::new(server);
             serve(server, self.owner.clone(), stream, cancel).await
         })
     }

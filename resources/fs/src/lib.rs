@@ -236,7 +236,10 @@ mod tests {
         let public = lookup("public").await.unwrap();
         assert!(matches!(c.call(Op::Open { ino: public.ino, flags: libc::O_RDONLY }).await, Ok(Reply::Opened { .. })));
         assert_eq!(c.call(Op::Open { ino: public.ino, flags: libc::O_WRONLY }).await, Err(libc::EACCES));
-        let made = c.call(Op::Mkdir { parent: ROOT, name: b"made".to_vec(), mode: 0o755, umask: 0 }).await.unwrap();
+        let made = c
+            .call(Op::Mkdir { parent: ROOT, name: b"made".to_vec(), mode: 0o755, umask: 0, who: Default::default() })
+            .await
+            .unwrap();
         let Reply::Entry(made) = made else { panic!() };
         assert_eq!((made.uid, made.gid), (65534, 65534), "what the binder makes is the exporting user's");
         // Changing ownership is the kernel's to allow, and it does not let nobody give a file away.

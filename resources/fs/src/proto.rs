@@ -12,7 +12,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The protocol named in every fs bind's hello.
-pub const PROTOCOL: &str = "metac-fs/1";
+pub const PROTOCOL: &str = "metac-fs/2";
 /// The largest read or write in one request (FUSE's largest with max_pages 256).
 pub const MAX_IO: u32 = 1 << 20;
 /// The largest frame either side accepts: one [`MAX_IO`] payload and room for the rest of the message.
@@ -28,6 +28,10 @@ pub const MAX_DIR_ENTRIES: usize = 1024;
 pub const MAX_IN_FLIGHT: usize = 64;
 /// The inode number of the export's root.
 pub const ROOT: u64 = 1;
+/// The longest extended attribute name (XATTR_NAME_MAX).
+pub const MAX_XATTR_NAME: usize = 255;
+/// The largest extended attribute value, and the longest list of names (XATTR_SIZE_MAX, XATTR_LIST_MAX).
+pub const MAX_XATTR: usize = 64 * 1024;
 
 /// Byte strings (names, data, targets) as postcard's bytes: a length and the bytes, as a sequence of u8 is on the
 /// wire too, so the encoding is the same, but read and written in one copy rather than one call per byte (which
@@ -94,7 +98,7 @@ pub enum Op {
         #[serde(with = "bytes")]
         data: Vec<u8>,
     },
-    /// Creates and opens a file: [`Reply::Created`].
+    /// Creates and opens a file for `who`: [`Reply::Created`].
     Create {
         parent: u64,
         #[serde(with = "bytes")]
@@ -102,6 +106,7 @@ pub enum Op {
         mode: u32,
         umask: u32,
         flags: i32,
+        who: Who,
     },
     /// [`Reply::Entry`].
     Mkdir {
@@ -110,6 +115,7 @@ pub enum Op {
         name: Vec<u8>,
         mode: u32,
         umask: u32,
+        who: Who,
     },
     /// [`Reply::Empty`].
     Unlink {
@@ -140,6 +146,7 @@ pub enum Op {
         name: Vec<u8>,
         #[serde(with = "bytes")]
         target: Vec<u8>,
+        who: Who,
     },
     /// [`Reply::Data`] with the target.
     Readlink { ino: u64 },
@@ -159,6 +166,59 @@ pub enum Op {
     /// Entries of directory `ino` after `offset`, each with its attributes and counted as one lookup (but `.` and
     /// `..`), as many as FUSE's readdirplus encoding fits in `size` bytes: [`Reply::DirPlus`].
     ReaddirPlus { ino: u64, offset: u64, size: u32 },
+    /// The first request of a bind: the binding user's ids, which the exporter shows its own user's files as
+    /// owned by (and maps back in chown and in what is created): [`Reply::Init`] with the exporting user's.
+    Init { uid: u32, gid: u32 },
+    /// A FIFO, socket, device or empty regular file (`mode` has the S_IFMT bits): [`Reply::Entry`].
+    Mknod {
+        parent: u64,
+        #[serde(with = "bytes")]
+        name: Vec<u8>,
+        mode: u32,
+        umask: u32,
+        rdev: u64,
+        who: Who,
+    },
+    /// The value of extended attribute `name`: [`Reply::Data`], or [`Reply::Size`] of it when `size` is 0;
+    /// ERANGE when it is longer than `size`.
+    Getxattr {
+        ino: u64,
+        #[serde(with = "bytes")]
+        name: Vec<u8>,
+        size: u32,
+    },
+    /// The names of the extended attributes, each ending in NUL: as [`Op::Getxattr`].
+    Listxattr { ino: u64, size: u32 },
+    /// setxattr(2) with its `flags` (XATTR_CREATE, XATTR_REPLACE): [`Reply::Empty`].
+    Setxattr {
+        ino: u64,
+        #[serde(with = "bytes")]
+        name: Vec<u8>,
+        #[serde(with = "bytes")]
+        value: Vec<u8>,
+        flags: i32,
+    },
+    /// [`Reply::Empty`].
+    Removexattr {
+        ino: u64,
+        #[serde(with = "bytes")]
+        name: Vec<u8>,
+    },
+    /// fallocate(2) on an open file, with its `mode` (FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, ...):
+    /// [`Reply::Empty`].
+    Fallocate { fh: u64, offset: u64, length: u64, mode: i32 },
+    /// lseek(2) on an open file with SEEK_DATA or SEEK_HOLE: [`Reply::Offset`].
+    Lseek { fh: u64, offset: i64, whence: i32 },
+}
+
+/// Who asks for something to be made: the ids of the binder's process, which the new inode is owned by where
+/// the bind may say so (the admin right, on an export of root's), else it is the exporting user's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Who {
+    /// The process's (filesystem) user id.
+    pub uid: u32,
+    /// Its (filesystem) group id.
+    pub gid: u32,
 }
 
 /// What a [`Op::Setattr`] changes; `None` leaves it.
@@ -220,6 +280,12 @@ pub enum Reply {
     /// Directory entries in order, each with its attributes when the exporter looked it up (the binder then holds
     /// one more lookup of it); empty at the end.
     DirPlus(Vec<(DirEntry, Option<Attr>)>),
+    /// The exporting user's ids, in answer to [`Op::Init`].
+    Init { uid: u32, gid: u32 },
+    /// How long an extended attribute value or list is.
+    Size(u32),
+    /// A position in a file.
+    Offset(u64),
 }
 
 /// An inode's attributes, as stat(2) gives them, with the exporter's inode number.
@@ -282,10 +348,10 @@ pub struct Statfs {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Not a message of this protocol.
-    #[error("malformed metac-fs/1 frame: {0}")]
+    #[error("malformed metac-fs/2 frame: {0}")]
     Malformed(String),
     /// A field is longer than the protocol allows.
-    #[error("metac-fs/1 {what} of {len} bytes is longer than the {max} allowed")]
+    #[error("metac-fs/2 {what} of {len} bytes is longer than the {max} allowed")]
     TooLong { what: &'static str, len: usize, max: usize },
 }
 
@@ -313,6 +379,7 @@ pub fn decode_response(bytes: &[u8]) -> Result<Response, Error> {
     let r: Response = body(bytes)?;
     match &r.result {
         Ok(Reply::Data(d)) => check("data", d.len(), MAX_IO as usize)?,
+        Ok(Reply::Size(n)) => check("extended attribute size", *n as usize, MAX_XATTR)?,
         Ok(Reply::Dir(entries)) => {
             check("directory listing", entries.len(), MAX_DIR_ENTRIES)?;
             for e in entries {
@@ -338,7 +405,8 @@ impl Op {
             | Op::Create { name, .. }
             | Op::Mkdir { name, .. }
             | Op::Unlink { name, .. }
-            | Op::Rmdir { name, .. } => check("name", name.len(), MAX_NAME),
+            | Op::Rmdir { name, .. }
+            | Op::Mknod { name, .. } => check("name", name.len(), MAX_NAME),
             Op::Link { newname, .. } => check("name", newname.len(), MAX_NAME),
             Op::Rename { name, newname, .. } => {
                 check("name", name.len(), MAX_NAME)?;
@@ -351,7 +419,27 @@ impl Op {
             Op::Write { data, .. } => check("write", data.len(), MAX_IO as usize),
             Op::Read { size, .. } => check("read", *size as usize, MAX_IO as usize),
             Op::ReaddirPlus { size, .. } => check("readdirplus buffer", *size as usize, MAX_IO as usize),
+            Op::Getxattr { name, size, .. } => {
+                check("extended attribute name", name.len(), MAX_XATTR_NAME)?;
+                check("extended attribute buffer", *size as usize, MAX_XATTR)
+            }
+            Op::Listxattr { size, .. } => check("extended attribute buffer", *size as usize, MAX_XATTR),
+            Op::Setxattr { name, value, .. } => {
+                check("extended attribute name", name.len(), MAX_XATTR_NAME)?;
+                check("extended attribute value", value.len(), MAX_XATTR)
+            }
+            Op::Removexattr { name, .. } => check("extended attribute name", name.len(), MAX_XATTR_NAME),
             _ => Ok(()),
+        }
+    }
+
+    /// Whether the operation takes the admin right: a change of owner or permission bits, or of an extended
+    /// attribute (refused with EPERM without it).
+    pub fn takes_admin(&self) -> bool {
+        match self {
+            Op::Setattr { set, .. } => set.mode.is_some() || set.uid.is_some() || set.gid.is_some(),
+            Op::Setxattr { .. } | Op::Removexattr { .. } => true,
+            _ => false,
         }
     }
 
@@ -368,6 +456,10 @@ impl Op {
                 | Op::Rename { .. }
                 | Op::Symlink { .. }
                 | Op::Link { .. }
+                | Op::Mknod { .. }
+                | Op::Setxattr { .. }
+                | Op::Removexattr { .. }
+                | Op::Fallocate { .. }
         )
     }
 }
@@ -380,7 +472,7 @@ mod tests {
         postcard::to_allocvec(v).unwrap()
     }
 
-    /// The encoding is the protocol: these bytes must not change within metac-fs/1.
+    /// The encoding is the protocol: these bytes must not change within metac-fs/2.
     #[test]
     fn golden_encodings() {
         let r = Request { id: 7, op: Op::Lookup { parent: 1, name: b"a".to_vec() } };
@@ -398,6 +490,22 @@ mod tests {
         assert_eq!(encode(&err), [8, 1, 4]);
         let set = Request { id: 1, op: Op::Setattr { ino: 3, fh: None, set: SetAttr::default() } };
         assert_eq!(encode(&set), [1, 3, 3, 0, 0, 0, 0, 0, 0, 0]);
+        // metac-fs/2: who makes what, the bind's start, special files, extended attributes, space and holes.
+        let who = Who { uid: 1, gid: 2 };
+        let mkdir = Request { id: 1, op: Op::Mkdir { parent: 1, name: b"d".to_vec(), mode: 0o755, umask: 0o22, who } };
+        assert_eq!(encode(&mkdir), [1, 9, 1, 1, b'd', 0xed, 0x03, 18, 1, 2]);
+        let init = Request { id: 1, op: Op::Init { uid: 1000, gid: 1000 } };
+        assert_eq!(encode(&init), [1, 20, 0xe8, 7, 0xe8, 7]);
+        let seek = Request { id: 1, op: Op::Lseek { fh: 1, offset: -1, whence: libc::SEEK_DATA } };
+        assert_eq!(encode(&seek), [1, 27, 1, 1, 6]);
+        let replies = [
+            (Reply::Init { uid: 0, gid: 0 }, vec![1, 0, 10, 0, 0]),
+            (Reply::Size(4), vec![1, 0, 11, 4]),
+            (Reply::Offset(8), vec![1, 0, 12, 8]),
+        ];
+        for (reply, bytes) in replies {
+            assert_eq!(encode(&Response { id: 1, result: Ok(reply) }), bytes);
+        }
     }
 
     #[test]
@@ -415,7 +523,16 @@ mod tests {
                     ..SetAttr::default()
                 },
             },
-            Op::Symlink { parent: 1, name: b"l".to_vec(), target: b"../../etc".to_vec() },
+            Op::Symlink { parent: 1, name: b"l".to_vec(), target: b"../../etc".to_vec(), who: Who { uid: 1, gid: 2 } },
+            Op::Setxattr { ino: 2, name: b"user.a".to_vec(), value: vec![0; 3], flags: libc::XATTR_CREATE },
+            Op::Mknod {
+                parent: 1,
+                name: b"p".to_vec(),
+                mode: libc::S_IFIFO | 0o600,
+                umask: 0o22,
+                rdev: 0,
+                who: Who::default(),
+            },
         ];
         for (id, op) in reqs.into_iter().enumerate() {
             let r = Request { id: id as u64, op };
@@ -432,16 +549,36 @@ mod tests {
     fn oversized_fields_are_refused_with_what_was_too_long() {
         let long = Request { id: 1, op: Op::Lookup { parent: 1, name: vec![b'a'; MAX_NAME + 1] } };
         let e = decode_request(&encode(&long)).unwrap_err();
-        assert_eq!(e.to_string(), "metac-fs/1 name of 256 bytes is longer than the 255 allowed");
+        assert_eq!(e.to_string(), "metac-fs/2 name of 256 bytes is longer than the 255 allowed");
         let big = Request { id: 1, op: Op::Write { fh: 1, offset: 0, data: vec![0; MAX_IO as usize + 1] } };
         assert!(matches!(decode_request(&encode(&big)), Err(Error::TooLong { what: "write", .. })));
         let read = Request { id: 1, op: Op::Read { fh: 1, offset: 0, size: MAX_IO + 1 } };
         assert!(matches!(decode_request(&encode(&read)), Err(Error::TooLong { what: "read", .. })));
-        let target = Request { id: 1, op: Op::Symlink { parent: 1, name: b"l".to_vec(), target: vec![b'x'; 5000] } };
+        let target = Request {
+            id: 1,
+            op: Op::Symlink { parent: 1, name: b"l".to_vec(), target: vec![b'x'; 5000], who: Who::default() },
+        };
         assert!(matches!(decode_request(&encode(&target)), Err(Error::TooLong { what: "symlink target", .. })));
         assert!(matches!(decode_request(&vec![0; MAX_FRAME + 1]), Err(Error::TooLong { what: "frame", .. })));
         // A binder asking for a listing larger than any frame, and an exporter answering with too many entries
         // or too long a name, are refused alike.
+        let value = Request {
+            id: 1,
+            op: Op::Setxattr { ino: 1, name: b"user.a".to_vec(), value: vec![0; MAX_XATTR + 1], flags: 0 },
+        };
+        assert!(matches!(
+            decode_request(&encode(&value)),
+            Err(Error::TooLong { what: "extended attribute value", .. })
+        ));
+        let name = Request { id: 1, op: Op::Removexattr { ino: 1, name: vec![b'a'; MAX_XATTR_NAME + 1] } };
+        assert!(matches!(decode_request(&encode(&name)), Err(Error::TooLong { what: "extended attribute name", .. })));
+        let list = Request { id: 1, op: Op::Listxattr { ino: 1, size: u32::MAX } };
+        assert!(matches!(
+            decode_request(&encode(&list)),
+            Err(Error::TooLong { what: "extended attribute buffer", .. })
+        ));
+        let size = Response { id: 1, result: Ok(Reply::Size(u32::MAX)) };
+        assert!(matches!(decode_response(&encode(&size)), Err(Error::TooLong { what: "extended attribute size", .. })));
         let plus = Request { id: 1, op: Op::ReaddirPlus { ino: 1, offset: 0, size: MAX_IO + 1 } };
         assert!(matches!(decode_request(&encode(&plus)), Err(Error::TooLong { what: "readdirplus buffer", .. })));
         let entry = |name: Vec<u8>| (DirEntry { ino: 2, kind: 0, offset: 1, name }, None);
@@ -455,7 +592,7 @@ mod tests {
     fn garbage_is_refused_not_panicked_on() {
         // A length prefix claiming a vector of 2^60 names: postcard checks it against the bytes there are.
         let e = decode_request(&[1, 0, 1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x10]).unwrap_err();
-        assert!(e.to_string().starts_with("malformed metac-fs/1 frame"), "{e}");
+        assert!(e.to_string().starts_with("malformed metac-fs/2 frame"), "{e}");
         assert!(decode_request(&[]).is_err());
         assert!(decode_request(&[1, 200]).is_err(), "no operation 200");
         assert!(decode_response(&[1, 2]).is_err(), "a Result is 0 or 1");

@@ -11,7 +11,15 @@
 //! Opening an inode for IO, changing its mode or times goes through `/proc/self/fd/N` of its O_PATH descriptor,
 //! the one path that reaches that very inode (as virtiofsd does); symlinks are never opened so.
 //!
-//! A read-only server refuses every change with EROFS, whatever the binder's kernel thinks of its mount.
+//! A read-only server refuses every change with EROFS, whatever the binder's kernel thinks of its mount. Changing
+//! ownership, permission bits and extended attributes, making device nodes and setuid or setgid files take the
+//! admin right besides (EPERM without it). Only regular files and directories are ever opened: a FIFO, socket or
+//! device node in the export is the binder's kernel's to handle, never the exporter's.
+//!
+//! Ownership follows sshfs's `idmap=user`: what the exporting user owns is shown as the binding user's, and the
+//! binding user's ids are taken for the exporting user's in a chown (a swap of the two, so nothing else changes
+//! and root on both sides maps to itself). What a binder makes belongs to the process that asked when the bind has
+//! the admin right on an export of root's (as on a local disk); otherwise to the exporting user, who made it.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -20,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, RenameFlags, ResolveFlags, Stat, Timespec, Timestamps};
 use rustix::io::Errno;
 
-use crate::proto::{self, Attr, DirEntry, Op, Reply, SetAttr, Time, MAX_DIR_ENTRIES, MAX_IO, ROOT};
+use crate::proto::{self, Attr, DirEntry, Op, Reply, SetAttr, Time, Who, MAX_DIR_ENTRIES, MAX_IO, MAX_XATTR, ROOT};
 
 /// The most inodes one bind may hold looked up at once (ENFILE beyond).
 pub const MAX_INODES: usize = 1 << 20;
@@ -33,8 +41,38 @@ const RESOLVE: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_MAGIC
 pub struct Server {
     proc_fd: OwnedFd,
     read_only: bool,
+    admin: bool,
+    ids: Mutex<Ids>,
     inodes: Mutex<Inodes>,
     files: Mutex<Files>,
+}
+
+/// The exporting user's ids and the binding user's, which stand for each other on the way out and in.
+#[derive(Debug, Clone, Copy)]
+struct Ids {
+    here: (u32, u32),
+    there: (u32, u32),
+}
+
+impl Ids {
+    fn swap(x: u32, (a, b): (u32, u32)) -> u32 {
+        if x == a {
+            b
+        } else if x == b {
+            a
+        } else {
+            x
+        }
+    }
+
+    /// A user id on one side as the other side knows it (the swap is its own inverse).
+    fn uid(&self, uid: u32) -> u32 {
+        Ids::swap(uid, (self.here.0, self.there.0))
+    }
+
+    fn gid(&self, gid: u32) -> u32 {
+        Ids::swap(gid, (self.here.1, self.there.1))
+    }
 }
 
 struct Node {
@@ -72,12 +110,29 @@ impl Server {
         let node = Node { fd: Arc::new(root), key, lookups: 1 };
         let inodes =
             Inodes { by_ino: HashMap::from([(ROOT, node)]), by_key: HashMap::from([(key, ROOT)]), next: ROOT + 1 };
+        // SAFETY: geteuid and getegid have no preconditions and cannot fail.
+        let me = unsafe { (libc::geteuid(), libc::getegid()) };
         Ok(Server {
             proc_fd,
             read_only,
+            admin: !read_only,
+            ids: Mutex::new(Ids { here: me, there: me }),
             inodes: Mutex::new(inodes),
             files: Mutex::new(Files { open: HashMap::new(), next: 1 }),
         })
+    }
+
+    /// The same server with the admin right given or not (a writable server has it unless told otherwise).
+    pub fn with_admin(mut self, admin: bool) -> Server {
+        self.admin = admin && !self.read_only;
+        self
+    }
+
+    /// The same server for a tree exported by the user `uid`:`gid` (the process's own by default), whose files
+    /// are shown as the binding user's once the binder says who that is ([`Op::Init`]).
+    pub fn exported_by(self, uid: u32, gid: u32) -> Server {
+        *self.ids.lock().expect("ids") = Ids { here: (uid, gid), there: (uid, gid) };
+        self
     }
 
     /// The tree under `sub` (a relative path, resolved beneath `root` as any name is) of the export at `root`.
@@ -99,6 +154,9 @@ impl Server {
         if self.read_only && (op.writes() || matches!(op, Op::Open { flags, .. } if opens_for_writing(flags))) {
             return Err(libc::EROFS);
         }
+        if !self.admin && op.takes_admin() {
+            return Err(libc::EPERM);
+        }
         match op {
             Op::Lookup { parent, name } => self.lookup(parent, &name).map(Reply::Entry),
             Op::Forget { ino, n } => {
@@ -106,6 +164,11 @@ impl Server {
                 Ok(Reply::Empty)
             }
             Op::Getattr { ino } => self.attr(ino).map(Reply::Attr),
+            Op::Init { uid, gid } => {
+                let mut ids = self.ids.lock().expect("ids");
+                ids.there = (uid, gid);
+                Ok(Reply::Init { uid: ids.here.0, gid: ids.here.1 })
+            }
             Op::Setattr { ino, fh, set } => self.setattr(ino, fh, &set).map(Reply::Attr),
             Op::Readdir { ino, offset } => self.readdir(ino, offset).map(Reply::Dir),
             Op::ReaddirPlus { ino, offset, size } => self.readdir_plus(ino, offset, size).map(Reply::DirPlus),
@@ -124,11 +187,29 @@ impl Server {
                 }
                 Ok(Reply::Written(done as u32))
             }
-            Op::Create { parent, name, mode, umask, flags } => self.create(parent, &name, mode & !umask, flags),
-            Op::Mkdir { parent, name, mode, umask } => {
+            Op::Create { parent, name, mode, umask, flags, who } => {
+                self.create(parent, &name, self.new_mode(mode & !umask), flags, who)
+            }
+            Op::Mkdir { parent, name, mode, umask, who } => {
                 let p = self.fd(parent)?;
-                rustix::fs::mkdirat(&*p, component(&name)?, Mode::from_raw_mode(mode & !umask)).map_err(errno)?;
-                self.lookup(parent, &name).map(Reply::Entry)
+                let mode = self.new_mode(mode & !umask);
+                rustix::fs::mkdirat(&*p, component(&name)?, Mode::from_raw_mode(mode)).map_err(errno)?;
+                self.made(&p, &name, mode, who).map(Reply::Entry)
+            }
+            Op::Mknod { parent, name, mode, umask, rdev, who } => {
+                let p = self.fd(parent)?;
+                let kind = FileType::from_raw_mode(mode);
+                let allowed = match kind {
+                    FileType::RegularFile | FileType::Fifo | FileType::Socket => true,
+                    FileType::CharacterDevice | FileType::BlockDevice => self.admin,
+                    _ => false,
+                };
+                if !allowed {
+                    return Err(libc::EPERM);
+                }
+                let perm = self.new_mode(mode & !umask & 0o7777);
+                rustix::fs::mknodat(&*p, component(&name)?, kind, Mode::from_raw_mode(perm), rdev).map_err(errno)?;
+                self.made(&p, &name, perm, who).map(Reply::Entry)
             }
             Op::Unlink { parent, name } => {
                 let p = self.fd(parent)?;
@@ -146,13 +227,13 @@ impl Server {
                 rustix::fs::renameat_with(&*p, component(&name)?, &*np, component(&newname)?, flags).map_err(errno)?;
                 Ok(Reply::Empty)
             }
-            Op::Symlink { parent, name, target } => {
+            Op::Symlink { parent, name, target, who } => {
                 let p = self.fd(parent)?;
                 if target.is_empty() || target.contains(&0) {
                     return Err(libc::EINVAL);
                 }
                 rustix::fs::symlinkat(target.as_slice(), &*p, component(&name)?).map_err(errno)?;
-                self.lookup(parent, &name).map(Reply::Entry)
+                self.made(&p, &name, 0o777, who).map(Reply::Entry)
             }
             Op::Readlink { ino } => {
                 let fd = self.fd(ino)?;
@@ -192,7 +273,129 @@ impl Server {
                 self.files.lock().expect("files").open.remove(&fh).ok_or(libc::EBADF)?;
                 Ok(Reply::Empty)
             }
+            Op::Getxattr { ino, name, size } => {
+                let (path, name) = (self.xattr_path(ino, XattrUse::Read)?.ok_or(libc::ENODATA)?, xattr_name(&name)?);
+                if size == 0 {
+                    let n = rustix::fs::getxattr_query(&path, &name).map_err(errno)?;
+                    return Ok(Reply::Size(n.min(MAX_XATTR) as u32));
+                }
+                let mut buf = vec![0u8; (size as usize).min(MAX_XATTR)];
+                let n = rustix::fs::getxattr(&path, &name, &mut buf[..]).map_err(errno)?;
+                buf.truncate(n);
+                Ok(Reply::Data(buf))
+            }
+            Op::Listxattr { ino, size } => {
+                let Some(path) = self.xattr_path(ino, XattrUse::List)? else {
+                    return Ok(if size == 0 { Reply::Size(0) } else { Reply::Data(Vec::new()) });
+                };
+                if size == 0 {
+                    let n = rustix::fs::listxattr_query(&path).map_err(errno)?;
+                    return Ok(Reply::Size(n.min(MAX_XATTR) as u32));
+                }
+                let mut buf = vec![0u8; (size as usize).min(MAX_XATTR)];
+                let n = rustix::fs::listxattr(&path, &mut buf[..]).map_err(errno)?;
+                buf.truncate(n);
+                Ok(Reply::Data(buf))
+            }
+            Op::Setxattr { ino, name, value, flags } => {
+                let (path, name) = (self.xattr_path(ino, XattrUse::Change)?.ok_or(libc::EPERM)?, xattr_name(&name)?);
+                let flags = rustix::fs::XattrFlags::from_bits(flags as u32).ok_or(libc::EINVAL)?;
+                rustix::fs::setxattr(&path, &name, &value, flags).map_err(errno)?;
+                Ok(Reply::Empty)
+            }
+            Op::Removexattr { ino, name } => {
+                let (path, name) = (self.xattr_path(ino, XattrUse::Change)?.ok_or(libc::EPERM)?, xattr_name(&name)?);
+                rustix::fs::removexattr(&path, &name).map_err(errno)?;
+                Ok(Reply::Empty)
+            }
+            Op::Fallocate { fh, offset, length, mode } => {
+                let f = self.file(fh)?;
+                let mode = rustix::fs::FallocateFlags::from_bits(mode as u32).ok_or(libc::EOPNOTSUPP)?;
+                rustix::fs::fallocate(&*f, mode, offset, length).map_err(errno)?;
+                Ok(Reply::Empty)
+            }
+            Op::Lseek { fh, offset, whence } => {
+                let f = self.file(fh)?;
+                let offset = u64::try_from(offset).map_err(|_| libc::ENXIO)?;
+                let pos = match whence {
+                    libc::SEEK_DATA => rustix::fs::SeekFrom::Data(offset),
+                    libc::SEEK_HOLE => rustix::fs::SeekFrom::Hole(offset),
+                    _ => return Err(libc::EINVAL),
+                };
+                rustix::fs::seek(&*f, pos).map(Reply::Offset).map_err(errno)
+            }
         }
+    }
+
+    /// Attributes as the binder is shown them: owners through the id map.
+    fn shown(&self, ino: u64, st: &Stat) -> Attr {
+        let mut a = attr(ino, st);
+        let ids = *self.ids.lock().expect("ids");
+        (a.uid, a.gid) = (ids.uid(a.uid), ids.gid(a.gid));
+        a
+    }
+
+    /// The permission bits something is made with: without the admin right, never setuid or setgid (a file of
+    /// the exporting user's that others there would run as that user).
+    fn new_mode(&self, mode: u32) -> u32 {
+        if self.admin {
+            mode
+        } else {
+            mode & !(libc::S_ISUID | libc::S_ISGID)
+        }
+    }
+
+    /// Looks up what was just made as `name` in `p` and, where the bind may say who owns it, gives it to `who`
+    /// (the group stays the directory's in a setgid directory, as the kernel chose it); the chown took setuid and
+    /// setgid bits away, and they are put back as asked.
+    fn made(&self, p: &OwnedFd, name: &[u8], mode: u32, who: Who) -> Result<Attr> {
+        let fd = rustix::fs::openat2(
+            p,
+            component(name)?,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            RESOLVE,
+        )
+        .map_err(errno)?;
+        self.give(&fd, p, mode, who)?;
+        self.remember(fd)
+    }
+
+    fn give(&self, fd: &OwnedFd, parent: &OwnedFd, mode: u32, who: Who) -> Result<()> {
+        let ids = *self.ids.lock().expect("ids");
+        if !self.admin || ids.here.0 != 0 {
+            return Ok(());
+        }
+        let st = stat(fd)?;
+        let uid = ids.uid(who.uid);
+        let gid = if stat(parent)?.st_mode & libc::S_ISGID != 0 { st.st_gid } else { ids.gid(who.gid) };
+        if (st.st_uid, st.st_gid) == (uid, gid) {
+            return Ok(());
+        }
+        let (u, g) = (rustix::fs::Uid::from_raw(uid), rustix::fs::Gid::from_raw(gid));
+        rustix::fs::chownat(fd, "", Some(u), Some(g), AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(errno)?;
+        let kind = file_type(&st);
+        if mode & (libc::S_ISUID | libc::S_ISGID) != 0 && kind != FileType::Symlink && kind != FileType::Directory {
+            let proc = fd.as_raw_fd().to_string();
+            let m = Mode::from_raw_mode(st.st_mode & 0o7777 | mode & (libc::S_ISUID | libc::S_ISGID));
+            rustix::fs::chmodat(&self.proc_fd, proc.as_str(), m, AtFlags::empty()).map_err(errno)?;
+        }
+        Ok(())
+    }
+
+    /// The path the xattr calls take to inode `ino` (through /proc, as for opening it). A symlink's extended
+    /// attributes are not reached through it: none are listed, reading one finds none, changing one is refused.
+    fn xattr_path(&self, ino: u64, how: XattrUse) -> Result<Option<String>> {
+        let fd = self.fd(ino)?;
+        if file_type(&stat(&fd)?) == FileType::Symlink {
+            return match how {
+                XattrUse::List => Ok(None),
+                XattrUse::Read => Err(libc::ENODATA),
+                XattrUse::Change => Err(libc::EPERM),
+            };
+        }
+        Ok(Some(format!("/proc/self/fd/{}", fd.as_raw_fd())))
     }
 
     fn fd(&self, ino: u64) -> Result<Arc<OwnedFd>> {
@@ -205,7 +408,7 @@ impl Server {
     }
 
     fn attr(&self, ino: u64) -> Result<Attr> {
-        Ok(attr(ino, &stat(&self.fd(ino)?)?))
+        Ok(self.shown(ino, &stat(&self.fd(ino)?)?))
     }
 
     /// Resolves one component beneath `parent` and counts a lookup of what it names.
@@ -229,7 +432,8 @@ impl Server {
         let mut t = self.inodes.lock().expect("inodes");
         if let Some(&ino) = t.by_key.get(&key) {
             t.by_ino.get_mut(&ino).expect("inode table is consistent").lookups += 1;
-            return Ok(attr(ino, &st));
+            drop(t);
+            return Ok(self.shown(ino, &st));
         }
         if t.by_ino.len() >= MAX_INODES {
             return Err(libc::ENFILE);
@@ -238,7 +442,8 @@ impl Server {
         t.next += 1;
         t.by_key.insert(key, ino);
         t.by_ino.insert(ino, Node { fd: Arc::new(fd), key, lookups: 1 });
-        Ok(attr(ino, &st))
+        drop(t);
+        Ok(self.shown(ino, &st))
     }
 
     fn forget(&self, ino: u64, n: u64) {
@@ -255,10 +460,14 @@ impl Server {
         }
     }
 
-    /// Reopens the inode behind an O_PATH descriptor for IO, through /proc: never a symlink.
+    /// Reopens the inode behind an O_PATH descriptor for IO, through /proc: only a regular file or directory,
+    /// never a symlink (ELOOP), nor a FIFO, socket or device (ENXIO), whose opening here would block a worker or
+    /// hand the binder one of the exporter's devices.
     fn reopen(&self, fd: &OwnedFd, flags: OFlags) -> Result<OwnedFd> {
-        if file_type(&stat(fd)?) == FileType::Symlink {
-            return Err(libc::ELOOP);
+        match file_type(&stat(fd)?) {
+            FileType::RegularFile | FileType::Directory => {}
+            FileType::Symlink => return Err(libc::ELOOP),
+            _ => return Err(libc::ENXIO),
         }
         let proc = fd.as_raw_fd().to_string();
         rustix::fs::openat(&self.proc_fd, proc.as_str(), flags | OFlags::CLOEXEC, Mode::empty()).map_err(errno)
@@ -281,7 +490,7 @@ impl Server {
         self.keep_open(f)
     }
 
-    fn create(&self, parent: u64, name: &[u8], mode: u32, flags: i32) -> Result<Reply> {
+    fn create(&self, parent: u64, name: &[u8], mode: u32, flags: i32, who: Who) -> Result<Reply> {
         let p = self.fd(parent)?;
         let how = open_flags(flags) | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let f = rustix::fs::openat2(&*p, component(name)?, how, Mode::from_raw_mode(mode & 0o7777), RESOLVE)
@@ -290,6 +499,7 @@ impl Server {
         let proc = f.as_raw_fd().to_string();
         let path = rustix::fs::openat(&self.proc_fd, proc.as_str(), OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
             .map_err(errno)?;
+        self.give(&path, &p, mode, who)?;
         let attr = self.remember(path)?;
         let fh = self.keep_open(f)?;
         Ok(Reply::Created { attr, fh })
@@ -372,8 +582,9 @@ impl Server {
                 .map_err(errno)?;
         }
         if set.uid.is_some() || set.gid.is_some() {
-            let uid = set.uid.map(rustix::fs::Uid::from_raw);
-            let gid = set.gid.map(rustix::fs::Gid::from_raw);
+            let ids = *self.ids.lock().expect("ids");
+            let uid = set.uid.map(|u| rustix::fs::Uid::from_raw(ids.uid(u)));
+            let gid = set.gid.map(|g| rustix::fs::Gid::from_raw(ids.gid(g)));
             rustix::fs::chownat(&*fd, "", uid, gid, AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW).map_err(errno)?;
         }
         if let Some(size) = set.size {
@@ -390,8 +601,24 @@ impl Server {
             let ts = Timestamps { last_access: timespec(set.atime), last_modification: timespec(set.mtime) };
             rustix::fs::utimensat(&self.proc_fd, proc.as_str(), &ts, AtFlags::empty()).map_err(errno)?;
         }
-        Ok(attr(ino, &stat(&fd)?))
+        Ok(self.shown(ino, &stat(&fd)?))
     }
+}
+
+/// What an xattr call does to the inode.
+#[derive(Clone, Copy)]
+enum XattrUse {
+    List,
+    Read,
+    Change,
+}
+
+/// An extended attribute's name: not empty, no NUL.
+fn xattr_name(name: &[u8]) -> Result<std::ffi::CString> {
+    if name.is_empty() {
+        return Err(libc::ERANGE);
+    }
+    std::ffi::CString::new(name).map_err(|_| libc::EINVAL)
 }
 
 /// One path component: not empty, no `/`, no NUL, not `.` or `..` (which would name the parent, or leave it).

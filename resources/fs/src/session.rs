@@ -53,6 +53,16 @@ impl Session for FsSession {
         Box::pin(async move {
             let stream = link.open().await?;
             let conn = Conn::start(stream, Some(Arc::clone(link.status())));
+            // The exporting user's files are shown as the binding user's (sshfs's idmap=user).
+            let (uid, gid) = (self.owner.uid, self.owner.gid);
+            match conn.call(Op::Init { uid, gid }).await {
+                Ok(Reply::Init { uid, gid }) => tracing::debug!(uid, gid, "the exporter serves as this user"),
+                Ok(r) => return Err(Error::Protocol(format!("unexpected answer to init: {r:?}"))),
+                Err(e) => {
+                    let e = std::io::Error::from_raw_os_error(e);
+                    return Err(Error::Unavailable(format!("the exporter refused the bind's start: {e}")));
+                }
+            }
             match conn.call(Op::Getattr { ino: ROOT }).await {
                 Ok(Reply::Attr(a)) if a.mode & libc::S_IFMT == libc::S_IFDIR => {}
                 Ok(r) => return Err(Error::Protocol(format!("the exporter's root is not a directory: {r:?}"))),
