@@ -9,6 +9,6 @@ use metac_resource::Plugin;
 pub fn builtin() -> Vec<Arc<dyn Plugin>> {
     vec![
         Arc::new(metac_block::File), // file and block devices over NBD
-        Arc::new(metac_fs::Fs),      // directory trees over metac-fs/1, mounted with FUSE
+        Arc::new(metac_fs::Fs),      // directory trees over metac-fs/2, mounted with FUSE
     ]
 }

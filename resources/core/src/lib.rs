@@ -2,7 +2,7 @@
 //!
 //! A bind is a byte stream to the exporting node, obtained from a [`Transport`] and authenticated to that node's
 //! key; its first frame is a [`Hello`] carrying the capability token, answered by [`Reply::Accept`] or
-//! [`Reply::Refuse`]; after that the kind's own wire protocol runs (NBD for files, metac-fs/1 for filesystems, ...).
+//! [`Reply::Refuse`]; after that the kind's own wire protocol runs (NBD for files, metac-fs/2 for filesystems, ...).
 //!
 //! Module map: [`kind`] (the [`ResourceKind`] plug-in trait, its [`Ctx`] and the [`Binder`] kinds bind through),
 //! [`export`] (the exporting side: one [`Exporter`] per export), [`session`] (the binding side: a [`Session`] the

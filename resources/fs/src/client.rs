@@ -1,4 +1,4 @@
-//! The binding side's connection: metac-fs/1 requests pipelined on one stream. [`Conn::call`] may be called from
+//! The binding side's connection: metac-fs/2 requests pipelined on one stream. [`Conn::call`] may be called from
 //! many tasks at once; up to [`MAX_IN_FLIGHT`] requests are outstanding (a permit each, taken before the request is
 //! sent), each answered in whatever order the exporter finishes them.
 //!

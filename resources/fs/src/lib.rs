@@ -1,5 +1,5 @@
 //! metac-fs: the `fs` kind. A directory tree exported by one node (`metac fs export local:PATH`) and mounted on
-//! another with FUSE (`metac fs bind MOUNTPOINT REF`), over metac-fs/1 (DESIGN section 6).
+//! another with FUSE (`metac fs bind MOUNTPOINT REF`), over metac-fs/2 (DESIGN section 6).
 //!
 //! - [`proto`]: the wire messages and their bounded decoders;
 //! - [`server`]: the exporting side's filesystem logic, on O_PATH handles, every name resolved beneath the export;

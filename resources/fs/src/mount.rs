@@ -2,7 +2,7 @@
 //! [`Mount::new`] mounts a [`Conn`] at a directory with fuser, [`Mount::unmount`] takes it off.
 //!
 //! The kernel's requests arrive on fuser's threads; each becomes a task on the tokio runtime that sends the
-//! metac-fs/1 request and answers the kernel when the reply comes, so the fuser thread never waits on the network
+//! metac-fs/2 request and answers the kernel when the reply comes, so the fuser thread never waits on the network
 //! and many requests are in flight at once. The kernel caches entries and attributes for [`TTL`] (short, since the
 //! exporter does not push invalidations yet), and reads and writes go up to 1 MiB at a time.
 //!

@@ -1,4 +1,4 @@
-//! metac-fs/1, the wire messages of fs binds (DESIGN section 6). After the resource handshake the binder sends
+//! metac-fs/2, the wire messages of fs binds (DESIGN section 6). After the resource handshake the binder sends
 //! [`Request`]s and the exporter answers each with a [`Response`] carrying the same id, in whatever order the
 //! answers are ready: many requests are in flight at once on one stream. The operations mirror FUSE's, on inode
 //! numbers the exporter hands out (1 is the export's root) and file handles it opens; a failure is the errno the

@@ -1,4 +1,4 @@
-//! The exporting side's filesystem logic: metac-fs/1 operations on the export's tree, with no IO of the network.
+//! The exporting side's filesystem logic: metac-fs/2 operations on the export's tree, with no IO of the network.
 //!
 //! Every inode the binder knows is an O_PATH descriptor in a table ([`Server`] hands out the numbers; 1 is the
 //! root). A name is only ever resolved as one component beneath the descriptor of its parent directory, with
