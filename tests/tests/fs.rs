@@ -125,3 +125,52 @@ fn a_tree_exported_on_one_host_is_mounted_on_another_and_real_tools_use_it() {
     assert!(!mounted(pid, &mnt) && !mounted(pid, &ro_mnt) && !mounted(pid, &sub_mnt), "unbind unmounts");
     assert_eq!(json(h2, &["fs", "ls"]), serde_json::json!([]));
 }
+
+/// The exporting node is killed (SIGKILL) in the middle of a slow read of a 48 MiB file and started again: the
+/// reading program sees no error and ends with the right bytes (its open file is opened again on the new
+/// connection, at the offset it had reached), and a path it knew is walked again without waiting for caches.
+#[test]
+fn the_exporter_killed_mid_read_and_restarted_the_binder_reads_on_to_the_right_bytes() {
+    require_root();
+    let lab = Lab::new(2).unwrap();
+    let mut nodes = lab.start_nodes(&[]).unwrap();
+    let (h1, h2) = (lab.host(1), lab.host(2));
+    let src = h1.dir().join("shared");
+    std::fs::create_dir(&src).unwrap();
+    metac_tests::write_pseudo_random(&src.join("huge.bin"), 48 << 20).unwrap();
+    std::fs::write(src.join("small"), b"small\n").unwrap();
+    let r = ok(h1, &["fs", "export", &format!("local:{}", src.display())]);
+    let mnt = h2.dir().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    ok(h2, &["fs", "bind", mnt.to_str().unwrap(), &r]);
+    let up = || {
+        wait_until(Duration::from_secs(60), Duration::from_millis(100), || {
+            Ok(json(h2, &["fs", "ls"])[0]["state"] == "up")
+        })
+    };
+    up().expect("the fs bind comes up");
+    let pid = nodes[1].pid();
+    let m = mnt.display();
+    assert_eq!(sh_ok(h2, pid, &format!("cat {m}/small")), b"small\n");
+
+    // 1 MiB every 0.1 s: about five seconds of reading, most of it after the exporter is back.
+    let out = h2.dir().join("sum");
+    let script = format!(
+        "{{ for i in $(seq 48); do dd bs=1M count=1 iflag=fullblock status=none || exit 1; sleep 0.1; done; }} \
+         < {m}/huge.bin | sha256sum > {}",
+        out.display()
+    );
+    let reader = h2.spawn_cmd(h2.nsenter_cmd(pid, "sh", ["-c", &script])).unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    nodes[0].kill9();
+    assert!(reader.is_running(), "the reader was still reading when the exporter was killed");
+    std::thread::sleep(Duration::from_millis(500));
+    nodes[0].restart().unwrap();
+    let status = reader.wait_timeout(Duration::from_secs(120)).expect("the reader ends");
+    assert!(status.success(), "the reader saw an error: {status}");
+    let want = local(&format!("sha256sum < {}", src.join("huge.bin").display()));
+    assert_eq!(std::fs::read(&out).unwrap(), want, "the bytes read across the restart are the file's");
+    up().expect("the bind is up again");
+    assert_eq!(sh_ok(h2, pid, &format!("cat {m}/small")), b"small\n");
+    ok(h2, &["fs", "unbind", mnt.to_str().unwrap()]);
+}

@@ -16,12 +16,19 @@ use tokio::io::{BufWriter, WriteHalf};
 use tokio::sync::{oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::proto::{self, Op, Reply, Request, MAX_IN_FLIGHT};
+use crate::proto::{self, Op, Reply, MAX_IN_FLIGHT};
 
 type Answer = oneshot::Sender<Result<Reply, i32>>;
 
 /// Requests sent and not answered yet; `None` once the connection is gone.
 type Waiting = Arc<Mutex<Option<HashMap<u64, Answer>>>>;
+
+/// A [`proto::Request`] of a borrowed operation: the same bytes on the wire.
+#[derive(serde::Serialize)]
+struct RequestRef<'a> {
+    id: u64,
+    op: &'a Op,
+}
 
 /// A pipelined connection to an exporter.
 #[derive(Clone)]
@@ -30,6 +37,7 @@ pub struct Conn {
 }
 
 struct Inner {
+    id: u64,
     writer: tokio::sync::Mutex<(u64, BufWriter<WriteHalf<BoxStream>>)>,
     waiting: Waiting,
     permits: Semaphore,
@@ -45,8 +53,10 @@ impl Conn {
         let closed = CancellationToken::new();
         let waiting: Waiting = Arc::new(Mutex::new(Some(HashMap::new())));
         tokio::spawn(read_answers(rd, Arc::clone(&waiting), status.clone(), closed.clone()));
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Conn {
             inner: Arc::new(Inner {
+                id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                 // A frame's length and body leave in one write (one transport frame), not two.
                 writer: tokio::sync::Mutex::new((0, BufWriter::with_capacity(64 << 10, wr))),
                 waiting,
@@ -60,10 +70,15 @@ impl Conn {
     /// Sends `op` and waits for its answer: the reply, or the errno of the failure (EIO when the connection is
     /// gone).
     pub async fn call(&self, op: Op) -> Result<Reply, i32> {
+        self.call_ref(&op).await
+    }
+
+    /// [`Conn::call`] of an operation the caller keeps (to send again on another connection).
+    pub async fn call_ref(&self, op: &Op) -> Result<Reply, i32> {
         let c = &self.inner;
         let _permit = c.permits.acquire().await.map_err(|_| libc::EIO)?;
         let (answer, rx) = oneshot::channel();
-        let len = match &op {
+        let len = match op {
             Op::Write { data, .. } => data.len() + 32,
             _ => 32,
         };
@@ -80,7 +95,7 @@ impl Conn {
                 Some(waiting) => waiting.insert(id, answer),
                 None => return Err(libc::EIO),
             };
-            let req = Request { id, op };
+            let req = RequestRef { id, op };
             let written = tokio::select! {
                 r = frame::write(&mut w.1, &req) => r,
                 () = c.closed.cancelled() => Ok(()), // the reader has failed or will fail every waiting request
@@ -96,6 +111,12 @@ impl Conn {
             s.count(len as u64);
         }
         rx.await.unwrap_or(Err(libc::EIO))
+    }
+
+    /// A number no other connection of this process has: the exporter's inode and file numbers are this
+    /// connection's alone.
+    pub fn id(&self) -> u64 {
+        self.inner.id
     }
 
     /// Fires when the stream has ended or broken.

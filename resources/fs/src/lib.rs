@@ -13,6 +13,7 @@
 
 pub mod client;
 mod exporter;
+mod inodes;
 pub mod mount;
 pub mod proto;
 pub mod server;

@@ -28,6 +28,7 @@ use fuser::{
 use tokio::runtime::Handle;
 
 use crate::client::Conn;
+use crate::inodes::{self, Table};
 use crate::proto::{Attr, Op, Reply, SetAttr, Time, Who, MAX_IO, MAX_NAME, MAX_TARGET, MAX_XATTR, MAX_XATTR_NAME};
 
 /// The bytes of entries the kernel takes in one directory read (one page; fuser does not say what it asked for).
@@ -66,7 +67,13 @@ impl Slot {
     /// The connection, once there is one: within `stall`, else EIO; ENOTCONN once closed.
     pub async fn conn(&self, stall: Duration) -> Result<Conn, Errno> {
         let mut rx = self.0.subscribe();
-        let r = match tokio::time::timeout(stall, rx.wait_for(|p| !matches!(p, Phase::Away))).await {
+        // A connection that has broken counts as away: the session is about to say so, and to reconnect.
+        let ready = |p: &Phase| match p {
+            Phase::Away => false,
+            Phase::Up(c) => !c.closed().is_cancelled(),
+            Phase::Closed => true,
+        };
+        let r = match tokio::time::timeout(stall, rx.wait_for(ready)).await {
             Ok(Ok(p)) => match &*p {
                 Phase::Up(c) => Ok(c.clone()),
                 _ => Err(Errno::ENOTCONN),
@@ -141,6 +148,7 @@ impl Mount {
             rt: Handle::current(),
             stall: options.stall.unwrap_or(STALL),
             readahead: Arc::clone(&readahead),
+            inodes: Arc::default(),
         };
         let session = fuser::spawn_mount(fs, path, &config)?;
         let conn = connection(path);
@@ -296,33 +304,81 @@ struct Fuse {
     rt: Handle,
     stall: Duration,
     readahead: Arc<Readahead>,
+    inodes: Arc<Table>,
 }
 
+/// How many times an operation is sent again after the connection it went on broke.
+const RETRIES: usize = 8;
+
 impl Fuse {
-    /// A function that tells the exporter to forget one lookup of an inode (from any thread).
+    /// A function that forgets one lookup of an inode (from any thread).
     fn forgetter(&self) -> impl Fn(u64) + Send + 'static {
-        let (slot, stall, rt) = (self.slot.clone(), self.stall, self.rt.clone());
-        move |ino| {
-            let slot = slot.clone();
-            rt.spawn(async move {
-                if let Ok(c) = slot.conn(stall).await {
-                    let _ = c.call(Op::Forget { ino, n: 1 }).await;
-                }
-            });
-        }
+        let (slot, inodes, rt) = (self.slot.clone(), Arc::clone(&self.inodes), self.rt.clone());
+        move |ino| forget(&rt, &slot, &inodes, ino, 1)
     }
 
-    /// Sends `op` on a task (once there is a connection) and hands its outcome to `done` there.
-    fn call(&self, op: Op, done: impl FnOnce(Result<Reply, Errno>) + Send + 'static) {
-        let (slot, stall) = (self.slot.clone(), self.stall);
+    /// Sends `op` (with the binder's inode and file numbers) on a task, once there is a connection, and hands
+    /// its outcome (with the binder's numbers) to `done` there. Sent again on the next connection if the one it
+    /// went on broke, where that is safe ([`inodes::retriable`]).
+    fn call(&self, mut op: Op, done: impl FnOnce(Result<Reply, Errno>) + Send + 'static) {
+        let (slot, stall, inodes) = (self.slot.clone(), self.stall, Arc::clone(&self.inodes));
         self.rt.spawn(async move {
-            let r = match slot.conn(stall).await {
-                Ok(c) => c.call(op).await.map_err(Errno::from_i32),
-                Err(e) => Err(e),
+            let append = match &op {
+                Op::Write { fh, .. } => inodes.appends(*fh),
+                _ => false,
+            };
+            let mut tries = 0;
+            let r = loop {
+                let c = match slot.conn(stall).await {
+                    Ok(c) => c,
+                    Err(e) => break Err(e),
+                };
+                if let Op::Release { fh } = op {
+                    if inodes.is_stale(fh, c.id()) {
+                        // Opened on a connection that is gone: nothing to close on this one.
+                        let local = inodes::Local::default();
+                        break inodes.answer(&op, local.with_fh(fh), c.id(), Ok(Reply::Empty)).map_err(Errno::from_i32);
+                    }
+                }
+                let r = match inodes.to_remote(&c, &mut op).await {
+                    Ok(local) => {
+                        let r = c.call_ref(&op).await;
+                        let broke = r == Err(libc::EIO) && c.closed().is_cancelled();
+                        Table::to_local(&mut op, local);
+                        if !broke {
+                            break inodes.answer(&op, local, c.id(), r).map_err(Errno::from_i32);
+                        }
+                        r
+                    }
+                    Err(e) if e == libc::EIO && c.closed().is_cancelled() => Err(e),
+                    Err(e) => break Err(Errno::from_i32(e)),
+                };
+                tries += 1;
+                if tries > RETRIES || !inodes::retriable(&op, append) {
+                    break r.map_err(Errno::from_i32);
+                }
             };
             done(r)
         });
     }
+}
+
+/// Forgets `n` lookups of inode `ino`, telling the exporter once the kernel holds none.
+fn forget(rt: &Handle, slot: &Slot, inodes: &Arc<Table>, ino: u64, n: u64) {
+    let (slot, inodes) = (slot.clone(), Arc::clone(inodes));
+    rt.spawn(async move {
+        // Forgetting never waits for a connection: one that is away has forgotten everything already.
+        let c = match &*slot.0.borrow() {
+            Phase::Up(c) if !c.closed().is_cancelled() => c.clone(),
+            _ => {
+                inodes.forget(ino, n, 0);
+                return;
+            }
+        };
+        if let Some((remote, n)) = inodes.forget(ino, n, c.id()) {
+            let _ = c.call(Op::Forget { ino: remote, n }).await;
+        }
+    });
 }
 
 /// Attributes of inode 0: to the kernel, a name that is not there (in a lookup's answer) or an entry given
@@ -491,7 +547,7 @@ impl Filesystem for Fuse {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.call(Op::Forget { ino: ino.0, n: nlookup }, |_| {});
+        forget(&self.rt, &self.slot, &self.inodes, ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -811,6 +867,75 @@ mod tests {
         m.unmount().await;
         let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         assert!(!info.contains(mnt.to_str().unwrap()), "unmounted");
+    }
+
+    /// The exporter restarts (a server with tables of its own, on a new stream) while files are open and inodes
+    /// known: an open file reads on with the right bytes, a known path keeps its inode number, and a file removed
+    /// on the exporter meanwhile is gone, its open descriptor stale. Needs root (it mounts); under CI it runs and
+    /// fails loudly without it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn open_files_and_known_inodes_carry_on_across_an_exporter_restart() {
+        use std::io::Read;
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "this test mounts FUSE and needs root");
+        let dir = tempfile::tempdir().unwrap();
+        let (src, mnt) = (dir.path().join("src"), dir.path().join("mnt"));
+        std::fs::create_dir_all(src.join("d")).unwrap();
+        std::fs::create_dir(&mnt).unwrap();
+        let big: Vec<u8> = (0..16u32 << 20).map(|i| (i % 251) as u8).collect();
+        std::fs::write(src.join("d/big"), &big).unwrap();
+        std::fs::write(src.join("gone"), b"soon gone").unwrap();
+        let slot = Slot::default();
+        let up = |slot: &Slot| {
+            let root = rustix::fs::open(&src, rustix::fs::OFlags::PATH, rustix::fs::Mode::empty()).unwrap();
+            let server = Arc::new(crate::server::Server::new(root, false).unwrap());
+            let (a, b) = tokio::io::duplex(1 << 20);
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let caller = metac_resource::Caller::root();
+            tokio::spawn(crate::exporter::serve(server, caller, Box::new(b), cancel.clone()));
+            slot.set(Phase::Up(Conn::start(Box::new(a), None)));
+            cancel
+        };
+        let first = up(&slot);
+        let m = Mount::new(&mnt, slot.clone(), &Options::default()).unwrap();
+        let (big_path, gone_path) = (mnt.join("d/big"), mnt.join("gone"));
+        let (mut f, mut g, head, ino) = tokio::task::spawn_blocking(move || {
+            let mut f = std::fs::File::open(&big_path).unwrap();
+            let mut head = vec![0u8; 1 << 20];
+            f.read_exact(&mut head).unwrap();
+            let g = std::fs::File::open(&gone_path).unwrap();
+            (f, g, head, std::fs::metadata(&big_path).unwrap().ino())
+        })
+        .await
+        .unwrap();
+        assert_eq!(head, big[..1 << 20]);
+
+        // The exporter goes away; meanwhile a file is removed there; it comes back with empty tables.
+        first.cancel();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        slot.set(Phase::Away);
+        std::fs::remove_file(src.join("gone")).unwrap();
+        let _second = up(&slot);
+        // Past the kernel's caches, so that every path below is asked of the new server.
+        tokio::time::sleep(TTL + Duration::from_millis(300)).await;
+        let (mnt2, big2) = (mnt.clone(), big.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut rest = Vec::new();
+            f.read_to_end(&mut rest).unwrap();
+            assert!(rest == big2[1 << 20..], "the open file read on with the right bytes");
+            assert_eq!(std::fs::metadata(mnt2.join("d/big")).unwrap().ino(), ino, "the same inode by its path");
+            assert_eq!(std::fs::read(mnt2.join("d/big")).unwrap().len(), big2.len());
+            let e = std::fs::metadata(mnt2.join("gone")).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{e}");
+            let mut buf = [0u8; 4];
+            let e = std::os::unix::fs::FileExt::read_at(&g, &mut buf, 0).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::ESTALE), "the removed file's descriptor is stale: {e}");
+            let _ = g.read(&mut buf);
+        })
+        .await
+        .unwrap();
+        m.unmount().await;
     }
 
     /// What programs rely on beyond reading and writing, with real tools on the mount: a name too long is refused
