@@ -88,6 +88,7 @@ pub async fn serve(
         std::thread::Builder::new().name(format!("metac-fs-{i}")).spawn(move || {
             // The whole loop runs with the exporting user's identity: the kernel checks every call as theirs.
             let r = owner.act(|| {
+                own_umask()?;
                 loop {
                     // One worker waits on the queue at a time; the others wait for the lock.
                     let next = req_rx.lock().expect("request queue").blocking_recv();
@@ -130,6 +131,18 @@ pub async fn serve(
     };
     let _ = wr.shutdown().await;
     r
+}
+
+/// Gives the calling thread a umask of its own, 0: the binder's kernel has applied the binding process's umask to
+/// the modes it sends (and sent it, which the server applies too), so the node's must not narrow them again.
+fn own_umask() -> std::io::Result<()> {
+    // SAFETY: unshare(CLONE_FS) takes no pointers; it gives the calling thread its own root, cwd and umask.
+    if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: umask takes a plain mode and cannot fail; after the unshare it changes this thread's alone.
+    unsafe { libc::umask(0) };
+    Ok(())
 }
 
 /// Reads one frame's body, `None` at a clean end of stream; the length is checked before anything is allocated.

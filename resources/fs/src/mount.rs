@@ -965,12 +965,14 @@ mod tests {
         assert!(!out.status.success() && err.contains("File name too long"), "{err}");
         let script = format!(
             "cd {} && setpriv --reuid 65534 --regid 65533 --clear-groups mkdir theirs && mkfifo fifo \
-             && fallocate -l 1M pre && truncate -s 5G sparse && echo end >> sparse && ls",
+             && fallocate -l 1M pre && truncate -s 5G sparse && echo end >> sparse && (umask 0 && mkdir open) && ls",
             mnt.display()
         );
         let out = sh(script).await.unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "fifo\npre\nsparse\ntheirs\n", "the bind went on");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "fifo\nopen\npre\nsparse\ntheirs\n", "the bind went on");
+        let open = std::fs::metadata(src.join("open")).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(open, 0o777, "the asker's umask, not the exporting node's");
         let theirs = std::fs::metadata(src.join("theirs")).unwrap();
         assert_eq!((theirs.uid(), theirs.gid()), (65534, 65533), "made by nobody, so nobody's");
         assert!(std::fs::metadata(src.join("fifo")).unwrap().file_type().is_fifo());

@@ -595,11 +595,14 @@ impl Server {
             rustix::fs::ftruncate(&*f, size).map_err(errno)?;
         }
         if set.atime.is_some() || set.mtime.is_some() {
-            if is_link {
-                return Err(libc::EOPNOTSUPP);
-            }
             let ts = Timestamps { last_access: timespec(set.atime), last_modification: timespec(set.mtime) };
-            rustix::fs::utimensat(&self.proc_fd, proc.as_str(), &ts, AtFlags::empty()).map_err(errno)?;
+            if is_link {
+                // The link itself, through its own O_PATH descriptor (the /proc path would be the magic link).
+                let how = AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW;
+                rustix::fs::utimensat(&*fd, "", &ts, how).map_err(errno)?;
+            } else {
+                rustix::fs::utimensat(&self.proc_fd, proc.as_str(), &ts, AtFlags::empty()).map_err(errno)?;
+            }
         }
         Ok(self.shown(ino, &stat(&fd)?))
     }

@@ -187,7 +187,13 @@ fn symlinks_are_stored_and_read_but_never_followed_out() {
         let set = SetAttr { mode: Some(0o777), ..SetAttr::default() };
         assert_eq!(s.handle(Op::Setattr { ino: l.ino, fh: None, set }), Err(libc::EOPNOTSUPP));
         assert_eq!(s.handle(Op::Readdir { ino: l.ino, offset: 0 }), Err(libc::ENOTDIR));
+        // Times are set on the link itself (utimensat's AT_SYMLINK_NOFOLLOW), never on what it points to.
+        let set = SetAttr { mtime: Some(Time::At { sec: 1_000_000, nsec: 5 }), ..SetAttr::default() };
+        let Ok(Reply::Attr(a)) = s.handle(Op::Setattr { ino: l.ino, fh: None, set }) else { panic!() };
+        assert_eq!(a.mtime, (1_000_000, 5));
     }
+    let secret = std::fs::metadata(outside.join("secret")).unwrap();
+    assert_ne!(secret.mtime(), 1_000_000, "the target outside the export was left alone");
     // A sub-path is resolved beneath the root too: a symlink out of it, or `..`, is refused.
     let root = open_dir(&lab.export());
     assert_eq!(Server::beneath(&root, "rel").unwrap_err().raw_os_error(), Some(libc::EXDEV));
