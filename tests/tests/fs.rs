@@ -174,3 +174,81 @@ fn the_exporter_killed_mid_read_and_restarted_the_binder_reads_on_to_the_right_b
     assert_eq!(sh_ok(h2, pid, &format!("cat {m}/small")), b"small\n");
     ok(h2, &["fs", "unbind", mnt.to_str().unwrap()]);
 }
+
+/// Unmounts a tmpfs when dropped (the test failing or not).
+struct Tmpfs(std::path::PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// "passed P of T tests (F failed) in S s" of `scripts/posix.sh`: P.
+fn passed(out: &Output) -> u64 {
+    let line = String::from_utf8_lossy(&out.stdout);
+    let line = line
+        .lines()
+        .find(|l| l.starts_with("passed "))
+        .unwrap_or_else(|| panic!("no summary from the suite: {line}\n{}", String::from_utf8_lossy(&out.stderr)));
+    line.split(' ').nth(1).and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("{line}"))
+}
+
+/// The POSIX filesystem conformance suite pjdfstest (vendored in tests/posix), run as root on a bind with default
+/// options and on a tmpfs in the same run: the bind passes at least 99 % of what tmpfs passes.
+#[test]
+fn the_posix_conformance_suite_passes_on_a_bind_as_on_tmpfs() {
+    require_root();
+    let lab = Lab::new(2).unwrap();
+    let nodes = lab.start_nodes(&[]).unwrap();
+    let (h1, h2) = (lab.host(1), lab.host(2));
+    let src = h1.dir().join("posix");
+    std::fs::create_dir(&src).unwrap();
+    let r = ok(h1, &["fs", "export", &format!("local:{}", src.display())]);
+    let mnt = h2.dir().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    ok(h2, &["fs", "bind", mnt.to_str().unwrap(), &r]);
+    wait_until(Duration::from_secs(60), Duration::from_millis(100), || Ok(json(h2, &["fs", "ls"])[0]["state"] == "up"))
+        .expect("the fs bind comes up");
+    let tmpfs = lab.dir().join("tmpfs");
+    std::fs::create_dir(&tmpfs).unwrap();
+    let status = std::process::Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(&tmpfs).status().unwrap();
+    assert!(status.success(), "mount tmpfs");
+    let _tmpfs = Tmpfs(tmpfs.clone());
+
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/posix.sh");
+    let (bind_tap, tmpfs_tap) = (lab.dir().join("bind.tap"), lab.dir().join("tmpfs.tap"));
+    let suite = |h: &Host, pid: Option<u32>, dir: &std::path::Path, tap: &std::path::Path| {
+        let args = [script.to_str().unwrap(), dir.to_str().unwrap(), tap.to_str().unwrap()];
+        let mut cmd = match pid {
+            Some(pid) => h.nsenter_cmd(pid, "bash", args),
+            None => {
+                let mut c = std::process::Command::new("bash");
+                c.args(args);
+                c
+            }
+        };
+        cmd.env("PJD_JOBS", "3");
+        output(&mut cmd, Duration::from_secs(900)).expect("the suite runs")
+    };
+    let pid = nodes[1].pid();
+    let (on_bind, on_tmpfs) = std::thread::scope(|s| {
+        let bind = s.spawn(|| suite(h2, Some(pid), &mnt, &bind_tap));
+        let tmp = s.spawn(|| suite(h2, None, &tmpfs, &tmpfs_tap));
+        (bind.join().unwrap(), tmp.join().unwrap())
+    });
+    let (b, t) = (passed(&on_bind), passed(&on_tmpfs));
+    let fails = |tap: &std::path::Path| {
+        let tap = std::fs::read_to_string(tap).unwrap_or_default();
+        tap.lines().filter(|l| l.starts_with("# FAIL") || l.starts_with("# passed")).collect::<Vec<_>>().join("\n")
+    };
+    eprintln!(
+        "pjdfstest: bind {}tmpfs {}",
+        String::from_utf8_lossy(&on_bind.stdout),
+        String::from_utf8_lossy(&on_tmpfs.stdout)
+    );
+    eprintln!("on the bind:\n{}", fails(&bind_tap));
+    assert!(t > 8000, "tmpfs passes the suite: {}", fails(&tmpfs_tap));
+    assert!(b * 100 >= t * 99, "the bind passes {b}, tmpfs {t}:\n{}", fails(&bind_tap));
+    ok(h2, &["fs", "unbind", mnt.to_str().unwrap()]);
+}
