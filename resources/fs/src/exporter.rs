@@ -7,6 +7,11 @@
 //! the exporting user's filesystem identity ([`Caller::act`]), take them in turn, do the syscalls and queue the
 //! responses; a task writes them back. Both queues hold [`MAX_IN_FLIGHT`] requests, the most a binder may have
 //! outstanding, so slow operations do not hold up quick ones and nothing waits on a full queue for ever.
+//!
+//! When the exporting user is the node's own (no identity to take), the quick operations that only read metadata
+//! (lookup, getattr, forget, release, ...; [`Op::is_quick`]) are done by the reading task itself, which writes the
+//! answer at once: a metadata round trip then wakes no other thread on this side (each hand-over between threads
+//! cost tens of microseconds, most of a round trip).
 
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
@@ -78,13 +83,17 @@ pub async fn serve(
 ) -> Result<(), Error> {
     let (mut rd, wr) = tokio::io::split(stream);
     // A frame's length and body leave in one write (one transport frame), not two.
-    let mut wr = tokio::io::BufWriter::with_capacity(64 << 10, wr);
+    let wr = Arc::new(tokio::sync::Mutex::new(tokio::io::BufWriter::with_capacity(64 << 10, wr)));
+    let inline = !owner.switches()?;
+    // Fires when serving ends, however it ends: a worker waiting to write lets go then.
+    let done = cancel.child_token();
+    let _done = done.clone().drop_guard();
     let (req_tx, req_rx) = mpsc::channel::<Request>(MAX_IN_FLIGHT);
-    let (resp_tx, mut resp_rx) = mpsc::channel::<Response>(MAX_IN_FLIGHT);
     let req_rx = Arc::new(Mutex::new(req_rx));
+    let rt = tokio::runtime::Handle::current();
     for i in 0..WORKERS {
-        let (server, owner, req_rx, resp_tx) =
-            (Arc::clone(&server), owner.clone(), Arc::clone(&req_rx), resp_tx.clone());
+        let (server, owner, req_rx, wr, done, rt) =
+            (Arc::clone(&server), owner.clone(), Arc::clone(&req_rx), Arc::clone(&wr), done.clone(), rt.clone());
         std::thread::Builder::new().name(format!("metac-fs-{i}")).spawn(move || {
             // The whole loop runs with the exporting user's identity: the kernel checks every call as theirs.
             let r = owner.act(|| {
@@ -93,8 +102,17 @@ pub async fn serve(
                     // One worker waits on the queue at a time; the others wait for the lock.
                     let next = req_rx.lock().expect("request queue").blocking_recv();
                     let Some(req) = next else { return Ok::<(), std::io::Error>(()) };
-                    let result = server.handle(req.op);
-                    if resp_tx.blocking_send(Response { id: req.id, result }).is_err() {
+                    let resp = Response { id: req.id, result: server.handle(req.op) };
+                    // The worker writes its answer itself (one hand-over less per round trip), but never waits
+                    // past the end of the bind for a binder that stopped reading.
+                    let written = rt.block_on(async {
+                        tokio::select! {
+                            () = done.cancelled() => false,
+                            r = async { frame::write(&mut *wr.lock().await, &resp).await } => r.is_ok(),
+                        }
+                    });
+                    if !written {
+                        done.cancel();
                         return Ok(());
                     }
                 }
@@ -104,7 +122,6 @@ pub async fn serve(
             }
         })?;
     }
-    drop(resp_tx);
     let reader = async {
         loop {
             let body = match read_body(&mut rd).await {
@@ -113,25 +130,26 @@ pub async fn serve(
                 Err(e) => return Err(e),
             };
             let req = proto::decode_request(&body).map_err(|e| Error::Protocol(e.to_string()))?;
-            if req_tx.send(req).await.is_err() {
+            if inline && req.op.is_quick() {
+                let resp = Response { id: req.id, result: server.handle(req.op) };
+                frame::write(&mut *wr.lock().await, &resp).await?;
+            } else if req_tx.send(req).await.is_err() {
                 return Err(Error::Protocol("the fs workers stopped".into()));
             }
         }
     };
-    let writer = async {
-        while let Some(resp) = resp_rx.recv().await {
-            frame::write(&mut wr, &resp).await?;
-        }
-        Ok::<(), Error>(())
-    };
     let r = tokio::select! {
-        () = cancel.cancelled() => Ok(()),
+        () = done.cancelled() => Ok(()),
         r = reader => r,
-        r = writer => r,
     };
-    let _ = wr.shutdown().await;
+    // Workers still writing let go of the writer first; a binder that stopped reading does not hold the end.
+    done.cancel();
+    let _ = tokio::time::timeout(SHUTDOWN_WAIT, async { wr.lock().await.shutdown().await }).await;
     r
 }
+
+/// How long the end of a bind waits to close its stream cleanly.
+const SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Gives the calling thread a umask of its own, 0: the binder's kernel has applied the binding process's umask to
 /// the modes it sends (and sent it, which the server applies too), so the node's must not narrow them again.
@@ -161,4 +179,40 @@ pub(crate) async fn read_body<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> Res
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).await?;
     Ok(Some(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{Op, Reply, ROOT};
+
+    /// A binder that asks for many large reads and never reads the answers: the workers writing them wait, and
+    /// the bind still ends at once when it is cancelled (nothing holds it), as it does when the binder goes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_binder_that_stops_reading_does_not_hold_the_bind_past_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("big"), vec![7u8; 1 << 20]).unwrap();
+        let root = rustix::fs::open(dir.path(), rustix::fs::OFlags::PATH, rustix::fs::Mode::empty()).unwrap();
+        let server = Arc::new(Server::new(root, false).unwrap());
+        let (mut binder, exporter) = tokio::io::duplex(64 << 10);
+        let cancel = CancellationToken::new();
+        let served = tokio::spawn(serve(Arc::clone(&server), Caller::root(), Box::new(exporter), cancel.clone()));
+        let send = |id, op| Request { id, op };
+        frame::write(&mut binder, &send(1, Op::Lookup { parent: ROOT, name: b"big".to_vec() })).await.unwrap();
+        let body = read_body(&mut binder).await.unwrap().unwrap();
+        let Ok(Reply::Entry(a)) = proto::decode_response(&body).unwrap().result else { panic!() };
+        frame::write(&mut binder, &send(2, Op::Open { ino: a.ino, flags: libc::O_RDONLY })).await.unwrap();
+        let body = read_body(&mut binder).await.unwrap().unwrap();
+        let Ok(Reply::Opened { fh }) = proto::decode_response(&body).unwrap().result else { panic!() };
+        for id in 3..3 + MAX_IN_FLIGHT as u64 {
+            frame::write(&mut binder, &send(id, Op::Read { fh, offset: 0, size: 1 << 20 })).await.unwrap();
+        }
+        // Quick answers wait behind the stuck writer too; the bind is then cancelled.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(!served.is_finished(), "the binder's reads are outstanding");
+        cancel.cancel();
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(3), served).await;
+        assert!(ended.is_ok(), "the bind ended within 3 s of its cancellation");
+        drop(binder);
+    }
 }

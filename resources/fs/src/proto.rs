@@ -443,6 +443,25 @@ impl Op {
         }
     }
 
+    /// Whether the operation only reads metadata the exporter's kernel has at hand (a few microseconds, never
+    /// waiting on data IO or a lock long held).
+    pub fn is_quick(&self) -> bool {
+        match self {
+            // Opening an existing file (not truncating it) is a lookup of its inode.
+            Op::Open { flags, .. } if flags & libc::O_TRUNC == 0 => true,
+            Op::Lookup { .. }
+            | Op::Forget { .. }
+            | Op::Getattr { .. }
+            | Op::Release { .. }
+            | Op::Readlink { .. }
+            | Op::Statfs { .. }
+            | Op::Init { .. }
+            | Op::Getxattr { .. }
+            | Op::Listxattr { .. } => true,
+            _ => false,
+        }
+    }
+
     /// Whether the operation changes the export (refused with EROFS on a read-only bind).
     pub fn writes(&self) -> bool {
         matches!(
