@@ -16,7 +16,7 @@ use tokio::io::{BufWriter, WriteHalf};
 use tokio::sync::{oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::proto::{self, Op, Reply, MAX_IN_FLIGHT};
+use crate::proto::{self, Change, Op, Reply, MAX_IN_FLIGHT};
 
 type Answer = oneshot::Sender<Result<Reply, i32>>;
 
@@ -36,8 +36,12 @@ pub struct Conn {
     inner: Arc<Inner>,
 }
 
+/// Where a connection hands the changes its exporter tells of (see [`Conn::tell_changes_to`]).
+pub type Changes = tokio::sync::mpsc::Sender<(u64, Vec<Change>)>;
+
 struct Inner {
     id: u64,
+    changes: Arc<Mutex<Option<Changes>>>,
     writer: tokio::sync::Mutex<(u64, BufWriter<WriteHalf<BoxStream>>)>,
     waiting: Waiting,
     permits: Semaphore,
@@ -52,11 +56,15 @@ impl Conn {
         let (rd, wr) = tokio::io::split(stream);
         let closed = CancellationToken::new();
         let waiting: Waiting = Arc::new(Mutex::new(Some(HashMap::new())));
-        tokio::spawn(read_answers(rd, Arc::clone(&waiting), status.clone(), closed.clone()));
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let changes = Arc::new(Mutex::new(None));
+        let told = Told { id, to: Arc::clone(&changes) };
+        tokio::spawn(read_answers(rd, Arc::clone(&waiting), status.clone(), closed.clone(), told));
         Conn {
             inner: Arc::new(Inner {
-                id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                id,
+                changes,
                 // A frame's length and body leave in one write (one transport frame), not two.
                 writer: tokio::sync::Mutex::new((0, BufWriter::with_capacity(64 << 10, wr))),
                 waiting,
@@ -119,6 +127,12 @@ impl Conn {
         self.inner.id
     }
 
+    /// Hands the changes the exporter tells of from now on to `to`, with this connection's [`Conn::id`] (whose
+    /// inode numbers they name); none are kept for later, and none wait on a full channel.
+    pub fn tell_changes_to(&self, to: Changes) {
+        *self.inner.changes.lock().expect("changes") = Some(to);
+    }
+
     /// Fires when the stream has ended or broken.
     pub fn closed(&self) -> &CancellationToken {
         &self.inner.closed
@@ -139,11 +153,18 @@ impl Drop for Inner {
 
 /// Reads answers until the stream ends, breaks, carries garbage or the connection is closed; then fails everything
 /// still waiting with EIO (the senders drop) and says the connection is closed.
+/// Where a connection's reader hands told changes.
+struct Told {
+    id: u64,
+    to: Arc<Mutex<Option<Changes>>>,
+}
+
 async fn read_answers(
     mut rd: tokio::io::ReadHalf<BoxStream>,
     waiting: Waiting,
     status: Option<Arc<Status>>,
     closed: CancellationToken,
+    told: Told,
 ) {
     let r = async {
         while let Some(body) = crate::exporter::read_body(&mut rd).await? {
@@ -151,6 +172,15 @@ async fn read_answers(
                 s.count(body.len() as u64 + 4);
             }
             let resp = proto::decode_response(&body).map_err(|e| metac_resource::Error::Protocol(e.to_string()))?;
+            if resp.id == 0 {
+                // Told unasked: changes on the exporter's side.
+                if let Ok(Reply::Changed(changes)) = resp.result {
+                    if let Some(to) = told.to.lock().expect("changes").as_ref() {
+                        let _ = to.try_send((told.id, changes));
+                    }
+                }
+                continue;
+            }
             let answer = waiting.lock().expect("waiting").as_mut().and_then(|w| w.remove(&resp.id));
             match answer {
                 Some(a) => {

@@ -141,12 +141,46 @@ pub async fn serve(
     let r = tokio::select! {
         () = done.cancelled() => Ok(()),
         r = reader => r,
+        r = tell_changes(&server, &wr) => r,
     };
     // Workers still writing let go of the writer first; a binder that stopped reading does not hold the end.
     done.cancel();
     let _ = tokio::time::timeout(SHUTDOWN_WAIT, async { wr.lock().await.shutdown().await }).await;
     r
 }
+
+/// How long changes are gathered before they are told: a file written in many pieces is told once.
+const CHANGES_GATHERED: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Tells the binder of changes made to the export by others (see [`Server::changes`]), unasked, in responses of
+/// id 0; runs until the stream breaks (or for ever without inotify).
+async fn tell_changes(server: &Server, wr: &Writer) -> Result<(), Error> {
+    let Some(fd) = server.watch_changes() else { return std::future::pending().await };
+    // SAFETY: the descriptor is the server's inotify descriptor, open as long as the server, which this future
+    // borrows, so it outlives the registration (dropped with the future).
+    let fd = match unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::debug!("fs: change notices off: {e}");
+            return std::future::pending().await;
+        }
+    };
+    loop {
+        fd.readable().await?.clear_ready();
+        tokio::time::sleep(CHANGES_GATHERED).await;
+        loop {
+            let changes = server.changes();
+            if changes.is_empty() {
+                break;
+            }
+            let resp = Response { id: 0, result: Ok(proto::Reply::Changed(changes)) };
+            frame::write(&mut *wr.lock().await, &resp).await?;
+        }
+    }
+}
+
+/// The writing half of a bind's stream, shared by whoever answers.
+type Writer = tokio::sync::Mutex<tokio::io::BufWriter<tokio::io::WriteHalf<BoxStream>>>;
 
 /// How long the end of a bind waits to close its stream cleanly.
 const SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(1);

@@ -430,6 +430,17 @@ impl Table {
     }
 }
 
+impl Table {
+    /// The binder's number of the exporter's inode `remote` of connection `conn`, if the kernel holds it.
+    pub(crate) fn local_of(&self, remote: u64, conn: u64) -> Option<u64> {
+        if remote == ROOT {
+            return Some(ROOT);
+        }
+        let s = self.state.lock().expect("inodes");
+        (s.conn == conn).then(|| s.remote.get(&remote).copied()).flatten()
+    }
+}
+
 impl State {
     fn opened(&mut self, remote: u64, ino: u64, flags: i32, conn: u64) -> u64 {
         self.next_fh += 1;

@@ -143,14 +143,16 @@ impl Mount {
         config.acl = if options.allow_other { SessionACL::All } else { SessionACL::Owner };
         config.n_threads = Some(2);
         let readahead = Arc::new(Readahead::default());
+        let inodes: Arc<Table> = Arc::default();
         let fs = Fuse {
-            slot,
+            slot: slot.clone(),
             rt: Handle::current(),
             stall: options.stall.unwrap_or(STALL),
             readahead: Arc::clone(&readahead),
-            inodes: Arc::default(),
+            inodes: Arc::clone(&inodes),
         };
         let session = fuser::spawn_mount(fs, path, &config)?;
+        forget_what_changes(&slot, session.notifier(), inodes)?;
         let conn = connection(path);
         if let Some(c) = conn {
             readahead.conn.store(c, Ordering::Release);
@@ -361,6 +363,46 @@ impl Fuse {
             done(r)
         });
     }
+}
+
+/// How many batches of told changes wait for the kernel at most (more are dropped: the cache's TTL still bounds
+/// how long a change goes unseen).
+const CHANGES_QUEUED: usize = 64;
+
+/// Has the kernel drop what it cached of what the exporter says changed: every connection the slot gets tells its
+/// changes to a thread of the mount's, which invalidates entries and inodes (a thread of its own: an invalidation
+/// waits for the kernel's locks of the directory, which a request in flight may hold until it is answered).
+fn forget_what_changes(slot: &Slot, notifier: fuser::Notifier, inodes: Arc<Table>) -> std::io::Result<()> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(u64, Vec<crate::proto::Change>)>(CHANGES_QUEUED);
+    std::thread::Builder::new().name("metac-fs-changes".into()).spawn(move || {
+        while let Some((conn, changes)) = rx.blocking_recv() {
+            for c in changes {
+                // The kernel answers ENOENT for what it does not hold: nothing to drop then.
+                let _ = match c {
+                    crate::proto::Change::Inode { ino } => match inodes.local_of(ino, conn) {
+                        Some(ino) => notifier.inval_inode(INodeNo(ino), 0, 0),
+                        None => Ok(()),
+                    },
+                    crate::proto::Change::Entry { parent, name } => match inodes.local_of(parent, conn) {
+                        Some(parent) => notifier.inval_entry(INodeNo(parent), OsStr::from_bytes(&name)),
+                        None => Ok(()),
+                    },
+                };
+            }
+        }
+    })?;
+    let mut phases = slot.0.subscribe();
+    tokio::spawn(async move {
+        loop {
+            if let Phase::Up(c) = &*phases.borrow_and_update() {
+                c.tell_changes_to(tx.clone());
+            }
+            if phases.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Forgets `n` lookups of inode `ino`, telling the exporter once the kernel holds none.
@@ -936,6 +978,79 @@ mod tests {
         })
         .await
         .unwrap();
+        m.unmount().await;
+    }
+
+    /// Changes made on the exporter are seen through the mount at once, not when the cache times out: new bytes of
+    /// a file (same size), a new file where a name was missing, a removed one, a renamed one, a changed mode. Each
+    /// is seen within 300 ms, well inside the TTL of what the kernel caches. Needs root (it mounts); under CI it
+    /// runs and fails loudly without it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn changes_on_the_exporter_are_seen_through_the_mount_at_once() {
+        use std::os::unix::fs::PermissionsExt;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "this test mounts FUSE and needs root");
+        let dir = tempfile::tempdir().unwrap();
+        let (src, mnt) = (dir.path().join("src"), dir.path().join("mnt"));
+        std::fs::create_dir_all(src.join("d")).unwrap();
+        std::fs::create_dir(&mnt).unwrap();
+        std::fs::write(src.join("d/f"), b"version 1").unwrap();
+        std::fs::write(src.join("d/old"), b"old").unwrap();
+        let (_server, m, _cancel) = served(&src, &mnt);
+        // What the binder sees, cached: the file's bytes, its mode, a missing name, and a listing.
+        let look = |mnt: PathBuf| {
+            tokio::task::spawn_blocking(move || {
+                let bytes = std::fs::read(mnt.join("d/f")).unwrap_or_default();
+                let mode = std::fs::metadata(mnt.join("d/f")).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
+                let new = std::fs::read(mnt.join("d/new")).ok();
+                let mut names: Vec<_> =
+                    std::fs::read_dir(mnt.join("d")).unwrap().map(|e| e.unwrap().file_name()).collect();
+                names.sort();
+                (bytes, mode, new, names)
+            })
+        };
+        let before = look(mnt.clone()).await.unwrap();
+        assert_eq!((before.0.as_slice(), before.2.as_deref()), (&b"version 1"[..], None));
+        // What the binder saw: the file's bytes and mode, the new file's bytes, the listing's names.
+        type Looked = (Vec<u8>, u32, Option<Vec<u8>>, Vec<std::ffi::OsString>);
+        type Change = Box<dyn Fn(&Path)>;
+        type Seen = Box<dyn Fn(&Looked) -> bool>;
+        let changes: [(&str, Change, Seen); 4] = [
+            (
+                "new bytes",
+                Box::new(|s| std::fs::write(s.join("d/f"), b"version 2").unwrap()),
+                Box::new(|l| l.0 == b"version 2"),
+            ),
+            (
+                "a new file",
+                Box::new(|s| std::fs::write(s.join("d/new"), b"new").unwrap()),
+                Box::new(|l| l.2.as_deref() == Some(&b"new"[..])),
+            ),
+            (
+                "a rename",
+                Box::new(|s| std::fs::rename(s.join("d/old"), s.join("d/renamed")).unwrap()),
+                Box::new(|l| l.3.iter().any(|n| n == "renamed") && !l.3.iter().any(|n| n == "old")),
+            ),
+            (
+                "a mode",
+                Box::new(|s| std::fs::set_permissions(s.join("d/f"), std::fs::Permissions::from_mode(0o600)).unwrap()),
+                Box::new(|l| l.1 == 0o600),
+            ),
+        ];
+        for (what, change, seen) in changes {
+            // The binder's caches are warm and fresh.
+            look(mnt.clone()).await.unwrap();
+            let t = std::time::Instant::now();
+            change(&src);
+            loop {
+                if seen(&look(mnt.clone()).await.unwrap()) {
+                    break;
+                }
+                assert!(t.elapsed() < Duration::from_millis(300), "{what} not seen within 300 ms");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            eprintln!("{what} seen after {:?}", t.elapsed());
+        }
         m.unmount().await;
     }
 

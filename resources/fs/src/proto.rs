@@ -286,6 +286,22 @@ pub enum Reply {
     Size(u32),
     /// A position in a file.
     Offset(u64),
+    /// Changes made on the exporter by others than this bind, told unasked in a response of id 0 (no request
+    /// has it): the binder drops what it cached of them.
+    Changed(Vec<Change>),
+}
+
+/// A change made on the exporter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    /// The name `name` in directory `parent` came, went or now leads elsewhere.
+    Entry {
+        parent: u64,
+        #[serde(with = "bytes")]
+        name: Vec<u8>,
+    },
+    /// The data or attributes of inode `ino` changed.
+    Inode { ino: u64 },
 }
 
 /// An inode's attributes, as stat(2) gives them, with the exporter's inode number.
@@ -380,6 +396,14 @@ pub fn decode_response(bytes: &[u8]) -> Result<Response, Error> {
     match &r.result {
         Ok(Reply::Data(d)) => check("data", d.len(), MAX_IO as usize)?,
         Ok(Reply::Size(n)) => check("extended attribute size", *n as usize, MAX_XATTR)?,
+        Ok(Reply::Changed(changes)) => {
+            check("list of changes", changes.len(), MAX_DIR_ENTRIES)?;
+            for c in changes {
+                if let Change::Entry { name, .. } = c {
+                    check("name", name.len(), MAX_NAME)?;
+                }
+            }
+        }
         Ok(Reply::Dir(entries)) => {
             check("directory listing", entries.len(), MAX_DIR_ENTRIES)?;
             for e in entries {

@@ -25,10 +25,13 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
+use rustix::fs::inotify::{self, WatchFlags};
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, RenameFlags, ResolveFlags, Stat, Timespec, Timestamps};
 use rustix::io::Errno;
 
-use crate::proto::{self, Attr, DirEntry, Op, Reply, SetAttr, Time, Who, MAX_DIR_ENTRIES, MAX_IO, MAX_XATTR, ROOT};
+use crate::proto::{
+    self, Attr, Change, DirEntry, Op, Reply, SetAttr, Time, Who, MAX_DIR_ENTRIES, MAX_IO, MAX_XATTR, ROOT,
+};
 
 /// The most inodes one bind may hold looked up at once (ENFILE beyond).
 pub const MAX_INODES: usize = 1 << 20;
@@ -45,7 +48,52 @@ pub struct Server {
     ids: Mutex<Ids>,
     inodes: Mutex<Inodes>,
     files: Mutex<Files>,
+    watches: Mutex<Option<Watches>>,
+    /// Names and inodes this bind changed lately, whose inotify events are its own echo, not news.
+    own: Mutex<HashMap<Own, std::time::Instant>>,
 }
+
+/// What an operation of the binder's changed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Own {
+    Name(u64, Vec<u8>),
+    Ino(u64),
+}
+
+/// How long after an operation of the binder's the events of what it changed are taken for its echo.
+const ECHO: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// One open file of the binder's.
+struct Open {
+    fd: Arc<OwnedFd>,
+    ino: u64,
+    writes: bool,
+}
+
+/// The directories of the bind's table watched with inotify, so that changes made on the exporter (by anyone but
+/// this bind) are told to the binder ([`Server::changes`]).
+struct Watches {
+    fd: OwnedFd,
+    by_wd: HashMap<i32, u64>,
+    by_ino: HashMap<u64, i32>,
+}
+
+/// What a watched directory hears of.
+const WATCH: WatchFlags = WatchFlags::MODIFY
+    .union(WatchFlags::ATTRIB)
+    .union(WatchFlags::CLOSE_WRITE)
+    .union(WatchFlags::CREATE)
+    .union(WatchFlags::DELETE)
+    .union(WatchFlags::MOVED_FROM)
+    .union(WatchFlags::MOVED_TO)
+    .union(WatchFlags::ONLYDIR)
+    .union(WatchFlags::EXCL_UNLINK);
+
+/// The most directories one bind watches (inotify watches are a per-user kernel resource); changes in others are
+/// seen when the binder's cache times out.
+pub const MAX_WATCHES: usize = 4096;
+/// The most changes told in one [`Reply::Changed`].
+pub const MAX_CHANGES: usize = proto::MAX_DIR_ENTRIES;
 
 /// The exporting user's ids and the binding user's, which stand for each other on the way out and in.
 #[derive(Debug, Clone, Copy)]
@@ -88,7 +136,9 @@ struct Inodes {
 }
 
 struct Files {
-    open: HashMap<u64, Arc<OwnedFd>>,
+    open: HashMap<u64, Open>,
+    /// How many handles open for writing each inode has (its changes are the binder's own).
+    writers: HashMap<u64, u32>,
     next: u64,
 }
 
@@ -118,7 +168,9 @@ impl Server {
             admin: !read_only,
             ids: Mutex::new(Ids { here: me, there: me }),
             inodes: Mutex::new(inodes),
-            files: Mutex::new(Files { open: HashMap::new(), next: 1 }),
+            watches: Mutex::new(None),
+            own: Mutex::new(HashMap::new()),
+            files: Mutex::new(Files { open: HashMap::new(), writers: HashMap::new(), next: 1 }),
         })
     }
 
@@ -157,6 +209,50 @@ impl Server {
         if !self.admin && op.takes_admin() {
             return Err(libc::EPERM);
         }
+        if self.watches.lock().expect("watches").is_some() {
+            self.mark_own(&op);
+        }
+        let r = self.run(op);
+        if let Ok(Reply::Entry(a) | Reply::Created { attr: a, .. }) = &r {
+            if self.watches.lock().expect("watches").is_some() {
+                self.own.lock().expect("own").insert(Own::Ino(a.ino), std::time::Instant::now());
+            }
+        }
+        r
+    }
+
+    /// Notes what `op` changes, so that its echo from inotify is not told back to the binder.
+    fn mark_own(&self, op: &Op) {
+        let marks = match op {
+            Op::Create { parent, name, .. }
+            | Op::Mkdir { parent, name, .. }
+            | Op::Mknod { parent, name, .. }
+            | Op::Symlink { parent, name, .. }
+            | Op::Unlink { parent, name }
+            | Op::Rmdir { parent, name } => vec![Own::Name(*parent, name.clone())],
+            Op::Link { ino, newparent, newname } => vec![Own::Ino(*ino), Own::Name(*newparent, newname.clone())],
+            Op::Rename { parent, name, newparent, newname, .. } => {
+                vec![Own::Name(*parent, name.clone()), Own::Name(*newparent, newname.clone())]
+            }
+            Op::Setattr { ino, .. } | Op::Setxattr { ino, .. } | Op::Removexattr { ino, .. } => vec![Own::Ino(*ino)],
+            _ => return,
+        };
+        let now = std::time::Instant::now();
+        let mut own = self.own.lock().expect("own");
+        if own.len() > 4 * MAX_CHANGES {
+            own.retain(|_, at| now.duration_since(*at) < ECHO);
+        }
+        for m in marks {
+            own.insert(m, now);
+        }
+    }
+
+    /// Whether `what` was changed by this bind lately.
+    fn is_own(&self, what: &Own) -> bool {
+        self.own.lock().expect("own").get(what).is_some_and(|at| at.elapsed() < ECHO)
+    }
+
+    fn run(&self, op: Op) -> Result<Reply> {
         match op {
             Op::Lookup { parent, name } => self.lookup(parent, &name).map(Reply::Entry),
             Op::Forget { ino, n } => {
@@ -270,7 +366,16 @@ impl Server {
                 Ok(Reply::Empty)
             }
             Op::Release { fh } => {
-                self.files.lock().expect("files").open.remove(&fh).ok_or(libc::EBADF)?;
+                let mut t = self.files.lock().expect("files");
+                let f = t.open.remove(&fh).ok_or(libc::EBADF)?;
+                if f.writes {
+                    if let Some(n) = t.writers.get_mut(&f.ino) {
+                        *n -= 1;
+                        if *n == 0 {
+                            t.writers.remove(&f.ino);
+                        }
+                    }
+                }
                 Ok(Reply::Empty)
             }
             Op::Getxattr { ino, name, size } => {
@@ -325,6 +430,103 @@ impl Server {
                 rustix::fs::seek(&*f, pos).map(Reply::Offset).map_err(errno)
             }
         }
+    }
+
+    /// Starts telling the binder of changes made to the export by others than this bind: the descriptor to wait on
+    /// (readable when [`Server::changes`] has something), or `None` if inotify is not to be had.
+    pub fn watch_changes(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        let mut w = self.watches.lock().expect("watches");
+        if w.is_none() {
+            let fd = inotify::init(inotify::CreateFlags::NONBLOCK | inotify::CreateFlags::CLOEXEC)
+                .map_err(|e| tracing::debug!("fs: no inotify, so no change notices: {e}"))
+                .ok()?;
+            *w = Some(Watches { fd, by_wd: HashMap::new(), by_ino: HashMap::new() });
+            drop(w);
+            let t = self.inodes.lock().expect("inodes");
+            for (&ino, n) in &t.by_ino {
+                if stat(&*n.fd).is_ok_and(|st| file_type(&st) == FileType::Directory) {
+                    self.watch(ino, &n.fd);
+                }
+            }
+            w = self.watches.lock().expect("watches");
+        }
+        let fd = w.as_ref()?.fd.as_raw_fd();
+        // SAFETY: the inotify descriptor lives as long as the server (it is only ever closed with it).
+        Some(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })
+    }
+
+    /// Watches directory `ino` (best effort: within [`MAX_WATCHES`], where the exporting user may read it).
+    fn watch(&self, ino: u64, fd: &OwnedFd) {
+        let mut w = self.watches.lock().expect("watches");
+        let Some(w) = w.as_mut() else { return };
+        if w.by_ino.len() >= MAX_WATCHES {
+            return;
+        }
+        match inotify::add_watch(&w.fd, format!("/proc/self/fd/{}", fd.as_raw_fd()), WATCH) {
+            Ok(wd) => {
+                if let Some(old) = w.by_wd.insert(wd, ino) {
+                    w.by_ino.remove(&old);
+                }
+                w.by_ino.insert(ino, wd);
+            }
+            Err(e) => tracing::debug!(ino, "fs: cannot watch a directory: {e}"),
+        }
+    }
+
+    /// The changes heard of since the last call (at most [`MAX_CHANGES`], each once): a name in a directory that
+    /// came, went or was renamed, and inodes (known to the binder) whose data or attributes changed. Writes through
+    /// a handle of this bind's are its own and not told.
+    pub fn changes(&self) -> Vec<Change> {
+        let mut heard = Vec::new();
+        {
+            let w = self.watches.lock().expect("watches");
+            let Some(w) = w.as_ref() else { return Vec::new() };
+            let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 8192];
+            let mut events = inotify::Reader::new(&w.fd, &mut buf);
+            while heard.len() < MAX_CHANGES * 4 {
+                let Ok(e) = events.next() else { break };
+                let Some(&dir) = w.by_wd.get(&e.wd()) else { continue };
+                let name = e.file_name().map(|n| n.to_bytes().to_vec()).filter(|n| !n.is_empty());
+                heard.push((dir, name, e.events()));
+            }
+        }
+        let mut out: Vec<Change> = Vec::new();
+        let add = |c: Change, out: &mut Vec<Change>| {
+            if out.len() < MAX_CHANGES && !out.contains(&c) {
+                out.push(c);
+            }
+        };
+        use rustix::fs::inotify::ReadFlags as R;
+        for (dir, name, what) in heard {
+            let Some(name) = name else {
+                // The directory itself.
+                add(Change::Inode { ino: dir }, &mut out);
+                continue;
+            };
+            if what.intersects(R::CREATE | R::DELETE | R::MOVED_FROM | R::MOVED_TO)
+                && !self.is_own(&Own::Name(dir, name.clone()))
+            {
+                add(Change::Entry { parent: dir, name: name.clone() }, &mut out);
+                add(Change::Inode { ino: dir }, &mut out);
+            }
+            if what.intersects(R::MODIFY | R::ATTRIB | R::CLOSE_WRITE) {
+                if let Some(ino) = self.known(dir, &name) {
+                    let writing = self.files.lock().expect("files").writers.contains_key(&ino);
+                    let echo = if what.contains(R::ATTRIB) { self.is_own(&Own::Ino(ino)) } else { writing };
+                    if !echo {
+                        add(Change::Inode { ino }, &mut out);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The number of the inode `name` in directory `dir` leads to now, if this bind has handed it out.
+    fn known(&self, dir: u64, name: &[u8]) -> Option<u64> {
+        let d = self.fd(dir).ok()?;
+        let st = rustix::fs::statat(&*d, component(name).ok()?.as_c_str(), AtFlags::SYMLINK_NOFOLLOW).ok()?;
+        self.inodes.lock().expect("inodes").by_key.get(&(st.st_dev, st.st_ino)).copied()
     }
 
     /// Attributes as the binder is shown them: owners through the id map.
@@ -404,7 +606,7 @@ impl Server {
     }
 
     fn file(&self, fh: u64) -> Result<Arc<OwnedFd>> {
-        self.files.lock().expect("files").open.get(&fh).cloned().ok_or(libc::EBADF)
+        self.files.lock().expect("files").open.get(&fh).map(|f| Arc::clone(&f.fd)).ok_or(libc::EBADF)
     }
 
     fn attr(&self, ino: u64) -> Result<Attr> {
@@ -441,6 +643,9 @@ impl Server {
         let ino = t.next;
         t.next += 1;
         t.by_key.insert(key, ino);
+        if file_type(&st) == FileType::Directory {
+            self.watch(ino, &fd);
+        }
         t.by_ino.insert(ino, Node { fd: Arc::new(fd), key, lookups: 1 });
         drop(t);
         Ok(self.shown(ino, &st))
@@ -457,6 +662,12 @@ impl Server {
             let key = node.key;
             t.by_ino.remove(&ino);
             t.by_key.remove(&key);
+            if let Some(w) = self.watches.lock().expect("watches").as_mut() {
+                if let Some(wd) = w.by_ino.remove(&ino) {
+                    w.by_wd.remove(&wd);
+                    let _ = inotify::remove_watch(&w.fd, wd);
+                }
+            }
         }
     }
 
@@ -473,21 +684,25 @@ impl Server {
         rustix::fs::openat(&self.proc_fd, proc.as_str(), flags | OFlags::CLOEXEC, Mode::empty()).map_err(errno)
     }
 
-    fn keep_open(&self, f: OwnedFd) -> Result<u64> {
+    fn keep_open(&self, f: OwnedFd, ino: u64, flags: i32) -> Result<u64> {
         let mut t = self.files.lock().expect("files");
         if t.open.len() >= MAX_FILES {
             return Err(libc::EMFILE);
         }
         let fh = t.next;
         t.next += 1;
-        t.open.insert(fh, Arc::new(f));
+        let writes = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        if writes {
+            *t.writers.entry(ino).or_default() += 1;
+        }
+        t.open.insert(fh, Open { fd: Arc::new(f), ino, writes });
         Ok(fh)
     }
 
     fn open(&self, ino: u64, flags: i32) -> Result<u64> {
         let fd = self.fd(ino)?;
         let f = self.reopen(&fd, open_flags(flags))?;
-        self.keep_open(f)
+        self.keep_open(f, ino, flags)
     }
 
     fn create(&self, parent: u64, name: &[u8], mode: u32, flags: i32, who: Who) -> Result<Reply> {
@@ -501,7 +716,7 @@ impl Server {
             .map_err(errno)?;
         self.give(&path, &p, mode, who)?;
         let attr = self.remember(path)?;
-        let fh = self.keep_open(f)?;
+        let fh = self.keep_open(f, attr.ino, flags)?;
         Ok(Reply::Created { attr, fh })
     }
 

@@ -509,3 +509,41 @@ fn space_is_allocated_and_punched_and_holes_are_found() {
     assert_eq!(s.handle(Op::Fallocate { fh, offset: 0, length: 1, mode: 1 << 30 }), Err(libc::EOPNOTSUPP));
     s.handle(Op::Release { fh }).unwrap();
 }
+
+/// What the binder changes itself is not told back to it (its own echo would drop its fresh caches); what others
+/// change on the exporter is, as names in a directory and as inodes the binder knows.
+#[test]
+fn changes_by_others_are_told_and_the_binders_own_are_not() {
+    let lab = Lab::new();
+    std::fs::create_dir(lab.export().join("d")).unwrap();
+    std::fs::write(lab.export().join("d/theirs"), b"1").unwrap();
+    let s = lab.server(false);
+    assert!(s.watch_changes().is_some(), "inotify is there");
+    let d = lookup(&s, ROOT, "d").unwrap().ino;
+    let theirs = lookup(&s, d, "theirs").unwrap().ino;
+    let who = Who::default();
+    let Ok(Reply::Created { attr, fh }) =
+        s.handle(Op::Create { parent: d, name: b"mine".to_vec(), mode: 0o644, umask: 0, flags: libc::O_RDWR, who })
+    else {
+        panic!()
+    };
+    s.handle(Op::Write { fh, offset: 0, data: vec![1; 4096] }).unwrap();
+    let set = SetAttr { mode: Some(0o600), mtime: Some(Time::Now), ..SetAttr::default() };
+    s.handle(Op::Setattr { ino: attr.ino, fh: Some(fh), set }).unwrap();
+    s.handle(Op::Release { fh }).unwrap();
+    s.handle(Op::Mkdir { parent: d, name: b"sub".to_vec(), mode: 0o755, umask: 0, who }).unwrap();
+    let rename = Op::Rename { parent: d, name: b"mine".to_vec(), newparent: d, newname: b"moved".to_vec(), flags: 0 };
+    s.handle(rename).unwrap();
+    s.handle(Op::Unlink { parent: d, name: b"moved".to_vec() }).unwrap();
+    assert_eq!(s.changes(), [], "the binder's own changes are not told back");
+
+    std::fs::write(lab.export().join("d/theirs"), b"2").unwrap();
+    std::fs::write(lab.export().join("d/new"), b"").unwrap();
+    let told = s.changes();
+    for c in
+        [Change::Inode { ino: theirs }, Change::Entry { parent: d, name: b"new".to_vec() }, Change::Inode { ino: d }]
+    {
+        assert!(told.contains(&c), "{c:?} is told: {told:?}");
+    }
+    assert_eq!(s.changes(), [], "each is told once");
+}
