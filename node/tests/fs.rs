@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -216,6 +217,30 @@ async fn read_only_and_sub_path_refs_are_enforced_and_a_node_stop_unmounts() {
     let e = std::fs::write(mnt_ro2.join("z"), b"z").unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EROFS));
 
+    // A ref without the admin right writes but may not change owners, modes or extended attributes.
+    let rights = Some(Rights::READ | Rights::WRITE);
+    let rw = a.delegate(&r, &Caveat { rights, ..Caveat::default() }, false, &ROOT).unwrap();
+    let mnt_rw = c.dir.path().join("rw");
+    bind(&b, rw, &mnt_rw).await;
+    let m = mnt_rw.display();
+    ok(format!("echo written > {m}/by-rw && mkdir {m}/dir-by-rw")).await;
+    assert_eq!(std::fs::read(src.join("by-rw")).unwrap(), b"written\n");
+    for script in ["chmod 600 {m}/by-rw", "chown 65534 {m}/by-rw", "setfattr -n user.x -v 1 {m}/by-rw"] {
+        let script = script.replace("{m}", &m.to_string());
+        let (done, _, err) = sh(script.clone()).await;
+        assert!(!done && err.contains("not permitted"), "`{script}`: {err}");
+    }
+    // The full ref (admin) may.
+    let mnt_full = c.dir.path().join("full");
+    bind(&b, r.clone(), &mnt_full).await;
+    ok(format!(
+        "chmod 600 {0}/by-rw && chown 65534 {0}/by-rw && setfattr -n user.x -v 1 {0}/by-rw",
+        mnt_full.display()
+    ))
+    .await;
+    let meta = std::fs::metadata(src.join("by-rw")).unwrap();
+    assert_eq!((meta.permissions().mode() & 0o777, meta.uid()), (0o600, 65534));
+
     // A ref narrowed to a sub-path sees only that sub-tree.
     let sub = a.delegate(&r, &Caveat { path: Some("/sub".into()), ..Caveat::default() }, false, &ROOT).unwrap();
     let mnt_sub = c.dir.path().join("sub");
@@ -225,7 +250,7 @@ async fn read_only_and_sub_path_refs_are_enforced_and_a_node_stop_unmounts() {
     assert_eq!(ok(format!("cat {}/deeper/note", mnt_sub.display())).await, b"in the sub-tree\n");
 
     // Stopping the binding node unmounts everything it mounted.
-    let mounts = [mnt_ro, mnt_ro2, mnt_sub];
+    let mounts = [mnt_ro, mnt_ro2, mnt_sub, mnt_rw, mnt_full];
     assert!(mounts.iter().all(|m| mounted(m)));
     drop((a, b));
     c.nodes[1].stop().await;
