@@ -574,6 +574,11 @@ impl Filesystem for Fuse {
         // fetched anew once their TTL is past, show another size or modification time: a re-read costs nothing,
         // and a change made on the exporter is seen at the next open after the TTL, as NFS's close-to-open.
         let _ = config.add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA);
+        // Writes are cached and sent in the background, in large requests (errors come at fsync and close, as
+        // on a local disk): the kernel keeps the size and times of what it writes, and appends at its own idea
+        // of the end (so O_APPEND is not passed on), and reads what it needs of a page it writes part of (the
+        // exporter opens a file opened for writing alone for reading too).
+        let _ = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE);
         Ok(())
     }
 
@@ -671,7 +676,7 @@ impl Filesystem for Fuse {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         self.readahead.widen_once();
-        self.call(Op::Open { ino: ino.0, flags: flags.0 }, move |r| match r {
+        self.call(Op::Open { ino: ino.0, flags: flags.0 & !libc::O_APPEND }, move |r| match r {
             Ok(Reply::Opened { fh }) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
             Ok(r) => reply.error(unexpected(r)),
             Err(e) => reply.error(e),
@@ -846,6 +851,7 @@ impl Filesystem for Fuse {
 
     fn create(&self, req: &Request, parent: INodeNo, n: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
         let name = or_reply!(reply, name(n));
+        let flags = flags & !libc::O_APPEND;
         self.call(Op::Create { parent: parent.0, name, mode, umask, flags, who: who(req) }, move |r| match r {
             Ok(Reply::Created { attr, fh }) => {
                 reply.created(&TTL, &file_attr(&attr), Generation(0), FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)

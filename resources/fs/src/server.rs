@@ -209,14 +209,16 @@ impl Server {
         if !self.admin && op.takes_admin() {
             return Err(libc::EPERM);
         }
-        if self.watches.lock().expect("watches").is_some() {
-            self.mark_own(&op);
+        let watched = self.watches.lock().expect("watches").is_some();
+        if !watched {
+            return self.run(op);
         }
+        self.mark_own(&op);
+        let makes = matches!(op, Op::Create { .. } | Op::Mkdir { .. } | Op::Mknod { .. } | Op::Symlink { .. });
         let r = self.run(op);
-        if let Ok(Reply::Entry(a) | Reply::Created { attr: a, .. }) = &r {
-            if self.watches.lock().expect("watches").is_some() {
-                self.own.lock().expect("own").insert(Own::Ino(a.ino), std::time::Instant::now());
-            }
+        if let (true, Ok(Reply::Entry(a) | Reply::Created { attr: a, .. })) = (makes, &r) {
+            // What was just made (its owner given by a chown, say) is the binder's own too.
+            self.own.lock().expect("own").insert(Own::Ino(a.ino), std::time::Instant::now());
         }
         r
     }
@@ -235,6 +237,11 @@ impl Server {
                 vec![Own::Name(*parent, name.clone()), Own::Name(*newparent, newname.clone())]
             }
             Op::Setattr { ino, .. } | Op::Setxattr { ino, .. } | Op::Removexattr { ino, .. } => vec![Own::Ino(*ino)],
+            // Closing a file written through this bind: its CLOSE_WRITE (and the last writes') are echoes too.
+            Op::Release { fh } => match self.files.lock().expect("files").open.get(fh) {
+                Some(f) if f.writes => vec![Own::Ino(f.ino)],
+                _ => return,
+            },
             _ => return,
         };
         let now = std::time::Instant::now();
@@ -512,7 +519,7 @@ impl Server {
             if what.intersects(R::MODIFY | R::ATTRIB | R::CLOSE_WRITE) {
                 if let Some(ino) = self.known(dir, &name) {
                     let writing = self.files.lock().expect("files").writers.contains_key(&ino);
-                    let echo = if what.contains(R::ATTRIB) { self.is_own(&Own::Ino(ino)) } else { writing };
+                    let echo = self.is_own(&Own::Ino(ino)) || (writing && !what.contains(R::ATTRIB));
                     if !echo {
                         add(Change::Inode { ino }, &mut out);
                     }
@@ -701,13 +708,18 @@ impl Server {
 
     fn open(&self, ino: u64, flags: i32) -> Result<u64> {
         let fd = self.fd(ino)?;
-        let f = self.reopen(&fd, open_flags(flags))?;
+        // A file opened for writing alone is opened for reading too where the exporting user may: the binder's
+        // kernel caches writes (writeback) and reads the rest of a page it writes part of.
+        let f = match self.reopen(&fd, open_flags(readable(flags))) {
+            Err(libc::EACCES) if readable(flags) != flags => self.reopen(&fd, open_flags(flags)),
+            r => r,
+        }?;
         self.keep_open(f, ino, flags)
     }
 
     fn create(&self, parent: u64, name: &[u8], mode: u32, flags: i32, who: Who) -> Result<Reply> {
         let p = self.fd(parent)?;
-        let how = open_flags(flags) | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let how = open_flags(readable(flags)) | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let f = rustix::fs::openat2(&*p, component(name)?, how, Mode::from_raw_mode(mode & 0o7777), RESOLVE)
             .map_err(errno)?;
         // The inode's O_PATH handle comes from the file just opened, not from its name again.
@@ -851,6 +863,15 @@ fn component(name: &[u8]) -> Result<std::ffi::CString> {
         return Err(libc::ENAMETOOLONG);
     }
     std::ffi::CString::new(name).map_err(|_| libc::EINVAL)
+}
+
+/// `flags` with O_WRONLY made O_RDWR.
+fn readable(flags: i32) -> i32 {
+    if flags & libc::O_ACCMODE == libc::O_WRONLY {
+        (flags & !libc::O_ACCMODE) | libc::O_RDWR
+    } else {
+        flags
+    }
 }
 
 fn opens_for_writing(flags: i32) -> bool {
