@@ -89,6 +89,19 @@ fn a_tree_exported_on_one_host_is_mounted_on_another_and_real_tools_use_it() {
     sh_ok(h2, pid, &format!("echo from-host2 > {m}/new.txt && mkdir {m}/made && mv {m}/new.txt {m}/made/"));
     assert_eq!(std::fs::read(src.join("made/new.txt")).unwrap(), b"from-host2\n");
 
+    // Two writers at once, one on either side of the bind, each on a file of its own: both files end whole, and
+    // each side reads the other's.
+    let script = |root: &str, name: &str| {
+        format!("for i in $(seq 200); do echo \"{name} line $i\"; done > {root}/{name} && sha256sum < {root}/{name}")
+    };
+    let (here, there) = std::thread::scope(|sc| {
+        let on_exporter = sc.spawn(|| local(&script(&s.to_string(), "by-exporter")));
+        let on_binder = sc.spawn(|| sh_ok(h2, pid, &script(&m.to_string(), "by-binder")));
+        (on_exporter.join().unwrap(), on_binder.join().unwrap())
+    });
+    assert_eq!(sh_ok(h2, pid, &format!("sha256sum < {m}/by-exporter")), here);
+    assert_eq!(local(&format!("sha256sum < {s}/by-binder")), there);
+
     // A read-only ref: every change fails with EROFS.
     let ro = ok(h1, &["ref", "delegate", &r, "--read-only"]);
     let ro_mnt = h2.dir().join("ro");

@@ -1060,6 +1060,51 @@ mod tests {
         m.unmount().await;
     }
 
+    /// Writes are cached and sent in the background, so an error of the exporter's disk comes where a local
+    /// disk's would: at fsync and close. A 4 MiB write onto an export on a 1 MiB tmpfs fails there with ENOSPC
+    /// (and a program that checks them sees it), and the mount goes on. Needs root (it mounts); under CI it runs
+    /// and fails loudly without it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_exporter_disk_is_reported_at_fsync_and_close() {
+        use std::io::Write;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "this test mounts FUSE and needs root");
+        let dir = tempfile::tempdir().unwrap();
+        let (src, mnt) = (dir.path().join("src"), dir.path().join("mnt"));
+        std::fs::create_dir(&src).unwrap();
+        std::fs::create_dir(&mnt).unwrap();
+        let st = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"]).arg(&src).status();
+        assert!(st.unwrap().success(), "mount a 1 MiB tmpfs");
+        struct Unmount(PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+            }
+        }
+        let _tmpfs = Unmount(src.clone());
+        let (_server, m, _cancel) = served(&src, &mnt);
+        let (mnt2, src2) = (mnt.clone(), src.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut f = std::fs::File::create(mnt2.join("big")).unwrap();
+            // The writes themselves land in the binder's cache.
+            let wrote = (0..4).try_for_each(|_| f.write_all(&[1u8; 1 << 20]));
+            let synced = wrote.and_then(|()| f.sync_all());
+            let e = synced.unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+            drop(f);
+            // A file that fits is written whole, and the mount goes on.
+            std::fs::remove_file(mnt2.join("big")).unwrap();
+            let mut g = std::fs::File::create(mnt2.join("small")).unwrap();
+            g.write_all(b"fits").unwrap();
+            g.sync_all().unwrap();
+            drop(g);
+            assert_eq!(std::fs::read(src2.join("small")).unwrap(), b"fits");
+        })
+        .await
+        .unwrap();
+        m.unmount().await;
+    }
+
     /// What programs rely on beyond reading and writing, with real tools on the mount: a name too long is refused
     /// with ENAMETOOLONG and the bind goes on; a process of another user makes files of its own; FIFOs, extended
     /// attributes, preallocation and sparse files past 4 GiB work; and the mount is nosuid and nodev. Needs root
