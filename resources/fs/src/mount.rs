@@ -866,6 +866,18 @@ impl Filesystem for Fuse {
 mod tests {
     use super::*;
 
+    /// A temporary directory holding `src` (to serve) and `mnt` (to mount on), for a test that mounts FUSE and so
+    /// needs root (under CI it runs and fails loudly without it).
+    fn mount_dirs() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "this test mounts FUSE and needs root");
+        let dir = tempfile::tempdir().unwrap();
+        let (src, mnt) = (dir.path().join("src"), dir.path().join("mnt"));
+        std::fs::create_dir(&src).unwrap();
+        std::fs::create_dir(&mnt).unwrap();
+        (dir, src, mnt)
+    }
+
     /// `src` served as root over an in-memory stream and mounted at `mnt`: the server (for its tables), the mount,
     /// and what ends the serving side.
     fn served(src: &Path, mnt: &Path) -> (Arc<crate::server::Server>, Mount, tokio_util::sync::CancellationToken) {
@@ -890,12 +902,8 @@ mod tests {
     /// mount. Needs root (it mounts); under CI it runs and fails loudly without it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_served_mount_is_used_by_real_tools_and_fails_with_enotconn_when_its_stream_ends() {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        assert_eq!(unsafe { libc::geteuid() }, 0, "this test mounts FUSE and needs root");
-        let dir = tempfile::tempdir().unwrap();
-        let (src, mnt) = (dir.path().join("src"), dir.path().join("mnt"));
+        let (_dir, src, mnt) = mount_dirs();
         std::fs::create_dir_all(src.join("d")).unwrap();
-        std::fs::create_dir(&mnt).unwrap();
         std::fs::write(src.join("d/f"), b"served").unwrap();
         let (_server, m, cancel) = served(&src, &mnt);
         let sh = |script: String| {
@@ -926,12 +934,8 @@ mod tests {
     async fn open_files_and_known_inodes_carry_on_across_an_exporter_restart() {
         use std::io::Read;
         use std::os::unix::fs::MetadataExt;
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        assert_eq!(unsafe { libc::geteuid() }, 0, "this test mounts FUSE and needs root");
-        let dir = tempfile::tempdir().unwrap();
-        let (src, mnt) = (dir.path().join("src"), dir.path().join("mnt"));
+        let (_dir, src, mnt) = mount_dirs();
         std::fs::create_dir_all(src.join("d")).unwrap();
-        std::fs::create_dir(&mnt).unwrap();
         let big: Vec<u8> = (0..16u32 << 20).map(|i| (i % 251) as u8).collect();
         std::fs::write(src.join("d/big"), &big).unwrap();
         std::fs::write(src.join("gone"), b"soon gone").unwrap();
@@ -994,12 +998,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn changes_on_the_exporter_are_seen_through_the_mount_at_once() {
         use std::os::unix::fs::PermissionsExt;
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        assert_eq!(unsafe { libc::geteuid() }, 0, "this test mounts FUSE and needs root");
-        let dir = tempfile::tempdir().unwrap();
-        let (src, mnt) = (dir.path().join("src"), dir.path().join("mnt"));
+        let (_dir, src, mnt) = mount_dirs();
         std::fs::create_dir_all(src.join("d")).unwrap();
-        std::fs::create_dir(&mnt).unwrap();
         std::fs::write(src.join("d/f"), b"version 1").unwrap();
         std::fs::write(src.join("d/old"), b"old").unwrap();
         let (_server, m, _cancel) = served(&src, &mnt);
@@ -1067,12 +1067,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_full_exporter_disk_is_reported_at_fsync_and_close() {
         use std::io::Write;
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        assert_eq!(unsafe { libc::geteuid() }, 0, "this test mounts FUSE and needs root");
-        let dir = tempfile::tempdir().unwrap();
-        let (src, mnt) = (dir.path().join("src"), dir.path().join("mnt"));
-        std::fs::create_dir(&src).unwrap();
-        std::fs::create_dir(&mnt).unwrap();
+        let (_dir, src, mnt) = mount_dirs();
         let st = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"]).arg(&src).status();
         assert!(st.unwrap().success(), "mount a 1 MiB tmpfs");
         struct Unmount(PathBuf);
@@ -1168,12 +1163,8 @@ mod tests {
     /// (none leaks in the exporter's table).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn listings_with_attributes_are_right_and_their_lookups_are_given_back() {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        assert_eq!(unsafe { libc::geteuid() }, 0, "this test mounts FUSE and needs root");
-        let dir = tempfile::tempdir().unwrap();
-        let (src, mnt) = (dir.path().join("src"), dir.path().join("mnt"));
+        let (_dir, src, mnt) = mount_dirs();
         std::fs::create_dir_all(src.join("many")).unwrap();
-        std::fs::create_dir(&mnt).unwrap();
         for i in 0..300 {
             std::fs::write(src.join(format!("many/file-with-a-longer-name-{i:03}")), vec![b'x'; i]).unwrap();
         }
