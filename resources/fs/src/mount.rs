@@ -106,6 +106,8 @@ pub struct Mount {
     session: Option<fuser::BackgroundSession>,
     path: PathBuf,
     conn: Option<u32>,
+    /// Mounted by fusermount3 (a node that is not root), so unmounted by it too.
+    fusermount: bool,
 }
 
 impl Mount {
@@ -127,6 +129,13 @@ impl Mount {
     /// Mounts the connection in `slot` at `path` (an existing directory). Must be called within a tokio runtime,
     /// which then runs the requests.
     pub fn new(path: &Path, slot: Slot, options: &Options) -> std::io::Result<Mount> {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        Mount::mount(path, slot, options, !root)
+    }
+
+    /// [`Mount::new`], mounting with mount(2) or through fusermount3.
+    fn mount(path: &Path, slot: Slot, options: &Options, through_fusermount: bool) -> std::io::Result<Mount> {
         let mut mount_options = vec![
             MountOption::FSName(if options.source.is_empty() { "metac".into() } else { options.source.clone() }),
             MountOption::Subtype("metac".into()),
@@ -151,13 +160,19 @@ impl Mount {
             readahead: Arc::clone(&readahead),
             inodes: Arc::clone(&inodes),
         };
-        let session = fuser::spawn_mount(fs, path, &config)?;
+        let session = if !through_fusermount {
+            fuser::spawn_mount(fs, path, &config)?
+        } else {
+            let fd = fusermount(path, options)?;
+            let acl = config.acl;
+            fuser::Session::from_fd(fs, fd, acl, config)?.spawn()?
+        };
         forget_what_changes(&slot, session.notifier(), inodes)?;
         let conn = connection(path);
         if let Some(c) = conn {
             readahead.conn.store(c, Ordering::Release);
         }
-        Ok(Mount { session: Some(session), path: path.to_path_buf(), conn })
+        Ok(Mount { session: Some(session), path: path.to_path_buf(), conn, fusermount: through_fusermount })
     }
 
     /// Where it is mounted.
@@ -172,6 +187,19 @@ impl Mount {
     pub async fn unmount(mut self) {
         let Some(s) = self.session.take() else { return };
         let path = self.path.clone();
+        if self.fusermount {
+            // The session holds no mount of its own to take off: fusermount3 made it, and takes it off.
+            let p = path.clone();
+            let out = tokio::task::spawn_blocking(move || {
+                std::process::Command::new("fusermount3").arg("-u").arg("--").arg(&p).output()
+            })
+            .await;
+            if !matches!(out, Ok(Ok(ref o)) if o.status.success()) {
+                if let Err(e) = detach(&path) {
+                    tracing::warn!("cannot detach {}: {e}", path.display());
+                }
+            }
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         // A thread of its own rather than the runtime's blocking pool: if it never ends, the process still can.
         let spawned = std::thread::Builder::new().name("metac-fs-umount".into()).spawn(move || {
@@ -283,6 +311,51 @@ fn abort(conn: u32) -> std::io::Result<()> {
         rustix::mount::mount("fusectl", ctl, "fusectl", rustix::mount::MountFlags::empty(), None)?;
     }
     std::fs::write(ctl.join(conn.to_string()).join("abort"), b"1")
+}
+
+/// Mounts FUSE at `path` through fusermount3 (setuid root), as a node that is not root must (as sshfs does): it
+/// opens /dev/fuse, mounts it, and hands the descriptor back over a socket (its `_FUSE_COMMFD` protocol). The
+/// mount is `nosuid,nodev` (fusermount3 makes it so for users in any case), and open to other users only if asked
+/// (which /etc/fuse.conf must allow with `user_allow_other`).
+fn fusermount(path: &Path, options: &Options) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::AsRawFd;
+    let fsname = if options.source.is_empty() { "metac" } else { options.source.as_str() };
+    let mut opts = format!("fsname={},subtype=metac,default_permissions,nosuid,nodev", fsname.replace(',', "_"));
+    if options.read_only {
+        opts.push_str(",ro");
+    }
+    if options.allow_other {
+        opts.push_str(",allow_other");
+    }
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+    // fusermount3 inherits its end of the socket.
+    rustix::io::fcntl_setfd(&theirs, rustix::io::FdFlags::empty())?;
+    let out = std::process::Command::new("fusermount3")
+        .arg("-o")
+        .arg(&opts)
+        .arg("--")
+        .arg(path)
+        .env("_FUSE_COMMFD", theirs.as_raw_fd().to_string())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| std::io::Error::new(e.kind(), format!("fusermount3 (package fuse3): {e}")))?;
+    drop(theirs);
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!("fusermount3: {}", String::from_utf8_lossy(&out.stderr).trim())));
+    }
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = rustix::net::RecvAncillaryBuffer::new(&mut space);
+    let mut byte = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    rustix::net::recvmsg(&ours, &mut iov, &mut control, rustix::net::RecvFlags::CMSG_CLOEXEC)?;
+    for message in control.drain() {
+        if let rustix::net::RecvAncillaryMessage::ScmRights(mut fds) = message {
+            if let Some(fd) = fds.next() {
+                return Ok(fd);
+            }
+        }
+    }
+    Err(std::io::Error::other("fusermount3 mounted but handed back no /dev/fuse descriptor"))
 }
 
 /// Detaches the mount at `path` (a lazy unmount): as root with umount2, else with `fusermount3 -u -z`.
@@ -989,6 +1062,40 @@ mod tests {
         .await
         .unwrap();
         m.unmount().await;
+    }
+
+    /// The path a node that is not root takes: fusermount3 mounts and hands back /dev/fuse, the session serves it,
+    /// real tools use it, and fusermount3 takes it off at unmount (run as root here; fusermount3, setuid root,
+    /// does the same for a user). Needs root; under CI it runs and fails loudly without it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_mount_made_through_fusermount3_serves_and_is_taken_off_by_it() {
+        let (_dir, src, mnt) = mount_dirs();
+        std::fs::write(src.join("f"), b"through fusermount3").unwrap();
+        let root = rustix::fs::open(&src, rustix::fs::OFlags::PATH, rustix::fs::Mode::empty()).unwrap();
+        let server = Arc::new(crate::server::Server::new(root, false).unwrap());
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let cancel = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(crate::exporter::serve(server, metac_resource::Caller::root(), Box::new(b), cancel.clone()));
+        let slot = Slot::default();
+        slot.set(Phase::Up(Conn::start(Box::new(a), None)));
+        let m = Mount::mount(&mnt, slot, &Options::default(), true).unwrap();
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let line = info.lines().find(|l| l.contains(mnt.to_str().unwrap())).expect("mounted").to_string();
+        assert!(line.contains("fuse.metac") && line.contains("nosuid") && line.contains("nodev"), "{line}");
+        let mnt2 = mnt.clone();
+        let (read, wrote) = tokio::task::spawn_blocking(move || {
+            let read = std::fs::read(mnt2.join("f")).unwrap();
+            std::fs::write(mnt2.join("g"), b"back").unwrap();
+            (read, std::fs::read(mnt2.join("g")).unwrap())
+        })
+        .await
+        .unwrap();
+        assert_eq!((read.as_slice(), wrote.as_slice()), (&b"through fusermount3"[..], &b"back"[..]));
+        m.unmount().await;
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!info.contains(mnt.to_str().unwrap()), "fusermount3 took it off");
+        assert_eq!(std::fs::read(src.join("g")).unwrap(), b"back");
+        cancel.cancel();
     }
 
     /// Changes made on the exporter are seen through the mount at once, not when the cache times out: new bytes of
