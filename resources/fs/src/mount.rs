@@ -131,11 +131,11 @@ impl Mount {
     pub fn new(path: &Path, slot: Slot, options: &Options) -> std::io::Result<Mount> {
         // SAFETY: geteuid has no preconditions and cannot fail.
         let root = unsafe { libc::geteuid() } == 0;
-        Mount::mount(path, slot, options, !root)
+        Mount::with_helper(path, slot, options, !root)
     }
 
     /// [`Mount::new`], mounting with mount(2) or through fusermount3.
-    fn mount(path: &Path, slot: Slot, options: &Options, through_fusermount: bool) -> std::io::Result<Mount> {
+    fn with_helper(path: &Path, slot: Slot, options: &Options, through_fusermount: bool) -> std::io::Result<Mount> {
         let mut mount_options = vec![
             MountOption::FSName(if options.source.is_empty() { "metac".into() } else { options.source.clone() }),
             MountOption::Subtype("metac".into()),
@@ -1078,7 +1078,7 @@ mod tests {
         tokio::spawn(crate::exporter::serve(server, metac_resource::Caller::root(), Box::new(b), cancel.clone()));
         let slot = Slot::default();
         slot.set(Phase::Up(Conn::start(Box::new(a), None)));
-        let m = Mount::mount(&mnt, slot, &Options::default(), true).unwrap();
+        let m = Mount::with_helper(&mnt, slot, &Options::default(), true).unwrap();
         let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         let line = info.lines().find(|l| l.contains(mnt.to_str().unwrap())).expect("mounted").to_string();
         assert!(line.contains("fuse.metac") && line.contains("nosuid") && line.contains("nodev"), "{line}");
