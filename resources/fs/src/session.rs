@@ -4,8 +4,7 @@
 //! timeout ([`crate::mount`]); inode numbers of before a break answer ESTALE after it. Unbind, revocation, expiry
 //! and node stop unmount ([`Session::close`]).
 //!
-//! The mount is made by the node (as root; a node that is not root goes through fusermount3, which fuser calls, not
-//! tested yet). A node that is root opens every mount to all users (`allow_other`), as a local disk is, with the
+//! The mount is made by the node (with mount(2) as root; through fusermount3 otherwise, as sshfs is). A node that is root opens every mount to all users (`allow_other`), as a local disk is, with the
 //! kernel checking permissions (`default_permissions`) against the owners and modes it shows; it mounts only on a
 //! directory the caller owns ([`crate::Fs`] checks, as fusermount3 does).
 
