@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use metac_resource::{frame, BoxStream, Status};
+use metac_resource::{BoxStream, Status};
 use tokio::io::{BufWriter, WriteHalf};
 use tokio::sync::{oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -105,7 +105,7 @@ impl Conn {
             };
             let req = RequestRef { id, op };
             let written = tokio::select! {
-                r = frame::write(&mut w.1, &req) => r,
+                r = crate::buffers::write_frame(&mut w.1, &req) => r,
                 () = c.closed.cancelled() => Ok(()), // the reader has failed or will fail every waiting request
             };
             if let Err(e) = written {
@@ -171,7 +171,9 @@ async fn read_answers(
             if let Some(s) = &status {
                 s.count(body.len() as u64 + 4);
             }
-            let resp = proto::decode_response(&body).map_err(|e| metac_resource::Error::Protocol(e.to_string()))?;
+            let resp = proto::decode_response(&body).map_err(|e| metac_resource::Error::Protocol(e.to_string()));
+            crate::buffers::give(body);
+            let resp = resp?;
             if resp.id == 0 {
                 // Told unasked: changes on the exporter's side.
                 if let Ok(Reply::Changed(changes)) = resp.result {

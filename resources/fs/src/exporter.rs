@@ -108,7 +108,7 @@ pub async fn serve(
                     let written = rt.block_on(async {
                         tokio::select! {
                             () = done.cancelled() => false,
-                            r = async { frame::write(&mut *wr.lock().await, &resp).await } => r.is_ok(),
+                            r = answer(&wr, resp) => r.is_ok(),
                         }
                     });
                     if !written {
@@ -129,10 +129,11 @@ pub async fn serve(
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(e),
             };
-            let req = proto::decode_request(&body).map_err(|e| Error::Protocol(e.to_string()))?;
+            let req = proto::decode_request(&body).map_err(|e| Error::Protocol(e.to_string()));
+            crate::buffers::give(body);
+            let req = req?;
             if inline && req.op.is_quick() {
-                let resp = Response { id: req.id, result: server.handle(req.op) };
-                frame::write(&mut *wr.lock().await, &resp).await?;
+                answer(&wr, Response { id: req.id, result: server.handle(req.op) }).await?;
             } else if req_tx.send(req).await.is_err() {
                 return Err(Error::Protocol("the fs workers stopped".into()));
             }
@@ -174,9 +175,18 @@ async fn tell_changes(server: &Server, wr: &Writer) -> Result<(), Error> {
                 break;
             }
             let resp = Response { id: 0, result: Ok(proto::Reply::Changed(changes)) };
-            frame::write(&mut *wr.lock().await, &resp).await?;
+            answer(wr, resp).await?;
         }
     }
+}
+
+/// Writes one answer; the data it carried goes back to the buffer pool.
+async fn answer(wr: &Writer, resp: Response) -> Result<(), Error> {
+    let r = crate::buffers::write_frame(&mut *wr.lock().await, &resp).await;
+    if let Ok(proto::Reply::Data(d)) = resp.result {
+        crate::buffers::give(d);
+    }
+    r
 }
 
 /// The writing half of a bind's stream, shared by whoever answers.
@@ -210,7 +220,8 @@ pub(crate) async fn read_body<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> Res
     if len > MAX_FRAME {
         return Err(frame::Error::TooLarge { len, max: MAX_FRAME }.into());
     }
-    let mut body = vec![0u8; len];
+    let mut body = crate::buffers::take(len);
+    body.resize(len, 0);
     r.read_exact(&mut body).await?;
     Ok(Some(body))
 }

@@ -11,6 +11,7 @@
 //! The node may run as root; an export is opened, and served, as the user who made it ([`Caller::act`]), so a
 //! binder gets no more of the tree than that user's own rights give.
 
+pub mod buffers;
 pub mod client;
 mod exporter;
 mod inodes;

@@ -433,6 +433,9 @@ impl Fuse {
                     break r.map_err(Errno::from_i32);
                 }
             };
+            if let Op::Write { data, .. } = op {
+                crate::buffers::give(data);
+            }
             done(r)
         });
     }
@@ -629,7 +632,10 @@ fn xattr(reply: ReplyXattr) -> impl FnOnce(Result<Reply, Errno>) {
 
 fn data(reply: ReplyData) -> impl FnOnce(Result<Reply, Errno>) {
     move |r| match r {
-        Ok(Reply::Data(d)) => reply.data(&d),
+        Ok(Reply::Data(d)) => {
+            reply.data(&d);
+            crate::buffers::give(d);
+        }
         Ok(r) => reply.error(unexpected(r)),
         Err(e) => reply.error(e),
     }
@@ -785,7 +791,9 @@ impl Filesystem for Fuse {
         if bytes.len() > MAX_IO as usize {
             return reply.error(Errno::EINVAL);
         }
-        self.call(Op::Write { fh: fh.0, offset, data: bytes.to_vec() }, move |r| match r {
+        let mut data = crate::buffers::take(bytes.len());
+        data.extend_from_slice(bytes);
+        self.call(Op::Write { fh: fh.0, offset, data }, move |r| match r {
             Ok(Reply::Written(n)) => reply.written(n),
             Ok(r) => reply.error(unexpected(r)),
             Err(e) => reply.error(e),

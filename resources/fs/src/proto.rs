@@ -51,7 +51,10 @@ mod bytes {
                 f.write_str("bytes")
             }
             fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
-                Ok(v.to_vec())
+                // Large ones (the data of reads and writes) in a reused buffer.
+                let mut b = crate::buffers::take(v.len());
+                b.extend_from_slice(v);
+                Ok(b)
             }
             fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
                 Ok(v)

@@ -288,6 +288,7 @@ impl Server {
                         Err(e) => return Err(errno(e)),
                     }
                 }
+                crate::buffers::give(data);
                 Ok(Reply::Written(done as u32))
             }
             Op::Create { parent, name, mode, umask, flags, who } => {
@@ -734,7 +735,8 @@ impl Server {
 
     fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
         let f = self.file(fh)?;
-        let mut buf = vec![0u8; size.min(MAX_IO) as usize];
+        let mut buf = crate::buffers::take(size.min(MAX_IO) as usize);
+        buf.resize(size.min(MAX_IO) as usize, 0);
         let mut done = 0;
         while done < buf.len() {
             match rustix::io::pread(&*f, &mut buf[done..], offset + done as u64) {
