@@ -30,7 +30,7 @@ impl Pool {
     }
 
     fn take(&mut self, len: usize) -> Vec<u8> {
-        if len < LARGE || len > MAX_FRAME {
+        if !(LARGE..=MAX_FRAME).contains(&len) {
             return Vec::with_capacity(len);
         }
         self.used = Some(Instant::now());
