@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job, shown end to end: builds metac, starts N nodes (default 3) in network namespaces on one bridge
 # (IPv6 ULA only, no configuration: they find each other by mDNS), exports a file on host 1, reads it on the last
-# host byte for byte, delegates a narrower ref, revokes the original and shows it refused. Cleans up on exit.
+# host byte for byte, shares a directory that host 2 mounts and writes to, delegates a narrower ref, revokes the
+# original and shows it refused. Cleans up on exit.
 # Also shows the overlay: host 1 pings the last host's fd6f address through a WireGuard tunnel.
 #   ./scripts/demo.sh [N]   (as root)
 set -euo pipefail
@@ -105,6 +106,25 @@ CHILD=$(m "$N" ref delegate "$REF" --read-only --expires 1h --to "$H2")
 m "$N" ref show "$CHILD"
 echo "host 2 reads it:  $(m 2 file cat "$CHILD" | wc -c) bytes"
 echo "host $N may not:  $(m "$N" file cat "$CHILD" 2>&1 >/dev/null || true)"
+
+echo; echo "== host 1 shares a directory; host 2 mounts it (FUSE) and uses it as a local disk"
+mkdir -p "$DIR/1/shared/docs" "$DIR/2/shared-from-host1"
+echo "hello from host 1" >"$DIR/1/shared/docs/readme.txt"
+echo "\$ metac fs export local:$DIR/1/shared   (host 1)"
+FSREF=$(m 1 fs export "local:$DIR/1/shared" --name shared)
+echo "$FSREF"
+MNT="$DIR/2/shared-from-host1"
+echo "\$ metac fs bind $MNT REF   (host 2)"
+m 2 fs bind "$MNT" "$FSREF"
+for _ in $(seq 1 100); do m 2 --json fs ls | grep -q '"state": "up"' && break; sleep 0.1; done
+# The mount is in host 2's node's mount namespace (ip netns exec gives each command one of its own).
+in2() { nsenter -t "$(ip netns pids "$P-2" | head -n 1)" -m "$@"; }
+echo "\$ cat $MNT/docs/readme.txt   (host 2)"; in2 cat "$MNT/docs/readme.txt"
+echo "\$ echo from host 2 > $MNT/docs/reply.txt; mkdir $MNT/made   (host 2)"
+in2 sh -c "echo 'from host 2' > '$MNT/docs/reply.txt' && mkdir '$MNT/made'"
+echo "on host 1: $(cat "$DIR/1/shared/docs/reply.txt"); $(ls -d "$DIR/1/shared/made" >/dev/null && echo 'made/ is there')"
+echo "\$ metac fs ls   (host 2)"; m 2 fs ls
+echo "\$ metac fs unbind $MNT   (host 2)"; m 2 fs unbind "$MNT"
 
 echo; echo "== host 1 revokes the original ref; every ref delegated from it dies with it"
 m 1 ref revoke "$REF"
