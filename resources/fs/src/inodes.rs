@@ -108,21 +108,21 @@ fn numbers(op: &mut Op) -> ([Option<&mut u64>; 2], Option<&mut u64>) {
 }
 
 /// Whether an operation may be sent again on a new connection when the one it went on broke before the answer
-/// came: not one that makes, removes or renames a name (it may have been done, and doing it again would fail), nor
-/// an append.
-pub(crate) fn retriable(op: &Op, append: bool) -> bool {
-    match op {
+/// came: not one that makes, removes or renames a name (it may have been done, and doing it again would fail).
+/// Writes are: the kernel sends every write at an offset of its own (O_APPEND is its to keep, with writeback
+/// caching, and never reaches the exporter), so sending one twice writes the same bytes to the same place.
+pub(crate) fn retriable(op: &Op) -> bool {
+    !matches!(
+        op,
         Op::Create { .. }
-        | Op::Mkdir { .. }
-        | Op::Mknod { .. }
-        | Op::Unlink { .. }
-        | Op::Rmdir { .. }
-        | Op::Rename { .. }
-        | Op::Symlink { .. }
-        | Op::Link { .. } => false,
-        Op::Write { .. } => !append,
-        _ => true,
-    }
+            | Op::Mkdir { .. }
+            | Op::Mknod { .. }
+            | Op::Unlink { .. }
+            | Op::Rmdir { .. }
+            | Op::Rename { .. }
+            | Op::Symlink { .. }
+            | Op::Link { .. }
+    )
 }
 
 impl State {
@@ -238,12 +238,6 @@ impl Table {
         if let (Some(v), Some(fh)) = (local.fh, fh) {
             *fh = v;
         }
-    }
-
-    /// Whether the open file `fh` was opened for appending.
-    pub(crate) fn appends(&self, fh: u64) -> bool {
-        let s = self.state.lock().expect("inodes");
-        s.files.get(&fh).is_some_and(|f| f.flags & libc::O_APPEND != 0)
     }
 
     /// Whether the open file `fh` is one of an earlier connection than `conn` (so its release goes nowhere).

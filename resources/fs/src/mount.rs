@@ -3,14 +3,14 @@
 //!
 //! The kernel's requests arrive on fuser's threads; each becomes a task on the tokio runtime that sends the
 //! metac-fs/2 request and answers the kernel when the reply comes, so the fuser thread never waits on the network
-//! and many requests are in flight at once. The kernel caches entries and attributes for [`TTL`] (short, since the
-//! exporter does not push invalidations yet), and reads and writes go up to 1 MiB at a time.
+//! and many requests are in flight at once. The kernel caches entries and attributes for [`TTL`], and drops them
+//! sooner when the exporter says they changed; writes are cached (writeback); reads and writes go up to 1 MiB.
 //!
 //! The connection sits in a [`Slot`] that the session fills on every (re)connection. While the exporter is away,
 //! operations wait for it to come back, up to the bind's stall limit ([`Options::stall`], 60 s by default), and
-//! then fail with EIO; when the bind is cut for good they fail with ENOTCONN at once. Requests in flight when the
-//! connection broke fail with EIO, and inode numbers of before the break answer ESTALE (the new stream's server has
-//! a table of its own), but a path walked anew after the break works.
+//! then fail with EIO; when the bind is cut for good they fail with ENOTCONN at once. The kernel's inode and file
+//! numbers are the binder's own (the `inodes` module), found again on the next connection by their paths: requests
+//! cut by the break are sent again (but namespace changes, EIO), and only what vanished meanwhile answers ESTALE.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -398,10 +398,6 @@ impl Fuse {
     fn call(&self, mut op: Op, done: impl FnOnce(Result<Reply, Errno>) + Send + 'static) {
         let (slot, stall, inodes) = (self.slot.clone(), self.stall, Arc::clone(&self.inodes));
         self.rt.spawn(async move {
-            let append = match &op {
-                Op::Write { fh, .. } => inodes.appends(*fh),
-                _ => false,
-            };
             let mut tries = 0;
             let r = loop {
                 let c = match slot.conn(stall).await {
@@ -429,7 +425,7 @@ impl Fuse {
                     Err(e) => break Err(Errno::from_i32(e)),
                 };
                 tries += 1;
-                if tries > RETRIES || !inodes::retriable(&op, append) {
+                if tries > RETRIES || !inodes::retriable(&op) {
                     break r.map_err(Errno::from_i32);
                 }
             };

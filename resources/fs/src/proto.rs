@@ -295,7 +295,7 @@ pub enum Reply {
 }
 
 /// A change made on the exporter.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Change {
     /// The name `name` in directory `parent` came, went or now leads elsewhere.
     Entry {

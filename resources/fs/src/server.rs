@@ -49,6 +49,8 @@ pub struct Server {
     inodes: Mutex<Inodes>,
     files: Mutex<Files>,
     watches: Mutex<Option<Watches>>,
+    /// Whether `watches` is set (read on every operation, without the lock).
+    watching: std::sync::atomic::AtomicBool,
     /// Names and inodes this bind changed lately, whose inotify events are its own echo, not news.
     own: Mutex<HashMap<Own, std::time::Instant>>,
 }
@@ -169,6 +171,7 @@ impl Server {
             ids: Mutex::new(Ids { here: me, there: me }),
             inodes: Mutex::new(inodes),
             watches: Mutex::new(None),
+            watching: std::sync::atomic::AtomicBool::new(false),
             own: Mutex::new(HashMap::new()),
             files: Mutex::new(Files { open: HashMap::new(), writers: HashMap::new(), next: 1 }),
         })
@@ -209,8 +212,7 @@ impl Server {
         if !self.admin && op.takes_admin() {
             return Err(libc::EPERM);
         }
-        let watched = self.watches.lock().expect("watches").is_some();
-        if !watched {
+        if !self.watching.load(std::sync::atomic::Ordering::Acquire) {
             return self.run(op);
         }
         self.mark_own(&op);
@@ -449,6 +451,7 @@ impl Server {
                 .map_err(|e| tracing::debug!("fs: no inotify, so no change notices: {e}"))
                 .ok()?;
             *w = Some(Watches { fd, by_wd: HashMap::new(), by_ino: HashMap::new() });
+            self.watching.store(true, std::sync::atomic::Ordering::Release);
             drop(w);
             let t = self.inodes.lock().expect("inodes");
             for (&ino, n) in &t.by_ino {
@@ -485,26 +488,35 @@ impl Server {
     /// came, went or was renamed, and inodes (known to the binder) whose data or attributes changed. Writes through
     /// a handle of this bind's are its own and not told.
     pub fn changes(&self) -> Vec<Change> {
-        let mut heard = Vec::new();
+        use rustix::fs::inotify::ReadFlags as R;
+        // The events of each name once, in the order first heard (a file written in many pieces is many events).
+        let mut heard: Vec<(u64, Option<Vec<u8>>, R)> = Vec::new();
         {
             let w = self.watches.lock().expect("watches");
             let Some(w) = w.as_ref() else { return Vec::new() };
+            let mut at: HashMap<(u64, Option<Vec<u8>>), usize> = HashMap::new();
             let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 8192];
             let mut events = inotify::Reader::new(&w.fd, &mut buf);
-            while heard.len() < MAX_CHANGES * 4 {
+            for _ in 0..MAX_CHANGES * 4 {
                 let Ok(e) = events.next() else { break };
                 let Some(&dir) = w.by_wd.get(&e.wd()) else { continue };
                 let name = e.file_name().map(|n| n.to_bytes().to_vec()).filter(|n| !n.is_empty());
-                heard.push((dir, name, e.events()));
+                match at.entry((dir, name.clone())) {
+                    std::collections::hash_map::Entry::Occupied(i) => heard[*i.get()].2 |= e.events(),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(heard.len());
+                        heard.push((dir, name, e.events()));
+                    }
+                }
             }
         }
         let mut out: Vec<Change> = Vec::new();
-        let add = |c: Change, out: &mut Vec<Change>| {
-            if out.len() < MAX_CHANGES && !out.contains(&c) {
+        let mut told = std::collections::HashSet::new();
+        let mut add = |c: Change, out: &mut Vec<Change>| {
+            if out.len() < MAX_CHANGES && told.insert(c.clone()) {
                 out.push(c);
             }
         };
-        use rustix::fs::inotify::ReadFlags as R;
         for (dir, name, what) in heard {
             let Some(name) = name else {
                 // The directory itself.

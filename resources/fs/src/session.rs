@@ -1,12 +1,13 @@
 //! An fs bind as a session the node runs (`metac fs bind MOUNTPOINT REF`). The first run connects to the exporter,
 //! checks that it serves the export's root, and mounts; the mount then stays up across reconnections (the node
 //! retries a lost exporter with backoff). While the exporter is away operations wait for it up to the bind's
-//! timeout ([`crate::mount`]); inode numbers of before a break answer ESTALE after it. Unbind, revocation, expiry
-//! and node stop unmount ([`Session::close`]).
+//! timeout ([`crate::mount`]); inodes and open files of before a break are found again after it. Unbind,
+//! revocation, expiry and node stop unmount ([`Session::close`]).
 //!
-//! The mount is made by the node (with mount(2) as root; through fusermount3 otherwise, as sshfs is). A node that is root opens every mount to all users (`allow_other`), as a local disk is, with the
-//! kernel checking permissions (`default_permissions`) against the owners and modes it shows; it mounts only on a
-//! directory the caller owns ([`crate::Fs`] checks, as fusermount3 does).
+//! The mount is made by the node (with mount(2) as root; through fusermount3 otherwise, as sshfs is). A node that
+//! is root opens every mount to all users (`allow_other`), as a local disk is, with the kernel checking permissions
+//! (`default_permissions`) against the owners and modes it shows; it mounts only on a directory the caller owns
+//! ([`crate::Fs`] checks, as fusermount3 does).
 
 use std::sync::Arc;
 use std::time::Duration;
