@@ -94,6 +94,18 @@ pub async fn write_frame<W: tokio::io::AsyncWrite + Unpin, T: serde::Serialize>(
 mod tests {
     use super::*;
 
+    /// The pooled writer writes the bytes the project's one framing helper writes (and a request of a borrowed
+    /// operation encodes as the owned one), so both ends read either.
+    #[tokio::test]
+    async fn pooled_frames_are_the_framing_helpers_bytes() {
+        use crate::proto::{Op, Request};
+        let op = Op::Write { fh: 3, offset: 1 << 40, data: vec![9; 100_000] };
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        write_frame(&mut ours, &crate::client::request_ref(7, &op)).await.unwrap();
+        metac_resource::frame::write(&mut theirs, &Request { id: 7, op }).await.unwrap();
+        assert_eq!(ours, theirs);
+    }
+
     #[test]
     fn frames_are_reused_and_an_idle_pool_is_emptied() {
         let mut pool = Pool::new();

@@ -30,6 +30,12 @@ struct RequestRef<'a> {
     op: &'a Op,
 }
 
+/// The request `id` of `op`, borrowed (for tests of the encoding).
+#[cfg(test)]
+pub(crate) fn request_ref(id: u64, op: &Op) -> impl serde::Serialize + '_ {
+    RequestRef { id, op }
+}
+
 /// A pipelined connection to an exporter.
 #[derive(Clone)]
 pub struct Conn {
