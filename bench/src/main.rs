@@ -6,6 +6,7 @@ mod file;
 mod flood;
 mod fs;
 mod overlay;
+mod run;
 mod spine;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +30,8 @@ enum Command {
     Fs(fs::Args),
     /// The overlay: iperf3 TCP and ping RTT over the raw veth, wireguard-go and the metac overlay, with ratios
     Overlay(overlay::Args),
+    /// Containers: `metac run --rootfs BUSYBOX true` against `runc run` of the same rootfs, and the node's footprint
+    Run(run::Args),
 }
 
 fn main() {
@@ -40,6 +43,7 @@ fn main() {
         Command::File(a) => file::run(a),
         Command::Flood(a) => flood::run(a),
         Command::Fs(a) => fs::run(a),
+        Command::Run(a) => run::run(a),
     };
     if let Err(e) = r {
         eprintln!("metac-bench: error: {e:#}");

@@ -48,9 +48,21 @@ enum Command {
     /// The fd6f overlay network: status, and configurations for stock WireGuard peers
     #[command(subcommand)]
     Overlay(cmd::overlay::Cmd),
+    #[command(flatten)]
+    Containers(cmd::containers::Cmd),
 }
 
 fn main() {
+    // `metac shim DIR`: a container's supervisor, started by the node. It forks, so it must run before any
+    // thread exists: no runtime, no argument parser.
+    let mut args = std::env::args_os();
+    if args.nth(1).is_some_and(|a| a == "shim") {
+        let Some(dir) = args.next() else {
+            eprintln!("metac shim: the node starts this with a container's directory");
+            std::process::exit(2);
+        };
+        std::process::exit(metac_compute::shim::main(std::path::Path::new(&dir)));
+    }
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Node(_)) {
         // A client whose output goes to a closed pipe (`metac ... | head`) ends quietly, as other CLI tools do.
@@ -69,16 +81,25 @@ fn main() {
         }
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
-    if let Err(e) = rt.block_on(run(cli)) {
-        eprintln!("metac: error: {e:#}");
-        std::process::exit(1);
+    match rt.block_on(run(cli)) {
+        Ok(None) => {}
+        Ok(Some(code)) => {
+            // The container's exit code is this command's (`metac run`, `metac wait`); the runtime may still hold
+            // tasks reading stdin, which would keep a clean shutdown waiting.
+            rt.shutdown_background();
+            std::process::exit(code);
+        }
+        Err(e) => {
+            eprintln!("metac: error: {e:#}");
+            std::process::exit(1);
+        }
     }
 }
 
-async fn run(cli: Cli) -> Result<()> {
+async fn run(cli: Cli) -> Result<Option<i32>> {
     let socket = cli.socket.unwrap_or_else(metac_node::config::default_socket);
     let c = Client::new(&socket);
-    match cli.command {
+    let done = match cli.command {
         Command::Node(a) => cmd::node::run(a, socket).await,
         Command::Status(cmd) => cmd::status::run(&c, cli.json, cmd).await,
         Command::Binds(cmd) => cmd::binds::run(&c, cli.json, cmd).await,
@@ -86,5 +107,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::File(cmd) => cmd::file::run(&c, cli.json, cmd).await,
         Command::Fs(cmd) => cmd::fs::run(&c, cli.json, cmd).await,
         Command::Overlay(cmd) => cmd::overlay::run(&c, cli.json, cmd).await,
-    }
+        Command::Containers(cmd) => return cmd::containers::run(&c, cli.json, cmd).await,
+    };
+    done.map(|()| None)
 }

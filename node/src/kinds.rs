@@ -8,7 +8,8 @@ use metac_resource::Plugin;
 /// Every kind this node serves.
 pub fn builtin() -> Vec<Arc<dyn Plugin>> {
     vec![
-        Arc::new(metac_block::File), // file and block devices over NBD
-        Arc::new(metac_fs::Fs),      // directory trees over metac-fs/2, mounted with FUSE
+        Arc::new(metac_block::File),                 // file and block devices over NBD
+        Arc::new(metac_fs::Fs),                      // directory trees over metac-fs/2, mounted with FUSE
+        Arc::new(metac_compute::Compute::default()), // containers (metac run)
     ]
 }

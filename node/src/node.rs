@@ -182,6 +182,7 @@ impl Node {
             store: Arc::new(KindTable::new(Arc::clone(&self.store), kind)),
             binder: Arc::new(crate::binds::NodeBinder(self.me_weak.clone())),
             run_dir: self.run_dir.clone(),
+            state_dir: self.state.join("kinds").join(kind.to_string()),
         }
     }
 

@@ -39,6 +39,9 @@ pub struct Ctx {
     /// A directory for the kind's local sockets and other runtime files (the node's own; others may pass through
     /// it, not list it). A caller's own files go in [`Ctx::run_dir_of`].
     pub run_dir: PathBuf,
+    /// A directory of the kind's own for durable files the store is not made for (a container's logs), kept
+    /// across restarts; the kind creates it when it first needs it.
+    pub state_dir: PathBuf,
 }
 
 impl Ctx {

@@ -1,0 +1,305 @@
+//! The compute kind's API routes, merged into the node's, and the request types the CLI sends.
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /v1/containers {spec, attach}` | create and start; answers its [`Info`] |
+//! | `GET /v1/containers?all=true` | list |
+//! | `GET /v1/containers/{id}` | inspect |
+//! | `POST /v1/containers/{id}/attach {stdin}` | upgrade to [`stdio`](crate::stdio) frames with the container |
+//! | `POST /v1/containers/{id}/logs {follow, tail, timestamps}` | its output, as frames in a streamed body |
+//! | `POST /v1/containers/{id}/kill {signal}`, `.../stop {timeout}`, `.../wait` | signals and ends |
+//! | `POST /v1/containers/{id}/pause`, `.../unpause`, `.../update {limits}`, `GET .../stats` | its cgroup |
+//! | `DELETE /v1/containers/{id}?force=true` | remove |
+//!
+//! Every route acts for its caller: a user sees and manages their own containers, root all of them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use hyper_util::rt::TokioIo;
+use metac_api::server::Json;
+use metac_resource::{Caller, Error};
+use serde::{Deserialize, Serialize};
+
+use crate::cgroup::{Limits, Stats};
+use crate::logs;
+use crate::manager::{Info, Inspect, Manager};
+use crate::spec::Spec;
+use crate::stdio::{Exit, Frame};
+
+/// `POST /v1/containers`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunReq {
+    /// The container.
+    pub spec: Spec,
+    /// The client attaches next: hold the command until it does.
+    #[serde(default)]
+    pub attach: bool,
+}
+
+/// `POST /v1/containers/{id}/attach`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AttachReq {
+    /// The client sends input.
+    #[serde(default)]
+    pub stdin: bool,
+}
+
+/// `POST /v1/containers/{id}/logs`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LogsReq {
+    /// Keep streaming what it prints until it ends.
+    #[serde(default)]
+    pub follow: bool,
+    /// Only the last N lines.
+    #[serde(default)]
+    pub tail: Option<usize>,
+    /// Each line with the time it was printed.
+    #[serde(default)]
+    pub timestamps: bool,
+}
+
+/// `POST /v1/containers/{id}/kill`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KillReq {
+    /// The signal number.
+    pub signal: i32,
+}
+
+/// `POST /v1/containers/{id}/stop`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StopReq {
+    /// Seconds between SIGTERM and SIGKILL [default: 10].
+    #[serde(default)]
+    pub timeout: Option<u64>,
+}
+
+/// `POST /v1/containers/{id}/update`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct UpdateReq {
+    /// The limits to change (the others stay).
+    pub limits: Limits,
+}
+
+/// How a container ended (`wait`, `stop`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ended {
+    /// Its exit, if it ran.
+    pub exit: Option<Exit>,
+}
+
+/// `GET /v1/containers/{id}/stats`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatsReply {
+    /// The container.
+    pub info: Info,
+    /// Its cgroup's figures.
+    pub stats: Stats,
+}
+
+#[derive(Debug, Deserialize)]
+struct AllQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct ForceQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+/// The routes, on a node's containers.
+pub fn routes(m: Arc<Manager>) -> Router {
+    Router::new()
+        .route("/v1/containers", post(create).get(list))
+        .route("/v1/containers/{id}", get(inspect).delete(remove))
+        .route("/v1/containers/{id}/attach", post(attach))
+        .route("/v1/containers/{id}/logs", post(logs_route))
+        .route("/v1/containers/{id}/kill", post(kill))
+        .route("/v1/containers/{id}/stop", post(stop))
+        .route("/v1/containers/{id}/wait", post(wait))
+        .route("/v1/containers/{id}/pause", post(pause))
+        .route("/v1/containers/{id}/unpause", post(unpause))
+        .route("/v1/containers/{id}/update", post(update))
+        .route("/v1/containers/{id}/stats", get(stats))
+        .with_state(m)
+}
+
+type M = State<Arc<Manager>>;
+
+async fn create(State(m): M, caller: Caller, Json(req): Json<RunReq>) -> Result<Json<Info>, Error> {
+    m.create(req.spec, caller, req.attach).await.map(Json)
+}
+
+async fn list(State(m): M, caller: Caller, Query(q): Query<AllQuery>) -> Result<Json<Vec<Info>>, Error> {
+    m.list(&caller, q.all).map(Json)
+}
+
+async fn inspect(State(m): M, caller: Caller, Path(id): Path<String>) -> Result<Json<Inspect>, Error> {
+    m.inspect(&id, &caller).map(Json)
+}
+
+async fn remove(
+    State(m): M,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<ForceQuery>,
+) -> Result<Json<serde_json::Value>, Error> {
+    m.remove(&id, &caller, q.force).await?;
+    Ok(Json(serde_json::json!({ "removed": id })))
+}
+
+async fn kill(
+    State(m): M,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(req): Json<KillReq>,
+) -> Result<Json<()>, Error> {
+    m.kill(&id, &caller, req.signal).await.map(Json)
+}
+
+async fn stop(
+    State(m): M,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(req): Json<StopReq>,
+) -> Result<Json<Ended>, Error> {
+    let grace = Duration::from_secs(req.timeout.unwrap_or(10).min(3600));
+    m.stop(&id, &caller, grace).await.map(|exit| Json(Ended { exit }))
+}
+
+async fn wait(State(m): M, caller: Caller, Path(id): Path<String>) -> Result<Json<Ended>, Error> {
+    m.wait(&id, &caller).await.map(|exit| Json(Ended { exit }))
+}
+
+async fn pause(State(m): M, caller: Caller, Path(id): Path<String>) -> Result<Json<()>, Error> {
+    m.pause(&id, &caller, true).map(Json)
+}
+
+async fn unpause(State(m): M, caller: Caller, Path(id): Path<String>) -> Result<Json<()>, Error> {
+    m.pause(&id, &caller, false).map(Json)
+}
+
+async fn update(
+    State(m): M,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(req): Json<UpdateReq>,
+) -> Result<Json<Info>, Error> {
+    m.update(&id, &caller, req.limits).map(Json)
+}
+
+async fn stats(State(m): M, caller: Caller, Path(id): Path<String>) -> Result<Json<StatsReply>, Error> {
+    m.stats(&id, &caller).map(|(info, stats)| Json(StatsReply { info, stats }))
+}
+
+/// Reads the JSON body, checks the container, then splices the upgraded connection with the shim's socket.
+async fn attach(State(m): M, caller: Caller, Path(id): Path<String>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, 64 * 1024).await {
+        Ok(b) => b,
+        Err(e) => return Error::BadOptions(format!("cannot read the request body: {e}")).into_response(),
+    };
+    let a: AttachReq = match serde_json::from_slice(&body) {
+        Ok(a) => a,
+        Err(e) => return Error::BadOptions(format!("bad request body: {e}")).into_response(),
+    };
+    let mut shim = match m.attach(&id, &caller, a.stdin).await {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let mut req = Request::from_parts(parts, ());
+    let on = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match on.await {
+            Ok(up) => {
+                let mut io = TokioIo::new(up);
+                let _ = tokio::io::copy_bidirectional(&mut io, &mut shim).await;
+            }
+            Err(e) => tracing::debug!("attach to {id}: the upgrade failed: {e}"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "metac-stdio")
+        .body(Body::empty())
+        .expect("response")
+}
+
+async fn logs_route(State(m): M, caller: Caller, Path(id): Path<String>, Json(req): Json<LogsReq>) -> Response {
+    let (record, dir) = match m.log_dir(&id, &caller) {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    let follow = req.follow && m.running(&record);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(16);
+    let m2 = Arc::clone(&m);
+    tokio::task::spawn_blocking(move || {
+        let send = |r: &logs::Record| {
+            let line = logs::format_line(r, req.timestamps);
+            let f = match r.stream {
+                logs::Stream::Stdout => Frame::Stdout(line),
+                logs::Stream::Stderr => Frame::Stderr(line),
+            };
+            let mut b = Vec::new();
+            f.encode(&mut b);
+            tx.blocking_send(Ok(b.into())).is_ok()
+        };
+        let run = || -> Result<(), logs::Error> {
+            let (records, mut follower) = if follow {
+                let (r, f) = logs::Follow::start(&dir)?;
+                (r, Some(f))
+            } else {
+                (logs::read(&dir)?, None)
+            };
+            let shown = match req.tail {
+                Some(n) => logs::tail_lines(&records, n),
+                None => logs::lines(&records),
+            };
+            if !shown.iter().all(&send) {
+                return Ok(());
+            }
+            let Some(f) = follower.as_mut() else { return Ok(()) };
+            // Lines cut across records are put together before they are sent.
+            let mut lines = logs::Lines::new();
+            let mut out = Vec::new();
+            loop {
+                match f.wait(Some(Duration::from_secs(1)))? {
+                    logs::Next::Records(rs) => {
+                        for r in &rs {
+                            lines.push(r, &mut out);
+                        }
+                        if !out.drain(..).all(|l| send(&l)) {
+                            return Ok(());
+                        }
+                    }
+                    logs::Next::Ended | logs::Next::Stopped => break,
+                    // A shim that died leaves no end mark: its not running is the end.
+                    logs::Next::Timeout if tx.is_closed() || !m2.running(&record) => break,
+                    logs::Next::Timeout => {}
+                }
+            }
+            lines.finish().iter().all(&send);
+            Ok(())
+        };
+        if let Err(e) = run() {
+            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+        }
+    });
+    let stream = futures_stream(rx);
+    ([(header::CONTENT_TYPE, "application/octet-stream")], Body::from_stream(stream)).into_response()
+}
+
+fn futures_stream(
+    mut rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, std::io::Error>>,
+) -> impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
