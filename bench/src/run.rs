@@ -63,7 +63,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub fn run(a: Args) -> Result<()> {
     let lab = Lab::new(1)?;
     let h = lab.host(1);
-    let node = h.start_node(&["--no-overlay", "--no-mdns"])?;
+    let node = h.start_node_sharing_mounts(&["--no-overlay", "--no-mdns"])?;
     let bin = metac_tests::metac_bin()?;
     let b = h.dir().join("bundle");
     bundle(&b)?;

@@ -83,6 +83,19 @@ impl Host {
         c
     }
 
+    /// `program args...` in this host's network namespace only (`nsenter --net=/run/netns/NAME`), sharing the
+    /// caller's mount namespace: unlike `ip netns exec`, which gives the program a mount namespace of its own with
+    /// a fresh /sys, it keeps the machine's /sys/fs/cgroup in view (the containers' node needs its cgroups).
+    pub fn cmd_sharing_mounts<I, S>(&self, program: impl AsRef<OsStr>, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut c = command("nsenter", [format!("--net=/run/netns/{}", self.name), "--".into()]);
+        c.arg(program).args(args).current_dir(&self.dir);
+        c
+    }
+
     /// `nsenter -t PID -m -n program args...`: runs in the mount and network namespaces of process `pid` (which
     /// sees the FUSE mounts that process made).
     pub fn nsenter_cmd<I, S>(&self, pid: u32, program: impl AsRef<OsStr>, args: I) -> Command
@@ -142,6 +155,12 @@ impl Host {
     /// network namespace and its own mount namespace, so its pid is at once usable with [`Host::nsenter_cmd`].
     /// Returns early if it has exited; the owner sees that through its [`Proc`].
     pub(crate) fn wait_entered(&self, proc: &Proc) -> Result<()> {
+        self.wait_entered_with(proc, true)
+    }
+
+    /// [`Host::wait_entered`]; `own_mounts` says whether the process gets a mount namespace of its own (`ip netns
+    /// exec`) or keeps the caller's ([`Host::cmd_sharing_mounts`]).
+    pub(crate) fn wait_entered_with(&self, proc: &Proc, own_mounts: bool) -> Result<()> {
         let ns = Path::new("/run/netns").join(&self.name);
         let ino = std::fs::metadata(&ns).map_err(|e| Error::io(format!("stat {}", ns.display()), e))?.ino();
         let want_net = PathBuf::from(format!("net:[{ino}]"));
@@ -149,7 +168,8 @@ impl Host {
         let link = |what: &str| std::fs::read_link(format!("/proc/{}/ns/{what}", proc.pid())).ok();
         let deadline = Instant::now() + ENTER_TIMEOUT;
         loop {
-            if link("net").as_ref() == Some(&want_net) && link("mnt").is_some_and(|m| Some(&m) != own_mnt.as_ref()) {
+            let mnt_ok = link("mnt").is_some_and(|m| (Some(&m) != own_mnt.as_ref()) == own_mounts);
+            if link("net").as_ref() == Some(&want_net) && mnt_ok {
                 return Ok(());
             }
             if proc.try_status().is_some() {
@@ -194,6 +214,12 @@ impl Host {
     /// answers `metac status`.
     pub fn start_node(&self, extra_args: &[&str]) -> Result<Node> {
         self.start_node_with(&crate::metac_bin()?, extra_args)
+    }
+
+    /// [`Host::start_node`] for a node that runs containers: in this host's network namespace but the machine's
+    /// mount namespace ([`Host::cmd_sharing_mounts`]), where the cgroup hierarchies are.
+    pub fn start_node_sharing_mounts(&self, extra_args: &[&str]) -> Result<Node> {
+        Node::start_sharing_mounts(self.clone(), crate::metac_bin()?, extra_args.iter().map(|s| s.to_string()).collect())
     }
 
     /// [`Host::start_node`] with a given `metac` binary (for comparing builds, or a stand-in in harness tests).

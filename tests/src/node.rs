@@ -36,11 +36,20 @@ pub struct Node {
     extra: Vec<String>,
     proc: Option<Proc>,
     pid: u32,
+    /// Runs in the host's network namespace only, sharing the test's mount namespace (see
+    /// [`Host::cmd_sharing_mounts`]).
+    share_mounts: bool,
 }
 
 impl Node {
+    pub(crate) fn start_sharing_mounts(host: Host, bin: PathBuf, extra: Vec<String>) -> Result<Node> {
+        let mut node = Node { host, bin, extra, proc: None, pid: 0, share_mounts: true };
+        node.launch()?;
+        Ok(node)
+    }
+
     pub(crate) fn start(host: Host, bin: PathBuf, extra: Vec<String>) -> Result<Node> {
-        let mut node = Node { host, bin, extra, proc: None, pid: 0 };
+        let mut node = Node { host, bin, extra, proc: None, pid: 0, share_mounts: false };
         node.launch()?;
         Ok(node)
     }
@@ -74,14 +83,15 @@ impl Node {
         args.extend(self.extra.iter().map(OsString::from));
 
         let log = self.log_path();
-        let mut cmd = self.host.cmd(&self.bin, &args);
+        let mut cmd =
+            if self.share_mounts { self.host.cmd_sharing_mounts(&self.bin, &args) } else { self.host.cmd(&self.bin, &args) };
         // Plain text logs (tracing colours them otherwise), and backtraces when the node panics.
         cmd.stdin(Stdio::null()).env("RUST_BACKTRACE", "1").env("NO_COLOR", "1");
         self.mark_log(&format!("starting `{}`", describe(&cmd)))?;
         log_to(&mut cmd, &log)?;
         let proc = Proc::spawn(&mut cmd, Kind::Node, &self.host.registry, Some(log))?;
         self.pid = proc.pid();
-        self.host.wait_entered(&proc)?;
+        self.host.wait_entered_with(&proc, !self.share_mounts)?;
         self.wait_ready(&proc)?;
         self.proc = Some(proc);
         Ok(())

@@ -25,7 +25,7 @@ impl One {
         }
         let mut args = vec!["--no-overlay", "--no-mdns"];
         args.extend_from_slice(extra);
-        let node = host.start_node(&args).unwrap();
+        let node = host.start_node_sharing_mounts(&args).unwrap();
         One { node, _lab: lab }
     }
 

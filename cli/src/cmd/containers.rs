@@ -621,10 +621,16 @@ async fn attached(c: &Client, id: &str, tty: bool, stdin: bool) -> Result<i32> {
     let mut chunk = vec![0u8; 64 * 1024];
     let mut out = tokio::io::stdout();
     let mut err = tokio::io::stderr();
+    // The input task drops its sender when stdin ends: that is no detach.
+    let mut input_open = true;
     let exit: Option<Exit> = loop {
         let n = tokio::select! {
             r = rd.read(&mut chunk) => r.context("the attached stream broke")?,
-            _ = &mut detach_rx => {
+            d = &mut detach_rx, if input_open => {
+                if d.is_err() {
+                    input_open = false;
+                    continue;
+                }
                 drop(raw);
                 eprintln!("\r\ndetached from {id}: `metac attach {id}` to come back");
                 return Ok(0);

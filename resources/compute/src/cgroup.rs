@@ -276,17 +276,53 @@ pub struct Hierarchy {
     fs: Fs,
 }
 
+/// Mountinfo text with every mount point moved under `prefix` (field 5 of each line).
+fn rebase(mountinfo: &str, prefix: &str) -> String {
+    let mut out = String::with_capacity(mountinfo.len() + mountinfo.lines().count() * prefix.len());
+    for line in mountinfo.lines() {
+        for (i, field) in line.split(' ').enumerate() {
+            if i > 0 {
+                out.push(' ');
+            }
+            if i == 4 {
+                out.push_str(prefix);
+            }
+            out.push_str(field);
+        }
+        out.push('\n');
+    }
+    out
+}
+
 impl Hierarchy {
-    /// Finds this host's cgroup mounts in `/proc/self/mountinfo`.
+    /// Finds this host's cgroup mounts in `/proc/self/mountinfo`, or, when this mount namespace hides them, in
+    /// init's, through `/proc/1/root`.
     pub fn detect() -> Result<Hierarchy, Error> {
         let path = Path::new("/proc/self/mountinfo");
         let mut bytes = Vec::new();
         fs::File::open(path)
             .and_then(|file| file.take(MAX_MOUNTINFO).read_to_end(&mut bytes))
             .map_err(|source| Error::Read { path: path.into(), source })?;
-        let hierarchy = Hierarchy::from_mountinfo(&String::from_utf8_lossy(&bytes))?;
+        let hierarchy = match Hierarchy::from_mountinfo(&String::from_utf8_lossy(&bytes)) {
+            // A mount namespace that replaced /sys (`ip netns exec` does) hides the cgroup mounts: a root node
+            // reaches the host's through init's root (/proc/1/root), as long as it shares init's pid namespace.
+            Err(Error::NotMounted) => Hierarchy::through_init().ok_or(Error::NotMounted)?,
+            other => other?,
+        };
         debug!(layout = %hierarchy.layout(), ?hierarchy, "cgroup hierarchy detected");
         Ok(hierarchy)
+    }
+
+    /// The cgroup mounts of init's mount namespace, reached through `/proc/1/root`.
+    fn through_init() -> Option<Hierarchy> {
+        // Reaching it takes the right to trace init, which a confined root may lack.
+        fs::read_dir("/proc/1/root/").ok()?;
+        let mut bytes = Vec::new();
+        fs::File::open("/proc/1/mountinfo").and_then(|f| f.take(MAX_MOUNTINFO).read_to_end(&mut bytes)).ok()?;
+        let text = rebase(&String::from_utf8_lossy(&bytes), "/proc/1/root");
+        let h = Hierarchy::from_mountinfo(&text).ok()?;
+        debug!("cgroup mounts reached through /proc/1/root");
+        Some(h)
     }
 
     /// Finds the cgroup mounts in the text of a mountinfo file. Malformed lines are skipped, as are cgroup mounts
@@ -886,6 +922,15 @@ fn unescape(field: &str) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn mount_points_are_rebased_under_a_prefix() {
+        let line = "35 24 0:30 / /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory";
+        let r = super::rebase(line, "/proc/1/root");
+        assert_eq!(r, "35 24 0:30 / /proc/1/root/sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory\n");
+        let h = super::Hierarchy::from_mountinfo(&r).unwrap();
+        assert!(format!("{h:?}").contains("/proc/1/root/sys/fs/cgroup/memory"), "{h:?}");
+    }
+
     use super::*;
     use std::fmt::Write as _;
     use std::os::unix::process::ExitStatusExt;

@@ -186,6 +186,12 @@ pub fn main(dir: &Path) -> i32 {
     }
     let _ = nix::unistd::setsid();
     let _ = std::env::set_current_dir("/");
+    // No supplementary groups of root's: a rootless container's process could not drop them (its user namespace
+    // denies setgroups) and would keep root's group rights on host files.
+    if let Err(e) = nix::unistd::setgroups(&[]) {
+        let _ = writeln!(ready, "error drop the shim's supplementary groups: {e}");
+        return 1;
+    }
     match Shim::new(dir, cfg).and_then(|s| s.run(ready)) {
         Ok(()) => 0,
         Err(e) => {
@@ -985,6 +991,7 @@ enum Stdio {
 
 /// The container's first process, between clone and exec. Never returns.
 fn child_main(go: OwnedFd, report: OwnedFd, stdio: Stdio, cgroup: bool, own_net: bool, plan: &Plan) -> ! {
+    let rootless = plan.rootless;
     let fail = |report: &OwnedFd, msg: String| -> ! {
         let _ = write_all_fd(report.as_fd(), format!("E{msg}").as_bytes());
         // SAFETY: _exit ends the process without running the parent's atexit handlers or destructors.
@@ -998,6 +1005,14 @@ fn child_main(go: OwnedFd, report: OwnedFd, stdio: Stdio, cgroup: bool, own_net:
     if !matches!(read_fd(go.as_fd(), &mut b), Ok(1)) {
         // SAFETY: as above.
         unsafe { libc::_exit(1) }
+    }
+    if rootless {
+        // Until now this process had the shim's (host root's) ids, which its user namespace does not map: take
+        // root inside, which is the container's owner outside.
+        let root = (nix::unistd::Gid::from_raw(0), nix::unistd::Uid::from_raw(0));
+        if let Err(e) = nix::unistd::setresgid(root.0, root.0, root.0).and_then(|()| nix::unistd::setresuid(root.1, root.1, root.1)) {
+            fail(&report, format!("become root in the user namespace: {e}"));
+        }
     }
     if cgroup {
         if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP) {
