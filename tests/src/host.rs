@@ -219,7 +219,11 @@ impl Host {
     /// [`Host::start_node`] for a node that runs containers: in this host's network namespace but the machine's
     /// mount namespace ([`Host::cmd_sharing_mounts`]), where the cgroup hierarchies are.
     pub fn start_node_sharing_mounts(&self, extra_args: &[&str]) -> Result<Node> {
-        Node::start_sharing_mounts(self.clone(), crate::metac_bin()?, extra_args.iter().map(|s| s.to_string()).collect())
+        Node::start_sharing_mounts(
+            self.clone(),
+            crate::metac_bin()?,
+            extra_args.iter().map(|s| s.to_string()).collect(),
+        )
     }
 
     /// [`Host::start_node`] with a given `metac` binary (for comparing builds, or a stand-in in harness tests).

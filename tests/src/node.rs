@@ -83,8 +83,11 @@ impl Node {
         args.extend(self.extra.iter().map(OsString::from));
 
         let log = self.log_path();
-        let mut cmd =
-            if self.share_mounts { self.host.cmd_sharing_mounts(&self.bin, &args) } else { self.host.cmd(&self.bin, &args) };
+        let mut cmd = if self.share_mounts {
+            self.host.cmd_sharing_mounts(&self.bin, &args)
+        } else {
+            self.host.cmd(&self.bin, &args)
+        };
         // Plain text logs (tracing colours them otherwise), and backtraces when the node panics.
         cmd.stdin(Stdio::null()).env("RUST_BACKTRACE", "1").env("NO_COLOR", "1");
         self.mark_log(&format!("starting `{}`", describe(&cmd)))?;

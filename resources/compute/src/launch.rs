@@ -137,8 +137,14 @@ pub fn run(sys: &dyn Syscall, plan: &Plan) -> Error {
     }
 }
 
-/// Everything before exec.
+/// Everything before exec: [`root`], then [`process`].
 pub fn setup(sys: &dyn Syscall, plan: &Plan) -> Result<(), Error> {
+    root(sys, plan)?;
+    process(sys, plan)
+}
+
+/// The container's file system: its root assembled, its mounts made, pivot_root into it, in the working directory.
+pub fn root(sys: &dyn Syscall, plan: &Plan) -> Result<(), Error> {
     let none = None::<&Path>;
     let new = &plan.scratch;
     // Nothing this process mounts reaches the host, and nothing the host mounts later reaches it.
@@ -232,6 +238,11 @@ pub fn setup(sys: &dyn Syscall, plan: &Plan) -> Result<(), Error> {
     sys.umount(Path::new("."), MntFlags::MNT_DETACH).map_err(at("detach the host's root"))?;
     sys.chdir(Path::new("/")).map_err(at("enter /"))?;
     sys.chdir(&plan.cwd).map_err(at(format!("enter the working directory {}", plan.cwd.display())))?;
+    Ok(())
+}
+
+/// The process's rights: capabilities, user, no_new_privs and seccomp, in that order.
+pub fn process(sys: &dyn Syscall, plan: &Plan) -> Result<(), Error> {
     sys.drop_bounding(plan.caps).map_err(at("drop capabilities from the bounding set"))?;
     if let Some(u) = plan.user {
         sys.set_ids(u.uid, u.gid, !plan.rootless).map_err(at(format!("become user {}:{}", u.uid, u.gid)))?;

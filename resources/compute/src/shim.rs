@@ -16,6 +16,7 @@ use std::ffi::CString;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -217,6 +218,8 @@ struct Child {
     /// Bytes the child reported before exec (an error).
     reported: Vec<u8>,
     tty: bool,
+    /// Where the child sends its terminal's master, until it has.
+    console: Option<OwnedFd>,
 }
 
 struct Client {
@@ -357,12 +360,20 @@ impl Shim {
     /// Clones the container's first process and takes it as far as just before exec.
     fn start(&mut self) -> io::Result<()> {
         let p = &self.cfg.spec.process;
+        let mut console = None;
         let (input, out, errp, theirs) = if p.tty {
-            let size =
-                p.size.map(|(rows, cols)| nix::pty::Winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 });
-            let pty = nix::pty::openpty(size.as_ref(), None).map_err(io::Error::from).map_err(err("openpty"))?;
-            let master2 = pty.master.try_clone()?;
-            (Some(pty.master), Some(master2), None, Stdio::Tty(pty.slave))
+            // The terminal is opened by the container in its own devpts (so that `tty` names a device it has),
+            // and its master handed back over this socket, as runc's console socket does.
+            let (ours, theirs) = nix::sys::socket::socketpair(
+                nix::sys::socket::AddressFamily::Unix,
+                nix::sys::socket::SockType::Stream,
+                None,
+                nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            )
+            .map_err(io::Error::from)
+            .map_err(err("socketpair"))?;
+            console = Some(ours);
+            (None, None, None, Stdio::Tty { console: theirs, size: p.size })
         } else {
             let (in_r, in_w) = if p.stdin {
                 let (r, w) = pipe()?;
@@ -409,8 +420,17 @@ impl Shim {
         }
         drop((go_r, rep_w, theirs));
         let pid = Pid::from_raw(pid as i32);
-        let mut child =
-            Child { pid, input, out, err: errp, go: Some(go_w), report: Some(rep_r), reported: vec![], tty: p.tty };
+        let mut child = Child {
+            pid,
+            input,
+            out,
+            err: errp,
+            go: Some(go_w),
+            report: Some(rep_r),
+            reported: vec![],
+            tty: p.tty,
+            console,
+        };
         let r = self.prepare(&mut child);
         self.child = Some(child);
         if let Err(e) = r {
@@ -447,6 +467,12 @@ impl Shim {
         let mut first = [0u8; 1];
         let n = read_fd(rep.as_fd(), &mut first)?;
         if n == 1 && first[0] == b'R' {
+            if let Some(console) = child.console.take() {
+                let master = receive_fd(console.as_fd()).map_err(err("receive the terminal from the container"))?;
+                set_nonblocking(master.as_fd())?;
+                child.input = Some(master.try_clone()?);
+                child.out = Some(master);
+            }
             return Ok(());
         }
         let mut why = Vec::new();
@@ -954,6 +980,7 @@ fn drain(c: &mut Child) -> Child {
         report: c.report.take(),
         reported: std::mem::take(&mut c.reported),
         tty: c.tty,
+        console: None,
     }
 }
 
@@ -985,8 +1012,16 @@ fn flush_client(c: &mut Client) {
 
 /// The child's side of its stdio.
 enum Stdio {
-    Tty(OwnedFd),
-    Pipes { stdin: Option<OwnedFd>, stdout: OwnedFd, stderr: OwnedFd },
+    /// A terminal the child opens itself once its /dev/pts is mounted, sending the master over `console`.
+    Tty {
+        console: OwnedFd,
+        size: Option<(u16, u16)>,
+    },
+    Pipes {
+        stdin: Option<OwnedFd>,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    },
 }
 
 /// The container's first process, between clone and exec. Never returns.
@@ -1010,7 +1045,9 @@ fn child_main(go: OwnedFd, report: OwnedFd, stdio: Stdio, cgroup: bool, own_net:
         // Until now this process had the shim's (host root's) ids, which its user namespace does not map: take
         // root inside, which is the container's owner outside.
         let root = (nix::unistd::Gid::from_raw(0), nix::unistd::Uid::from_raw(0));
-        if let Err(e) = nix::unistd::setresgid(root.0, root.0, root.0).and_then(|()| nix::unistd::setresuid(root.1, root.1, root.1)) {
+        if let Err(e) =
+            nix::unistd::setresgid(root.0, root.0, root.0).and_then(|()| nix::unistd::setresuid(root.1, root.1, root.1))
+        {
             fail(&report, format!("become root in the user namespace: {e}"));
         }
     }
@@ -1023,11 +1060,7 @@ fn child_main(go: OwnedFd, report: OwnedFd, stdio: Stdio, cgroup: bool, own_net:
         fail(&report, format!("setsid: {e}"));
     }
     let r = match &stdio {
-        Stdio::Tty(slave) => {
-            // SAFETY: TIOCSCTTY on the PTY slave makes it this session's controlling terminal; no pointers.
-            unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) };
-            (0..3).try_for_each(|fd| dup_to(slave.as_fd(), fd))
-        }
+        Stdio::Tty { .. } => Ok(()),
         Stdio::Pipes { stdin, stdout, stderr } => {
             let null;
             let i = match stdin {
@@ -1046,13 +1079,21 @@ fn child_main(go: OwnedFd, report: OwnedFd, stdio: Stdio, cgroup: bool, own_net:
     if let Err(e) = r {
         fail(&report, format!("set up stdio: {e}"));
     }
-    drop(stdio);
     if own_net {
         if let Err(e) = lo_up() {
             fail(&report, format!("bring lo up: {e}"));
         }
     }
-    if let Err(e) = launch::setup(&crate::sys::Linux, plan) {
+    if let Err(e) = launch::root(&crate::sys::Linux, plan) {
+        fail(&report, e.to_string());
+    }
+    if let Stdio::Tty { console, size } = &stdio {
+        if let Err(e) = open_terminal(console.as_fd(), *size) {
+            fail(&report, format!("open the container's terminal: {e}"));
+        }
+    }
+    drop(stdio);
+    if let Err(e) = launch::process(&crate::sys::Linux, plan) {
         fail(&report, e.to_string());
     }
     if write_all_fd(report.as_fd(), b"R").is_err() || !matches!(read_fd(go.as_fd(), &mut b), Ok(1)) {
@@ -1073,6 +1114,54 @@ fn child_main(go: OwnedFd, report: OwnedFd, stdio: Stdio, cgroup: bool, own_net:
     let _ = write_all_fd(report.as_fd(), format!("E{msg}").as_bytes());
     // SAFETY: as above.
     unsafe { libc::_exit(127) }
+}
+
+/// Opens a terminal in the container's own devpts (its root is in place), makes it the controlling terminal and
+/// stdin, stdout and stderr, and sends its master to the shim.
+fn open_terminal(console: BorrowedFd<'_>, size: Option<(u16, u16)>) -> io::Result<()> {
+    use nix::fcntl::OFlag;
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)?;
+    nix::pty::grantpt(&master)?;
+    nix::pty::unlockpt(&master)?;
+    let name = nix::pty::ptsname_r(&master)?;
+    let slave = fs::OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOCTTY).open(&name)?;
+    if let Some((rows, cols)) = size {
+        let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+        // SAFETY: TIOCSWINSZ reads a winsize from the pointer, valid for the call.
+        unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    }
+    // SAFETY: TIOCSCTTY on the slave of a new session; no pointers.
+    if unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    (0..3).try_for_each(|fd| dup_to(slave.as_fd(), fd))?;
+    let fds = [master.as_raw_fd()];
+    let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+    let iov = [io::IoSlice::new(b"m")];
+    nix::sys::socket::sendmsg::<()>(console.as_raw_fd(), &iov, &cmsg, nix::sys::socket::MsgFlags::empty(), None)?;
+    Ok(())
+}
+
+/// Receives one descriptor sent with SCM_RIGHTS.
+fn receive_fd(sock: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let mut byte = [0u8; 1];
+    let mut iov = [io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = nix::sys::socket::recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    for c in msg.cmsgs()? {
+        if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c {
+            if let Some(&fd) = fds.first() {
+                // SAFETY: the kernel just installed this descriptor in this process for us; nothing else owns it.
+                return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+    Err(io::Error::other("no descriptor came"))
 }
 
 /// Brings the loopback interface of a new network namespace up, as docker does.
