@@ -337,3 +337,91 @@ fn a_user_other_than_root_gets_a_rootless_container_of_their_own() {
     assert!(!o.status.success() && text(&o).contains("no container"), "{}", text(&o));
     one.ok(&["rm", "-f", &root_id]);
 }
+
+/// Reads `master` (non-blocking) until its output contains `want`, at most `t`; returns all it read.
+fn read_until(master: &std::os::fd::OwnedFd, want: &str, t: Duration) -> String {
+    let mut out = Vec::new();
+    let deadline = Instant::now() + t;
+    while Instant::now() < deadline && !String::from_utf8_lossy(&out).contains(want) {
+        let mut buf = [0u8; 4096];
+        match rustix::io::read(master, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn attach_and_exec_work_on_a_pty_and_window_size_changes_reach_the_process() {
+    use std::os::unix::process::CommandExt;
+    let one = One::start(&[]);
+    let h = one.host();
+    let script = "trap 'echo size=$(stty size)' WINCH; echo ready; while :; do sleep 0.05; done";
+    one.ok(&["run", "-d", "-t", "-i", "--name", "termy", "sh", "-c", script]);
+
+    // `metac attach` on a terminal this test holds: a new window size on it reaches the container's shell.
+    let master = rustix::pty::openpt(rustix::pty::OpenptFlags::RDWR | rustix::pty::OpenptFlags::NOCTTY).unwrap();
+    rustix::pty::grantpt(&master).unwrap();
+    rustix::pty::unlockpt(&master).unwrap();
+    let name = rustix::pty::ptsname(&master, Vec::new()).unwrap();
+    let slave = std::fs::OpenOptions::new().read(true).write(true).open(name.to_str().unwrap()).unwrap();
+    rustix::fs::fcntl_setfl(&master, rustix::fs::OFlags::NONBLOCK).unwrap();
+    let mut cmd =
+        h.cmd(metac_tests::metac_bin().unwrap(), ["--socket", h.socket().to_str().unwrap(), "attach", "termy"]);
+    cmd.stdin(slave.try_clone().unwrap()).stdout(slave.try_clone().unwrap()).stderr(slave.try_clone().unwrap());
+    // SAFETY: between fork and exec only setsid and an ioctl, both async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::setsid()?;
+            // SAFETY: fd 0 is the slave just set as stdin, open for the whole call.
+            rustix::process::ioctl_tiocsctty(std::os::fd::BorrowedFd::borrow_raw(0))?;
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    drop(slave);
+    std::thread::sleep(Duration::from_millis(1500));
+    let ws = rustix::termios::Winsize { ws_row: 50, ws_col: 132, ws_xpixel: 0, ws_ypixel: 0 };
+    rustix::termios::tcsetwinsize(&master, ws).unwrap();
+    let seen = read_until(&master, "size=50 132", Duration::from_secs(15));
+    assert!(seen.contains("size=50 132"), "{seen:?}");
+    // Typed input reaches it too, and Ctrl-P Ctrl-Q detaches, leaving it running.
+    rustix::io::write(&master, b"\x10\x11").unwrap();
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(15), "attach did not detach");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    assert_eq!(one.ps("termy").unwrap()["state"], "running");
+
+    // exec joins the container: its pid namespace (not pid 1), its cgroup, its hostname; exit codes pass through.
+    let o = one.metac(&[
+        "exec",
+        "termy",
+        "sh",
+        "-c",
+        "echo pid=$$ host=$(hostname) cg=$(cut -d: -f3 /proc/self/cgroup | sort -u); exit 4",
+    ]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(4), "{out}");
+    assert!(out.contains("host=termy cg=/\n"), "{out}");
+    let pid: u32 = out.split("pid=").nth(1).and_then(|s| s.split(' ').next()?.parse().ok()).unwrap();
+    assert!(pid > 1, "{out}");
+    let o = one.metac(&["exec", "termy", "no-such-command"]);
+    assert_eq!(o.status.code(), Some(127), "{}", text(&o));
+    // With a terminal (from `script`) of 21x77.
+    let inner = format!(
+        "stty rows 21 cols 77; {} --socket {} exec -t termy sh -c 'stty size; tty'",
+        metac_tests::metac_bin().unwrap().display(),
+        h.socket().display()
+    );
+    let o = output(&mut h.cmd("script", ["-qec", &inner, "/dev/null"]), Duration::from_secs(60)).unwrap();
+    assert!(text(&o).contains("21 77") && text(&o).contains("/dev/pts/"), "{}", text(&o));
+    one.ok(&["rm", "-f", "termy"]);
+}

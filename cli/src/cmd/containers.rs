@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use metac_api::Client;
-use metac_compute::api::{AttachReq, Ended, KillReq, LogsReq, RunReq, StatsReply, StopReq, UpdateReq};
+use metac_compute::api::{AttachReq, Ended, ExecReq, KillReq, LogsReq, RunReq, StatsReply, StopReq, UpdateReq};
 use metac_compute::cgroup::Limits;
 use metac_compute::manager::{Info, Inspect};
 use metac_compute::spec::{self, Mount, Network, Process, Restart, Spec, User};
@@ -72,6 +72,28 @@ pub enum Cmd {
         #[arg(long)]
         no_stdin: bool,
         container: String,
+    },
+    /// Run another command in a running container (its namespaces, cgroup, capabilities and user)
+    Exec {
+        /// A pseudo-terminal for the command
+        #[arg(short, long)]
+        tty: bool,
+        /// Keep stdin open and send it to the command
+        #[arg(short, long)]
+        interactive: bool,
+        /// Environment: KEY=VALUE
+        #[arg(short, long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// Working directory inside [default: the container's]
+        #[arg(short, long)]
+        workdir: Option<PathBuf>,
+        /// User inside: UID[:GID] [default: the container's]
+        #[arg(short, long, value_parser = user)]
+        user: Option<User>,
+        container: String,
+        /// The command and its arguments
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+        command: Vec<String>,
     },
     /// Wait until containers end; prints each exit code
     Wait {
@@ -357,6 +379,20 @@ pub async fn run(c: &Client, json: bool, cmd: Cmd) -> Result<Option<i32>> {
             let code = attached(c, &i.info.id, i.spec.process.tty, !no_stdin && i.spec.process.stdin).await?;
             Ok(Some(code))
         }
+        Cmd::Exec { tty, interactive, env, workdir, user, container, command } => {
+            let process = Process {
+                args: command,
+                env,
+                cwd: workdir,
+                user,
+                tty,
+                stdin: interactive,
+                size: if tty { terminal_size() } else { None },
+            };
+            process.check().map_err(|e| anyhow::anyhow!(e.0))?;
+            let io = c.upgrade(&path(&container, "exec"), &ExecReq { process }).await?;
+            Ok(Some(stream(c, io, &container, tty, interactive, false).await?))
+        }
         Cmd::Wait { containers } => {
             let mut last = 0;
             for id in containers {
@@ -534,6 +570,12 @@ impl Drop for Raw {
 /// user detaches (0).
 async fn attached(c: &Client, id: &str, tty: bool, stdin: bool) -> Result<i32> {
     let io = c.upgrade(&path(id, "attach"), &AttachReq { stdin }).await?;
+    stream(c, io, id, tty, stdin, true).await
+}
+
+/// Streams frames between this terminal and a container's process on `io`; `main` says whether it is the
+/// container's first process (whose end `wait` can tell when the stream breaks) or an exec'd one.
+async fn stream(c: &Client, io: metac_api::Upgraded, id: &str, tty: bool, stdin: bool, main: bool) -> Result<i32> {
     let (mut rd, mut wr) = tokio::io::split(io);
     let raw = if tty && std::io::stdin().is_terminal() { Raw::enter() } else { None };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Frame>(64);
@@ -666,10 +708,11 @@ async fn attached(c: &Client, id: &str, tty: bool, stdin: bool) -> Result<i32> {
             }
             Ok(x.status())
         }
-        None => {
+        None if main => {
             // The stream ended without an exit: ask how it ended.
             let e: Ended = c.post(&path(id, "wait"), &serde_json::json!({})).await?;
             Ok(e.exit.map_or(1, |x| x.status()))
         }
+        None => bail!("the connection to the process broke before it ended"),
     }
 }

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::cgroup::{Limits, Stats};
 use crate::logs;
 use crate::manager::{Info, Inspect, Manager};
-use crate::spec::Spec;
+use crate::spec::{Process, Spec};
 use crate::stdio::{Exit, Frame};
 
 /// `POST /v1/containers`.
@@ -49,6 +49,13 @@ pub struct AttachReq {
     /// The client sends input.
     #[serde(default)]
     pub stdin: bool,
+}
+
+/// `POST /v1/containers/{id}/exec`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecReq {
+    /// The process to start in the container.
+    pub process: Process,
 }
 
 /// `POST /v1/containers/{id}/logs`.
@@ -121,6 +128,7 @@ pub fn routes(m: Arc<Manager>) -> Router {
         .route("/v1/containers", post(create).get(list))
         .route("/v1/containers/{id}", get(inspect).delete(remove))
         .route("/v1/containers/{id}/attach", post(attach))
+        .route("/v1/containers/{id}/exec", post(exec))
         .route("/v1/containers/{id}/logs", post(logs_route))
         .route("/v1/containers/{id}/kill", post(kill))
         .route("/v1/containers/{id}/stop", post(stop))
@@ -200,18 +208,36 @@ async fn stats(State(m): M, caller: Caller, Path(id): Path<String>) -> Result<Js
     m.stats(&id, &caller).map(|(info, stats)| Json(StatsReply { info, stats }))
 }
 
-/// Reads the JSON body, checks the container, then splices the upgraded connection with the shim's socket.
+/// The JSON body of an upgrade request.
+async fn body<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, Error> {
+    let body = axum::body::to_bytes(body, metac_api::MAX_REQUEST)
+        .await
+        .map_err(|e| Error::BadOptions(format!("cannot read the request body: {e}")))?;
+    serde_json::from_slice(&body).map_err(|e| Error::BadOptions(format!("bad request body: {e}")))
+}
+
+/// Checks the container, then splices the upgraded connection with the shim's socket.
 async fn attach(State(m): M, caller: Caller, Path(id): Path<String>, req: Request) -> Response {
-    let (parts, body) = req.into_parts();
-    let body = match axum::body::to_bytes(body, 64 * 1024).await {
-        Ok(b) => b,
-        Err(e) => return Error::BadOptions(format!("cannot read the request body: {e}")).into_response(),
+    let (parts, b) = req.into_parts();
+    let shim = match body::<AttachReq>(b).await {
+        Ok(a) => m.attach(&id, &caller, a.stdin).await,
+        Err(e) => Err(e),
     };
-    let a: AttachReq = match serde_json::from_slice(&body) {
-        Ok(a) => a,
-        Err(e) => return Error::BadOptions(format!("bad request body: {e}")).into_response(),
+    splice(parts, id, shim)
+}
+
+/// Starts a process in the container, then splices as [`attach`].
+async fn exec(State(m): M, caller: Caller, Path(id): Path<String>, req: Request) -> Response {
+    let (parts, b) = req.into_parts();
+    let shim = match body::<ExecReq>(b).await {
+        Ok(e) => m.exec(&id, &caller, e.process).await,
+        Err(e) => Err(e),
     };
-    let mut shim = match m.attach(&id, &caller, a.stdin).await {
+    splice(parts, id, shim)
+}
+
+fn splice(parts: axum::http::request::Parts, id: String, shim: Result<tokio::net::UnixStream, Error>) -> Response {
+    let mut shim = match shim {
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };

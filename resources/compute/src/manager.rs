@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use crate::cgroup::{Cgroup, Hierarchy, Limits, Stats};
 use crate::security::Caps;
 use crate::shim::{self, Config, Phase, Reply, Request, State};
-use crate::spec::{Source, Spec, User};
+use crate::spec::{Process, Source, Spec, User};
 use crate::stdio::Exit;
 
 /// Store keys of container records.
@@ -667,6 +667,20 @@ impl Manager {
         }
         let mut s = self.connect(&r).await?;
         let mut line = serde_json::to_vec(&Request::Attach { stdin }).expect("request serializes");
+        line.push(b'\n');
+        s.write_all(&line).await?;
+        Ok(s)
+    }
+
+    /// Starts another process in a running container (`metac exec`): the stream carries its frames.
+    pub async fn exec(&self, key: &str, caller: &Caller, process: Process) -> Result<tokio::net::UnixStream, Error> {
+        process.check().map_err(|e| Error::BadOptions(e.0))?;
+        let r = self.find(key, caller)?;
+        if !caller.is_root() && process.user.is_some_and(|u| u.uid != 0 || u.gid != 0) {
+            return Err(Error::BadOptions(format!("{caller}'s containers are rootless: drop --user")));
+        }
+        let mut s = self.connect(&r).await?;
+        let mut line = serde_json::to_vec(&Request::Exec { process }).expect("request serializes");
         line.push(b'\n');
         s.write_all(&line).await?;
         Ok(s)

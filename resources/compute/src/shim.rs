@@ -28,11 +28,13 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
+mod exec;
+
 use crate::cgroup::{Cgroup, Hierarchy};
 use crate::launch::{self, MountPlan, Plan, Root};
 use crate::logs::{Log, Stream};
 use crate::security::{Caps, Filter};
-use crate::spec::{Network, Source, Spec, User};
+use crate::spec::{Network, Process, Source, Spec, User};
 use crate::stdio::{Exit, Frame};
 
 /// The file descriptor on which the node hears whether the container started: one line, `ok SHIM PID` or
@@ -138,6 +140,11 @@ pub enum Request {
         /// Whether this client sends input.
         stdin: bool,
     },
+    /// Run another process in the container; frames follow, for that process alone.
+    Exec {
+        /// The process.
+        process: Process,
+    },
     /// Send a signal to the container's process; `stop` also cancels any restart.
     Kill {
         /// The signal number.
@@ -223,6 +230,9 @@ struct Child {
 }
 
 struct Client {
+    id: u64,
+    /// Attached to an exec'd process rather than the container's.
+    exec: bool,
     sock: UnixStream,
     inbuf: Vec<u8>,
     out: VecDeque<u8>,
@@ -252,6 +262,8 @@ struct Shim {
     restart_at: Option<Instant>,
     filter: Filter,
     caps: Caps,
+    execs: Vec<exec::Exec>,
+    next_client: u64,
 }
 
 fn err(what: &str) -> impl FnOnce(io::Error) -> io::Error + '_ {
@@ -306,6 +318,8 @@ impl Shim {
             restart_at: None,
             filter,
             caps,
+            execs: Vec::new(),
+            next_client: 1,
         })
     }
 
@@ -595,7 +609,14 @@ impl Shim {
         fds.push(pfd(if want_in { raw(c.and_then(|c| c.input.as_ref())) } else { -1 }, libc::POLLOUT));
         fds.push(pfd(raw(c.and_then(|c| c.out.as_ref())), libc::POLLIN));
         fds.push(pfd(raw(c.and_then(|c| c.err.as_ref())), libc::POLLIN));
-        let full = self.stdin.len() >= MAX_STDIN;
+        for e in &self.execs {
+            let want_in = !e.stdin.is_empty() || e.close_stdin;
+            fds.push(pfd(if want_in { raw(e.input.as_ref()) } else { -1 }, libc::POLLOUT));
+            fds.push(pfd(raw(e.out.as_ref()), libc::POLLIN));
+            fds.push(pfd(raw(e.err.as_ref()), libc::POLLIN));
+        }
+        let first_client = fds.len();
+        let full = self.stdin.len() >= MAX_STDIN || self.execs.iter().any(|e| e.stdin.len() >= MAX_STDIN);
         for cl in &self.clients {
             let mut ev = 0;
             if !cl.closing && !cl.eof && !full {
@@ -625,17 +646,30 @@ impl Shim {
         if ready(3) {
             self.write_input();
         }
-        for (i, f) in fds.iter().enumerate().skip(6) {
-            if f.revents & (libc::POLLHUP | libc::POLLERR) != 0 && self.clients[i - 6].eof {
+        for e in 0..self.execs.len() {
+            let at = 6 + 3 * e;
+            if fds[at + 1].revents != 0 {
+                self.exec_output(e, false);
+            }
+            if fds[at + 2].revents != 0 {
+                self.exec_output(e, true);
+            }
+            if fds[at].revents != 0 {
+                self.exec_input(e);
+            }
+        }
+        for (i, f) in fds.iter().enumerate().skip(first_client) {
+            let c = i - first_client;
+            if f.revents & (libc::POLLHUP | libc::POLLERR) != 0 && self.clients[c].eof {
                 // Gone both ways: nothing more can reach it.
-                self.clients[i - 6].dead = true;
+                self.clients[c].dead = true;
                 continue;
             }
             if f.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
-                self.read_client(i - 6);
+                self.read_client(c);
             }
             if f.revents & libc::POLLOUT != 0 {
-                flush_client(&mut self.clients[i - 6]);
+                flush_client(&mut self.clients[c]);
             }
         }
         if ready(1) {
@@ -692,7 +726,7 @@ impl Shim {
     fn broadcast(&mut self, frame: &Frame) {
         let mut bytes = Vec::new();
         frame.encode(&mut bytes);
-        for c in self.clients.iter_mut().filter(|c| c.attached && !c.closing) {
+        for c in self.clients.iter_mut().filter(|c| c.attached && !c.exec && !c.closing) {
             if c.out.len() + bytes.len() > MAX_BEHIND {
                 // Too far behind: cut off rather than hold the container up.
                 c.dead = true;
@@ -701,6 +735,19 @@ impl Shim {
             c.out.extend(&bytes);
             flush_client(c);
         }
+    }
+
+    /// A frame for one client (of an exec).
+    fn send_to(&mut self, client: u64, frame: &Frame) {
+        let Some(c) = self.clients.iter_mut().find(|c| c.id == client && !c.dead) else { return };
+        let mut bytes = Vec::new();
+        frame.encode(&mut bytes);
+        if c.out.len() + bytes.len() > MAX_BEHIND {
+            c.dead = true;
+            return;
+        }
+        c.out.extend(&bytes);
+        flush_client(c);
     }
 
     fn write_input(&mut self) {
@@ -737,7 +784,10 @@ impl Shim {
             if sock.set_nonblocking(true).is_err() || self.clients.len() >= 64 {
                 continue;
             }
+            self.next_client += 1;
             self.clients.push(Client {
+                id: self.next_client,
+                exec: false,
                 sock,
                 inbuf: Vec::new(),
                 out: VecDeque::new(),
@@ -793,8 +843,12 @@ impl Shim {
                 Ok(None) => break,
                 Ok(Some((f, used))) => {
                     c.inbuf.drain(..used);
-                    let stdin = c.stdin;
-                    self.frame(f, stdin);
+                    let (stdin, id, exec) = (c.stdin, c.id, c.exec);
+                    if exec {
+                        self.exec_frame(id, f, stdin);
+                    } else {
+                        self.frame(f, stdin);
+                    }
                 }
                 Err(e) => {
                     let c = &mut self.clients[i];
@@ -827,6 +881,29 @@ impl Shim {
                 } else if self.release_at.is_some() {
                     if let Err(e) = self.release() {
                         eprintln!("release the container: {e}");
+                    }
+                }
+            }
+            Request::Exec { process } => {
+                let id = self.clients[i].id;
+                match self.exec(id, &process) {
+                    Ok(e) => {
+                        let c = &mut self.clients[i];
+                        c.attached = true;
+                        c.exec = true;
+                        c.stdin = process.stdin;
+                        self.execs.push(e);
+                    }
+                    Err((code, why)) => {
+                        let c = &mut self.clients[i];
+                        c.attached = true;
+                        c.exec = true;
+                        let mut b = Vec::new();
+                        Frame::Error(why).encode(&mut b);
+                        Frame::Exit(Exit { code: Some(code), signal: None, oom_killed: false }).encode(&mut b);
+                        c.out.extend(b);
+                        c.closing = true;
+                        flush_client(c);
                     }
                 }
             }
@@ -896,6 +973,9 @@ impl Shim {
     }
 
     fn exited(&mut self, pid: Pid, code: Option<i32>, signal: Option<i32>) {
+        if self.exec_exited(pid, Exit { code, signal, oom_killed: false }) {
+            return;
+        }
         let Some(mut child) = self.child.take_if(|c| c.pid == pid) else { return };
         // The pid namespace is gone with its first process: drain what is left of the output.
         self.child = Some(Child { pid, input: None, go: None, ..drain(&mut child) });

@@ -31,7 +31,7 @@ fn bad<T>(msg: impl Into<String>) -> Result<T, Error> {
 }
 
 /// The process a container runs.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Process {
     /// The command and its arguments; the command is looked up in the container's `PATH` when it has no `/`.
     pub args: Vec<String>,
@@ -284,29 +284,9 @@ pub struct Spec {
 impl Spec {
     /// Checks everything that can be checked without touching the system, with a message that names the culprit.
     pub fn check(&self) -> Result<(), Error> {
-        let p = &self.process;
-        if p.args.is_empty() || p.args[0].is_empty() {
-            return bad("no command to run");
-        }
-        if p.args.len() > MAX_ITEMS || p.env.len() > MAX_ITEMS || self.mounts.len() > MAX_ITEMS {
-            return bad(format!("more than {MAX_ITEMS} arguments, environment entries or mounts"));
-        }
-        for a in p.args.iter().chain(&p.env) {
-            if a.len() > MAX_LEN {
-                return bad(format!("an argument or environment entry is longer than {MAX_LEN} bytes"));
-            }
-            if a.contains('\0') {
-                return bad(format!("{a:?} has a NUL byte in it"));
-            }
-        }
-        for e in &p.env {
-            match e.split_once('=') {
-                Some((k, _)) if !k.is_empty() => {}
-                _ => return bad(format!("bad environment entry {e:?}: use KEY=VALUE")),
-            }
-        }
-        if let Some(cwd) = &p.cwd {
-            absolute_clean(cwd, "working directory")?;
+        self.process.check()?;
+        if self.mounts.len() > MAX_ITEMS {
+            return bad(format!("more than {MAX_ITEMS} mounts"));
         }
         if let Some(name) = &self.name {
             check_name(name)?;
@@ -339,15 +319,46 @@ impl Spec {
         if l.pids == Some(0) {
             return bad("a pids limit of 0 leaves no room for the command itself");
         }
-        if p.tty && p.size.is_some_and(|(r, c)| r == 0 || c == 0) {
-            return bad("a terminal size needs rows and columns above 0");
-        }
         Ok(())
     }
 
     /// The root the container gets: `--rootfs`, a mount at `/`, or none (the host's root, read-only).
     pub fn root(&self) -> Option<&Mount> {
         self.mounts.iter().find(|m| m.target == Path::new("/"))
+    }
+}
+
+impl Process {
+    /// Checks what can be checked without running it, with a message that names the culprit.
+    pub fn check(&self) -> Result<(), Error> {
+        let p = self;
+        if p.args.is_empty() || p.args[0].is_empty() {
+            return bad("no command to run");
+        }
+        if p.args.len() > MAX_ITEMS || p.env.len() > MAX_ITEMS {
+            return bad(format!("more than {MAX_ITEMS} arguments or environment entries"));
+        }
+        for a in p.args.iter().chain(&p.env) {
+            if a.len() > MAX_LEN {
+                return bad(format!("an argument or environment entry is longer than {MAX_LEN} bytes"));
+            }
+            if a.contains('\0') {
+                return bad(format!("{a:?} has a NUL byte in it"));
+            }
+        }
+        for e in &p.env {
+            match e.split_once('=') {
+                Some((k, _)) if !k.is_empty() => {}
+                _ => return bad(format!("bad environment entry {e:?}: use KEY=VALUE")),
+            }
+        }
+        if let Some(cwd) = &p.cwd {
+            absolute_clean(cwd, "working directory")?;
+        }
+        if p.tty && p.size.is_some_and(|(r, c)| r == 0 || c == 0) {
+            return bad("a terminal size needs rows and columns above 0");
+        }
+        Ok(())
     }
 }
 
