@@ -425,3 +425,42 @@ fn attach_and_exec_work_on_a_pty_and_window_size_changes_reach_the_process() {
     assert!(text(&o).contains("21 77") && text(&o).contains("/dev/pts/"), "{}", text(&o));
     one.ok(&["rm", "-f", "termy"]);
 }
+
+#[test]
+fn an_fs_ref_from_another_host_is_mounted_in_a_container_read_only_where_asked() {
+    require_root();
+    let lab = Lab::new(2).unwrap();
+    let (h1, h2) = (lab.host(1).clone(), lab.host(2).clone());
+    let _n1 = h1.start_node(&["--no-overlay"]).unwrap();
+    let n2 = h2.start_node_sharing_mounts(&["--no-overlay"]).unwrap();
+    let shared = h1.dir().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::write(shared.join("hello.txt"), "from host 1\n").unwrap();
+    let r =
+        String::from_utf8_lossy(&h1.metac(&["fs", "export", &format!("local:{}", shared.display())]).unwrap().stdout)
+            .trim()
+            .to_string();
+    let one = One { node: n2, _lab: lab };
+    wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+        Ok(one.json(&["status"])["peers"].as_u64() >= Some(1))
+    })
+    .expect("the two nodes meet");
+    let ro = format!("/mnt={r}:ro");
+    let o = one.metac(&["run", "--mount", &ro, "sh", "-c", "cat /mnt/hello.txt; echo x > /mnt/new 2>&1; ls /mnt"]);
+    let out = text(&o);
+    assert!(out.contains("from host 1\n"), "{out}");
+    assert!(out.contains("Read-only file system"), "{out}");
+    assert!(!shared.join("new").exists());
+    // Writable, the container's writes land on host 1; the bind ends with the container.
+    let rw = format!("/mnt={r}");
+    let o = one.metac(&["run", "--rm", "--mount", &rw, "sh", "-c", "echo written-in-a-container > /mnt/out.txt"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(std::fs::read_to_string(shared.join("out.txt")).unwrap(), "written-in-a-container\n");
+    wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        Ok(one.json(&["binds"]).as_array().is_some_and(|b| b.is_empty()))
+    })
+    .unwrap_or_else(|_| panic!("binds left: {}", one.json(&["binds"])));
+    // A ref of another kind is refused, saying so.
+    let o = one.metac(&["run", "--mount", "/mnt=ref://[fd6f::1]/bm90LWEtdG9rZW4", "true"]);
+    assert!(!o.status.success() && text(&o).contains("bad ref"), "{}", text(&o));
+}
