@@ -189,6 +189,12 @@ fn a_detached_container_outlives_the_cli_and_a_node_killed_and_restarted_and_its
     assert_eq!(String::from_utf8_lossy(&o.stdout), "line 1\nline 2\nline 3\nline 4\n");
     assert_eq!(String::from_utf8_lossy(&o.stderr), "done\n");
     assert_eq!(one.ok(&["wait", &id]), "0");
+    // on-failure:2 restarts a failing command twice, then leaves it ended with its code.
+    let id = one.ok(&["run", "-d", "--restart", "on-failure:2", "sh", "-c", "echo attempt; exit 3"]);
+    assert_eq!(one.ok(&["wait", &id]), "3");
+    let c = one.ps(&id).unwrap();
+    assert_eq!((c["state"].as_str(), c["restarts"].as_u64()), (Some("exited"), Some(2)), "{c}");
+    assert_eq!(one.ok(&["logs", &id]), "attempt\nattempt\nattempt");
     // A running container is not removed without -f.
     let id = one.ok(&["run", "-d", "sleep", "100"]);
     let o = one.metac(&["rm", &id]);

@@ -394,17 +394,16 @@ pub async fn run(c: &Client, json: bool, cmd: Cmd) -> Result<Option<i32>> {
             Ok(Some(stream(c, io, &container, tty, interactive, false).await?))
         }
         Cmd::Wait { containers } => {
-            let mut last = 0;
+            // As docker's: each status printed, and this command's own success.
             for id in containers {
                 let e: Ended = c.post(&path(&id, "wait"), &serde_json::json!({})).await?;
-                last = e.exit.map_or(0, |x| x.status());
                 if json {
                     print(true, &e, |_| String::new());
                 } else {
-                    println!("{last}");
+                    println!("{}", e.exit.map_or(0, |x| x.status()));
                 }
             }
-            Ok(Some(last))
+            Ok(None)
         }
         Cmd::Inspect { container } => {
             let i: serde_json::Value = c.get(&format!("/v1/containers/{}", segment(&container))).await?;
