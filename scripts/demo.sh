@@ -126,6 +126,18 @@ echo "on host 1: $(cat "$DIR/1/shared/docs/reply.txt"); $(ls -d "$DIR/1/shared/m
 echo "\$ metac fs ls   (host 2)"; m 2 fs ls
 echo "\$ metac fs unbind $MNT   (host 2)"; m 2 fs unbind "$MNT"
 
+echo; echo "== host 2 runs containers; one mounts host 1's directory, read-only, for its life"
+echo "\$ metac run --rm --hostname box --mount /mnt=REF:ro sh -c '...'   (host 2)"
+m 2 run --rm --hostname box --mount "/mnt=$FSREF:ro" \
+  sh -c 'echo "pid $$ on $(hostname)"; cat /mnt/docs/readme.txt; touch /mnt/new 2>&1 || true'
+echo "\$ metac run -d --name ticker sh -c 'while :; do date +%T; sleep 1; done'   (host 2)"
+m 2 run -d --name ticker sh -c 'while :; do date +%T; sleep 1; done'
+sleep 2
+echo "\$ metac ps   (host 2)"; m 2 ps
+echo "\$ metac exec ticker hostname   (host 2)"; m 2 exec ticker hostname
+echo "\$ metac logs --tail 2 ticker   (host 2)"; m 2 logs --tail 2 ticker
+echo "\$ metac rm -f ticker   (host 2)"; m 2 rm -f ticker
+
 echo; echo "== host 1 revokes the original ref; every ref delegated from it dies with it"
 m 1 ref revoke "$REF"
 echo "host $N: $(m "$N" file cat "$REF" 2>&1 >/dev/null || true)"
@@ -137,6 +149,6 @@ cat <<MSG
 
 == done. To run metac for real on this machine:
    $BIN node   (as root)           # state in /var/lib/metac, API on /run/metac/metac.sock, port 4747
-   metac status; metac peers; metac file export FILE; metac file cat REF > out
+   metac status; metac peers; metac file export FILE; metac file cat REF > out; metac run -t -i bash
    (nodes on the same LAN find each other by mDNS; elsewhere use --peer HOST[:PORT]; --mesh-key FILE for a private mesh)
 MSG

@@ -752,31 +752,7 @@ impl Shim {
 
     fn write_input(&mut self) {
         let Some(child) = self.child.as_mut() else { return };
-        let Some(fd) = child.input.as_ref() else {
-            self.stdin.clear();
-            return;
-        };
-        if !self.stdin.is_empty() {
-            let (a, _) = self.stdin.as_slices();
-            match nix::unistd::write(fd.as_fd(), a) {
-                Ok(n) => drop(self.stdin.drain(..n)),
-                Err(nix::Error::EAGAIN) => return,
-                Err(_) => {
-                    child.input = None;
-                    self.stdin.clear();
-                    return;
-                }
-            }
-        }
-        if self.stdin.is_empty() && self.close_stdin {
-            self.close_stdin = false;
-            if child.tty {
-                // A terminal has no end of input but the line discipline's: ^D.
-                let _ = nix::unistd::write(fd.as_fd(), &[4u8]);
-            } else {
-                child.input = None;
-            }
-        }
+        feed(&mut child.input, &mut self.stdin, &mut self.close_stdin, child.tty);
     }
 
     fn accept(&mut self) {
@@ -1046,6 +1022,35 @@ impl Shim {
             std::thread::sleep(Duration::from_millis(5));
         }
         self.clients.clear();
+    }
+}
+
+/// Writes what waits in `buf` to a process's input (non-blocking), and ends its input once `close` is asked and
+/// `buf` is empty: a pipe is closed; a terminal, which has no end of input but its line discipline's, gets ^D.
+fn feed(input: &mut Option<OwnedFd>, buf: &mut VecDeque<u8>, close: &mut bool, tty: bool) {
+    let Some(fd) = input.as_ref() else {
+        buf.clear();
+        return;
+    };
+    if !buf.is_empty() {
+        let (a, _) = buf.as_slices();
+        match nix::unistd::write(fd.as_fd(), a) {
+            Ok(n) => drop(buf.drain(..n)),
+            Err(nix::Error::EAGAIN) => return,
+            Err(_) => {
+                *input = None;
+                buf.clear();
+                return;
+            }
+        }
+    }
+    if buf.is_empty() && *close {
+        *close = false;
+        if tty {
+            let _ = nix::unistd::write(fd.as_fd(), &[4u8]);
+        } else {
+            *input = None;
+        }
     }
 }
 

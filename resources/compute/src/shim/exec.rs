@@ -197,30 +197,7 @@ impl Shim {
     /// Input for exec `i` can be written.
     pub(super) fn exec_input(&mut self, i: usize) {
         let e = &mut self.execs[i];
-        let Some(fd) = e.input.as_ref() else {
-            e.stdin.clear();
-            return;
-        };
-        if !e.stdin.is_empty() {
-            let (a, _) = e.stdin.as_slices();
-            match nix::unistd::write(fd.as_fd(), a) {
-                Ok(n) => drop(e.stdin.drain(..n)),
-                Err(nix::Error::EAGAIN) => return,
-                Err(_) => {
-                    e.input = None;
-                    e.stdin.clear();
-                    return;
-                }
-            }
-        }
-        if e.stdin.is_empty() && e.close_stdin {
-            e.close_stdin = false;
-            if e.tty {
-                let _ = nix::unistd::write(fd.as_fd(), &[4u8]);
-            } else {
-                e.input = None;
-            }
-        }
+        super::feed(&mut e.input, &mut e.stdin, &mut e.close_stdin, e.tty);
     }
 
     /// A frame from the client of an exec.
