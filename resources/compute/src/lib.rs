@@ -5,6 +5,7 @@
 //! - [`launch`]: what its first process does between clone and exec, through the [`sys::Syscall`] seam;
 //! - [`shim`]: the small process that is each container's parent, holds its terminal and writes its logs;
 //! - [`manager`]: the node's side (create, list, signal, remove, re-adopt after a restart), and [`api`] its routes;
+//! - [`idmap`]: the user namespace of a rootless container (its owner, and their subordinate ids);
 //! - [`cgroup`]: memory, cpu and pids limits and figures on whichever hierarchy the host has;
 //! - [`security`]: the default capability set and seccomp filter (docker's);
 //! - [`logs`]: a container's output kept in bounded, rotated files;
@@ -12,6 +13,7 @@
 
 pub mod api;
 pub mod cgroup;
+pub mod idmap;
 pub mod launch;
 pub mod logs;
 pub mod manager;

@@ -271,16 +271,7 @@ impl Manager {
         spec.check().map_err(|e| Error::BadOptions(e.0))?;
         Caps::docker_default().with(&spec.cap_add, &spec.cap_drop).map_err(|e| Error::BadOptions(e.to_string()))?;
         if !caller.is_root() {
-            if spec.process.user.is_some_and(|u| u.uid != 0 || u.gid != 0) {
-                return Err(Error::BadOptions(format!(
-                    "{caller} runs rootless containers: root inside is {caller} outside, and no other user is \
-                     mapped; drop --user"
-                )));
-            }
-            if spec.network == crate::spec::Network::Host {
-                // A user namespace cannot configure the host's network anyway; say so before it half-works.
-                tracing::debug!("rootless container with the host's network");
-            }
+            unmapped(&caller, spec.process.user)?;
         }
         let guard = self.naming.lock().await;
         let records = self.records()?;
@@ -676,8 +667,8 @@ impl Manager {
     pub async fn exec(&self, key: &str, caller: &Caller, process: Process) -> Result<tokio::net::UnixStream, Error> {
         process.check().map_err(|e| Error::BadOptions(e.0))?;
         let r = self.find(key, caller)?;
-        if !caller.is_root() && process.user.is_some_and(|u| u.uid != 0 || u.gid != 0) {
-            return Err(Error::BadOptions(format!("{caller}'s containers are rootless: drop --user")));
+        if !caller.is_root() {
+            unmapped(&caller, process.user)?;
         }
         let mut s = self.connect(&r).await?;
         let mut line = serde_json::to_vec(&Request::Exec { process }).expect("request serializes");
@@ -697,6 +688,20 @@ impl Manager {
     pub fn running(&self, r: &Record) -> bool {
         let (st, alive) = self.state(r);
         alive && st.phase != Phase::Exited
+    }
+}
+
+/// Refuses a user a rootless container of `caller`'s cannot run as (see [`crate::idmap`]).
+fn unmapped(caller: &Caller, user: Option<User>) -> Result<(), Error> {
+    match user {
+        Some(u) if !crate::idmap::Maps::of_host(caller.uid, caller.gid).maps(u.uid, u.gid) => {
+            Err(Error::BadOptions(format!(
+                "{caller} runs rootless containers: root inside is {caller} outside, and user {}:{} is not mapped \
+                 (no subordinate ids for it in /etc/subuid and /etc/subgid); drop --user",
+                u.uid, u.gid
+            )))
+        }
+        _ => Ok(()),
     }
 }
 

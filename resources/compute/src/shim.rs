@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 mod exec;
 
 use crate::cgroup::{Cgroup, Hierarchy};
+use crate::idmap::Maps;
 use crate::launch::{self, MountPlan, Plan, Root};
 use crate::logs::{Log, Stream};
 use crate::security::{Caps, Filter};
@@ -286,6 +287,9 @@ impl Shim {
         let log = Log::open(dir, LOG_FILE, LOG_FILES).map_err(err("open the log"))?;
         let _ = fs::remove_file(&cfg.socket);
         let listener = UnixListener::bind(&cfg.socket).map_err(err("listen on the shim's socket"))?;
+        // Root's alone, whatever the umask: only the node speaks to a shim.
+        fs::set_permissions(&cfg.socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(err("chmod the shim's socket"))?;
         listener.set_nonblocking(true)?;
         let cgroup = match &cfg.cgroup {
             Some(name) => Some(
@@ -467,9 +471,13 @@ impl Shim {
         let pid = child.pid.as_raw();
         if self.cfg.rootless() {
             let o = self.cfg.owner;
-            fs::write(format!("/proc/{pid}/setgroups"), "deny").map_err(err("deny setgroups"))?;
-            fs::write(format!("/proc/{pid}/uid_map"), format!("0 {} 1\n", o.uid)).map_err(err("write uid_map"))?;
-            fs::write(format!("/proc/{pid}/gid_map"), format!("0 {} 1\n", o.gid)).map_err(err("write gid_map"))?;
+            let maps = Maps::of_host(o.uid, o.gid);
+            // With subordinate ids the groups in the map are the owner's to use; with one id, setgroups is denied
+            // as an unprivileged runtime must.
+            let groups = if maps.has_sub() { "allow" } else { "deny" };
+            fs::write(format!("/proc/{pid}/setgroups"), groups).map_err(err("write setgroups"))?;
+            fs::write(format!("/proc/{pid}/uid_map"), Maps::text(&maps.uids)).map_err(err("write uid_map"))?;
+            fs::write(format!("/proc/{pid}/gid_map"), Maps::text(&maps.gids)).map_err(err("write gid_map"))?;
         }
         if let Some(cg) = &self.cgroup {
             cg.add(pid as u32).map_err(|e| io::Error::other(format!("join the cgroup: {e}")))?;
@@ -536,16 +544,7 @@ impl Shim {
             env.push(e.clone());
         }
         let env = env.iter().map(|e| cstr(e)).collect::<io::Result<Vec<_>>>()?;
-        let user = match (self.cfg.rootless(), p.user) {
-            (true, Some(u)) if u.uid != 0 || u.gid != 0 => {
-                return Err(io::Error::other(format!(
-                    "a rootless container runs as its owner (root inside); user {}:{} is not mapped",
-                    u.uid, u.gid
-                )))
-            }
-            (true, _) => Some(User { uid: 0, gid: 0 }),
-            (false, u) => u,
-        };
+        let user = rootless_user(&self.cfg, p.user).map_err(io::Error::other)?;
         Ok(Plan {
             scratch: self.cfg.scratch.clone(),
             root,
@@ -1022,6 +1021,23 @@ impl Shim {
             std::thread::sleep(Duration::from_millis(5));
         }
         self.clients.clear();
+    }
+}
+
+/// The user a rootless container's process runs as: root inside (its owner) by default, another only if its
+/// owner's subordinate ids map it; a container of root's runs as asked.
+fn rootless_user(cfg: &Config, asked: Option<User>) -> Result<Option<User>, String> {
+    if !cfg.rootless() {
+        return Ok(asked);
+    }
+    match asked {
+        None => Ok(Some(User { uid: 0, gid: 0 })),
+        Some(u) if Maps::of_host(cfg.owner.uid, cfg.owner.gid).maps(u.uid, u.gid) => Ok(Some(u)),
+        Some(u) => Err(format!(
+            "user {}:{} is not mapped in this rootless container: root inside is its owner, and ids 1 and up only \
+             with subordinate ids in /etc/subuid and /etc/subgid",
+            u.uid, u.gid
+        )),
     }
 }
 

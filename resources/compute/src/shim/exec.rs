@@ -18,7 +18,7 @@ use nix::unistd::Pid;
 
 use super::{dup_to, open_terminal, pipe, read_fd, receive_fd, set_nonblocking, write_all_fd, Phase, Shim};
 use crate::launch;
-use crate::spec::{Process, User};
+use crate::spec::Process;
 use crate::stdio::{Exit, Frame};
 
 /// How long the shim waits for an exec'd process to reach its exec (it is set up in milliseconds).
@@ -84,13 +84,9 @@ impl Shim {
         if let Some(cwd) = &p.cwd {
             plan.cwd = cwd.clone();
         }
-        plan.user = match (rootless, p.user) {
-            (true, Some(u)) if u.uid != 0 || u.gid != 0 => {
-                return Err(format!("a rootless container runs as its owner; user {}:{} is not mapped", u.uid, u.gid))
-            }
-            (true, _) => Some(User { uid: 0, gid: 0 }),
-            (false, u) => u.or(plan.user),
-        };
+        if p.user.is_some() {
+            plan.user = super::rootless_user(&self.cfg, p.user)?;
+        }
         let io = |e: io::Error| e.to_string();
         let (console_ours, console_theirs) = if p.tty {
             let (a, b) = nix::sys::socket::socketpair(
