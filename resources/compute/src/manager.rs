@@ -668,7 +668,7 @@ impl Manager {
         process.check().map_err(|e| Error::BadOptions(e.0))?;
         let r = self.find(key, caller)?;
         if !caller.is_root() {
-            unmapped(&caller, process.user)?;
+            unmapped(caller, process.user)?;
         }
         let mut s = self.connect(&r).await?;
         let mut line = serde_json::to_vec(&Request::Exec { process }).expect("request serializes");
