@@ -88,7 +88,8 @@ done
         state = state.display(),
         b = b.display(),
     );
-    let o = output(&mut h.cmd("sh", ["-c", &script]), Duration::from_secs(1800))?;
+    // In the machine's mount namespace, as the node: `ip netns exec` would hide the cgroup mounts runc needs.
+    let o = output(&mut h.cmd_sharing_mounts("sh", ["-c", &script]), Duration::from_secs(1800))?;
     if !o.status.success() {
         bail!("the timing script failed: {}", String::from_utf8_lossy(&o.stderr));
     }

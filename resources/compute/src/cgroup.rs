@@ -325,6 +325,37 @@ impl Hierarchy {
         Some(h)
     }
 
+    /// Starts, on a thread of its own, a write that moves this process into the cgroup it is already in: the
+    /// kernel's first `cgroup.procs` write after a quiet spell waits a whole RCU grace period (about 10 ms here, on
+    /// the global threadgroup lock), and the writes soon after it do not. Called when a container is asked for, it
+    /// lets that wait pass while the request is recorded and the shim starts, instead of when the container joins
+    /// its group. A no-op for the system; failures are ignored.
+    pub fn prime(&self) {
+        let (mount, want_v2) = match (&self.v2, self.v1.first()) {
+            (Some(v2), _) => (v2.clone(), true),
+            (None, Some(d)) => (d.path.clone(), false),
+            (None, None) => return,
+        };
+        let first_v1 = self.v1.first().map(|d| d.controllers.clone());
+        let _ = std::thread::Builder::new().name("metac-cgroup-prime".into()).spawn(move || {
+            let Ok(own) = fs::read_to_string("/proc/self/cgroup") else { return };
+            // "0::/path" is the v2 hierarchy; "N:controllers:/path" a v1 one.
+            let path = own.lines().find_map(|l| {
+                let mut f = l.splitn(3, ':');
+                let (_, ctrl, path) = (f.next()?, f.next()?, f.next()?);
+                let ours = if want_v2 {
+                    ctrl.is_empty()
+                } else {
+                    first_v1.as_ref().is_some_and(|c| ctrl.split(',').any(|n| c.iter().any(|k| k.name() == n)))
+                };
+                ours.then(|| path.trim_start_matches('/').to_string())
+            });
+            if let Some(p) = path {
+                let _ = fs::write(mount.join(p).join("cgroup.procs"), "0");
+            }
+        });
+    }
+
     /// Finds the cgroup mounts in the text of a mountinfo file. Malformed lines are skipped, as are cgroup mounts
     /// whose root is not "/": those are binds of someone else's group, and `metac/` must not go inside it.
     pub fn from_mountinfo(mountinfo: &str) -> Result<Hierarchy, Error> {

@@ -270,6 +270,9 @@ impl Manager {
     pub async fn create(self: &Arc<Self>, mut spec: Spec, caller: Caller, attach: bool) -> Result<Info, Error> {
         spec.check().map_err(|e| Error::BadOptions(e.0))?;
         Caps::docker_default().with(&spec.cap_add, &spec.cap_drop).map_err(|e| Error::BadOptions(e.to_string()))?;
+        if let Ok(h) = &self.cgroups {
+            h.prime();
+        }
         if !caller.is_root() {
             unmapped(&caller, spec.process.user)?;
         }
@@ -311,10 +314,7 @@ impl Manager {
         self.put(&record)?;
         drop(guard);
         match self.start(&mut record, &mut spec, &scratch, attach).await {
-            Ok(()) => {
-                self.put(&record)?;
-                Ok(self.info(&record))
-            }
+            Ok(()) => Ok(self.info(&record)),
             Err(e) => {
                 self.cleanup(&record).await;
                 let _ = self.ctx.store.remove(&format!("{KEY}{id}"));
@@ -359,9 +359,10 @@ impl Manager {
             m.source = Source::Local(at);
         }
         if let Ok(h) = &self.cgroups {
+            // Recorded with the shim's pid below: a node that dies in between leaves a group named by the id,
+            // which `cleanup` finds by that name.
             let cg = h.create(&id, &spec.limits).map_err(|e| Error::Unavailable(format!("cgroup: {e}")))?;
             record.cgroup = Some(cg.name().to_string());
-            self.put(record)?;
         } else if spec.limits != Limits::default() {
             let why = self.cgroups.as_ref().err().cloned().unwrap_or_default();
             return Err(Error::Unavailable(format!("limits need cgroups, and this node has none it can use: {why}")));
@@ -476,7 +477,8 @@ impl Manager {
         for i in 0..r.spec.mounts.len() {
             let _ = std::fs::remove_dir(self.run.join(format!("{}.mnt{i}", r.id)));
         }
-        if let (Some(name), Ok(h)) = (&r.cgroup, &self.cgroups) {
+        if let Ok(h) = &self.cgroups {
+            let name = r.cgroup.as_deref().unwrap_or(&r.id);
             if let Ok(Some(cg)) = h.open(name) {
                 let _ = cg.kill_all(libc::SIGKILL);
                 let _ = cg.remove();

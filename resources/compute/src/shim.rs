@@ -1002,13 +1002,14 @@ impl Shim {
             self.save();
             return;
         }
+        // Attached clients first (`metac run` waits for this frame), then the record of it.
+        self.broadcast(&Frame::Exit(exit));
         self.state.phase = Phase::Exited;
         self.save();
         // Followers of the log (`logs -f`) end once they have read it all.
         if let Err(e) = self.log.finish() {
             eprintln!("mark the log finished: {e}");
         }
-        self.broadcast(&Frame::Exit(exit));
         for c in &mut self.clients {
             c.closing = true;
         }

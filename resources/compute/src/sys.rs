@@ -176,11 +176,43 @@ impl Syscall for Linux {
     }
 
     fn exec(&self, args: &[CString], env: &[CString]) -> io::Error {
-        match nix::unistd::execvpe(&args[0], args, env) {
+        // The command is looked up in the container's PATH (glibc's execvpe would use this process's own).
+        let path = env.iter().find_map(|e| e.to_bytes().strip_prefix(b"PATH=")).unwrap_or(b"/usr/bin:/bin");
+        let program = match lookup(args[0].as_bytes(), path) {
+            Ok(p) => p,
+            Err(e) => return e,
+        };
+        match nix::unistd::execve(&program, args, env) {
             Err(e) => io(e),
             Ok(never) => match never {},
         }
     }
+}
+
+/// Where `cmd` is: itself when it has a `/`, else the first executable file of that name in `path` (a
+/// `:`-separated list, as in the environment's PATH). ENOENT when there is none, EACCES when one exists but may not
+/// be executed.
+pub fn lookup(cmd: &[u8], path: &[u8]) -> Result<CString, io::Error> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |b: &[u8]| CString::new(b).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL));
+    if cmd.contains(&b'/') {
+        return c(cmd);
+    }
+    let mut denied = false;
+    for dir in path.split(|&b| b == b':').filter(|d| !d.is_empty()) {
+        let full = Path::new(std::ffi::OsStr::from_bytes(dir)).join(std::ffi::OsStr::from_bytes(cmd));
+        match std::fs::metadata(&full) {
+            Ok(m) if m.is_file() => {
+                let f = c(full.as_os_str().as_bytes())?;
+                if nix::unistd::access(f.as_c_str(), nix::unistd::AccessFlags::X_OK).is_ok() {
+                    return Ok(f);
+                }
+                denied = true;
+            }
+            _ => {}
+        }
+    }
+    Err(io::Error::from_raw_os_error(if denied { libc::EACCES } else { libc::ENOENT }))
 }
 
 /// One recorded call.
@@ -347,5 +379,30 @@ impl Syscall for Recorder {
     fn exec(&self, args: &[CString], _env: &[CString]) -> io::Error {
         self.push(Call::Exec(args.iter().map(|a| a.to_string_lossy().into_owned()).collect()));
         io::Error::from_raw_os_error(libc::ENOENT)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_looked_up_in_the_given_path_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("tool"), "#!/bin/sh\n").unwrap();
+        std::fs::write(d.join("plain"), "").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(d.join("tool"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(d.join("plain"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        let path = format!("/nonexistent:{}", d.display());
+        let found = lookup(b"tool", path.as_bytes()).unwrap();
+        assert_eq!(found.to_bytes(), d.join("tool").as_os_str().as_encoded_bytes());
+        assert_eq!(lookup(b"sh", path.as_bytes()).unwrap_err().raw_os_error(), Some(libc::ENOENT));
+        if nix::unistd::geteuid().is_root() {
+            // Root may execute any file with an x bit: a mode without one is still refused.
+            assert_eq!(lookup(b"plain", path.as_bytes()).unwrap_err().raw_os_error(), Some(libc::EACCES));
+        }
+        assert_eq!(lookup(b"/bin/anything", b"").unwrap().to_bytes(), b"/bin/anything");
     }
 }
