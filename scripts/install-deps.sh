@@ -9,9 +9,10 @@ want() { dpkg -s "$1" >/dev/null 2>&1 || need_pkgs+=("$1"); }
 # a stock WireGuard (wireguard-go + wg-quick) for the overlay's tests and benchmark, pkg-config/gcc for -sys crates,
 # a TrueType font for metac-sim's plots, fuse3 (fusermount3, and /dev/fuse's udev rule) for the fs kind's mounts.
 # openssl names the files of the POSIX conformance suite (tests/posix); attr (setfattr, getfattr) sets xattrs on mounts.
-# busybox is the container tests' and `bench run`'s rootfs; bsdutils's `script` gives them a terminal.
+# busybox-static is the container tests' and `bench run`'s rootfs (a static binary: the rootfs has no libc); bsdutils's
+# `script` gives them a terminal.
 for p in bc iproute2 iputils-ping nftables procps psmisc util-linux libnbd-bin nbdkit qemu-utils iperf3 \
-  wireguard-go wireguard-tools jq gcc openssl attr busybox bsdutils pkg-config ca-certificates curl fonts-dejavu-core fuse3; do
+  wireguard-go wireguard-tools jq gcc openssl attr busybox-static bsdutils pkg-config ca-certificates curl fonts-dejavu-core fuse3; do
   want "$p"
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then

@@ -695,6 +695,7 @@ async fn stream(c: &Client, io: metac_api::Upgraded, id: &str, tty: bool, stdin:
             }
         }
         out.flush().await?;
+        err.flush().await?;
         if done.is_some() {
             break done;
         }
