@@ -200,6 +200,9 @@ impl Node {
         self.cancel.cancel();
         tracing::debug!("closing exports");
         self.close_exports().await;
+        for k in &self.kinds {
+            k.stop();
+        }
         let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock().expect("tasks lock"));
         // All at once, within one limit: waited for one by one, a few slow ones under load used to add up past
         // what a service manager waits after SIGTERM.

@@ -23,7 +23,7 @@ pub mod spec;
 pub mod stdio;
 pub mod sys;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use metac_resource::{BoxFuture, Caller, Ctx, Error, ExportSpec, Exporter, Kind, Prepared, Ref, ResourceKind, Session};
 use serde::{Deserialize, Serialize};
@@ -41,13 +41,15 @@ pub struct NoOptions {}
 /// The `compute` kind: this node's containers.
 #[derive(Default)]
 pub struct Compute {
-    manager: OnceLock<Arc<Manager>>,
+    /// The running node's containers; a node started again in the same process gets a new one.
+    manager: Mutex<Option<Arc<Manager>>>,
 }
 
 impl Compute {
     /// The node's containers (made on first use, with the node's context).
     pub fn manager(&self, ctx: &Ctx) -> Arc<Manager> {
-        Arc::clone(self.manager.get_or_init(|| Arc::new(Manager::new(ctx.clone()))))
+        let mut m = self.manager.lock().expect("manager lock");
+        Arc::clone(m.get_or_insert_with(|| Arc::new(Manager::new(ctx.clone()))))
     }
 }
 
@@ -84,5 +86,11 @@ impl ResourceKind for Compute {
 
     fn recover(&self, ctx: &Ctx) {
         self.manager(ctx).recover();
+    }
+
+    fn stop(&self) {
+        if let Some(m) = self.manager.lock().expect("manager lock").take() {
+            m.let_go();
+        }
     }
 }

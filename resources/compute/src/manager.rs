@@ -123,6 +123,8 @@ pub struct Manager {
     live: Mutex<HashMap<String, watch::Receiver<bool>>>,
     /// One create at a time checks and takes names.
     naming: tokio::sync::Mutex<()>,
+    /// Turns true when the node stops: the watches end (the containers and their shims go on).
+    stopping: watch::Sender<bool>,
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
@@ -160,7 +162,14 @@ impl Manager {
             shim_bin: shim_binary(),
             live: Mutex::new(HashMap::new()),
             naming: tokio::sync::Mutex::new(()),
+            stopping: watch::channel(false).0,
         }
+    }
+
+    /// The node stops: the watches of the shims end, and with them what they hold of the node. Containers keep
+    /// running; the next start takes them back.
+    pub fn let_go(&self) {
+        self.stopping.send_replace(true);
     }
 
     fn records(&self) -> Result<Vec<Record>, Error> {
@@ -441,9 +450,15 @@ impl Manager {
         let (tx, rx) = watch::channel(false);
         self.live.lock().expect("live lock").insert(id.clone(), rx);
         let me = Arc::clone(self);
+        let mut stopping = self.stopping.subscribe();
         tokio::spawn(async move {
-            if let Err(e) = wait_pid(shim_pid).await {
-                tracing::warn!("cannot watch the shim of container {id}: {e}");
+            tokio::select! {
+                r = wait_pid(shim_pid) => {
+                    if let Err(e) = r {
+                        tracing::warn!("cannot watch the shim of container {id}: {e}");
+                    }
+                }
+                _ = stopping.wait_for(|s| *s) => return,
             }
             me.ended(&id).await;
             me.live.lock().expect("live lock").remove(&id);

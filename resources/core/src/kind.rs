@@ -152,6 +152,10 @@ pub trait ResourceKind: Send + Sync + 'static {
     /// Called once when the node starts, before exports are opened and binds restored: the kind cleans up what a
     /// node killed without stopping left behind (the fs kind: its dead mounts).
     fn recover(&self, _ctx: &Ctx) {}
+    /// Called when the node stops, after its binds are cut and exports closed: the kind lets go of what it holds
+    /// of the node (its tasks, its `Ctx`), so that the node's store can be opened again by the next start in the
+    /// same process. What the kind runs outside the node (containers) keeps running.
+    fn stop(&self) {}
 }
 
 /// A kind as the node holds it: [`ResourceKind`] with its options in JSON.
@@ -185,6 +189,8 @@ pub trait Plugin: Send + Sync + 'static {
     fn routes(&self, ctx: Ctx) -> axum::Router;
     /// [`ResourceKind::recover`].
     fn recover(&self, ctx: &Ctx);
+    /// [`ResourceKind::stop`].
+    fn stop(&self);
 }
 
 fn from_json<T: DeserializeOwned>(what: &str, v: serde_json::Value) -> Result<T, Error> {
@@ -259,5 +265,9 @@ impl<K: ResourceKind> Plugin for K {
 
     fn recover(&self, ctx: &Ctx) {
         ResourceKind::recover(self, ctx)
+    }
+
+    fn stop(&self) {
+        ResourceKind::stop(self)
     }
 }
