@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds metac in release mode and runs a benchmark in network namespaces: ./scripts/bench.sh [spine|overlay|file|flood|fs] [ARGS], as root
+# Builds metac in release mode and runs a benchmark in network namespaces: ./scripts/bench.sh [spine|overlay|file|flood|fs|run] [ARGS], as root
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
@@ -14,6 +14,10 @@ if [ "${1:-}" = fs ]; then
   if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   fi
+fi
+if [ "${1:-}" = run ]; then
+  # The peer tool of `run`: runc, against the same busybox rootfs.
+  command -v runc >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq --no-install-recommends runc >/dev/null; }
 fi
 cargo build --release --quiet --bin metac --bin metac-bench --bin metac-flood
 export METAC_BIN=$PWD/target/release/metac
