@@ -356,7 +356,7 @@ impl Manager {
             }
             let at = self.run.join(format!("{id}.mnt{i}"));
             make_dir(&at, 0o755)?;
-            if !caller_is_root(&record.owner) {
+            if !record.owner.is_root() {
                 let (uid, gid) = (record.owner.uid, record.owner.gid);
                 std::os::unix::fs::chown(&at, Some(uid), Some(gid)).map_err(io_err("chown the mountpoint"))?;
             }
@@ -376,7 +376,7 @@ impl Manager {
             let why = self.cgroups.as_ref().err().cloned().unwrap_or_default();
             return Err(Error::Unavailable(format!("limits need cgroups, and this node has none it can use: {why}")));
         }
-        let owner = if caller_is_root(&record.owner) {
+        let owner = if record.owner.is_root() {
             User { uid: 0, gid: 0 }
         } else {
             User { uid: record.owner.uid, gid: record.owner.gid }
@@ -425,7 +425,7 @@ impl Manager {
         let _ = first.wait().await;
         let r = tokio::fs::File::from_std(std::fs::File::from(r));
         let mut line = String::new();
-        let read = tokio::io::BufReader::new(r).take_line(&mut line);
+        let read = read_line(r, &mut line);
         match tokio::time::timeout(START_WAIT, read).await {
             Err(_) => return Err(Error::Unavailable("the container's shim did not answer within a minute".into())),
             Ok(Err(e)) => return Err(io_err("read the shim's answer")(e)),
@@ -534,7 +534,7 @@ impl Manager {
         line.push(b'\n');
         s.write_all(&line).await?;
         let mut answer = String::new();
-        let read = tokio::io::BufReader::new(s).take_line(&mut answer);
+        let read = read_line(s, &mut answer);
         tokio::time::timeout(Duration::from_secs(10), read)
             .await
             .map_err(|_| Error::Unavailable(format!("container {} did not answer", r.name)))??;
@@ -722,10 +722,6 @@ fn unmapped(caller: &Caller, user: Option<User>) -> Result<(), Error> {
     }
 }
 
-fn caller_is_root(c: &Caller) -> bool {
-    c.is_root()
-}
-
 /// Waits until an fs bind is mounted, or says why it is not.
 async fn wait_up(status: &metac_resource::Status, target: &Path) -> Result<(), Error> {
     use metac_resource::session::State as S;
@@ -819,24 +815,10 @@ fn base_name(cmd: &str) -> String {
     }
 }
 
-trait TakeLine {
-    fn take_line<'a>(self, line: &'a mut String) -> impl std::future::Future<Output = io::Result<usize>> + 'a
-    where
-        Self: 'a;
-}
-
-impl<R: tokio::io::AsyncRead + Unpin> TakeLine for tokio::io::BufReader<R> {
-    /// Reads one line of at most 64 KiB.
-    fn take_line<'a>(self, line: &'a mut String) -> impl std::future::Future<Output = io::Result<usize>> + 'a
-    where
-        Self: 'a,
-    {
-        use tokio::io::AsyncReadExt;
-        async move {
-            let mut limited = tokio::io::BufReader::new(self.take(64 * 1024));
-            limited.read_line(line).await
-        }
-    }
+/// Reads one line of at most 64 KiB from `r`.
+async fn read_line(r: impl tokio::io::AsyncRead + Unpin, line: &mut String) -> io::Result<usize> {
+    use tokio::io::AsyncReadExt;
+    tokio::io::BufReader::new(r.take(64 * 1024)).read_line(line).await
 }
 
 #[cfg(test)]

@@ -953,7 +953,9 @@ impl Shim {
         }
         let Some(mut child) = self.child.take_if(|c| c.pid == pid) else { return };
         // The pid namespace is gone with its first process: drain what is left of the output.
-        self.child = Some(Child { pid, input: None, go: None, ..drain(&mut child) });
+        child.input = None;
+        child.go = None;
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(2);
         while Instant::now() < deadline {
             let c = self.child.as_ref().expect("child");
@@ -1068,21 +1070,6 @@ fn feed(input: &mut Option<OwnedFd>, buf: &mut VecDeque<u8>, close: &mut bool, t
         } else {
             *input = None;
         }
-    }
-}
-
-/// Takes the output descriptors out of a child (the rest is dropped).
-fn drain(c: &mut Child) -> Child {
-    Child {
-        pid: c.pid,
-        input: None,
-        out: c.out.take(),
-        err: c.err.take(),
-        go: None,
-        report: c.report.take(),
-        reported: std::mem::take(&mut c.reported),
-        tty: c.tty,
-        console: None,
     }
 }
 
