@@ -333,6 +333,28 @@ fn a_user_other_than_root_gets_a_rootless_container_of_their_own() {
     let map: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
     assert_eq!(map, ["0", "65534", "1"], "{out}");
     assert!(out.contains("Read-only file system") || out.contains("Permission denied"), "{out}");
+    // The attacker's way in: root's files through a mount, with every capability, as root inside. Root inside is
+    // the user outside, so the kernel checks the user's rights and the capabilities stop at the user namespace.
+    let o = h
+        .metac_as(
+            USER,
+            &[
+                "run",
+                "--cap-add",
+                "ALL",
+                "-w",
+                "/",
+                "--mount",
+                "/mnt=local:/root:ro",
+                "sh",
+                "-c",
+                "ls /mnt 2>&1; cat /etc/shadow 2>&1; echo end",
+            ],
+        )
+        .unwrap();
+    let out = text(&o);
+    assert!(out.contains("end"), "{out}");
+    assert_eq!(out.matches("Permission denied").count(), 2, "root's directory and /etc/shadow stay closed: {out}");
     // Another user's id inside is refused, and the user sees only their own containers.
     let o = h.metac_as(USER, &["run", "-u", "1000", "true"]).unwrap();
     assert!(!o.status.success() && text(&o).contains("rootless"), "{}", text(&o));
