@@ -10,9 +10,10 @@ want() { dpkg -s "$1" >/dev/null 2>&1 || need_pkgs+=("$1"); }
 # a TrueType font for metac-sim's plots, fuse3 (fusermount3, and /dev/fuse's udev rule) for the fs kind's mounts.
 # openssl names the files of the POSIX conformance suite (tests/posix); attr (setfattr, getfattr) sets xattrs on mounts.
 # busybox-static is the container tests' and `bench run`'s rootfs (a static binary: the rootfs has no libc); bsdutils's
-# `script` gives them a terminal.
+# `script` gives them a terminal. dnsmasq-base (a DHCP server) and tcpdump are the net kind's tests' real clients on a segment.
 for p in bc iproute2 iputils-ping nftables procps psmisc util-linux libnbd-bin nbdkit qemu-utils iperf3 \
-  wireguard-go wireguard-tools jq gcc openssl attr busybox-static bsdutils pkg-config ca-certificates curl fonts-dejavu-core fuse3; do
+  wireguard-go wireguard-tools jq gcc openssl attr busybox-static bsdutils pkg-config ca-certificates curl fonts-dejavu-core fuse3 \
+  dnsmasq-base tcpdump; do
   want "$p"
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then

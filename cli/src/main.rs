@@ -45,6 +45,9 @@ enum Command {
     /// Directory trees, mounted with FUSE
     #[command(subcommand)]
     Fs(cmd::fs::Cmd),
+    /// Ethernet segments: export one (a new TAP or an existing bridge), join one, list and leave them
+    #[command(subcommand)]
+    Net(cmd::net::Cmd),
     /// The fd6f overlay network: status, and configurations for stock WireGuard peers
     #[command(subcommand)]
     Overlay(cmd::overlay::Cmd),
@@ -106,6 +109,7 @@ async fn run(cli: Cli) -> Result<Option<i32>> {
         Command::Ref(cmd) => cmd::refs::run(&c, cli.json, cmd).await,
         Command::File(cmd) => cmd::file::run(&c, cli.json, cmd).await,
         Command::Fs(cmd) => cmd::fs::run(&c, cli.json, cmd).await,
+        Command::Net(cmd) => cmd::net::run(&c, cli.json, cmd).await,
         Command::Overlay(cmd) => cmd::overlay::run(&c, cli.json, cmd).await,
         Command::Containers(cmd) => return cmd::containers::run(&c, cli.json, cmd).await,
     };

@@ -11,5 +11,6 @@ pub fn builtin() -> Vec<Arc<dyn Plugin>> {
         Arc::new(metac_block::File),                 // file and block devices over NBD
         Arc::new(metac_fs::Fs),                      // directory trees over metac-fs/2, mounted with FUSE
         Arc::new(metac_compute::Compute::default()), // containers (metac run)
+        Arc::new(metac_net::Net::default()),         // Ethernet segments over TAP devices
     ]
 }

@@ -5,6 +5,7 @@ pub mod binds;
 pub mod containers;
 pub mod file;
 pub mod fs;
+pub mod net;
 pub mod node;
 pub mod overlay;
 pub mod refs;

@@ -1,0 +1,331 @@
+//! metac-net: the `net` kind. An Ethernet segment exported by one node (`metac net export newlocal:NAME` makes a TAP
+//! there, `local:BRIDGE` joins an existing bridge) and joined by others (`metac net bind newlocal:NAME REF` makes a
+//! TAP on the binder, `local:BRIDGE` makes it a port of a bridge there). It is Ethernet, not routed IP: ARP,
+//! neighbour discovery, DHCP, multicast and other protocols than IP cross it.
+//!
+//! - [`frame`]: a record (virtio-net header and frame) and the checks every frame passes before it is switched;
+//! - [`proto`]: metac-net/1 on the bind's stream;
+//! - [`switch`]: the exporter's learning switch, with bounded queues and a bounded address table;
+//! - [`tap`]: TAP devices with offloads, bridges;
+//! - `pump`: the loops that move records; `exporter`, `session`: the two sides of a bind.
+//!
+//! Making and attaching interfaces is what `ip link` does with CAP_NET_ADMIN: only root may ask a node for it.
+
+pub mod frame;
+pub mod proto;
+pub mod switch;
+pub mod tap;
+
+mod exporter;
+mod pump;
+mod session;
+
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::Json;
+use metac_resource::{BoxFuture, Caller, Ctx, Error, ExportSpec, Exporter, Kind, Prepared, Ref, ResourceKind, Session};
+use serde::{Deserialize, Serialize};
+
+pub use proto::PROTOCOL;
+use switch::{Counters, PortView, Switch};
+
+/// The MTU of a new segment unless one is asked for.
+pub const DEFAULT_MTU: u16 = 1500;
+
+/// What a net export records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetExport {
+    /// `newlocal:NAME` (a new TAP) or `local:BRIDGE` (a TAP made a port of that bridge).
+    pub interface: String,
+    /// The segment's MTU [default: 1500 for a new TAP, the bridge's for `local:`].
+    #[serde(default)]
+    pub mtu: Option<u16>,
+}
+
+/// What a net bind asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetBind {
+    /// `newlocal:NAME` (a new TAP) or `local:BRIDGE` (a TAP made a port of that bridge).
+    pub interface: String,
+}
+
+/// Where a segment meets a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Iface {
+    /// A new TAP of this name.
+    New(String),
+    /// A new TAP, made a port of this existing bridge.
+    Bridge(String),
+}
+
+impl Iface {
+    /// Parses `newlocal:NAME` or `local:BRIDGE`.
+    pub fn parse(s: &str) -> Result<Iface, Error> {
+        let (iface, name) = if let Some(n) = s.strip_prefix("newlocal:") {
+            (Iface::New(n.to_string()), n)
+        } else if let Some(n) = s.strip_prefix("local:") {
+            (Iface::Bridge(n.to_string()), n)
+        } else {
+            return Err(Error::BadOptions(format!(
+                "{s:?}: name the interface as newlocal:NAME (a new TAP) or local:BRIDGE (an existing bridge)"
+            )));
+        };
+        tap::check_name(name).map_err(Error::BadOptions)?;
+        Ok(iface)
+    }
+
+    /// The TAP this side uses: the new one's name, or one named after the bridge and `salt` (a bridge takes
+    /// several).
+    pub fn tap_name(&self, salt: &str) -> String {
+        match self {
+            Iface::New(n) => n.clone(),
+            Iface::Bridge(b) => {
+                let h = salt.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3));
+                let b: String = b.chars().take(7).collect();
+                format!("mx{b}{:06x}", h & 0xff_ffff)
+            }
+        }
+    }
+
+    /// Checks that this side can be made now: a new name is free, a bridge exists.
+    fn check_local(&self) -> Result<(), Error> {
+        match self {
+            Iface::New(n) if tap::index(n).is_some() => {
+                Err(Error::BadOptions(format!("an interface named {n} exists already: choose another name")))
+            }
+            Iface::Bridge(b) if tap::index(b).is_none() => {
+                Err(Error::BadOptions(format!("there is no interface {b} (local: names an existing bridge)")))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn root_only(caller: &Caller, what: &str) -> Result<(), Error> {
+    if caller.is_root() {
+        return Ok(());
+    }
+    Err(Error::Refused {
+        by: "this node".into(),
+        reason: format!("{caller} may not {what}: making and attaching network interfaces needs root (CAP_NET_ADMIN)"),
+    })
+}
+
+/// What this node's segments and binds are doing, for `metac net ls`.
+#[derive(Default)]
+pub(crate) struct Registry {
+    segments: Mutex<std::collections::HashMap<String, SegmentEntry>>,
+    binds: Mutex<Vec<Arc<BindEntry>>>,
+}
+
+pub(crate) struct SegmentEntry {
+    name: String,
+    interface: String,
+    bridge: Option<String>,
+    switch: Arc<Switch>,
+}
+
+pub(crate) struct BindEntry {
+    interface: String,
+    bridge: Option<String>,
+    segment: Mutex<String>,
+    mtu: AtomicU16,
+    can_send: AtomicBool,
+    counters: Arc<Counters>,
+}
+
+/// An exported segment as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentView {
+    pub id: String,
+    pub name: String,
+    pub interface: String,
+    pub bridge: Option<String>,
+    pub mtu: u16,
+    pub ports: Vec<PortView>,
+    /// Learned addresses: MAC, port, seconds since a frame from it.
+    pub macs: Vec<(String, String, u64)>,
+}
+
+/// A bound segment as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BoundView {
+    pub interface: String,
+    pub bridge: Option<String>,
+    pub segment: String,
+    pub mtu: u16,
+    pub can_send: bool,
+    pub sent_frames: u64,
+    pub sent_bytes: u64,
+    pub received_frames: u64,
+    pub received_bytes: u64,
+    /// Frames not sent or not delivered: larger than the MTU, malformed, or sent on a read-only bind.
+    pub dropped: u64,
+}
+
+/// `GET /v1/net`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetList {
+    pub segments: Vec<SegmentView>,
+    pub binds: Vec<BoundView>,
+}
+
+impl Registry {
+    fn list(&self) -> NetList {
+        let mut segments: Vec<SegmentView> = self
+            .segments
+            .lock()
+            .expect("registry")
+            .iter()
+            .map(|(id, s)| SegmentView {
+                id: id.clone(),
+                name: s.name.clone(),
+                interface: s.interface.clone(),
+                bridge: s.bridge.clone(),
+                mtu: s.switch.mtu(),
+                ports: s.switch.ports(),
+                macs: s.switch.macs(),
+            })
+            .collect();
+        segments.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+        let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let binds = self
+            .binds
+            .lock()
+            .expect("registry")
+            .iter()
+            .map(|b| {
+                let c = &b.counters;
+                BoundView {
+                    interface: b.interface.clone(),
+                    bridge: b.bridge.clone(),
+                    segment: b.segment.lock().expect("bind entry").clone(),
+                    mtu: b.mtu.load(Ordering::Relaxed),
+                    can_send: b.can_send.load(Ordering::Relaxed),
+                    sent_frames: l(&c.rx_frames),
+                    sent_bytes: l(&c.rx_bytes),
+                    received_frames: l(&c.tx_frames),
+                    received_bytes: l(&c.tx_bytes),
+                    dropped: l(&c.oversize) + l(&c.malformed) + l(&c.refused),
+                }
+            })
+            .collect();
+        NetList { segments, binds }
+    }
+}
+
+/// The `net` kind.
+#[derive(Default, Clone)]
+pub struct Net {
+    registry: Arc<Registry>,
+}
+
+impl ResourceKind for Net {
+    type ExportOptions = NetExport;
+    type BindOptions = NetBind;
+
+    fn kind(&self) -> Kind {
+        Kind::Net
+    }
+
+    fn protocol(&self) -> &'static str {
+        PROTOCOL
+    }
+
+    fn prepare(&self, source: &str, options: Option<NetExport>, caller: &Caller) -> Result<Prepared<NetExport>, Error> {
+        root_only(caller, "export a network segment")?;
+        let mut o = options.unwrap_or(NetExport { interface: source.to_string(), mtu: None });
+        let iface = Iface::parse(&o.interface)?;
+        iface.check_local()?;
+        let mtu = match (&iface, o.mtu) {
+            (_, Some(m)) => m,
+            (Iface::New(_), None) => DEFAULT_MTU,
+            (Iface::Bridge(b), None) => tap::mtu(b).map_err(Error::BadOptions)?,
+        };
+        if !(frame::MIN_MTU..=frame::MAX_MTU).contains(&mtu) {
+            return Err(Error::BadOptions(format!(
+                "an MTU of {mtu} is outside {}..={}",
+                frame::MIN_MTU,
+                frame::MAX_MTU
+            )));
+        }
+        o.mtu = Some(mtu);
+        let name = match &iface {
+            Iface::New(n) | Iface::Bridge(n) => n.clone(),
+        };
+        Ok(Prepared { source: o.interface.clone(), name, options: o })
+    }
+
+    fn open<'a>(
+        &'a self,
+        spec: ExportSpec<NetExport>,
+        _ctx: &'a Ctx,
+    ) -> BoxFuture<'a, Result<Arc<dyn Exporter>, Error>> {
+        Box::pin(async move {
+            let iface = Iface::parse(&spec.options.interface)?;
+            let mtu = spec.options.mtu.unwrap_or(DEFAULT_MTU);
+            let e = exporter::NetExporter::open(
+                spec.id.to_string(),
+                spec.name.clone(),
+                &iface,
+                mtu,
+                Arc::clone(&self.registry),
+            )?;
+            Ok(Arc::new(e) as Arc<dyn Exporter>)
+        })
+    }
+
+    fn bind(&self, reference: &Ref, options: NetBind, caller: &Caller, _ctx: &Ctx) -> Result<Box<dyn Session>, Error> {
+        root_only(caller, "bind a network segment")?;
+        let iface = Iface::parse(&options.interface)?;
+        iface.check_local()?;
+        let name = iface.tap_name(&reference.to_string());
+        let t = tap::Tap::create(&name, DEFAULT_MTU).map_err(Error::Unavailable)?;
+        let bridge = match &iface {
+            Iface::Bridge(b) => {
+                t.join_bridge(b).map_err(Error::BadOptions)?;
+                Some(b.clone())
+            }
+            Iface::New(_) => None,
+        };
+        Ok(Box::new(session::NetSession::new(t, bridge, Arc::clone(&self.registry))))
+    }
+
+    fn routes(&self, _ctx: Ctx) -> axum::Router {
+        axum::Router::new().route("/v1/net", get(list)).with_state(Arc::clone(&self.registry))
+    }
+}
+
+async fn list(State(r): State<Arc<Registry>>) -> Json<NetList> {
+    Json(r.list())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interfaces_are_named_newlocal_or_local_and_checked() {
+        assert_eq!(Iface::parse("newlocal:tap0").unwrap(), Iface::New("tap0".into()));
+        assert_eq!(Iface::parse("local:br0").unwrap(), Iface::Bridge("br0".into()));
+        for bad in ["tap0", "newlocal:", "local:a/b", "newlocal:waytoolonginterfacename", "remote:x"] {
+            assert!(matches!(Iface::parse(bad), Err(Error::BadOptions(_))), "{bad}");
+        }
+        let t = Iface::Bridge("labbridge0".into()).tap_name("ref://x");
+        assert!(t.len() <= 15 && t.starts_with("mxlabbrid"), "{t}");
+        assert_ne!(t, Iface::Bridge("labbridge0".into()).tap_name("ref://y"));
+        tap::check_name(&t).unwrap();
+    }
+
+    /// A local user other than root gets a clear refusal, never an interface made with the node's rights.
+    #[test]
+    fn only_root_may_make_interfaces_through_the_node() {
+        let user = Caller { uid: 1000, gid: 1000, groups: vec![] };
+        let e = Net::default().prepare("newlocal:evil0", None, &user).unwrap_err();
+        assert!(e.to_string().contains("needs root"), "{e}");
+        assert_eq!(tap::index("evil0"), None);
+    }
+}

@@ -1,0 +1,227 @@
+//! The loops that move records: TAP -> stream (batched: what is waiting is taken with the first record and sent in
+//! one write), stream -> TAP, a port's queue -> stream, and the switch's side of a TAP. Buffers are reused: a TAP's
+//! records are read straight into the bytes that go out, so no record is allocated or copied on the binder, and
+//! records read from a stream share a chunk until they are written.
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use metac_resource::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::frame::{self, MAX_RECORD};
+use crate::proto;
+use crate::switch::{Counters, PortHandle};
+use crate::tap::Tap;
+
+/// Bytes gathered before one write to a stream.
+const BATCH: usize = 256 << 10;
+/// Bytes read from a stream at a time.
+const CHUNK: usize = 1 << 20;
+
+/// Records from `tap` to `w`, checked against `mtu` (rejects counted in `c.oversize`/`c.malformed`, sent ones in
+/// `c.rx_*`). With `can_send` false (a read-only ref) records are read and dropped (`c.refused`), so the TAP's
+/// queue does not fill. Returns only on an error.
+pub async fn tap_to_stream<W: AsyncWrite + Unpin>(
+    tap: &Tap,
+    w: &mut W,
+    mtu: u16,
+    can_send: bool,
+    c: &Counters,
+    sent: impl Fn(u64),
+) -> io::Result<()> {
+    let mut out = BytesMut::with_capacity(BATCH + 2 * (MAX_RECORD + 4));
+    loop {
+        out.clear();
+        let mut first = true;
+        while out.len() < BATCH {
+            let start = out.len();
+            out.extend_from_slice(&[0; 4]);
+            let got = if first { Some(tap.recv(&mut out).await?) } else { tap.try_recv(&mut out)? };
+            let Some(n) = got else {
+                out.truncate(start);
+                break;
+            };
+            let record = &out[start + 4..];
+            let verdict = if can_send { frame::check(record, mtu).map(|_| ()) } else { Err(frame::Reject::Malformed) };
+            match verdict {
+                Ok(()) => {
+                    out[start..start + 4].copy_from_slice(&(n as u32).to_be_bytes());
+                    Counters::add(&c.rx_frames, 1);
+                    Counters::add(&c.rx_bytes, (n - frame::VNET_HDR.min(n)) as u64);
+                    first = false;
+                }
+                Err(r) => {
+                    if can_send {
+                        c.reject(r);
+                    } else {
+                        Counters::add(&c.refused, 1);
+                    }
+                    out.truncate(start);
+                }
+            }
+        }
+        if !out.is_empty() {
+            w.write_all(&out).await?;
+            w.flush().await?;
+            sent(out.len() as u64);
+        }
+    }
+}
+
+/// Reads records from `r` and hands each to `sink` until the stream ends (`Ok`) or breaks.
+pub async fn stream_records<R: AsyncRead + Unpin>(
+    r: &mut R,
+    received: impl Fn(u64),
+    mut sink: impl FnMut(Bytes),
+) -> Result<(), Error> {
+    let mut buf = BytesMut::with_capacity(CHUNK);
+    loop {
+        while let Some(rec) = proto::decode(&mut buf).map_err(|e| Error::Protocol(e.to_string()))? {
+            sink(rec);
+        }
+        if buf.capacity() - buf.len() < MAX_RECORD + 4 {
+            buf.reserve(CHUNK);
+        }
+        let n = r.read_buf(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        received(n as u64);
+    }
+}
+
+/// Records from `r` written to `tap` (checked against `mtu`; what the kernel refuses is counted as malformed).
+pub async fn stream_to_tap<R: AsyncRead + Unpin>(
+    r: &mut R,
+    tap: &Tap,
+    mtu: u16,
+    c: &Counters,
+    received: impl Fn(u64),
+) -> Result<(), Error> {
+    let mut buf = BytesMut::with_capacity(CHUNK);
+    loop {
+        while let Some(rec) = proto::decode(&mut buf).map_err(|e| Error::Protocol(e.to_string()))? {
+            write_checked(tap, &rec, mtu, c).await?;
+        }
+        if buf.capacity() - buf.len() < MAX_RECORD + 4 {
+            buf.reserve(CHUNK);
+        }
+        let n = r.read_buf(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        received(n as u64);
+    }
+}
+
+/// Writes one record to `tap` if it passes [`frame::check`]; counts it either way (`c.tx_*` when written).
+async fn write_checked(tap: &Tap, rec: &[u8], mtu: u16, c: &Counters) -> io::Result<()> {
+    if let Err(r) = frame::check(rec, mtu) {
+        c.reject(r);
+        return Ok(());
+    }
+    match tap.send(rec).await {
+        Ok(()) => {
+            Counters::add(&c.tx_frames, 1);
+            Counters::add(&c.tx_bytes, (rec.len() - frame::VNET_HDR) as u64);
+            Ok(())
+        }
+        // The kernel's own check of the header (virtio_net_hdr_to_skb) refused it: a frame lost, not the device.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EIO) | Some(libc::ENOBUFS)) => {
+            Counters::add(&c.malformed, 1);
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A port's queue written to `w`, batched, until the queue closes or the stream breaks.
+pub async fn queue_to_stream<W: AsyncWrite + Unpin>(
+    rx: &mut mpsc::Receiver<Bytes>,
+    w: &mut W,
+    sent: impl Fn(u64),
+) -> io::Result<()> {
+    let mut out = Vec::with_capacity(BATCH + MAX_RECORD + 4);
+    while let Some(r) = rx.recv().await {
+        out.clear();
+        proto::encode(&mut out, &r);
+        while out.len() < BATCH {
+            match rx.try_recv() {
+                Ok(r) => proto::encode(&mut out, &r),
+                Err(_) => break,
+            }
+        }
+        w.write_all(&out).await?;
+        w.flush().await?;
+        sent(out.len() as u64);
+    }
+    Ok(())
+}
+
+/// The exporter's own interface as a port: its frames into the switch, the switch's frames for it written to it.
+pub async fn local_port(tap: Arc<Tap>, port: PortHandle, mut rx: mpsc::Receiver<Bytes>, cancel: CancellationToken) {
+    let counters = Arc::clone(port.counters());
+    let mtu = u16::MAX;
+    let reader = async {
+        let mut buf = BytesMut::with_capacity(CHUNK);
+        loop {
+            if buf.capacity() - buf.len() < MAX_RECORD {
+                buf.reserve(CHUNK);
+            }
+            match tap.recv(&mut buf).await {
+                Ok(n) => port.forward(buf.split_to(n).freeze()),
+                Err(e) => return e,
+            }
+        }
+    };
+    let writer = async {
+        while let Some(rec) = rx.recv().await {
+            // Already checked against the segment's MTU by the switch.
+            if let Err(e) = write_checked(&tap, &rec, mtu, &counters).await {
+                return e;
+            }
+        }
+        io::Error::other("the switch closed")
+    };
+    tokio::select! {
+        e = reader => tracing::warn!(interface = tap.name(), "the segment's interface cannot be read: {e}"),
+        e = writer => tracing::warn!(interface = tap.name(), "the segment's interface cannot be written: {e}"),
+        _ = cancel.cancelled() => {}
+    }
+}
+
+/// Runs `a` and `b` on tasks of their own (both directions of a bind, on both cores) until the first ends or
+/// `cancel` fires; the other is stopped. `Ok(None)` when cancelled.
+pub async fn race<T: Send + 'static>(
+    a: impl Future<Output = T> + Send + 'static,
+    b: impl Future<Output = T> + Send + 'static,
+    cancel: &CancellationToken,
+) -> Option<T> {
+    let (mut a, mut b) = (AbortOnDrop(tokio::spawn(a)), AbortOnDrop(tokio::spawn(b)));
+    let r = tokio::select! {
+        r = &mut a.0 => r.ok(),
+        r = &mut b.0 => r.ok(),
+        _ = cancel.cancelled() => None,
+    };
+    // Both tasks are gone when this returns, and what they held with them (a TAP goes with its last descriptor).
+    for t in [&mut a, &mut b] {
+        if !t.0.is_finished() {
+            t.0.abort();
+            let _ = (&mut t.0).await;
+        }
+    }
+    r
+}
+
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,164 @@
+//! The net kind between real hosts: `metac net export` on one netns host, `metac net bind` on others, and real
+//! tools on the TAP segment (ping, iperf3, dnsmasq and a DHCP client, tcpdump). Build the binary first (`cargo
+//! build --bin metac`); the tests need root and never skip.
+
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use metac_tests::{output, require_root, wait_until, Host, Lab};
+
+fn ok(h: &Host, args: &[&str]) -> String {
+    match h.metac(args) {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        Err(e) => panic!("metac {args:?} on host {} failed: {e}", h.index()),
+    }
+}
+
+fn json(h: &Host, args: &[&str]) -> serde_json::Value {
+    let mut a = vec!["--json"];
+    a.extend_from_slice(args);
+    serde_json::from_str(&ok(h, &a)).expect("valid JSON")
+}
+
+/// `sh -c script` in host `h`, any exit status.
+fn sh(h: &Host, script: &str) -> Output {
+    output(&mut h.cmd("sh", ["-c", script]), Duration::from_secs(60)).expect("sh runs")
+}
+
+fn sh_ok(h: &Host, script: &str) -> String {
+    let o = sh(h, script);
+    assert!(
+        o.status.success(),
+        "`{script}` on host {} failed: {}{}",
+        h.index(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Waits until every net bind of `h` is up.
+fn binds_up(h: &Host, n: usize) {
+    wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+        let v = json(h, &["net", "ls"]);
+        let b = v["binds"].as_array().unwrap();
+        Ok(b.len() == n && b.iter().all(|b| b["state"] == "up"))
+    })
+    .unwrap_or_else(|e| panic!("host {}'s net binds come up: {e}; {}", h.index(), ok(h, &["net", "ls"])));
+}
+
+/// Gives `dev` on `h` the lab segment's addresses for host number `i`.
+fn address(h: &Host, dev: &str, i: usize) {
+    sh_ok(h, &format!("ip addr add 10.77.0.{i}/24 dev {dev} && ip addr add fd00:88::{i}/64 dev {dev} nodad"));
+}
+
+fn link_local(h: &Host, dev: &str) -> String {
+    let o = sh_ok(h, &format!("ip -6 -o addr show dev {dev} scope link"));
+    o.split_whitespace().nth(3).and_then(|a| a.split('/').next()).expect("a link-local address").to_string()
+}
+
+fn pings(h: &Host, addr: &str) -> bool {
+    let fam = if addr.contains(':') { "-6" } else { "-4" };
+    sh(h, &format!("ping {fam} -n -q -c 2 -i 0.2 -W 2 {addr}")).status.success()
+}
+
+/// Three hosts on one exported segment are one Ethernet: addresses of both families, ARP and neighbour discovery,
+/// ping and iperf3 (TCP and UDP) between every pair, IPv6 multicast answered by all, and a DHCP server on the
+/// exporter's side giving a binder an address. `net ls` shows the ports, the learned addresses and the counters.
+#[test]
+fn three_hosts_on_one_exported_segment_are_one_ethernet() {
+    require_root();
+    let lab = Lab::new(3).unwrap();
+    let _nodes = lab.start_nodes(&[]).unwrap();
+    let h = |i| lab.host(i);
+    let r = ok(h(1), &["net", "export", "newlocal:seg0", "--name", "lab-segment"]);
+    assert!(r.starts_with("ref://"), "{r}");
+    for i in [2, 3] {
+        let out = ok(h(i), &["net", "bind", "newlocal:seg0", &r]);
+        assert!(out.contains("seg0"), "{out}");
+    }
+    binds_up(h(2), 1);
+    binds_up(h(3), 1);
+    for i in 1..=3 {
+        address(h(i), "seg0", i);
+    }
+
+    // Every pair, both families (the first ping of each resolves the address: ARP, neighbour discovery).
+    for (a, b) in [(1, 2), (1, 3), (2, 3), (3, 1), (2, 1), (3, 2)] {
+        assert!(pings(h(a), &format!("10.77.0.{b}")), "host {a} pings 10.77.0.{b}");
+        assert!(pings(h(a), &format!("fd00:88::{b}")), "host {a} pings fd00:88::{b}");
+    }
+    let arp = sh_ok(h(2), "ip -4 neigh show dev seg0");
+    assert!(arp.contains("10.77.0.3") && arp.contains("10.77.0.1"), "ARP learned both: {arp}");
+
+    // Multicast: an echo to all nodes (ff02::1) is answered by every host on the segment.
+    let all = sh_ok(h(1), "ping -6 -n -c 3 -i 0.3 -W 2 ff02::1%seg0 || true");
+    for i in [2, 3] {
+        let ll = link_local(h(i), "seg0");
+        assert!(all.contains(&ll), "host {i} ({ll}) answers ff02::1: {all}");
+    }
+
+    // iperf3, TCP and UDP, between every pair.
+    let _servers: Vec<_> = (1..=3).map(|i| h(i).spawn("iperf3", ["-s", "-B", &format!("10.77.0.{i}")]).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    for (a, b) in [(1, 2), (2, 3), (3, 1)] {
+        let tcp: serde_json::Value = serde_json::from_str(&sh_ok(h(a), &format!("iperf3 -J -t 1 -c 10.77.0.{b}")))
+            .expect("iperf3 JSON");
+        let bps = tcp["end"]["sum_received"]["bits_per_second"].as_f64().unwrap();
+        eprintln!("TCP {a} -> {b}: {:.2} Gbit/s", bps / 1e9);
+        assert!(bps > 1e6, "TCP from host {a} to host {b}: {bps} bit/s");
+        let udp: serde_json::Value =
+            serde_json::from_str(&sh_ok(h(b), &format!("iperf3 -J -u -b 50M -t 1 -c 10.77.0.{a}")))
+                .expect("iperf3 JSON");
+        let s = &udp["end"]["sum"];
+        eprintln!("UDP {b} -> {a}: {} packets, {}% lost", s["packets"], s["lost_percent"]);
+        assert!(s["packets"].as_u64().unwrap() > 1000 && s["lost_percent"].as_f64().unwrap() < 20.0, "{s}");
+    }
+
+    // The exporter's view: three ports, each host's MAC learned, frames counted both ways.
+    let v = json(h(1), &["net", "ls"]);
+    let seg = &v["segments"][0];
+    assert_eq!(seg["name"], "lab-segment");
+    let ports = seg["ports"].as_array().unwrap();
+    assert_eq!(ports.len(), 3, "{seg}");
+    for p in ports {
+        assert!(p["macs"].as_u64().unwrap() >= 1 && p["rx_frames"].as_u64().unwrap() > 100, "{p}");
+        assert!(p["tx_frames"].as_u64().unwrap() > 100, "{p}");
+    }
+    for i in [2, 3] {
+        let mac = sh_ok(h(i), "cat /sys/class/net/seg0/address 2>/dev/null || ip -o link show seg0");
+        let mac = mac.split_whitespace().find(|w| w.len() == 17 && w.matches(':').count() == 5).unwrap_or(mac.trim());
+        assert!(seg["macs"].as_array().unwrap().iter().any(|m| m[0] == mac), "{mac} learned: {}", seg["macs"]);
+    }
+    let b = json(h(2), &["net", "ls"]);
+    assert!(b["binds"][0]["sent_frames"].as_u64().unwrap() > 100, "{b}");
+    assert_eq!(b["binds"][0]["mtu"], 1500);
+    let text = ok(h(1), &["net", "ls"]);
+    assert!(text.contains("lab-segment") && text.contains("local seg0"), "{text}");
+
+    // DHCP: dnsmasq on the exporter's side hands a binder's second interface an address.
+    let _dhcp = h(1)
+        .spawn(
+            "dnsmasq",
+            [
+                "--no-daemon",
+                "--port=0",
+                "--interface=seg0",
+                "--bind-interfaces",
+                "--dhcp-range=10.77.0.100,10.77.0.150,255.255.255.0,2m",
+                "--dhcp-leasefile=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+            ],
+        )
+        .unwrap();
+    ok(h(3), &["net", "bind", "newlocal:dhcp0", &r]);
+    binds_up(h(3), 2);
+    let lease = sh_ok(h(3), "busybox udhcpc -i dhcp0 -n -q -f -t 10 -T 1 -s /bin/true 2>&1");
+    assert!(lease.contains("lease of 10.77.0.1"), "udhcpc got a lease from dnsmasq: {lease}");
+
+    // Unbind removes the interface.
+    ok(h(3), &["net", "unbind", "dhcp0"]);
+    wait_until(Duration::from_secs(5), Duration::from_millis(50), || Ok(!sh(h(3), "ip link show dhcp0").status.success()))
+        .expect("dhcp0 is removed on unbind");
+}
