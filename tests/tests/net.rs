@@ -162,3 +162,164 @@ fn three_hosts_on_one_exported_segment_are_one_ethernet() {
     wait_until(Duration::from_secs(5), Duration::from_millis(50), || Ok(!sh(h(3), "ip link show dhcp0").status.success()))
         .expect("dhcp0 is removed on unbind");
 }
+
+/// A network namespace of the test's own behind a bridge, removed when dropped.
+struct Netns(String);
+
+impl Netns {
+    fn new(name: String) -> Netns {
+        let o = output(&mut std::process::Command::new("ip").args(["netns", "add", &name]), Duration::from_secs(10)).unwrap();
+        assert!(o.status.success(), "ip netns add {name}: {}", String::from_utf8_lossy(&o.stderr));
+        Netns(name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = output(&mut std::process::Command::new("ip").args(["netns", "del", &self.0]), Duration::from_secs(10));
+    }
+}
+
+/// `local:` on both sides: the exporter shares an existing bridge with a machine behind it, a binder reaches that
+/// machine through a TAP of its own, and another binder joins the segment to a bridge of its own.
+#[test]
+fn a_bridge_and_the_host_behind_it_are_reached_from_binders() {
+    require_root();
+    let lab = Lab::new(3).unwrap();
+    let _nodes = lab.start_nodes(&[]).unwrap();
+    let h = |i| lab.host(i);
+    let behind = Netns::new(format!("{}-behind", lab.id()));
+    let b = &behind.0;
+    sh_ok(
+        h(1),
+        &format!(
+            "ip link add lan0 type bridge && ip link set lan0 up && \
+             ip link add vb0 type veth peer name eth1 netns {b} && ip link set vb0 master lan0 up && \
+             ip -n {b} addr add 10.78.0.9/24 dev eth1 && ip -n {b} link set eth1 up && ip -n {b} link set lo up"
+        ),
+    );
+    let r = ok(h(1), &["net", "export", "local:lan0"]);
+    let v = json(h(1), &["net", "ls"]);
+    let tap = v["segments"][0]["interface"].as_str().unwrap().to_string();
+    assert_eq!(v["segments"][0]["bridge"], "lan0");
+    assert!(sh_ok(h(1), &format!("ip -o link show {tap}")).contains("master lan0"), "the segment's TAP is in the bridge");
+
+    ok(h(2), &["net", "bind", "newlocal:office", &r]);
+    binds_up(h(2), 1);
+    sh_ok(h(2), "ip addr add 10.78.0.2/24 dev office");
+    assert!(pings(h(2), "10.78.0.9"), "host 2 reaches the machine behind host 1's bridge");
+
+    sh_ok(h(3), "ip link add br9 type bridge && ip addr add 10.78.0.3/24 dev br9 && ip link set br9 up");
+    let out = ok(h(3), &["net", "bind", "local:br9", &r]);
+    binds_up(h(3), 1);
+    let v = json(h(3), &["net", "ls"]);
+    let port = v["binds"][0]["interface"].as_str().unwrap();
+    assert!(out.contains(port), "{out}");
+    assert!(sh_ok(h(3), &format!("ip -o link show {port}")).contains("master br9"));
+    assert!(pings(h(3), "10.78.0.9"), "a bridge joined on host 3 reaches the machine behind host 1's");
+    assert!(pings(h(3), "10.78.0.2"), "and host 2's TAP");
+
+    // Unexporting takes the TAP out of the bridge; the bridge and what is behind it stay.
+    let id = json(h(1), &["exports"])[0]["id"].as_str().unwrap().to_string();
+    ok(h(1), &["unexport", &id]);
+    wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
+        Ok(!sh(h(1), &format!("ip link show {tap}")).status.success())
+    })
+    .expect("the exporter's TAP is removed on unexport");
+    sh_ok(h(1), "ip link show lan0");
+}
+
+/// A read-only ref is a monitor port: its holder sees the segment's frames (tcpdump captures them) but nothing it
+/// sends reaches the segment. A revoked ref is cut within a second, and the binder's interface goes.
+#[test]
+fn a_read_only_ref_only_listens_and_a_revoked_ref_is_cut_within_a_second() {
+    require_root();
+    let lab = Lab::new(3).unwrap();
+    let _nodes = lab.start_nodes(&[]).unwrap();
+    let h = |i| lab.host(i);
+    let r = ok(h(1), &["net", "export", "newlocal:seg0"]);
+    let rw = ok(h(1), &["ref", "delegate", &r]);
+    let ro = ok(h(1), &["ref", "delegate", &r, "--read-only"]);
+    ok(h(2), &["net", "bind", "newlocal:seg0", &rw]);
+    ok(h(3), &["net", "bind", "newlocal:mon0", &ro]);
+    binds_up(h(2), 1);
+    binds_up(h(3), 1);
+    address(h(1), "seg0", 1);
+    address(h(2), "seg0", 2);
+    address(h(3), "mon0", 3);
+    assert!(pings(h(2), "10.77.0.1"));
+
+    // The monitor captures an echo to all nodes sent on the segment...
+    let dump = h(3)
+        .spawn("timeout", ["15", "tcpdump", "-l", "-n", "-i", "mon0", "-c", "2", "icmp6 and ip6[40] == 128"])
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    sh(h(1), "ping -6 -n -c 4 -i 0.3 ff02::1%seg0");
+    assert!(dump.wait_timeout(Duration::from_secs(15)).is_some_and(|s| s.success()), "tcpdump captured 2 frames");
+    let log = std::fs::read_to_string(dump.log_path().unwrap()).unwrap();
+    assert!(log.contains("ff02::1") && log.contains("echo request"), "{log}");
+    // ...but cannot be heard: no ping from it gets through, and the exporter never saw a frame from it.
+    assert!(!pings(h(3), "10.77.0.1"), "a read-only binder's frames reach nobody");
+    let v = json(h(3), &["net", "ls"]);
+    assert_eq!(v["binds"][0]["can_send"], false);
+    assert!(v["binds"][0]["dropped"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["binds"][0]["received_frames"].as_u64().unwrap() > 0, "{v}");
+    let v = json(h(1), &["net", "ls"]);
+    let ports = v["segments"][0]["ports"].as_array().unwrap();
+    let mon = ports.iter().find(|p| p["name"].as_str().unwrap().ends_with("(read-only)")).expect("the monitor port");
+    assert_eq!(mon["rx_frames"], 0, "{mon}");
+
+    // Revoking host 2's ref cuts it at the exporter within a second, and host 2's TAP goes.
+    let t = Instant::now();
+    ok(h(1), &["ref", "revoke", &rw]);
+    wait_until(Duration::from_secs(1), Duration::from_millis(20), || {
+        Ok(json(h(1), &["net", "ls"])["segments"][0]["ports"].as_array().unwrap().len() == 2)
+    })
+    .expect("the revoked bind's port is gone within a second");
+    eprintln!("revoked bind cut after {:?}", t.elapsed());
+    assert!(!pings(h(2), "10.77.0.1"));
+    wait_until(Duration::from_secs(10), Duration::from_millis(50), || Ok(!sh(h(2), "ip link show seg0").status.success()))
+        .expect("the revoked binder's TAP is removed");
+    let b = json(h(2), &["binds"]);
+    assert_eq!(b[0]["state"], "refused", "{b}");
+}
+
+/// The exporter's node restarts: its segment comes back and the binder, which kept its interface and addresses,
+/// is on it again by itself. A persistent bind comes back after its node restarts; a node that stops removes its
+/// interfaces.
+#[test]
+fn segments_heal_after_restarts_and_interfaces_go_with_their_node() {
+    require_root();
+    let lab = Lab::new(3).unwrap();
+    let mut nodes = lab.start_nodes(&[]).unwrap();
+    let h = |i| lab.host(i);
+    let r = ok(h(1), &["net", "export", "newlocal:seg0"]);
+    ok(h(2), &["net", "bind", "newlocal:seg0", &r]);
+    ok(h(3), &["net", "bind", "newlocal:seg0", &r, "--persistent"]);
+    binds_up(h(2), 1);
+    binds_up(h(3), 1);
+    for i in 1..=3 {
+        address(h(i), "seg0", i);
+    }
+    assert!(pings(h(2), "10.77.0.1"));
+    let ifindex = sh_ok(h(2), "cat /sys/class/net/seg0/ifindex");
+
+    nodes[0].restart().unwrap();
+    sh_ok(h(1), "ip link show seg0");
+    address(h(1), "seg0", 1);
+    wait_until(Duration::from_secs(30), Duration::from_millis(200), || Ok(pings(h(2), "10.77.0.1"))).unwrap_or_else(|e| {
+        panic!("host 2 reaches the restarted exporter again: {e}\n{}\n{}", ok(h(1), &["net", "ls"]), ok(h(2), &["net", "ls"]))
+    });
+    assert_eq!(sh_ok(h(2), "cat /sys/class/net/seg0/ifindex"), ifindex, "the binder kept its interface");
+    assert!(pings(h(2), "10.77.0.3"), "and the other binder");
+
+    nodes[2].restart().unwrap();
+    binds_up(h(3), 1);
+    address(h(3), "seg0", 3);
+    assert!(pings(h(3), "10.77.0.2"), "the persistent bind is back after its node restarted");
+
+    nodes[1].stop().unwrap();
+    assert!(!sh(h(2), "ip link show seg0").status.success(), "a stopped node leaves no interface behind");
+    nodes[0].kill9();
+    assert!(!sh(h(1), "ip link show seg0").status.success(), "nor does one killed with -9");
+}

@@ -26,7 +26,8 @@ impl NetExporter {
     /// Makes the segment's interface and switch, and starts switching the interface's frames.
     pub(crate) fn open(id: String, name: String, iface: &Iface, mtu: u16, registry: Arc<Registry>) -> Result<Self, Error> {
         let tap_name = iface.tap_name(&id);
-        let tap = Tap::create(&tap_name, mtu).map_err(Error::Unavailable)?;
+        let mac = crate::tap::stable_mac(&["metac net export", &id]);
+        let tap = Tap::create(&tap_name, mtu, mac).map_err(Error::Unavailable)?;
         if let Iface::Bridge(br) = iface {
             tap.join_bridge(br).map_err(|e| Error::Unavailable(format!("cannot attach segment {name}: {e}")))?;
         }

@@ -278,12 +278,14 @@ impl ResourceKind for Net {
         })
     }
 
-    fn bind(&self, reference: &Ref, options: NetBind, caller: &Caller, _ctx: &Ctx) -> Result<Box<dyn Session>, Error> {
+    fn bind(&self, reference: &Ref, options: NetBind, caller: &Caller, ctx: &Ctx) -> Result<Box<dyn Session>, Error> {
         root_only(caller, "bind a network segment")?;
         let iface = Iface::parse(&options.interface)?;
         iface.check_local()?;
-        let name = iface.tap_name(&reference.to_string());
-        let t = tap::Tap::create(&name, DEFAULT_MTU).map_err(Error::Unavailable)?;
+        let r = reference.to_string();
+        let name = iface.tap_name(&r);
+        let mac = tap::stable_mac(&["metac net bind", &ctx.me.to_string(), &r, &name]);
+        let t = tap::Tap::create(&name, DEFAULT_MTU, mac).map_err(Error::Unavailable)?;
         let bridge = match &iface {
             Iface::Bridge(b) => {
                 t.join_bridge(b).map_err(Error::BadOptions)?;

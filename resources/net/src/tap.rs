@@ -39,6 +39,17 @@ pub fn check_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// A MAC address that stays the same for the same `parts` (an export's id, a bind's ref and node): a TAP made
+/// again after a restart keeps its address, so the neighbours' ARP and ND caches and DHCP leases stay right. Locally
+/// administered, unicast.
+pub fn stable_mac(parts: &[&str]) -> [u8; 6] {
+    let h = parts.iter().flat_map(|p| p.bytes().chain([0])).fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    });
+    let b = h.to_be_bytes();
+    [(b[0] & 0xfe) | 0x02, b[1], b[2], b[3], b[4], b[5]]
+}
+
 /// The index of interface `name` in this network namespace, if there is one.
 pub fn index(name: &str) -> Option<u32> {
     let c = CString::new(name).ok()?;
@@ -48,8 +59,9 @@ pub fn index(name: &str) -> Option<u32> {
 }
 
 impl Tap {
-    /// Creates TAP `name` with `mtu`, up. Fails if an interface of that name exists (it would be someone else's).
-    pub fn create(name: &str, mtu: u16) -> Result<Tap, String> {
+    /// Creates TAP `name` with `mtu` and MAC address `mac`, up. Fails if an interface of that name exists (it would
+    /// be someone else's).
+    pub fn create(name: &str, mtu: u16, mac: [u8; 6]) -> Result<Tap, String> {
         check_name(name)?;
         if index(name).is_some() {
             return Err(format!("an interface named {name} exists already: choose another name"));
@@ -65,6 +77,7 @@ impl Tap {
             .layer(Layer::L2)
             .offload(true)
             .mtu(mtu)
+            .mac_addr(mac)
             .tx_queue_len(1000)
             .enable(true)
             .build_sync()
@@ -206,6 +219,15 @@ fn ioctl(request: libc::c_ulong, req: &mut libc::ifreq) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stable_macs_are_local_unicast_and_differ_by_their_parts() {
+        let a = stable_mac(&["export", "abc"]);
+        assert_eq!(a, stable_mac(&["export", "abc"]));
+        assert_ne!(a, stable_mac(&["export", "abd"]));
+        assert_ne!(stable_mac(&["ab", "c"]), stable_mac(&["a", "bc"]));
+        assert_eq!(a[0] & 3, 2, "locally administered, unicast: {a:?}");
+    }
 
     #[test]
     fn interface_names_are_checked_before_they_reach_the_kernel() {
