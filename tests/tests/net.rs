@@ -99,11 +99,12 @@ fn three_hosts_on_one_exported_segment_are_one_ethernet() {
     }
 
     // iperf3, TCP and UDP, between every pair.
-    let _servers: Vec<_> = (1..=3).map(|i| h(i).spawn("iperf3", ["-s", "-B", &format!("10.77.0.{i}")]).unwrap()).collect();
+    let _servers: Vec<_> =
+        (1..=3).map(|i| h(i).spawn("iperf3", ["-s", "-B", &format!("10.77.0.{i}")]).unwrap()).collect();
     std::thread::sleep(Duration::from_millis(500));
     for (a, b) in [(1, 2), (2, 3), (3, 1)] {
-        let tcp: serde_json::Value = serde_json::from_str(&sh_ok(h(a), &format!("iperf3 -J -t 1 -c 10.77.0.{b}")))
-            .expect("iperf3 JSON");
+        let tcp: serde_json::Value =
+            serde_json::from_str(&sh_ok(h(a), &format!("iperf3 -J -t 1 -c 10.77.0.{b}"))).expect("iperf3 JSON");
         let bps = tcp["end"]["sum_received"]["bits_per_second"].as_f64().unwrap();
         eprintln!("TCP {a} -> {b}: {:.2} Gbit/s", bps / 1e9);
         assert!(bps > 1e6, "TCP from host {a} to host {b}: {bps} bit/s");
@@ -159,8 +160,10 @@ fn three_hosts_on_one_exported_segment_are_one_ethernet() {
 
     // Unbind removes the interface.
     ok(h(3), &["net", "unbind", "dhcp0"]);
-    wait_until(Duration::from_secs(5), Duration::from_millis(50), || Ok(!sh(h(3), "ip link show dhcp0").status.success()))
-        .expect("dhcp0 is removed on unbind");
+    wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
+        Ok(!sh(h(3), "ip link show dhcp0").status.success())
+    })
+    .expect("dhcp0 is removed on unbind");
 }
 
 /// A network namespace of the test's own behind a bridge, removed when dropped.
@@ -168,7 +171,8 @@ struct Netns(String);
 
 impl Netns {
     fn new(name: String) -> Netns {
-        let o = output(&mut std::process::Command::new("ip").args(["netns", "add", &name]), Duration::from_secs(10)).unwrap();
+        let o =
+            output(std::process::Command::new("ip").args(["netns", "add", &name]), Duration::from_secs(10)).unwrap();
         assert!(o.status.success(), "ip netns add {name}: {}", String::from_utf8_lossy(&o.stderr));
         Netns(name)
     }
@@ -176,7 +180,7 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = output(&mut std::process::Command::new("ip").args(["netns", "del", &self.0]), Duration::from_secs(10));
+        let _ = output(std::process::Command::new("ip").args(["netns", "del", &self.0]), Duration::from_secs(10));
     }
 }
 
@@ -202,7 +206,10 @@ fn a_bridge_and_the_host_behind_it_are_reached_from_binders() {
     let v = json(h(1), &["net", "ls"]);
     let tap = v["segments"][0]["interface"].as_str().unwrap().to_string();
     assert_eq!(v["segments"][0]["bridge"], "lan0");
-    assert!(sh_ok(h(1), &format!("ip -o link show {tap}")).contains("master lan0"), "the segment's TAP is in the bridge");
+    assert!(
+        sh_ok(h(1), &format!("ip -o link show {tap}")).contains("master lan0"),
+        "the segment's TAP is in the bridge"
+    );
 
     ok(h(2), &["net", "bind", "newlocal:office", &r]);
     binds_up(h(2), 1);
@@ -278,8 +285,10 @@ fn a_read_only_ref_only_listens_and_a_revoked_ref_is_cut_within_a_second() {
     .expect("the revoked bind's port is gone within a second");
     eprintln!("revoked bind cut after {:?}", t.elapsed());
     assert!(!pings(h(2), "10.77.0.1"));
-    wait_until(Duration::from_secs(10), Duration::from_millis(50), || Ok(!sh(h(2), "ip link show seg0").status.success()))
-        .expect("the revoked binder's TAP is removed");
+    wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        Ok(!sh(h(2), "ip link show seg0").status.success())
+    })
+    .expect("the revoked binder's TAP is removed");
     let b = json(h(2), &["binds"]);
     assert_eq!(b[0]["state"], "refused", "{b}");
 }
@@ -307,9 +316,15 @@ fn segments_heal_after_restarts_and_interfaces_go_with_their_node() {
     nodes[0].restart().unwrap();
     sh_ok(h(1), "ip link show seg0");
     address(h(1), "seg0", 1);
-    wait_until(Duration::from_secs(30), Duration::from_millis(200), || Ok(pings(h(2), "10.77.0.1"))).unwrap_or_else(|e| {
-        panic!("host 2 reaches the restarted exporter again: {e}\n{}\n{}", ok(h(1), &["net", "ls"]), ok(h(2), &["net", "ls"]))
-    });
+    wait_until(Duration::from_secs(30), Duration::from_millis(200), || Ok(pings(h(2), "10.77.0.1"))).unwrap_or_else(
+        |e| {
+            panic!(
+                "host 2 reaches the restarted exporter again: {e}\n{}\n{}",
+                ok(h(1), &["net", "ls"]),
+                ok(h(2), &["net", "ls"])
+            )
+        },
+    );
     assert_eq!(sh_ok(h(2), "cat /sys/class/net/seg0/ifindex"), ifindex, "the binder kept its interface");
     assert!(pings(h(2), "10.77.0.3"), "and the other binder");
 

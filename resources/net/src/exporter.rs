@@ -24,7 +24,13 @@ pub(crate) struct NetExporter {
 
 impl NetExporter {
     /// Makes the segment's interface and switch, and starts switching the interface's frames.
-    pub(crate) fn open(id: String, name: String, iface: &Iface, mtu: u16, registry: Arc<Registry>) -> Result<Self, Error> {
+    pub(crate) fn open(
+        id: String,
+        name: String,
+        iface: &Iface,
+        mtu: u16,
+        registry: Arc<Registry>,
+    ) -> Result<Self, Error> {
         let tap_name = iface.tap_name(&id);
         let mac = crate::tap::stable_mac(&["metac net export", &id]);
         let tap = Tap::create(&tap_name, mtu, mac).map_err(Error::Unavailable)?;
@@ -70,10 +76,15 @@ impl Exporter for NetExporter {
             let (port, mut rx) = self.switch.add_port(label, can_send);
             let (mut r, mut w) = tokio::io::split(stream);
             let from_binder = async move {
-                pump::stream_records(&mut r, |_| {}, |rec| port.forward(rec)).await.map(|_| "the binder left".to_string())
+                pump::stream_records(&mut r, |_| {}, |rec| port.forward(rec))
+                    .await
+                    .map(|_| "the binder left".to_string())
             };
             let to_binder = async move {
-                pump::queue_to_stream(&mut rx, &mut w, |_| {}).await.map(|_| "the segment closed".to_string()).map_err(Error::from)
+                pump::queue_to_stream(&mut rx, &mut w, |_| {})
+                    .await
+                    .map(|_| "the segment closed".to_string())
+                    .map_err(Error::from)
             };
             match pump::race(from_binder, to_binder, &cancel).await {
                 None | Some(Ok(_)) => Ok(()),

@@ -61,7 +61,14 @@ impl VnetHdr {
     pub fn parse(record: &[u8]) -> Option<VnetHdr> {
         let b = record.get(..VNET_HDR)?;
         let u = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
-        Some(VnetHdr { flags: b[0], gso_type: b[1], hdr_len: u(2), gso_size: u(4), csum_start: u(6), csum_offset: u(8) })
+        Some(VnetHdr {
+            flags: b[0],
+            gso_type: b[1],
+            hdr_len: u(2),
+            gso_size: u(4),
+            csum_start: u(6),
+            csum_offset: u(8),
+        })
     }
 
     /// The header's 10 bytes.
@@ -176,11 +183,13 @@ mod tests {
         let mut tagged = record(b, a, 1504);
         tagged[VNET_HDR + 12..VNET_HDR + 14].copy_from_slice(&[0x81, 0x00]);
         assert!(check(&tagged, 1500).is_ok(), "a VLAN tag is allowed beyond the MTU");
-        assert_eq!(check(&tagged[..VNET_HDR + 1500 + 19], 1500), Err(Reject::Oversize));
+        tagged.push(0);
+        assert_eq!(check(&tagged, 1500), Err(Reject::Oversize), "one byte more than the tag allows");
 
         // A 64 KiB TCP segment with an MSS of 1440 fits a 1500 segment; one with an MSS of 8960 does not.
         let mut seg = record(b, a, 65_000);
-        let mut h = VnetHdr { flags: 1, gso_type: GSO_TCPV6, hdr_len: 74, gso_size: 1440, csum_start: 54, csum_offset: 16 };
+        let mut h =
+            VnetHdr { flags: 1, gso_type: GSO_TCPV6, hdr_len: 74, gso_size: 1440, csum_start: 54, csum_offset: 16 };
         seg[..VNET_HDR].copy_from_slice(&h.bytes());
         assert!(check(&seg, 1500).unwrap().is_gso());
         h.gso_size = 8960;
@@ -203,12 +212,28 @@ mod tests {
         assert_eq!(bad(VnetHdr { flags: 0x40, ..p }), Err(Reject::Malformed), "unknown flag");
         assert_eq!(bad(VnetHdr { gso_type: 9, ..p }), Err(Reject::Malformed), "unknown GSO type");
         assert_eq!(bad(VnetHdr { gso_type: GSO_ECN, ..p }), Err(Reject::Malformed), "ECN without GSO");
-        assert_eq!(bad(VnetHdr { flags: 1, csum_start: 60, csum_offset: 60, ..p }), Err(Reject::Malformed), "checksum past the end");
-        assert_eq!(bad(VnetHdr { flags: 1, csum_start: 2, csum_offset: 0, ..p }), Err(Reject::Malformed), "checksum in the Ethernet header");
+        assert_eq!(
+            bad(VnetHdr { flags: 1, csum_start: 60, csum_offset: 60, ..p }),
+            Err(Reject::Malformed),
+            "checksum past the end"
+        );
+        assert_eq!(
+            bad(VnetHdr { flags: 1, csum_start: 2, csum_offset: 0, ..p }),
+            Err(Reject::Malformed),
+            "checksum in the Ethernet header"
+        );
         let gso = VnetHdr { flags: 1, gso_type: GSO_TCPV4, hdr_len: 54, gso_size: 0, csum_start: 34, csum_offset: 16 };
         assert_eq!(bad(gso), Err(Reject::Malformed), "a segment without an MSS");
-        assert_eq!(bad(VnetHdr { gso_size: 1000, flags: 0, ..gso }), Err(Reject::Malformed), "a segment without a checksum to fill in");
-        assert_eq!(bad(VnetHdr { gso_size: 1000, hdr_len: 500, ..gso }), Err(Reject::Malformed), "headers longer than the frame");
+        assert_eq!(
+            bad(VnetHdr { gso_size: 1000, flags: 0, ..gso }),
+            Err(Reject::Malformed),
+            "a segment without a checksum to fill in"
+        );
+        assert_eq!(
+            bad(VnetHdr { gso_size: 1000, hdr_len: 500, ..gso }),
+            Err(Reject::Malformed),
+            "headers longer than the frame"
+        );
         assert!(bad(VnetHdr { gso_size: 1000, ..gso }).is_ok());
         assert_eq!(VnetHdr::parse(&gso.bytes()), Some(gso));
     }

@@ -330,4 +330,87 @@ mod tests {
         assert!(e.to_string().contains("needs root"), "{e}");
         assert_eq!(tap::index("evil0"), None);
     }
+
+    /// A mesh member holding a good ref plays the attacker on a live exporter (a real TAP, the real serve): frames
+    /// with made-up headers, frames over the MTU and a flood of made-up source addresses are dropped and counted,
+    /// never switched; the table stays bounded; a record length past the bound ends that bind with a message, and
+    /// the segment goes on serving others. Needs root (it makes a TAP); under CI it runs and fails loudly without.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_binder_sending_garbage_loses_only_its_own_frames() {
+        use metac_resource::{Bind, Exporter, NodeKey, Rights};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "this test makes a TAP device and needs root");
+        let registry = Arc::new(Registry::default());
+        let name = format!("mtatk{}", std::process::id() % 100_000);
+        let e = Arc::new(
+            exporter::NetExporter::open(
+                "atk".into(),
+                "attacked".into(),
+                &Iface::New(name.clone()),
+                1500,
+                Arc::clone(&registry),
+            )
+            .unwrap(),
+        );
+        let bind = |rights| Bind { peer: NodeKey([7; 32]), rights, path: None, expires: None };
+        let (mut evil, theirs) = tokio::io::duplex(1 << 20);
+        let served = tokio::spawn(Arc::clone(&e).serve(
+            bind(Rights::READ | Rights::WRITE),
+            Box::new(theirs),
+            Default::default(),
+        ));
+        let (mut good, goods) = tokio::io::duplex(1 << 20);
+        let _good_served = tokio::spawn(Arc::clone(&e).serve(bind(Rights::READ), Box::new(goods), Default::default()));
+        let w: proto::Welcome = metac_resource::frame::read(&mut evil, proto::MAX_WELCOME).await.unwrap();
+        assert_eq!((w.mtu, w.can_send, w.segment.as_str()), (1500, true, "attacked"));
+        let _: proto::Welcome = metac_resource::frame::read(&mut good, proto::MAX_WELCOME).await.unwrap();
+
+        let rec = |src: [u8; 6], payload: usize, hdr: frame::VnetHdr| {
+            let mut r = hdr.bytes().to_vec();
+            r.extend_from_slice(&[0xff; 6]);
+            r.extend_from_slice(&src);
+            r.extend_from_slice(&[0x88, 0xb5]);
+            r.resize(r.len() + payload, 0xaa);
+            r
+        };
+        let mut wire = Vec::new();
+        proto::encode(&mut wire, &rec([2, 0, 0, 0, 0, 1], 100, frame::VnetHdr::PLAIN));
+        proto::encode(
+            &mut wire,
+            &rec([2, 0, 0, 0, 0, 1], 100, frame::VnetHdr { gso_type: 77, ..frame::VnetHdr::PLAIN }),
+        );
+        proto::encode(&mut wire, &rec([2, 0, 0, 0, 0, 1], 2000, frame::VnetHdr::PLAIN));
+        for i in 0..3000u32 {
+            let b = i.to_be_bytes();
+            proto::encode(&mut wire, &rec([2, 9, b[0], b[1], b[2], b[3]], 46, frame::VnetHdr::PLAIN));
+        }
+        evil.write_all(&wire).await.unwrap();
+
+        // The good binder, a receive-only port, sees the well-formed broadcasts, never the rest.
+        let mut got = vec![0u8; 4 + frame::MIN_RECORD + 100];
+        good.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got[4 + frame::VNET_HDR + 6..4 + frame::VNET_HDR + 12], &[2, 0, 0, 0, 0, 1]);
+        let port = |reg: &Registry| {
+            reg.list().segments[0].ports.iter().find(|p| p.can_send && p.name.starts_with("bind")).cloned()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while port(&registry).is_none_or(|p| p.rx_frames < 3003) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let p = port(&registry).unwrap();
+        assert_eq!((p.rx_frames, p.malformed, p.oversize), (3003, 1, 1), "{p:?}");
+        assert_eq!(p.macs, switch::MAX_PER_PORT, "made-up addresses fill only this port's share");
+
+        // A length past the bound: that bind ends with a message; the segment and the good binder stay.
+        evil.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+        let r = tokio::time::timeout(std::time::Duration::from_secs(5), served).await.unwrap().unwrap();
+        let msg = r.unwrap_err().to_string();
+        assert!(msg.contains("outside"), "{msg}");
+        let ports = registry.list().segments[0].ports.clone();
+        assert_eq!(ports.len(), 2, "the local port and the good binder remain: {ports:?}");
+        assert!(ports.iter().all(|p| p.macs <= 1), "what the attacker's port learned went with it: {ports:?}");
+        e.close().await;
+        assert_eq!(tap::index(&name), None, "the segment's TAP goes on close");
+    }
 }

@@ -50,7 +50,10 @@ impl Session for NetSession {
             };
             let w: Welcome = framing::read(&mut stream, MAX_WELCOME).await?;
             if !(MIN_MTU..=MAX_MTU).contains(&w.mtu) {
-                return Err(Error::Protocol(format!("the exporter states an MTU of {}, outside {MIN_MTU}..={MAX_MTU}", w.mtu)));
+                return Err(Error::Protocol(format!(
+                    "the exporter states an MTU of {}, outside {MIN_MTU}..={MAX_MTU}",
+                    w.mtu
+                )));
             }
             tap.set_mtu(w.mtu).map_err(Error::Unavailable)?;
             let e = &self.entry;
@@ -58,7 +61,13 @@ impl Session for NetSession {
             e.mtu.store(w.mtu, Ordering::Relaxed);
             e.can_send.store(w.can_send, Ordering::Relaxed);
             link.up();
-            tracing::info!(interface = tap.name(), segment = w.segment, mtu = w.mtu, can_send = w.can_send, "joined the segment");
+            tracing::info!(
+                interface = tap.name(),
+                segment = w.segment,
+                mtu = w.mtu,
+                can_send = w.can_send,
+                "joined the segment"
+            );
 
             let (mut r, mut w_half) = tokio::io::split(stream);
             let (c1, c2) = (Arc::clone(&e.counters), Arc::clone(&e.counters));

@@ -190,7 +190,12 @@ impl Switch {
     pub fn new(mtu: u16) -> Arc<Switch> {
         Arc::new(Switch {
             mtu,
-            inner: Mutex::new(Inner { ports: HashMap::new(), table: Table::default(), next: 1, last_aged: Instant::now() }),
+            inner: Mutex::new(Inner {
+                ports: HashMap::new(),
+                table: Table::default(),
+                next: 1,
+                last_aged: Instant::now(),
+            }),
         })
     }
 

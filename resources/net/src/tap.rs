@@ -33,9 +33,7 @@ pub fn check_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "{name:?} is not a usable interface name: 1 to 15 letters, digits, '-', '_' or '.' (not . or ..)"
-        ))
+        Err(format!("{name:?} is not a usable interface name: 1 to 15 letters, digits, '-', '_' or '.' (not . or ..)"))
     }
 }
 
@@ -43,9 +41,10 @@ pub fn check_name(name: &str) -> Result<(), String> {
 /// again after a restart keeps its address, so the neighbours' ARP and ND caches and DHCP leases stay right. Locally
 /// administered, unicast.
 pub fn stable_mac(parts: &[&str]) -> [u8; 6] {
-    let h = parts.iter().flat_map(|p| p.bytes().chain([0])).fold(0xcbf29ce484222325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
-    });
+    let h = parts
+        .iter()
+        .flat_map(|p| p.bytes().chain([0]))
+        .fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3));
     let b = h.to_be_bytes();
     [(b[0] & 0xfe) | 0x02, b[1], b[2], b[3], b[4], b[5]]
 }
