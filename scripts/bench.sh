@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds metac in release mode and runs a benchmark in network namespaces: ./scripts/bench.sh [spine|overlay|file|flood|fs|run] [ARGS], as root
+# Builds metac in release mode and runs a benchmark in network namespaces: ./scripts/bench.sh [spine|overlay|net|file|flood|fs|run] [ARGS], as root
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh

@@ -5,6 +5,7 @@
 mod file;
 mod flood;
 mod fs;
+mod net;
 mod overlay;
 mod run;
 mod spine;
@@ -28,6 +29,8 @@ enum Command {
     Flood(flood::Args),
     /// Filesystems: metac's fs kind and sshfs between the same two hosts: read, untar, find + cat, git status
     Fs(fs::Args),
+    /// Ethernet segments: iperf3 TCP and ping RTT over the raw veth, wireguard-go and a metac net segment, with ratios
+    Net(net::Args),
     /// The overlay: iperf3 TCP and ping RTT over the raw veth, wireguard-go and the metac overlay, with ratios
     Overlay(overlay::Args),
     /// Containers: `metac run --rootfs BUSYBOX true` against `runc run` of the same rootfs, and the node's footprint
@@ -44,6 +47,7 @@ fn main() {
         Command::Flood(a) => flood::run(a),
         Command::Fs(a) => fs::run(a),
         Command::Run(a) => run::run(a),
+        Command::Net(a) => net::run(a),
     };
     if let Err(e) = r {
         eprintln!("metac-bench: error: {e:#}");

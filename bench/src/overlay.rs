@@ -29,7 +29,7 @@ pub struct Args {
     baseline: Option<std::path::PathBuf>,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
@@ -39,14 +39,14 @@ fn run_ok(h: &Host, program: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
-fn tcp_gbit(from: &Host, to: &str, secs: u64) -> Result<f64> {
+pub(crate) fn tcp_gbit(from: &Host, to: &str, secs: u64) -> Result<f64> {
     let out = run_ok(from, "iperf3", &["-6", "-c", to, "-t", &secs.to_string(), "-J", "--connect-timeout", "5000"])?;
     let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 JSON")?;
     v["end"]["sum_received"]["bits_per_second"].as_f64().map(|b| b / 1e9).context("no throughput in iperf3 output")
 }
 
 /// Per-packet round-trip times in ms of `count` pings 10 ms apart.
-fn rtts_ms(from: &Host, to: &str, count: u32) -> Result<Vec<f64>> {
+pub(crate) fn rtts_ms(from: &Host, to: &str, count: u32) -> Result<Vec<f64>> {
     let out = run_ok(from, "ping", &["-6", "-n", "-c", &count.to_string(), "-i", "0.01", to])?;
     // 64 bytes from fd00:77::2: icmp_seq=1 ttl=64 time=0.052 ms
     let v: Vec<f64> =
@@ -77,7 +77,7 @@ fn wg(args: &[&str], input: Option<&str>) -> Result<String> {
 
 /// A wireguard-go tunnel between hosts 1 and 2 with inner addresses fd00:88::1 and fd00:88::2. Its processes stop
 /// when the returned values are dropped.
-fn wireguard_go(lab: &Lab) -> Result<Vec<Proc>> {
+pub(crate) fn wireguard_go(lab: &Lab) -> Result<Vec<Proc>> {
     let tag = std::process::id() % 10_000;
     let names = [format!("mbwa{tag}"), format!("mbwb{tag}")];
     let keys: Vec<(String, String)> = (0..2)
@@ -145,7 +145,7 @@ fn overlay_pair(lab: &Lab, bin: &Path) -> Result<(Vec<Node>, String, Proc)> {
     Ok((nodes, target, server))
 }
 
-fn iperf_server(h: &Host) -> Result<Proc> {
+pub(crate) fn iperf_server(h: &Host) -> Result<Proc> {
     let server = h.spawn("iperf3", ["-s"])?;
     wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
         Ok(!h.run("ss", ["-ltnH", "sport = :5201"])?.stdout.is_empty())
