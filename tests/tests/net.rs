@@ -202,6 +202,10 @@ fn a_bridge_and_the_host_behind_it_are_reached_from_binders() {
              ip -n {b} addr add 10.78.0.9/24 dev eth1 && ip -n {b} link set eth1 up && ip -n {b} link set lo up"
         ),
     );
+    // A plain interface is not a bridge: refused with a message that says so, and nothing is left behind.
+    let o = h(1).metac(&["net", "export", "local:eth0"]).expect_err("eth0 is not a bridge");
+    assert!(o.to_string().contains("eth0 is not a bridge"), "{o}");
+    assert!(json(h(1), &["exports"]).as_array().unwrap().is_empty());
     let r = ok(h(1), &["net", "export", "local:lan0"]);
     let v = json(h(1), &["net", "ls"]);
     let tap = v["segments"][0]["interface"].as_str().unwrap().to_string();
