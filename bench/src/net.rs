@@ -7,20 +7,13 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use metac_tests::{wait_until, Lab};
 
-use crate::overlay::{iperf_server, median, rtts_ms, tcp_gbit, wireguard_go};
+use crate::overlay::{iperf_server, measure, wireguard_go, Figures, Runs};
 
 /// Options of `metac-bench net`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// iperf3 runs per path (the median is printed)
-    #[arg(long, default_value_t = 3)]
-    reps: usize,
-    /// Seconds per iperf3 run
-    #[arg(long, default_value_t = 4)]
-    secs: u64,
-    /// Pings per RTT figure (10 ms apart; taken in rounds of 50 that alternate between the paths)
-    #[arg(long, default_value_t = 300)]
-    pings: u32,
+    #[command(flatten)]
+    runs: Runs,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -47,32 +40,12 @@ pub fn run(a: Args) -> Result<()> {
     let _wg = wireguard_go(&lab)?;
     let _server = iperf_server(h2)?;
 
-    let paths =
-        [("raw", h2.addr().to_string()), ("wggo", "fd00:88::2".to_string()), ("metac", "fd00:99::2".to_string())];
-    let mut tcp = vec![vec![]; paths.len()];
-    for rep in 0..a.reps {
-        for (i, (name, addr)) in paths.iter().enumerate() {
-            let g = tcp_gbit(h1, addr, a.secs)?;
-            eprintln!("run {}: {name} {g:.2} Gbit/s", rep + 1);
-            tcp[i].push(g);
-        }
-    }
-    let mut samples = vec![vec![]; paths.len()];
-    let rounds = a.pings.div_ceil(50);
-    for r in 0..rounds {
-        for (i, (_, addr)) in paths.iter().enumerate() {
-            samples[i].extend(rtts_ms(h1, addr, a.pings / rounds + u32::from(r < a.pings % rounds))?);
-        }
-    }
-    let rtt: Vec<f64> = samples.iter().map(|v| v.iter().sum::<f64>() / v.len() as f64).collect();
-    let rtt_median: Vec<f64> = samples.into_iter().map(median).collect();
-    let tcp: Vec<f64> = tcp.into_iter().map(median).collect();
-    for (i, (name, _)) in paths.iter().enumerate() {
-        println!("{name}_tcp_gbit: {:.2} Gbit/s", tcp[i]);
-    }
-    for (i, (name, _)) in paths.iter().enumerate() {
-        println!("{name}_rtt_ms: {:.3} ms (median {:.3})", rtt[i], rtt_median[i]);
-    }
+    let paths = [
+        ("raw", h1, h2.addr().to_string()),
+        ("wggo", h1, "fd00:88::2".to_string()),
+        ("metac", h1, "fd00:99::2".to_string()),
+    ];
+    let Figures { tcp, rtt, rtt_median } = measure(&paths, &a.runs)?;
     let (wg_added, metac_added) = (rtt[1] - rtt[0], rtt[2] - rtt[0]);
     println!("metac_vs_wggo_tcp: {:.2}x (goal >= 2)", tcp[2] / tcp[1]);
     println!("wggo_added_rtt_ms: {wg_added:.3} ms");

@@ -9,18 +9,63 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use metac_tests::{wait_until, Host, Lab, Node, Proc};
 
+/// How much of iperf3 and ping a path comparison takes (`overlay`, `net`).
+#[derive(clap::Args)]
+pub struct Runs {
+    /// iperf3 runs per path (the median is printed)
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// Seconds per iperf3 run
+    #[arg(long, default_value_t = 4)]
+    pub secs: u64,
+    /// Pings per RTT figure (10 ms apart; taken in rounds of 50 that alternate between the paths)
+    #[arg(long, default_value_t = 300)]
+    pub pings: u32,
+}
+
+/// What [`measure`] found per path: median TCP Gbit/s, mean RTT ms, median RTT ms.
+pub struct Figures {
+    pub tcp: Vec<f64>,
+    pub rtt: Vec<f64>,
+    pub rtt_median: Vec<f64>,
+}
+
+/// iperf3 TCP and ping from `from` to every path's address, interleaved (so that a noisy neighbour hurts every
+/// path alike); prints each path's figures.
+pub fn measure(paths: &[(&str, &Host, String)], runs: &Runs) -> Result<Figures> {
+    let mut tcp = vec![vec![]; paths.len()];
+    for rep in 0..runs.reps {
+        for (i, (name, from, addr)) in paths.iter().enumerate() {
+            let g = tcp_gbit(from, addr, runs.secs)?;
+            eprintln!("run {}: {name} {g:.2} Gbit/s", rep + 1);
+            tcp[i].push(g);
+        }
+    }
+    // Pings interleaved too, in rounds of at most 50 per path.
+    let mut samples = vec![vec![]; paths.len()];
+    let rounds = runs.pings.div_ceil(50);
+    for r in 0..rounds {
+        for (i, (_, from, addr)) in paths.iter().enumerate() {
+            samples[i].extend(rtts_ms(from, addr, runs.pings / rounds + u32::from(r < runs.pings % rounds))?);
+        }
+    }
+    let rtt: Vec<f64> = samples.iter().map(|v| v.iter().sum::<f64>() / v.len() as f64).collect();
+    let rtt_median: Vec<f64> = samples.into_iter().map(median).collect();
+    let tcp: Vec<f64> = tcp.into_iter().map(median).collect();
+    for (i, (name, _, _)) in paths.iter().enumerate() {
+        println!("{name}_tcp_gbit: {:.2} Gbit/s", tcp[i]);
+    }
+    for (i, (name, _, _)) in paths.iter().enumerate() {
+        println!("{name}_rtt_ms: {:.3} ms (median {:.3})", rtt[i], rtt_median[i]);
+    }
+    Ok(Figures { tcp, rtt, rtt_median })
+}
+
 /// Options of `metac-bench overlay`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// iperf3 runs per path (the median is printed)
-    #[arg(long, default_value_t = 3)]
-    reps: usize,
-    /// Seconds per iperf3 run
-    #[arg(long, default_value_t = 4)]
-    secs: u64,
-    /// Pings per RTT figure (10 ms apart; taken in rounds of 50 that alternate between the paths)
-    #[arg(long, default_value_t = 300)]
-    pings: u32,
+    #[command(flatten)]
+    runs: Runs,
     /// Print both nodes' `metac overlay status` after the runs
     #[arg(long)]
     verbose: bool,
@@ -29,7 +74,7 @@ pub struct Args {
     baseline: Option<std::path::PathBuf>,
 }
 
-pub(crate) fn median(mut v: Vec<f64>) -> f64 {
+fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
@@ -39,14 +84,14 @@ fn run_ok(h: &Host, program: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
-pub(crate) fn tcp_gbit(from: &Host, to: &str, secs: u64) -> Result<f64> {
+fn tcp_gbit(from: &Host, to: &str, secs: u64) -> Result<f64> {
     let out = run_ok(from, "iperf3", &["-6", "-c", to, "-t", &secs.to_string(), "-J", "--connect-timeout", "5000"])?;
     let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 JSON")?;
     v["end"]["sum_received"]["bits_per_second"].as_f64().map(|b| b / 1e9).context("no throughput in iperf3 output")
 }
 
 /// Per-packet round-trip times in ms of `count` pings 10 ms apart.
-pub(crate) fn rtts_ms(from: &Host, to: &str, count: u32) -> Result<Vec<f64>> {
+fn rtts_ms(from: &Host, to: &str, count: u32) -> Result<Vec<f64>> {
     let out = run_ok(from, "ping", &["-6", "-n", "-c", &count.to_string(), "-i", "0.01", to])?;
     // 64 bytes from fd00:77::2: icmp_seq=1 ttl=64 time=0.052 ms
     let v: Vec<f64> =
@@ -177,40 +222,15 @@ pub fn run(a: Args) -> Result<()> {
     if let (Some(l), Some((_, t, _))) = (&base_lab, &base) {
         paths.push(("base", l.host(1), t.clone()));
     }
-    let mut tcp = vec![vec![]; paths.len()];
-    // Interleaved, so that a noisy neighbour hurts every path alike.
-    for rep in 0..a.reps {
-        for (i, (name, from, addr)) in paths.iter().enumerate() {
-            let g = tcp_gbit(from, addr, a.secs)?;
-            eprintln!("run {}: {name} {g:.2} Gbit/s", rep + 1);
-            tcp[i].push(g);
-        }
-    }
-    // Pings interleaved too, in rounds of at most 50 per path.
-    let mut samples = vec![vec![]; paths.len()];
-    let rounds = a.pings.div_ceil(50);
-    for r in 0..rounds {
-        for (i, (_, from, addr)) in paths.iter().enumerate() {
-            samples[i].extend(rtts_ms(from, addr, a.pings / rounds + u32::from(r < a.pings % rounds))?);
-        }
-    }
-    let rtt: Vec<f64> = samples.iter().map(|v| v.iter().sum::<f64>() / v.len() as f64).collect();
-    let rtt_median: Vec<f64> = samples.into_iter().map(median).collect();
+    let Figures { tcp, rtt, rtt_median } = measure(&paths, &a.runs)?;
+    let s = nodes[0].host().metac(&["--json", "overlay", "status"])?;
+    let v: serde_json::Value = serde_json::from_slice(&s.stdout)?;
+    println!("overlay_offload: {} (UDP GSO x{}, GRO x{})", v["offload"], v["gso_segments"], v["gro_segments"]);
     if a.verbose {
         for n in &nodes {
             let s = n.host().metac(&["overlay", "status"])?;
             eprintln!("host {}:\n{}", n.host().index(), String::from_utf8_lossy(&s.stdout));
         }
-    }
-    let tcp: Vec<f64> = tcp.into_iter().map(median).collect();
-    let s = nodes[0].host().metac(&["--json", "overlay", "status"])?;
-    let v: serde_json::Value = serde_json::from_slice(&s.stdout)?;
-    println!("overlay_offload: {} (UDP GSO x{}, GRO x{})", v["offload"], v["gso_segments"], v["gro_segments"]);
-    for (i, (name, _, _)) in paths.iter().enumerate() {
-        println!("{name}_tcp_gbit: {:.2} Gbit/s", tcp[i]);
-    }
-    for (i, (name, _, _)) in paths.iter().enumerate() {
-        println!("{name}_rtt_ms: {:.3} ms (median {:.3})", rtt[i], rtt_median[i]);
     }
     let (wg_added, metac_added) = (rtt[1] - rtt[0], rtt[2] - rtt[0]);
     println!("metac_vs_wggo_tcp: {:.2}x (goal >= 2)", tcp[2] / tcp[1]);

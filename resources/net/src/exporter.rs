@@ -74,11 +74,13 @@ impl Exporter for NetExporter {
             let peer = bind.peer.to_string();
             let label = format!("bind {}{}", &peer[..peer.len().min(16)], if can_send { "" } else { " (read-only)" });
             let (port, mut rx) = self.switch.add_port(label, can_send);
-            let (mut r, mut w) = tokio::io::split(stream);
+            let (r, mut w) = tokio::io::split(stream);
             let from_binder = async move {
-                pump::stream_records(&mut r, |_| {}, |rec| port.forward(rec))
-                    .await
-                    .map(|_| "the binder left".to_string())
+                let mut records = pump::Records::new(r);
+                while let Some(rec) = records.next(&|_| {}).await? {
+                    port.forward(rec);
+                }
+                Ok("the binder left".to_string())
             };
             let to_binder = async move {
                 pump::queue_to_stream(&mut rx, &mut w, |_| {})

@@ -73,50 +73,48 @@ pub async fn tap_to_stream<W: AsyncWrite + Unpin>(
     }
 }
 
-/// Reads records from `r` and hands each to `sink` until the stream ends (`Ok`) or breaks.
-pub async fn stream_records<R: AsyncRead + Unpin>(
-    r: &mut R,
-    received: impl Fn(u64),
-    mut sink: impl FnMut(Bytes),
-) -> Result<(), Error> {
-    let mut buf = BytesMut::with_capacity(CHUNK);
-    loop {
-        while let Some(rec) = proto::decode(&mut buf).map_err(|e| Error::Protocol(e.to_string()))? {
-            sink(rec);
+/// Records off a stream, bounded ([`proto::decode`]): they share 1 MiB chunks, so reading one allocates nothing.
+pub struct Records<R> {
+    r: R,
+    buf: BytesMut,
+}
+
+impl<R: AsyncRead + Unpin> Records<R> {
+    pub fn new(r: R) -> Records<R> {
+        Records { r, buf: BytesMut::with_capacity(CHUNK) }
+    }
+
+    /// The next record; `None` when the stream ends. `received` counts the bytes read.
+    pub async fn next(&mut self, received: &impl Fn(u64)) -> Result<Option<Bytes>, Error> {
+        loop {
+            if let Some(rec) = proto::decode(&mut self.buf).map_err(|e| Error::Protocol(e.to_string()))? {
+                return Ok(Some(rec));
+            }
+            if self.buf.capacity() - self.buf.len() < MAX_RECORD + 4 {
+                self.buf.reserve(CHUNK);
+            }
+            let n = self.r.read_buf(&mut self.buf).await?;
+            if n == 0 {
+                return Ok(None);
+            }
+            received(n as u64);
         }
-        if buf.capacity() - buf.len() < MAX_RECORD + 4 {
-            buf.reserve(CHUNK);
-        }
-        let n = r.read_buf(&mut buf).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        received(n as u64);
     }
 }
 
 /// Records from `r` written to `tap` (checked against `mtu`; what the kernel refuses is counted as malformed).
 pub async fn stream_to_tap<R: AsyncRead + Unpin>(
-    r: &mut R,
+    r: R,
     tap: &Tap,
     mtu: u16,
     c: &Counters,
     received: impl Fn(u64),
 ) -> Result<(), Error> {
-    let mut buf = BytesMut::with_capacity(CHUNK);
-    loop {
-        while let Some(rec) = proto::decode(&mut buf).map_err(|e| Error::Protocol(e.to_string()))? {
-            write_checked(tap, &rec, mtu, c).await?;
-        }
-        if buf.capacity() - buf.len() < MAX_RECORD + 4 {
-            buf.reserve(CHUNK);
-        }
-        let n = r.read_buf(&mut buf).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        received(n as u64);
+    let mut records = Records::new(r);
+    while let Some(rec) = records.next(&received).await? {
+        write_checked(tap, &rec, mtu, c).await?;
     }
+    Ok(())
 }
 
 /// Writes one record to `tap` if it passes [`frame::check`]; counts it either way (`c.tx_*` when written).

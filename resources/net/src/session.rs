@@ -69,7 +69,7 @@ impl Session for NetSession {
                 "joined the segment"
             );
 
-            let (mut r, mut w_half) = tokio::io::split(stream);
+            let (r, mut w_half) = tokio::io::split(stream);
             let (c1, c2) = (Arc::clone(&e.counters), Arc::clone(&e.counters));
             let (s1, s2) = (Arc::clone(link.status()), Arc::clone(link.status()));
             let tap2 = Arc::clone(&tap);
@@ -78,7 +78,7 @@ impl Session for NetSession {
                 pump::tap_to_stream(&tap, &mut w_half, mtu, can_send, &c1, |n| s1.count(n)).await.map_err(Error::from)
             };
             let inb = async move {
-                pump::stream_to_tap(&mut r, &tap2, mtu, &c2, |n| s2.count(n)).await?;
+                pump::stream_to_tap(r, &tap2, mtu, &c2, |n| s2.count(n)).await?;
                 Err(Error::Unreachable("the exporter closed the segment's stream".into()))
             };
             match pump::race(out, inb, cancel).await {
