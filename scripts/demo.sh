@@ -138,6 +138,18 @@ echo "\$ metac exec ticker hostname   (host 2)"; m 2 exec ticker hostname
 echo "\$ metac logs --tail 2 ticker   (host 2)"; m 2 logs --tail 2 ticker
 echo "\$ metac rm -f ticker   (host 2)"; m 2 rm -f ticker
 
+echo; echo "== host 1 exports an Ethernet segment; the other hosts join it with TAPs of their own"
+echo "\$ metac net export newlocal:seg0 --name lab-segment   (host 1)"
+NETREF=$(m 1 net export newlocal:seg0 --name lab-segment)
+for i in $(seq 2 "$N"); do
+  echo "\$ metac net bind newlocal:seg0 REF   (host $i)"; m "$i" net bind newlocal:seg0 "$NETREF"
+done
+for _ in $(seq 1 100); do [ "$(m "$N" --json net ls | grep -c '"state": "up"')" = 1 ] && break; sleep 0.1; done
+for i in $(seq 1 "$N"); do ip -n "$P-$i" addr add "10.77.0.$i/24" dev seg0; done
+echo "\$ ping -c 2 10.77.0.$N   (host 1, over the segment: ARP first, then ICMP; it is Ethernet)"
+ip netns exec "$P-1" ping -n -c 2 -W 2 "10.77.0.$N" || echo "(no answer)"
+echo "\$ metac net ls   (host 1)"; m 1 net ls
+
 echo; echo "== host 1 revokes the original ref; every ref delegated from it dies with it"
 m 1 ref revoke "$REF"
 echo "host $N: $(m "$N" file cat "$REF" 2>&1 >/dev/null || true)"
