@@ -141,6 +141,7 @@ echo "\$ metac rm -f ticker   (host 2)"; m 2 rm -f ticker
 echo; echo "== host 1 exports an Ethernet segment; the other hosts join it with TAPs of their own"
 echo "\$ metac net export newlocal:seg0 --name lab-segment   (host 1)"
 NETREF=$(m 1 net export newlocal:seg0 --name lab-segment)
+echo "$NETREF"
 for i in $(seq 2 "$N"); do
   echo "\$ metac net bind newlocal:seg0 REF   (host $i)"; m "$i" net bind newlocal:seg0 "$NETREF"
 done
