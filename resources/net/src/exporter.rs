@@ -38,9 +38,11 @@ impl NetExporter {
             tap.join_bridge(br).map_err(|e| Error::Unavailable(format!("cannot attach segment {name}: {e}")))?;
         }
         let switch = Switch::new(mtu);
-        let (port, rx) = switch.add_port(format!("local {tap_name}"), true);
+        let tap = Arc::new(tap);
+        let out = Arc::clone(&tap);
+        let port = switch.add_direct_port(format!("local {tap_name}"), Box::new(move |rec| out.try_send(rec).is_ok()));
         let cancel = CancellationToken::new();
-        let local = tokio::spawn(pump::local_port(Arc::new(tap), port, rx, cancel.clone()));
+        let local = tokio::spawn(pump::local_port(tap, port, cancel.clone()));
         registry.segments.lock().expect("registry").insert(
             id.clone(),
             SegmentEntry {

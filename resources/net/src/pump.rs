@@ -161,10 +161,9 @@ pub async fn queue_to_stream<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// The exporter's own interface as a port: its frames into the switch, the switch's frames for it written to it.
-pub async fn local_port(tap: Arc<Tap>, port: PortHandle, mut rx: mpsc::Receiver<Bytes>, cancel: CancellationToken) {
-    let counters = Arc::clone(port.counters());
-    let mtu = u16::MAX;
+/// The exporter's own interface as a port: its frames into the switch. The switch writes frames for it straight
+/// to the TAP ([`Tap::try_send`], made a direct port by the exporter).
+pub async fn local_port(tap: Arc<Tap>, port: PortHandle, cancel: CancellationToken) {
     let reader = async {
         let mut buf = BytesMut::with_capacity(CHUNK);
         loop {
@@ -177,18 +176,8 @@ pub async fn local_port(tap: Arc<Tap>, port: PortHandle, mut rx: mpsc::Receiver<
             }
         }
     };
-    let writer = async {
-        while let Some(rec) = rx.recv().await {
-            // Already checked against the segment's MTU by the switch.
-            if let Err(e) = write_checked(&tap, &rec, mtu, &counters).await {
-                return e;
-            }
-        }
-        io::Error::other("the switch closed")
-    };
     tokio::select! {
         e = reader => tracing::warn!(interface = tap.name(), "the segment's interface cannot be read: {e}"),
-        e = writer => tracing::warn!(interface = tap.name(), "the segment's interface cannot be written: {e}"),
         _ = cancel.cancelled() => {}
     }
 }

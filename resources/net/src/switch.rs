@@ -2,7 +2,7 @@
 //! learns which port each source address lives behind, sends a frame for a known address to that port only, and
 //! floods broadcast, multicast and unknown destinations to every port but the one it came from (no hairpin).
 //!
-//! Each port has a bounded queue; a frame for a port whose queue is full is dropped and counted (drop-tail), so a
+//! Each bind's port has a bounded queue; a frame for a port whose queue is full is dropped and counted (drop-tail), so a
 //! slow binder costs only its own frames. The address table is bounded too (entries per port and in all), so a port
 //! that sends from a million made-up addresses cannot grow it: when full, new addresses are not learned (frames for
 //! them flood) until old ones age out.
@@ -157,10 +157,21 @@ pub struct PortView {
     pub refused: u64,
 }
 
+/// Hands a record to a port at once, without a queue; false if it could not take it.
+pub type Deliver = Box<dyn Fn(&[u8]) -> bool + Send + Sync>;
+
+enum Out {
+    /// A bind: its own task takes records off this queue and writes them to its stream.
+    Queue(mpsc::Sender<Bytes>),
+    /// The exporter's own TAP: a write(2) that does not block, done by whoever forwards. One task hop less each
+    /// way, which is most of what the exporter adds to a round trip.
+    Direct(Deliver),
+}
+
 struct Port {
     name: String,
     can_send: bool,
-    queue: mpsc::Sender<Bytes>,
+    out: Out,
     counters: Arc<Counters>,
 }
 
@@ -206,12 +217,22 @@ impl Switch {
     /// Adds a port named `name`; frames for it arrive on the returned receiver (at most [`QUEUE`] waiting).
     pub fn add_port(self: &Arc<Self>, name: String, can_send: bool) -> (PortHandle, mpsc::Receiver<Bytes>) {
         let (tx, rx) = mpsc::channel(QUEUE);
+        (self.insert(name, can_send, Out::Queue(tx)), rx)
+    }
+
+    /// Adds a port whose frames are handed to `deliver` as they are switched (under the switch's lock: it must not
+    /// block). What it refuses is counted as dropped.
+    pub fn add_direct_port(self: &Arc<Self>, name: String, deliver: Deliver) -> PortHandle {
+        self.insert(name, true, Out::Direct(deliver))
+    }
+
+    fn insert(self: &Arc<Self>, name: String, can_send: bool, out: Out) -> PortHandle {
         let counters = Arc::new(Counters::default());
         let mut g = self.inner.lock().expect("switch lock");
         let id = g.next;
         g.next += 1;
-        g.ports.insert(id, Port { name, can_send, queue: tx, counters: Arc::clone(&counters) });
-        (PortHandle { switch: Arc::clone(self), id, can_send, counters }, rx)
+        g.ports.insert(id, Port { name, can_send, out, counters: Arc::clone(&counters) });
+        PortHandle { switch: Arc::clone(self), id, can_send, counters }
     }
 
     /// The ports, for listings.
@@ -265,12 +286,17 @@ impl Switch {
         }
         g.table.learn(frame::src(&record), from, now);
         let to = if frame::is_group(dst) { None } else { g.table.lookup(dst, now) };
-        let send = |p: &Port| match p.queue.try_send(record.clone()) {
-            Ok(()) => {
+        let send = |p: &Port| {
+            let taken = match &p.out {
+                Out::Queue(q) => q.try_send(record.clone()).is_ok(),
+                Out::Direct(deliver) => deliver(&record),
+            };
+            if taken {
                 Counters::add(&p.counters.tx_frames, 1);
                 Counters::add(&p.counters.tx_bytes, (record.len() - frame::VNET_HDR) as u64);
+            } else {
+                Counters::add(&p.counters.dropped, 1);
             }
-            Err(_) => Counters::add(&p.counters.dropped, 1),
         };
         match to {
             // A station on the port the frame came from: the segment behind that port has it already.
@@ -374,6 +400,32 @@ mod tests {
         c.forward(rec(mac(2), mac(3)));
         assert_eq!((drain(&mut ra).len(), drain(&mut rc).len()), (1, 0));
         assert_eq!(sw.ports().len(), 2);
+    }
+
+    #[test]
+    fn a_direct_port_gets_frames_at_once_and_what_it_refuses_is_dropped() {
+        let sw = Switch::new(1500);
+        let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let g = Arc::clone(&got);
+        let refuse = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let r = Arc::clone(&refuse);
+        let _local = sw.add_direct_port(
+            "local".into(),
+            Box::new(move |rec| {
+                if r.load(Ordering::Relaxed) {
+                    return false;
+                }
+                g.lock().unwrap().push(rec.to_vec());
+                true
+            }),
+        );
+        let (a, _ra) = sw.add_port("a".into(), true);
+        a.forward(rec(BCAST, mac(1)));
+        assert_eq!(got.lock().unwrap().len(), 1);
+        refuse.store(true, Ordering::Relaxed);
+        a.forward(rec(BCAST, mac(1)));
+        let v = sw.ports();
+        assert_eq!((v[0].tx_frames, v[0].dropped), (1, 1));
     }
 
     #[test]

@@ -142,6 +142,18 @@ impl Tap {
         }
     }
 
+    /// Writes one record now, without waiting: a TAP takes a frame at once unless its device is gone or the
+    /// kernel refuses the header.
+    pub fn try_send(&self, record: &[u8]) -> io::Result<()> {
+        // SAFETY: writes from a live slice to a descriptor the AsyncFd owns.
+        let n = unsafe { libc::write(self.fd.get_ref().as_raw_fd(), record.as_ptr().cast(), record.len()) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
     /// Writes one record. The kernel checks the header once more; a record it refuses (EINVAL) is an error the
     /// caller counts, not the end of the device.
     pub async fn send(&self, record: &[u8]) -> io::Result<()> {
