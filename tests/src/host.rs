@@ -191,6 +191,21 @@ impl Host {
         self.metac_with(&crate::metac_bin()?, args, RUN_TIMEOUT)
     }
 
+    /// What `metac args...` prints, trimmed; panics (naming the host and the command) when it fails. For tests.
+    pub fn metac_ok(&self, args: &[&str]) -> String {
+        match self.metac(args) {
+            Ok(o) => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+            Err(e) => panic!("metac {args:?} on host {} failed: {e}", self.index),
+        }
+    }
+
+    /// `metac --json args...`, parsed; panics when it fails or prints no JSON. For tests.
+    pub fn metac_json(&self, args: &[&str]) -> serde_json::Value {
+        let a: Vec<&str> = std::iter::once("--json").chain(args.iter().copied()).collect();
+        let out = self.metac_ok(&a);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("metac {a:?} printed no JSON ({e}): {out}"))
+    }
+
     /// [`Host::metac`] with a given binary and time limit.
     pub fn metac_with(&self, bin: &Path, args: &[&str], timeout: Duration) -> Result<Output> {
         let mut cmd = self.cmd(bin, [OsStr::new("--socket"), self.socket().as_os_str()]);

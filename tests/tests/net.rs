@@ -8,16 +8,11 @@ use std::time::{Duration, Instant};
 use metac_tests::{output, require_root, wait_until, Host, Lab};
 
 fn ok(h: &Host, args: &[&str]) -> String {
-    match h.metac(args) {
-        Ok(o) => String::from_utf8_lossy(&o.stdout).trim().to_string(),
-        Err(e) => panic!("metac {args:?} on host {} failed: {e}", h.index()),
-    }
+    h.metac_ok(args)
 }
 
 fn json(h: &Host, args: &[&str]) -> serde_json::Value {
-    let mut a = vec!["--json"];
-    a.extend_from_slice(args);
-    serde_json::from_str(&ok(h, &a)).expect("valid JSON")
+    h.metac_json(args)
 }
 
 /// `sh -c script` in host `h`, any exit status.
