@@ -109,13 +109,9 @@ fn text(l: &Listing) -> String {
         &["SEGMENT", "INTERFACE", "MTU", "PORT", "MACS", "IN", "OUT", "DROPPED"],
         l.segments.iter().flat_map(|s| {
             s.ports.iter().map(move |p| {
-                let iface = match &s.bridge {
-                    Some(b) => format!("{} (in {b})", s.interface),
-                    None => s.interface.clone(),
-                };
                 vec![
                     s.name.clone(),
-                    iface,
+                    iface(&s.interface, &s.bridge),
                     s.mtu.to_string(),
                     p.name.clone(),
                     p.macs.to_string(),
@@ -144,13 +140,9 @@ fn text(l: &Listing) -> String {
                 None if !f.can_send && b.state == "up" => "up (receive only)".into(),
                 None => b.state.clone(),
             };
-            let iface = match &f.bridge {
-                Some(br) => format!("{} (in {br})", f.interface),
-                None => f.interface.clone(),
-            };
             vec![
                 b.id.clone(),
-                iface,
+                iface(&f.interface, &f.bridge),
                 f.segment.clone(),
                 short(&b.exporter),
                 state,
@@ -162,4 +154,12 @@ fn text(l: &Listing) -> String {
         }),
     );
     format!("Exported segments\n{ports}\n\nLearned addresses\n{macs}\n\nJoined segments\n{binds}")
+}
+
+/// An interface, with the bridge it is a port of.
+fn iface(name: &str, bridge: &Option<String>) -> String {
+    match bridge {
+        Some(b) => format!("{name} (in {b})"),
+        None => name.to_string(),
+    }
 }

@@ -83,7 +83,7 @@ impl Iface {
         match self {
             Iface::New(n) => n.clone(),
             Iface::Bridge(b) => {
-                let h = salt.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3));
+                let h = tap::fnv(&[salt]);
                 let b: String = b.chars().take(7).collect();
                 format!("mx{b}{:06x}", h & 0xff_ffff)
             }

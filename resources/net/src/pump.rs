@@ -46,23 +46,22 @@ pub async fn tap_to_stream<W: AsyncWrite + Unpin>(
                 out.truncate(start);
                 break;
             };
-            let record = &out[start + 4..];
-            let verdict = if can_send { frame::check(record, mtu).map(|_| ()) } else { Err(frame::Reject::Malformed) };
-            match verdict {
-                Ok(()) => {
-                    out[start..start + 4].copy_from_slice(&(n as u32).to_be_bytes());
-                    Counters::add(&c.rx_frames, 1);
-                    Counters::add(&c.rx_bytes, (n - frame::VNET_HDR.min(n)) as u64);
-                    first = false;
-                }
-                Err(r) => {
-                    if can_send {
-                        c.reject(r);
-                    } else {
-                        Counters::add(&c.refused, 1);
-                    }
-                    out.truncate(start);
-                }
+            let keep = if !can_send {
+                Counters::add(&c.refused, 1);
+                false
+            } else if let Err(r) = frame::check(&out[start + 4..], mtu) {
+                c.reject(r);
+                false
+            } else {
+                true
+            };
+            if keep {
+                out[start..start + 4].copy_from_slice(&(n as u32).to_be_bytes());
+                Counters::add(&c.rx_frames, 1);
+                Counters::add(&c.rx_bytes, n.saturating_sub(frame::VNET_HDR) as u64);
+                first = false;
+            } else {
+                out.truncate(start);
             }
         }
         if !out.is_empty() {
@@ -183,7 +182,7 @@ pub async fn local_port(tap: Arc<Tap>, port: PortHandle, cancel: CancellationTok
 }
 
 /// Runs `a` and `b` on tasks of their own (both directions of a bind, on both cores) until the first ends or
-/// `cancel` fires; the other is stopped. `Ok(None)` when cancelled.
+/// `cancel` fires; the other is stopped. `None` when cancelled.
 pub async fn race<T: Send + 'static>(
     a: impl Future<Output = T> + Send + 'static,
     b: impl Future<Output = T> + Send + 'static,

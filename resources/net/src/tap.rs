@@ -41,12 +41,17 @@ pub fn check_name(name: &str) -> Result<(), String> {
 /// again after a restart keeps its address, so the neighbours' ARP and ND caches and DHCP leases stay right. Locally
 /// administered, unicast.
 pub fn stable_mac(parts: &[&str]) -> [u8; 6] {
-    let h = parts
+    let b = fnv(parts).to_be_bytes();
+    [(b[0] & 0xfe) | 0x02, b[1], b[2], b[3], b[4], b[5]]
+}
+
+/// FNV-1a of `parts`, each ended by a NUL (so `["ab", "c"]` and `["a", "bc"]` differ): names and addresses that
+/// must be the same at every start, not secrets.
+pub fn fnv(parts: &[&str]) -> u64 {
+    parts
         .iter()
         .flat_map(|p| p.bytes().chain([0]))
-        .fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3));
-    let b = h.to_be_bytes();
-    [(b[0] & 0xfe) | 0x02, b[1], b[2], b[3], b[4], b[5]]
+        .fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3))
 }
 
 /// The index of interface `name` in this network namespace, if there is one.
@@ -159,15 +164,7 @@ impl Tap {
     pub async fn send(&self, record: &[u8]) -> io::Result<()> {
         loop {
             let mut guard = self.fd.writable().await?;
-            match guard.try_io(|fd| {
-                // SAFETY: writes from a live slice to a descriptor the AsyncFd owns.
-                let n = unsafe { libc::write(fd.get_ref().as_raw_fd(), record.as_ptr().cast(), record.len()) };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(())
-                }
-            }) {
+            match guard.try_io(|_| self.try_send(record)) {
                 Ok(r) => return r,
                 Err(_would_block) => continue,
             }
