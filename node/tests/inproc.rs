@@ -65,13 +65,13 @@ async fn a_file_bind_is_an_nbd_endpoint_listed_with_its_state_and_cut_by_unbind(
     let v = wait_state(&b, &started.id, "up").await;
     assert_eq!((v.kind.as_str(), v.target.as_str(), v.exporter.len()), ("file", sock.to_str().unwrap(), 16));
     assert_eq!(read_endpoint(&sock).await.unwrap(), data);
-    // Two clients at once, each on a stream of its own.
+    // Two clients at once, multiplexed onto the bind's one stream.
     let (x, y) = tokio::join!(read_endpoint(&sock), read_endpoint(&sock));
     assert_eq!((x.unwrap().len(), y.unwrap().len()), (data.len(), data.len()));
     assert!(bind_view(&b, &started.id).unwrap().bytes >= 3 * data.len() as u64);
     assert_eq!(b.binds(Some(Kind::Fs), &ROOT).len(), 0);
     assert_eq!(b.binds(Some(Kind::File), &ROOT).len(), 1);
-    // The exporter serves the endpoint's standby stream.
+    // The exporter serves the endpoint's one stream.
     wait(LONG, "the exporter to count the standby bind", || async { live_binds(&a) == 1 }).await;
 
     // Unbind by target: the socket goes, the exporter's bind is cut.
@@ -307,5 +307,95 @@ async fn one_peer_cannot_hold_more_than_its_share_of_binds() {
     wait(LONG, "the exporter to see the binds end", || async { live_binds(&a) == 10 }).await;
     binder.open(&ro, "nbd").await.expect("served again below the limit");
     drop((held, binder, a, b));
+    c.stop().await;
+}
+
+/// Runs `program args` to the end (at most 120 s) and returns its output; panics naming it if it cannot start.
+async fn tool(program: &str, args: &[&str]) -> std::process::Output {
+    let child = tokio::process::Command::new(program).args(args).kill_on_drop(true).output();
+    match tokio::time::timeout(Duration::from_secs(120), child).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => panic!("cannot run {program} (install-deps installs it): {e}"),
+        Err(_) => panic!("{program} {args:?} ran for more than 120 s"),
+    }
+}
+
+fn nbd_unix(sock: &Path) -> String {
+    format!("nbd+unix:///?socket={}", sock.display())
+}
+
+/// Issue 13: a copy into a bind and one out of it go on through an exporter restart: nbdcopy (a real client) sees
+/// a pause, not an error (the bind sends unanswered requests again), and every byte lands. Small requests keep each
+/// copy under way for seconds, and the test checks that it was when the exporter stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_through_a_bind_survives_its_exporter_restarting() {
+    let mut c = Cluster::start(2).await;
+    let (path, _) = c.file("disk.img", 32 << 20);
+    let source = c.dir.path().join("source.img");
+    let fresh: Vec<u8> = (0..32usize << 20).map(|i| (i * 13 % 253) as u8 ^ 0x5a).collect();
+    std::fs::write(&source, &fresh).unwrap();
+    let r = export(c.nodes[0].n(), &path).await;
+    let b = c.nodes[1].n().clone();
+    let sock = socket(&c, "disk.sock");
+    let started = b.bind_ref(r, json!({ "socket": sock }), false, &ROOT).unwrap();
+    wait_state(&b, &started.id, "up").await;
+    let uri = nbd_unix(&sock);
+    let back = c.dir.path().join("back.img");
+    for (from, to) in [(source.to_str().unwrap(), uri.as_str()), (uri.as_str(), back.to_str().unwrap())] {
+        let args = ["--flush", "--request-size=16384", "--requests=2", "--connections=1", from, to].map(String::from);
+        let copy =
+            tokio::spawn(async move { tool("nbdcopy", &args.iter().map(String::as_str).collect::<Vec<_>>()).await });
+        let at = bind_view(&b, &started.id).unwrap().bytes;
+        let (b2, id) = (b.clone(), started.id.clone());
+        wait(LONG, "nbdcopy to be under way", || {
+            let (b, id) = (b2.clone(), id.clone());
+            async move { bind_view(&b, &id).is_some_and(|v| v.bytes >= at + (2 << 20)) }
+        })
+        .await;
+        c.nodes[0].stop().await;
+        assert!(!copy.is_finished(), "the copy {from} -> {to} was still under way when its exporter stopped");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        c.nodes[0].restart().await;
+        let out = copy.await.unwrap();
+        let v = bind_view(&b, &started.id);
+        assert!(out.status.success(), "nbdcopy through the restart: {} ({v:?})", String::from_utf8_lossy(&out.stderr));
+    }
+    assert!(std::fs::read(&path).unwrap() == fresh, "every byte nbdcopy wrote is in the exported file");
+    assert!(std::fs::read(&back).unwrap() == fresh, "the copy out is whole");
+    c.stop().await;
+}
+
+/// Issue 13: `--read-only` and a TCP endpoint on loopback. nbdinfo sees the size and the read-only flag, a write is
+/// refused at the endpoint with EPERM and never reaches the exporter, and a TCP endpoint is refused anywhere but on
+/// loopback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_bind_and_a_tcp_endpoint() {
+    let mut c = Cluster::start(2).await;
+    let (path, data) = c.file("ro.img", 1 << 20);
+    let r = export(c.nodes[0].n(), &path).await;
+    let b = c.nodes[1].n().clone();
+    let sock = socket(&c, "ro.sock");
+    let ro = b.bind_ref(r.clone(), json!({ "socket": sock, "read_only": true }), false, &ROOT).unwrap();
+    wait_state(&b, &ro.id, "up").await;
+    let out = tool("nbdinfo", &["--json", &nbd_unix(&sock)]).await;
+    assert!(out.status.success(), "nbdinfo: {}", String::from_utf8_lossy(&out.stderr));
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let export = &info["exports"][0];
+    assert_eq!((export["export-size"].as_u64(), export["is_read_only"].as_bool()), (Some(1 << 20), Some(true)));
+    let out = tool("qemu-io", &["-f", "raw", "-c", "write -P 0x33 0 4096", &nbd_unix(&sock)]).await;
+    let said = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("ermission denied") || said.contains("read-only") || said.contains("read only"), "{said}");
+    assert!(std::fs::read(&path).unwrap() == data, "nothing was written");
+
+    let tcp = b.bind_ref(r.clone(), json!({ "listen": "[::1]:0" }), false, &ROOT).unwrap();
+    let v = wait_state(&b, &tcp.id, "up").await;
+    assert!(v.target.starts_with("nbd://[::1]:") && !v.target.ends_with(":0"), "{v:?}");
+    let out =
+        tool("qemu-io", &["-f", "raw", "-c", "write -P 0x33 4096 4096", "-c", "read -P 0x33 4096 4096", &v.target])
+            .await;
+    assert!(out.status.success(), "qemu-io over TCP: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::read(&path).unwrap()[4096..8192].iter().all(|&x| x == 0x33));
+    let e = b.bind_ref(r, json!({ "listen": "0.0.0.0:0" }), false, &ROOT).unwrap_err();
+    assert!(e.to_string().contains("only a loopback address"), "{e}");
     c.stop().await;
 }

@@ -35,16 +35,24 @@ pub enum Cmd {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
-    /// Bind a remote file as a local NBD endpoint on a Unix socket (nbd+unix:///?socket=PATH); it reconnects by
-    /// itself when its exporter comes back
+    /// Bind a remote file as a local NBD endpoint on a Unix socket (nbd+unix:///?socket=PATH) or a loopback TCP
+    /// port (nbd://[::1]:PORT); many clients may use it at once. After a network break or an exporter restart it
+    /// reconnects by itself and sends unanswered requests again: clients see a pause, not an error
     Bind {
         reference: String,
         /// The endpoint's Unix socket, as nbdkit's -U; made as you, so where you may write [default:
         /// file-<resource id>.sock in metac-binds/ beside the node's API socket, in metac-binds/uid-<uid>/ for a
         /// user other than root]
         // Not named `socket`: clap would take it for the global --socket (same argument id).
-        #[arg(short = 'U', long, value_name = "PATH")]
+        #[arg(short = 'U', long, value_name = "PATH", conflicts_with = "listen")]
         unix: Option<PathBuf>,
+        /// Listen on this loopback TCP address instead, e.g. [::1]:10809 (port 0: any free port, shown in `file
+        /// ls`). Every local user can connect to a TCP port: prefer the Unix socket where clients can use it
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+        /// Refuse writes at the endpoint and show clients a read-only export, even if the ref grants write
+        #[arg(long)]
+        read_only: bool,
         /// Bind it again after the node restarts
         #[arg(long)]
         persistent: bool,
@@ -85,9 +93,9 @@ pub async fn run(c: &Client, json: bool, cmd: Cmd) -> Result<()> {
             };
             tracing::debug!("copied {n} bytes");
         }
-        Cmd::Bind { reference, unix, persistent } => {
+        Cmd::Bind { reference, unix, listen, read_only, persistent } => {
             let socket = unix.map(|p| std::path::absolute(&p)).transpose()?;
-            let options = serde_json::to_value(FileBind { socket })?;
+            let options = serde_json::to_value(FileBind { socket, listen, read_only })?;
             binds::bind(c, json, reference, options, persistent).await?;
         }
         Cmd::Ls => binds::list(c, json, Some("file")).await?,

@@ -122,14 +122,18 @@ where
 }
 
 /// What the server said about its export.
-#[derive(Debug, Clone, Copy)]
-struct Remote {
-    size: u64,
-    block: Option<BlockSize>,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Remote {
+    /// Export size in bytes.
+    pub size: u64,
+    /// Transmission flags.
+    pub flags: u16,
+    /// Block size constraints, if the server gave them.
+    pub block: Option<BlockSize>,
 }
 
-/// Runs the handshake up to transmission.
-async fn negotiate<S>(s: &mut S) -> Result<Remote, Error>
+/// Runs the handshake up to transmission (`NBD_OPT_GO` on the default export).
+pub(crate) async fn negotiate<S>(s: &mut S) -> Result<Remote, Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -150,7 +154,7 @@ where
     s.write_all(&msg).await?;
     s.flush().await?;
 
-    let mut size = None;
+    let mut export = None;
     let mut block = None;
     let mut data = Vec::new();
     for _ in 0..MAX_OPTION_REPLIES {
@@ -167,11 +171,12 @@ where
         s.read_exact(&mut data).await?;
         match header.reply {
             rep::ACK => {
-                let size = size.ok_or_else(|| Error::Violation("NBD_OPT_GO without NBD_INFO_EXPORT".into()))?;
-                return Ok(Remote { size, block });
+                let (size, flags) =
+                    export.ok_or_else(|| Error::Violation("NBD_OPT_GO without NBD_INFO_EXPORT".into()))?;
+                return Ok(Remote { size, flags, block });
             }
             rep::INFO => match Info::decode(&data)? {
-                Info::Export { size: s, .. } => size = Some(s),
+                Info::Export { size, flags } => export = Some((size, flags)),
                 Info::BlockSize(b) => block = Some(b),
                 Info::Other(_) => {}
             },

@@ -138,6 +138,79 @@ pub(crate) fn write_at(file: &File, buf: &[u8], offset: u64, fua: bool) -> io::R
     Ok(())
 }
 
+/// `fallocate(mode)` over `len` bytes at `offset`.
+fn fallocate(file: &File, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(io::ErrorKind::InvalidInput.into());
+    };
+    // SAFETY: fallocate only acts on the descriptor, which `file` keeps open for the whole call; no memory is
+    // passed.
+    if unsafe { libc::fallocate(file.as_raw_fd(), mode, offset, len) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Whether `e` says the file or its filesystem cannot do that kind of `fallocate`.
+fn unsupported(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOTTY | libc::ENODEV | libc::EINVAL))
+}
+
+/// `NBD_CMD_TRIM`: gives the space of a range back (a hole in a file, a discard on a device). Advisory: where the
+/// file cannot do it, nothing happens and the trim still succeeds (its contents are unspecified either way).
+pub(crate) fn trim(file: &File, offset: u64, len: u64, fua: bool) -> io::Result<()> {
+    match fallocate(file, libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, offset, len) {
+        Ok(()) => {}
+        Err(e) if unsupported(&e) => {}
+        Err(e) => return Err(e),
+    }
+    if fua {
+        file.sync_data()?;
+    }
+    Ok(())
+}
+
+/// Bytes written at a time when zeroes must be written out.
+const ZERO_CHUNK: usize = 1 << 20;
+
+/// `NBD_CMD_WRITE_ZEROES`: makes a range read as zeroes. A hole is punched if `may_trim` (no `NO_HOLE` flag);
+/// otherwise the range is zeroed in place (`FALLOC_FL_ZERO_RANGE`), and where the filesystem can do neither,
+/// zeroes are written.
+pub(crate) fn write_zeroes(file: &File, offset: u64, len: u64, may_trim: bool, fua: bool) -> io::Result<()> {
+    let keep = libc::FALLOC_FL_KEEP_SIZE;
+    let punched = may_trim && fallocate(file, libc::FALLOC_FL_PUNCH_HOLE | keep, offset, len).is_ok();
+    if !punched {
+        match fallocate(file, libc::FALLOC_FL_ZERO_RANGE | keep, offset, len) {
+            Ok(()) => {}
+            Err(e) if unsupported(&e) => {
+                let zeroes = vec![0u8; ZERO_CHUNK.min(usize::try_from(len).unwrap_or(ZERO_CHUNK))];
+                let mut done = 0u64;
+                while done < len {
+                    let n = zeroes.len().min(usize::try_from(len - done).unwrap_or(usize::MAX));
+                    file.write_all_at(&zeroes[..n], offset + done)?;
+                    done += n as u64;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if fua {
+        file.sync_data()?;
+    }
+    Ok(())
+}
+
+/// `NBD_CMD_CACHE`: asks the kernel to read a range ahead into the page cache.
+pub(crate) fn cache(file: &File, offset: u64, len: u64) {
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return;
+    };
+    // SAFETY: posix_fadvise only acts on the descriptor, which `file` keeps open for the whole call. Advice that
+    // is not taken changes nothing, so its result is not needed.
+    unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_WILLNEED) };
+}
+
 /// Maps an IO error to the closest error value the NBD protocol allows.
 pub(crate) fn nbd_errno(e: &io::Error) -> u32 {
     use io::ErrorKind as K;
@@ -204,6 +277,29 @@ mod tests {
         let mut buf = [0u8; 4];
         read_at(&e.file(), &mut buf, 0).unwrap();
         assert_eq!(buf, [1; 4]);
+    }
+
+    /// TRIM and WRITE_ZEROES leave the range reading as zeroes (or, for TRIM, as anything), the rest untouched,
+    /// and the size unchanged; with `NO_HOLE` the range stays allocated.
+    #[test]
+    fn trim_and_write_zeroes_keep_the_rest_and_the_size() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, vec![7u8; 4 << 20]).unwrap();
+        let e = Export::open(&p, false).unwrap();
+        let f = e.file();
+        write_zeroes(&f, 1 << 20, 1 << 20, true, false).unwrap();
+        write_zeroes(&f, 2 << 20, 4096, false, true).unwrap();
+        trim(&f, 3 << 20, 1 << 20, false).unwrap();
+        cache(&f, 0, 4 << 20);
+        let data = std::fs::read(&p).unwrap();
+        assert_eq!(data.len(), 4 << 20);
+        assert!(data[..1 << 20].iter().all(|&b| b == 7));
+        assert!(data[1 << 20..(2 << 20) + 4096].iter().all(|&b| b == 0));
+        assert!(data[(2 << 20) + 4096..3 << 20].iter().all(|&b| b == 7));
+        let m = std::fs::metadata(&p).unwrap();
+        assert!(m.blocks() * 512 < 4 << 20, "the punched ranges gave their space back: {} blocks", m.blocks());
     }
 
     #[test]

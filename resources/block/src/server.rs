@@ -47,7 +47,11 @@ pub const NEGOTIATION_TIMEOUT: Duration = Duration::from_secs(60);
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs `io` within `limit`, or fails naming `what` stalled.
-async fn within<T>(limit: Duration, what: &str, io: impl Future<Output = io::Result<T>>) -> Result<T, Error> {
+pub(crate) async fn within<T>(
+    limit: Duration,
+    what: &str,
+    io: impl Future<Output = io::Result<T>>,
+) -> Result<T, Error> {
     match tokio::time::timeout(limit, io).await {
         Ok(r) => Ok(r?),
         Err(_) => Err(Error::Stalled(format!("{what} took more than {limit:?}"))),
@@ -105,7 +109,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut stream = BufReader::with_capacity(STREAM_BUF, stream);
-    let negotiated = tokio::time::timeout(NEGOTIATION_TIMEOUT, negotiate(&mut stream, export)).await;
+    let handshake = negotiate(&mut stream, export.size(), transmission_flags(export));
+    let negotiated = tokio::time::timeout(NEGOTIATION_TIMEOUT, handshake).await;
     let negotiated = negotiated.map_err(|_| {
         Error::Stalled(format!("the client did not finish the handshake within {NEGOTIATION_TIMEOUT:?}"))
     })?;
@@ -117,13 +122,13 @@ where
     Ok(stats)
 }
 
-/// Transmission flags of `export`.
+/// Transmission flags of `export`: flush, FUA and cache always; trim and write-zeroes unless read-only.
 fn transmission_flags(export: &Export) -> u16 {
-    let flags = tflag::HAS_FLAGS | tflag::SEND_FLUSH | tflag::SEND_FUA | tflag::CAN_MULTI_CONN;
+    let flags = tflag::HAS_FLAGS | tflag::SEND_FLUSH | tflag::SEND_FUA | tflag::CAN_MULTI_CONN | tflag::SEND_CACHE;
     if export.read_only() {
         flags | tflag::READ_ONLY
     } else {
-        flags
+        flags | tflag::SEND_TRIM | tflag::SEND_WRITE_ZEROES
     }
 }
 
@@ -219,8 +224,9 @@ impl Haggle {
     }
 }
 
-/// Runs the handshake; returns whether transmission starts (false: the client left cleanly).
-async fn negotiate<S>(s: &mut S, export: &Export) -> Result<bool, Error>
+/// Runs the handshake for an export of `size` bytes with transmission `flags`; returns whether transmission
+/// starts (false: the client left cleanly). Also the handshake of a bind's local endpoint.
+pub(crate) async fn negotiate<S>(s: &mut S, size: u64, flags: u16) -> Result<bool, Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -235,8 +241,8 @@ where
         return Err(Error::Violation(format!("unknown client flags {client_flags:#x}")));
     }
     let haggle = Haggle {
-        size: export.size(),
-        flags: transmission_flags(export),
+        size,
+        flags,
         fixed: client_flags & handshake::C_FIXED_NEWSTYLE != 0,
         no_zeroes: client_flags & handshake::C_NO_ZEROES != 0,
     };
@@ -269,19 +275,31 @@ where
     Err(Error::TooManyOptions(MAX_OPTIONS))
 }
 
-/// Checks a request against the export; `Err` is the error value to reply with.
-fn check(req: &Request, export: &Export) -> Result<(), u32> {
-    let past_end = req.offset.checked_add(req.len.into()).is_none_or(|end| end > export.size());
+/// Checks a request against an export of `size` bytes with transmission `flags`; `Err` is the error value to
+/// reply with. Shared by the exporter and by a bind's local endpoint, which refuses what the exporter would.
+pub(crate) fn check(req: &Request, size: u64, flags: u16) -> Result<(), u32> {
+    let past_end = req.offset.checked_add(req.len.into()).is_none_or(|end| end > size);
+    let read_only = flags & tflag::READ_ONLY != 0;
+    let lacks = |flag: u16| flags & flag == 0;
     match req.command {
         cmd::READ if req.flags != 0 || req.len > MAX_REQUEST_LEN || past_end => Err(errno::EINVAL),
         cmd::READ => Ok(()),
+        cmd::WRITE | cmd::TRIM | cmd::WRITE_ZEROES if read_only => Err(errno::EPERM),
         cmd::WRITE if req.flags & !cflag::FUA != 0 || req.len > MAX_REQUEST_LEN => Err(errno::EINVAL),
-        cmd::WRITE if export.read_only() => Err(errno::EPERM),
         cmd::WRITE if past_end => Err(errno::ENOSPC),
         cmd::WRITE => Ok(()),
         cmd::FLUSH if req.flags != 0 => Err(errno::EINVAL),
         cmd::FLUSH => Ok(()),
-        // TRIM, WRITE_ZEROES, CACHE, BLOCK_STATUS are not advertised; unknown commands get EINVAL too.
+        cmd::TRIM if req.flags & !cflag::FUA != 0 || lacks(tflag::SEND_TRIM) || past_end => Err(errno::EINVAL),
+        cmd::TRIM => Ok(()),
+        cmd::WRITE_ZEROES if req.flags & !(cflag::FUA | cflag::NO_HOLE) != 0 || lacks(tflag::SEND_WRITE_ZEROES) => {
+            Err(errno::EINVAL)
+        }
+        cmd::WRITE_ZEROES if past_end => Err(errno::ENOSPC),
+        cmd::WRITE_ZEROES => Ok(()),
+        cmd::CACHE if req.flags != 0 || lacks(tflag::SEND_CACHE) || past_end => Err(errno::EINVAL),
+        cmd::CACHE => Ok(()),
+        // BLOCK_STATUS needs structured replies, which are not negotiated; unknown commands get EINVAL too.
         _ => Err(errno::EINVAL),
     }
 }
@@ -365,7 +383,7 @@ where
         }
         let len = req.len as usize;
         let mut permit = None;
-        let work = match check(&req, export) {
+        let work = match check(&req, export.size(), transmission_flags(export)) {
             Err(e) => {
                 if req.command == cmd::WRITE {
                     within(STALL_TIMEOUT, "a refused WRITE's payload", discard(&mut rd, req.len)).await?;
@@ -374,6 +392,7 @@ where
             }
             Ok(()) if req.command == cmd::FLUSH => Work::Flush,
             Ok(()) if len == 0 => Work::Done(Done::error(0)),
+            Ok(()) if !matches!(req.command, cmd::READ | cmd::WRITE) => start_range(export.file(), &req),
             Ok(()) => {
                 permit = budget.clone().acquire_many_owned(req.len).await.ok();
                 if req.command == cmd::READ {
@@ -410,6 +429,24 @@ fn start_read(file: Arc<File>, mut buf: Vec<u8>, offset: u64, len: usize) -> Wor
     }))
 }
 
+/// Starts a checked TRIM, WRITE_ZEROES or CACHE: requests with a range and no payload, however long.
+fn start_range(file: Arc<File>, req: &Request) -> Work {
+    let (command, offset, len) = (req.command, req.offset, u64::from(req.len));
+    let fua = req.flags & cflag::FUA != 0;
+    let may_trim = req.flags & cflag::NO_HOLE == 0;
+    Work::Io(tokio::task::spawn_blocking(move || {
+        let r = match command {
+            cmd::TRIM => export::trim(&file, offset, len, fua),
+            cmd::WRITE_ZEROES => export::write_zeroes(&file, offset, len, may_trim, fua),
+            _ => {
+                export::cache(&file, offset, len);
+                Ok(())
+            }
+        };
+        Done::error(r.err().map_or(0, |e| export::nbd_errno(&e)))
+    }))
+}
+
 /// Starts a checked WRITE of `buf[..len]`.
 fn start_write(file: Arc<File>, buf: Vec<u8>, offset: u64, len: usize, fua: bool) -> Work {
     Work::Io(tokio::task::spawn_blocking(move || match export::write_at(&file, &buf[..len], offset, fua) {
@@ -419,7 +456,7 @@ fn start_write(file: Arc<File>, buf: Vec<u8>, offset: u64, len: usize, fua: bool
 }
 
 /// Aborts a spawned task when dropped.
-struct AbortOnDrop<T>(JoinHandle<T>);
+pub(crate) struct AbortOnDrop<T>(pub(crate) JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
@@ -540,7 +577,7 @@ where
 }
 
 /// Reads and drops `len` bytes without buffering them.
-async fn discard<R>(r: &mut R, len: u32) -> io::Result<()>
+pub(crate) async fn discard<R>(r: &mut R, len: u32) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
 {
@@ -633,6 +670,7 @@ mod tests {
         let rw = Export::open(&p, false).unwrap();
         let ro = Export::open(&p, true).unwrap();
         let r = |command, flags, offset, len| Request { flags, command, handle: 0, offset, len };
+        let check = |req: &Request, e: &Export| check(req, e.size(), transmission_flags(e));
         assert_eq!(check(&r(cmd::READ, 0, 0, 4096), &ro), Ok(()));
         assert_eq!(check(&r(cmd::READ, 0, 1, 4096), &ro), Err(errno::EINVAL));
         assert_eq!(check(&r(cmd::READ, 0, u64::MAX, 1), &ro), Err(errno::EINVAL));
@@ -642,7 +680,14 @@ mod tests {
         assert_eq!(check(&r(cmd::WRITE, 0, 4000, 100), &rw), Err(errno::ENOSPC));
         assert_eq!(check(&r(cmd::WRITE, 0, 0, MAX_REQUEST_LEN + 1), &rw), Err(errno::EINVAL));
         assert_eq!(check(&r(cmd::FLUSH, 0, 0, 0), &ro), Ok(()));
-        assert_eq!(check(&r(cmd::TRIM, 0, 0, 1), &rw), Err(errno::EINVAL));
+        assert_eq!(check(&r(cmd::TRIM, cflag::FUA, 0, 4096), &rw), Ok(()));
+        assert_eq!(check(&r(cmd::TRIM, 0, 0, 1), &ro), Err(errno::EPERM));
+        assert_eq!(check(&r(cmd::TRIM, cflag::NO_HOLE, 0, 1), &rw), Err(errno::EINVAL));
+        assert_eq!(check(&r(cmd::WRITE_ZEROES, cflag::NO_HOLE | cflag::FUA, 0, 4096), &rw), Ok(()));
+        assert_eq!(check(&r(cmd::WRITE_ZEROES, 0, 4095, 2), &rw), Err(errno::ENOSPC));
+        assert_eq!(check(&r(cmd::WRITE_ZEROES, 0, 0, 1), &ro), Err(errno::EPERM));
+        assert_eq!(check(&r(cmd::CACHE, 0, 0, 4096), &ro), Ok(()));
+        assert_eq!(check(&r(cmd::CACHE, cflag::FUA, 0, 1), &ro), Err(errno::EINVAL));
         assert_eq!(check(&r(77, 0, 0, 1), &rw), Err(errno::EINVAL));
     }
 }

@@ -13,16 +13,20 @@
 //! they may write).
 
 pub mod api;
+mod endpoint;
 mod exporter;
 mod session;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use metac_resource::{BoxFuture, Caller, Ctx, Error, ExportSpec, Exporter, Kind, Prepared, Ref, ResourceKind, Session};
+use metac_resource::{
+    BoxFuture, Caller, Ctx, Error, ExportSpec, Exporter, Kind, Prepared, Ref, ResourceKind, Rights, Session,
+};
 use serde::{Deserialize, Serialize};
 
-pub use session::{CatSession, Endpoint};
+pub use endpoint::{Endpoint, Listen};
+pub use session::CatSession;
 
 /// The wire protocol of file binds.
 pub const PROTOCOL: &str = "nbd";
@@ -47,6 +51,12 @@ pub struct FileBind {
     /// `file-<resource id>.sock` in that user's run directory, [`Ctx::run_dir_of`]].
     #[serde(default)]
     pub socket: Option<PathBuf>,
+    /// Listen on this loopback TCP address instead of a Unix socket (port 0: any free port).
+    #[serde(default)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Refuse writes here, and advertise the export as read-only, even if the ref grants write.
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// The `file` kind.
@@ -106,12 +116,19 @@ impl ResourceKind for File {
     }
 
     fn bind(&self, reference: &Ref, options: FileBind, caller: &Caller, ctx: &Ctx) -> Result<Box<dyn Session>, Error> {
-        let socket = match options.socket {
-            Some(p) if p.is_absolute() => p,
-            Some(p) => return Err(Error::BadOptions(format!("{}: the socket path must be absolute", p.display()))),
-            None => default_socket(&ctx.run_dir_of(caller)?, reference),
+        let listen = match (options.socket, options.listen) {
+            (Some(_), Some(_)) => {
+                return Err(Error::BadOptions("give a Unix socket or a TCP address to listen on, not both".into()))
+            }
+            (None, Some(addr)) => Listen::tcp(addr)?,
+            (Some(p), None) if p.is_absolute() => Listen::Unix(p),
+            (Some(p), None) => {
+                return Err(Error::BadOptions(format!("{}: the socket path must be absolute", p.display())))
+            }
+            (None, None) => Listen::Unix(default_socket(&ctx.run_dir_of(caller)?, reference)),
         };
-        let mut endpoint = Endpoint::new(socket, caller.clone());
+        let read_only = options.read_only || !reference.token.effective().rights.contains(Rights::WRITE);
+        let mut endpoint = Endpoint::new(listen, caller.clone(), read_only);
         endpoint.listen()?;
         Ok(Box::new(endpoint))
     }

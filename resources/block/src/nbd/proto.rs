@@ -109,8 +109,12 @@ pub mod tflag {
     pub const SEND_FUA: u16 = 1 << 3;
     /// `NBD_CMD_TRIM` is supported.
     pub const SEND_TRIM: u16 = 1 << 5;
+    /// `NBD_CMD_WRITE_ZEROES` (and its `NO_HOLE` flag) is supported.
+    pub const SEND_WRITE_ZEROES: u16 = 1 << 6;
     /// Flush and FUA on one connection are visible on all connections to the same export.
     pub const CAN_MULTI_CONN: u16 = 1 << 8;
+    /// `NBD_CMD_CACHE` is supported.
+    pub const SEND_CACHE: u16 = 1 << 10;
 }
 
 pub mod cmd {
@@ -124,8 +128,26 @@ pub mod cmd {
     pub const DISC: u16 = 2;
     /// Make completed writes durable.
     pub const FLUSH: u16 = 3;
-    /// Discard a range (not supported by metac).
+    /// Discard a range: its contents become unspecified, and the space may be given back.
     pub const TRIM: u16 = 4;
+    /// Read a range ahead into the server's cache; no data in the reply.
+    pub const CACHE: u16 = 5;
+    /// Make a range read as zeroes, punching a hole unless `NO_HOLE` is set.
+    pub const WRITE_ZEROES: u16 = 6;
+
+    /// The command's name, for messages.
+    pub fn name(command: u16) -> &'static str {
+        match command {
+            READ => "READ",
+            WRITE => "WRITE",
+            DISC => "DISC",
+            FLUSH => "FLUSH",
+            TRIM => "TRIM",
+            CACHE => "CACHE",
+            WRITE_ZEROES => "WRITE_ZEROES",
+            _ => "unknown command",
+        }
+    }
 }
 
 pub mod cflag {
@@ -133,6 +155,8 @@ pub mod cflag {
 
     /// Force unit access: the write is durable before the reply.
     pub const FUA: u16 = 1 << 0;
+    /// `NBD_CMD_WRITE_ZEROES` must allocate: no hole may be punched.
+    pub const NO_HOLE: u16 = 1 << 1;
 }
 
 pub mod errno {
