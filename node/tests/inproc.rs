@@ -399,3 +399,31 @@ async fn a_read_only_bind_and_a_tcp_endpoint() {
     assert!(e.to_string().contains("only a loopback address"), "{e}");
     c.stop().await;
 }
+
+/// Issue 13: nbdcopy with its defaults (four connections, 64 requests each in flight) fills the bind's window to
+/// the exporter; the copy is whole and the bind never stalls or reconnects on the way. (A writer that waited for
+/// room with requests still in its buffer once stalled here until the 30 s limit cut the stream.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_clients_with_many_requests_share_one_bind_without_a_stall() {
+    let mut c = Cluster::start(2).await;
+    let (path, data) = c.file("disk.img", 256 << 20);
+    let r = export(c.nodes[0].n(), &path).await;
+    let b = c.nodes[1].n().clone();
+    let sock = socket(&c, "disk.sock");
+    let started = b.bind_ref(r, json!({ "socket": sock }), false, &ROOT).unwrap();
+    wait_state(&b, &started.id, "up").await;
+    let back = c.dir.path().join("back.img");
+    let uri = nbd_unix(&sock);
+    let args = [uri.clone(), back.to_str().unwrap().to_string()];
+    let copy = tokio::spawn(async move { tool("nbdcopy", &[&args[0], &args[1]]).await });
+    let mut states = std::collections::BTreeSet::new();
+    while !copy.is_finished() {
+        states.insert(bind_view(&b, &started.id).unwrap().state);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let out = copy.await.unwrap();
+    assert!(out.status.success(), "nbdcopy: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(states.into_iter().collect::<Vec<_>>(), ["up"], "the bind stayed up all along");
+    assert!(std::fs::read(&back).unwrap() == data, "the copy is whole");
+    c.stop().await;
+}

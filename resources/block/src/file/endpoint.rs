@@ -31,6 +31,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use futures::FutureExt;
 use metac_resource::{BoxFuture, Caller, Error, Link, Session, Status};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
@@ -83,7 +84,7 @@ struct Job {
     /// The request; its handle is replaced by the upstream cookie.
     req: Request,
     /// A WRITE's payload (kept until the reply, for replay).
-    data: Vec<u8>,
+    data: Bytes,
     reply: oneshot::Sender<Reply>,
 }
 
@@ -280,25 +281,28 @@ impl Session for Endpoint {
 async fn upstream<S>(
     stream: BufReader<S>,
     jobs: &mut mpsc::Receiver<Job>,
-    pending: &Mutex<Pending>,
-    status: &Status,
+    pending: &Arc<Mutex<Pending>>,
+    status: &Arc<Status>,
 ) -> Result<(), Error>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (rd, wr) = tokio::io::split(stream);
-    let room = Semaphore::new(MAX_UPSTREAM.saturating_sub(pending.lock().expect("pending lock").jobs.len()));
+    let free = MAX_UPSTREAM.saturating_sub(pending.lock().expect("pending lock").jobs.len());
+    let room = Arc::new(Semaphore::new(free));
     let broken = |e: crate::Error| Error::Unreachable(format!("the connection to the exporter broke: {e}"));
-    tokio::try_join!(async { send(wr, jobs, pending, &room, status).await.map_err(|e| broken(e.into())) }, async {
-        receive(rd, pending, &room, status).await.map_err(broken)
-    },)?;
-    Ok(())
-}
-
-/// Appends a job's request (with the cookie as handle) and payload to `w`.
-async fn put<W: AsyncWrite + Unpin>(w: &mut W, cookie: u64, job: &Job) -> io::Result<()> {
-    w.write_all(&Request { handle: cookie, ..job.req }.encode()).await?;
-    w.write_all(&job.data).await
+    // The reader runs as a task of its own, so that it keeps taking replies whatever the writer waits for.
+    let mut reader = AbortOnDrop(tokio::spawn({
+        let (pending, room, status) = (Arc::clone(pending), Arc::clone(&room), Arc::clone(status));
+        async move { receive(rd, &pending, &room, &status).await }
+    }));
+    tokio::select! {
+        r = send(wr, jobs, pending, &room, status) => r.map_err(|e| broken(e.into())),
+        r = &mut reader.0 => match r {
+            Ok(r) => r.map_err(broken),
+            Err(e) => Err(Error::Io(io::Error::other(e))),
+        },
+    }
 }
 
 /// The upstream writer: every pending job again, then new ones as room allows.
@@ -330,6 +334,10 @@ where
     w.write_all(&replay).await?;
     w.flush().await?;
     loop {
+        // No room: push out what is buffered before waiting for replies, or they never come.
+        if room.available_permits() == 0 {
+            within(STALL_TIMEOUT, "sending requests to the exporter", w.flush()).await.map_err(io::Error::other)?;
+        }
         match room.acquire().await {
             Ok(permit) => permit.forget(),
             Err(_) => return Ok(()),
@@ -345,17 +353,19 @@ where
                 }
             }
         };
+        // Pending before it is sent: its reply may come back before `write_all` returns. Kept if sending fails:
+        // the next stream sends it again.
+        let (header, data) = (job.req, job.data.clone());
         let cookie = {
             let mut p = pending.lock().expect("pending lock");
             let cookie = p.next;
             p.next += 1;
+            p.jobs.insert(cookie, job);
             cookie
         };
-        let sent = put(&mut w, cookie, &job).await;
-        status.count((Request::LEN + job.data.len()) as u64);
-        // Kept even if sending failed: the next stream sends it again.
-        pending.lock().expect("pending lock").jobs.insert(cookie, job);
-        sent?;
+        w.write_all(&Request { handle: cookie, ..header }.encode()).await?;
+        w.write_all(&data).await?;
+        status.count((Request::LEN + data.len()) as u64);
     }
 }
 
@@ -518,6 +528,7 @@ async fn requests<R: AsyncRead + Unpin>(
                     data.resize(req.len as usize, 0);
                     within(STALL_TIMEOUT, "a WRITE's payload", rd.read_exact(&mut data)).await?;
                 }
+                let data = Bytes::from(data);
                 let (tx, rx) = oneshot::channel();
                 let flags = req.flags & (cflag::FUA | cflag::NO_HOLE);
                 let job = Job { req: Request { flags, handle: 0, ..req }, data, reply: tx };
