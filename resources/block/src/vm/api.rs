@@ -58,6 +58,9 @@ pub struct StartReq {
     /// A CD-ROM image.
     #[serde(default)]
     pub cdrom: Option<PathBuf>,
+    /// KVM or TCG [default: KVM when this node can use it].
+    #[serde(default)]
+    pub accel: Option<Accel>,
 }
 
 /// `POST /v1/vm/{name}/stop`.
@@ -84,6 +87,9 @@ pub struct VmInfo {
     pub pid: u32,
     /// KVM or TCG.
     pub accel: Accel,
+    /// Why TCG, when it is.
+    #[serde(default)]
+    pub accel_reason: Option<String>,
     /// Virtual CPUs.
     pub cpus: u32,
     /// Guest memory, MiB.

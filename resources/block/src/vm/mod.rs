@@ -123,6 +123,7 @@ struct Vm {
     owner: Caller,
     pid: u32,
     accel: Accel,
+    accel_reason: Option<String>,
     cpus: u32,
     memory_mib: u64,
     drives: Vec<DriveInfo>,
@@ -158,6 +159,7 @@ impl Vm {
             owner: self.owner.uid,
             pid: self.pid,
             accel: self.accel,
+            accel_reason: self.accel_reason.clone(),
             cpus: self.cpus,
             memory_mib: self.memory_mib,
             drives: self.drives.clone(),
@@ -243,6 +245,8 @@ struct Plan {
     name: String,
     qemu: PathBuf,
     accel: Accel,
+    /// Why not KVM, when TCG.
+    accel_reason: Option<String>,
     drives: Vec<(metac_resource::Ref, Checked)>,
     fds: Vec<OwnedFd>,
     kernel: Option<PathBuf>,
@@ -331,6 +335,7 @@ impl VmManager {
             owner: caller,
             pid,
             accel: plan.accel,
+            accel_reason: plan.accel_reason.clone(),
             cpus,
             memory_mib,
             drives: infos,
@@ -380,7 +385,14 @@ impl VmManager {
             drives.push((r, Checked { format: d.format, readonly: d.readonly || !writable }));
         }
         let qemu = qemu::find(std::env::var_os("PATH").as_deref())?;
-        let accel = if kvm_usable() { Accel::Kvm } else { Accel::Tcg };
+        let (accel, accel_reason) = match req.accel {
+            None => detect_accel(),
+            Some(Accel::Tcg) => (Accel::Tcg, Some("asked for with --accel tcg".to_string())),
+            Some(Accel::Kvm) => match kvm() {
+                Ok(()) => (Accel::Kvm, None),
+                Err(why) => return Err(Error::BadOptions(format!("--accel kvm: {why}"))),
+            },
+        };
         // The files are opened as the caller: a VM boots only what its user may read.
         let mut fds = Vec::new();
         let mut fd_path = |path: &Option<PathBuf>, what: &str| -> Result<Option<PathBuf>, Error> {
@@ -391,7 +403,7 @@ impl VmManager {
         let kernel = fd_path(&req.kernel, "kernel")?;
         let initrd = fd_path(&req.initrd, "initrd")?;
         let cdrom = fd_path(&req.cdrom, "cdrom")?;
-        Ok(Plan { name, qemu, accel, drives, fds, kernel, initrd, cdrom })
+        Ok(Plan { name, qemu, accel, accel_reason, drives, fds, kernel, initrd, cdrom })
     }
 
     /// Takes `name` for a start, if no running or starting VM has it.
@@ -663,9 +675,28 @@ async fn qmp_command(socket: &Path, command: &str) -> Result<(), qmp::Error> {
     qmp::Qmp::connect(socket).await?.execute(command).await.map(drop)
 }
 
-/// Whether this node may open /dev/kvm.
-fn kvm_usable() -> bool {
-    std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
+/// KVM when this node can run a stock guest kernel with it, TCG otherwise, with the reason.
+fn detect_accel() -> (Accel, Option<String>) {
+    match kvm() {
+        Ok(()) => (Accel::Kvm, None),
+        Err(why) => (Accel::Tcg, Some(why)),
+    }
+}
+
+/// Whether KVM can run a stock guest kernel here, and if not, why. A /dev/kvm backed only by PVM (`kvm_pvm`,
+/// KVM without hardware virtualisation, found in some cloud VMs) boots PVM-enabled guest kernels alone: a distribution
+/// kernel hangs in its first instructions, so such a /dev/kvm counts as none.
+fn kvm() -> Result<(), String> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map_err(|e| format!("/dev/kvm cannot be opened: {e}"))?;
+    let module = |m: &str| Path::new("/sys/module").join(m).exists();
+    if module("kvm_pvm") && !module("kvm_intel") && !module("kvm_amd") {
+        return Err("/dev/kvm is PVM (kvm_pvm), which boots only PVM-enabled guest kernels".into());
+    }
+    Ok(())
 }
 
 /// Opens a file named in a start request as `caller`.
