@@ -249,7 +249,7 @@ fn write_entry(out: &mut Vec<u8>, ino: u32, e: &Entry) {
 }
 
 fn pad4(out: &mut Vec<u8>) {
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
 }

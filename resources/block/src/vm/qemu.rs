@@ -266,7 +266,7 @@ pub fn parse_memory(s: &str) -> Result<u64, Error> {
         "T" => n.saturating_mul(1 << 30),
         _ => return Err(bad("the unit is one of K, M, G, T")),
     };
-    if kib % 1024 != 0 {
+    if !kib.is_multiple_of(1024) {
         return Err(bad("give a whole number of MiB"));
     }
     let mib = kib / 1024;
