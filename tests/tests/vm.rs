@@ -177,10 +177,11 @@ fn vm_ls_console_and_stop_and_refusals() {
     require_root();
     require_qemu();
     let lab = Lab::new(2).unwrap();
-    let _nodes = lab.start_nodes(&["--api-group", "4242"]).unwrap();
+    let mut nodes = lab.start_nodes(&["--api-group", "4242"]).unwrap();
     let (a, b) = (lab.host(1), lab.host(2));
     let (_disk, r) = export_disk(a, "sleep.img", 1 << 20, 0);
-    let (kernel, initrd) = guest(b, "sleep", "echo guest-is-up; sleep 600");
+    let script = "echo guest-is-up; while read line; do echo \"got:$line\"; done; sleep 600";
+    let (kernel, initrd) = guest(b, "sleep", script);
     let drive = format!("uri={r}");
     let mut args = start_args(&drive, &kernel, &initrd);
     args.extend(["--name", "sleeper", "--detach", "--cpus", "1"]);
@@ -214,6 +215,19 @@ fn vm_ls_console_and_stop_and_refusals() {
     .unwrap_or_else(|e| {
         panic!("the console shows the guest's output: {e}: {}", std::fs::read_to_string(&log).unwrap_or_default())
     });
+
+    // On a terminal: typed lines reach the guest, Ctrl-] detaches and leaves the VM running.
+    let (mut child, master) = on_pty(b, &["vm", "console", "sleeper"]);
+    let seen = read_until(&master, "guest-is-up", Duration::from_secs(20));
+    assert!(seen.contains("Ctrl-] detaches") && seen.contains("guest-is-up"), "{seen:?}");
+    rustix::io::write(&master, b"hello\n").unwrap();
+    let seen = read_until(&master, "got:hello", Duration::from_secs(20));
+    assert!(seen.contains("got:hello"), "{seen:?}");
+    rustix::io::write(&master, b"\x1d").unwrap();
+    let status = wait_child(&mut child, Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+    assert!(read_until(&master, "detached", Duration::from_secs(5)).contains("detached from vm sleeper"));
+    assert_eq!(b.metac_json(&["vm", "ls"])[0]["state"], "running");
 
     // Another user sees none of it and cannot stop it.
     let o = b.metac_as(USER, &["--json", "vm", "ls", "--all"]).unwrap();
@@ -266,4 +280,69 @@ fn vm_ls_console_and_stop_and_refusals() {
     let o = metac(b, &["vm", "start", "--drive", &drive, "--kernel", "/no/such/vmlinuz", "--detach"]);
     assert!(text(&o).contains("cannot open --kernel /no/such/vmlinuz"), "{}", text(&o));
     assert_eq!(file_binds(b), 0, "a refused start leaves no bind");
+
+    // A VM dies with its node, even one killed outright (PR_SET_PDEATHSIG).
+    let mut args = start_args(&drive, &kernel, &initrd);
+    args.extend(["--name", "orphan", "--detach"]);
+    b.metac_ok(&args);
+    let pid = b.metac_json(&["vm", "ls"])[0]["pid"].as_u64().unwrap();
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    nodes[1].kill9();
+    wait_until(Duration::from_secs(10), Duration::from_millis(20), || Ok(!Path::new(&format!("/proc/{pid}")).exists()))
+        .expect("qemu ends with the node");
+}
+
+/// `metac args...` on `h` with a new terminal as its stdio and controlling terminal; the child and the master.
+fn on_pty(h: &Host, args: &[&str]) -> (std::process::Child, std::os::fd::OwnedFd) {
+    use std::os::unix::process::CommandExt;
+    let master = rustix::pty::openpt(rustix::pty::OpenptFlags::RDWR | rustix::pty::OpenptFlags::NOCTTY).unwrap();
+    rustix::pty::grantpt(&master).unwrap();
+    rustix::pty::unlockpt(&master).unwrap();
+    let name = rustix::pty::ptsname(&master, Vec::new()).unwrap();
+    let slave = std::fs::OpenOptions::new().read(true).write(true).open(name.to_str().unwrap()).unwrap();
+    rustix::fs::fcntl_setfl(&master, rustix::fs::OFlags::NONBLOCK).unwrap();
+    let mut cmd = h.cmd(metac_tests::metac_bin().unwrap(), ["--socket", h.socket().to_str().unwrap()]);
+    cmd.args(args);
+    cmd.stdin(slave.try_clone().unwrap()).stdout(slave.try_clone().unwrap()).stderr(slave);
+    // SAFETY: between fork and exec only setsid and an ioctl, both async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::setsid()?;
+            // SAFETY: fd 0 is the slave just set as stdin, open for the whole call.
+            rustix::process::ioctl_tiocsctty(std::os::fd::BorrowedFd::borrow_raw(0))?;
+            Ok(())
+        });
+    }
+    (cmd.spawn().unwrap(), master)
+}
+
+/// Reads `master` (non-blocking) until its output contains `want`, at most `t`; returns all it read.
+fn read_until(master: &std::os::fd::OwnedFd, want: &str, t: Duration) -> String {
+    let mut out = Vec::new();
+    let deadline = Instant::now() + t;
+    while Instant::now() < deadline && !String::from_utf8_lossy(&out).contains(want) {
+        let mut buf = [0u8; 4096];
+        match rustix::io::read(master, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Waits for `child` at most `t`; kills it and fails after that.
+fn wait_child(child: &mut std::process::Child, t: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + t;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the command did not end within {t:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
