@@ -6,6 +6,7 @@
 //! - [`VmManager`] (this file) owns the node's VMs: it checks a start request for its caller, binds the drives,
 //!   starts qemu, keeps its console, stops it (ACPI power button over QMP, then `quit`, then SIGKILL) and, when it
 //!   ends, unbinds the drives and keeps its record (state, exit, console) until the name is reused.
+//! - `drives`: each drive's ref bound as a local NBD socket, waited for, and unbound on failure.
 //! - `qemu`: the user's words (`--drive`, `--memory`, names) parsed, and qemu's command line built (pure).
 //! - `process`: starting qemu so that it dies with the node (`PR_SET_PDEATHSIG`), signals and exit via a pidfd.
 //! - `console`: the serial console's ring of recent output and its attached consoles.
@@ -18,6 +19,7 @@
 
 pub mod api;
 pub mod console;
+mod drives;
 mod process;
 pub mod qemu;
 pub mod qmp;
@@ -31,12 +33,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use metac_resource::{Caller, Ctx, Error, Kind, Rights, State};
+use metac_resource::{Caller, Ctx, Error, Kind, Rights};
 use tokio::sync::watch;
 
 use self::api::{DriveInfo, StartReq, VmExit, VmInfo};
 use self::console::Console;
-use self::qemu::{Accel, Drive, Machine};
+use self::drives::{unbind_all, Checked};
+use self::qemu::{Accel, Machine};
 
 /// What is wrong with a VM request, in words that say how to fix it.
 #[derive(Debug, thiserror::Error)]
@@ -99,16 +102,12 @@ pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_RUNNING: usize = 64;
 /// Most ended VMs whose record (exit, console) is kept; the oldest goes first.
 const MAX_ENDED: usize = 32;
-/// How long a drive's bind may take to reach its exporter before the start fails.
-const BIND_WAIT: Duration = Duration::from_secs(30);
 /// How long qemu may take to answer on QMP after it started.
 const QMP_WAIT: Duration = Duration::from_secs(30);
 /// How long qemu gets to end after `quit`, and after SIGKILL.
 const QUIT_WAIT: Duration = Duration::from_secs(5);
 /// The last bytes of qemu's stderr kept for an error message.
 const STDERR_TAIL: usize = 4096;
-/// The longest Unix socket path (`sockaddr_un` holds 108 bytes with the NUL).
-const MAX_SOCKET_PATH: usize = 107;
 
 /// How a VM ended, with when.
 #[derive(Debug, Clone)]
@@ -204,42 +203,6 @@ impl Drop for Reservation<'_> {
     }
 }
 
-/// Drive binds made for a start that has not handed them to its VM: unbound if the start fails.
-struct Binds {
-    ctx: Ctx,
-    ids: Vec<String>,
-}
-
-impl Binds {
-    fn take(mut self) -> Vec<String> {
-        std::mem::take(&mut self.ids)
-    }
-}
-
-impl Drop for Binds {
-    fn drop(&mut self) {
-        let ids = std::mem::take(&mut self.ids);
-        if !ids.is_empty() {
-            let binder = Arc::clone(&self.ctx.binder);
-            tokio::spawn(async move { unbind_all(&*binder, &ids).await });
-        }
-    }
-}
-
-async fn unbind_all(binder: &dyn metac_resource::Binder, ids: &[String]) {
-    for id in ids {
-        if let Err(e) = binder.unbind(id).await {
-            tracing::debug!("unbinding VM drive {id}: {e}");
-        }
-    }
-}
-
-/// A drive once checked: read-only also when its ref may not write.
-struct Checked {
-    format: qemu::Format,
-    readonly: bool,
-}
-
 /// What a start request becomes once checked: everything qemu needs but the drives' sockets.
 struct Plan {
     name: String,
@@ -270,7 +233,7 @@ impl VmManager {
         let memory_mib = req.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB);
         let cpus = req.cpus.unwrap_or(DEFAULT_CPUS);
         let reservation = self.reserve(&plan.name)?;
-        let (binds, drives, infos) = self.bind_drives(&plan, &caller).await?;
+        let (binds, drives, infos) = drives::bind(&self.ctx, &plan.name, &plan.drives, &caller).await?;
 
         let dir = self.qmp_dir()?;
         let qmp = dir.join(format!("{}.qmp", plan.name));
@@ -437,63 +400,6 @@ impl VmManager {
             .create(&dir)
             .map_err(|e| Error::Io(std::io::Error::new(e.kind(), format!("cannot make {}: {e}", dir.display()))))?;
         Ok(dir)
-    }
-
-    /// Binds every drive's ref as a local NBD socket made as `caller`, and waits until each reaches its exporter.
-    async fn bind_drives(&self, plan: &Plan, caller: &Caller) -> Result<(Binds, Vec<Drive>, Vec<DriveInfo>), Error> {
-        let mut binds = Binds { ctx: self.ctx.clone(), ids: Vec::new() };
-        let (mut drives, mut infos, mut statuses) = (Vec::new(), Vec::new(), Vec::new());
-        let dir = if plan.drives.is_empty() { PathBuf::new() } else { self.ctx.run_dir_of(caller)? };
-        for (i, (r, d)) in plan.drives.iter().enumerate() {
-            let socket = dir.join(format!("vm-{}-{i}.sock", plan.name));
-            if socket.as_os_str().len() > MAX_SOCKET_PATH {
-                return Err(Error::BadOptions(format!(
-                    "{}: longer than {MAX_SOCKET_PATH} bytes, too long for a Unix socket (a shorter --name helps)",
-                    socket.display()
-                )));
-            }
-            let options = serde_json::json!({ "socket": socket });
-            let started = self
-                .ctx
-                .binder
-                .bind(r.clone(), options, false, caller.clone())
-                .await
-                .map_err(|e| with_context(e, &format!("drive {} ({})", i + 1, short_id(r))))?;
-            binds.ids.push(started.id.clone());
-            statuses.push(started.status);
-            infos.push(DriveInfo {
-                device: format!("vd{}", (b'a' + i as u8) as char),
-                resource: short_id(r),
-                exporter: r.token.issuer().to_hex()[..16].to_string(),
-                bind: started.id,
-                format: d.format,
-                readonly: d.readonly,
-            });
-            drives.push(Drive { socket, format: d.format, readonly: d.readonly });
-        }
-        let deadline = Instant::now() + BIND_WAIT;
-        for (i, status) in statuses.iter().enumerate() {
-            let what = format!("drive {} ({})", i + 1, infos[i].resource);
-            loop {
-                match status.state() {
-                    State::Up => break,
-                    State::Refused { reason } => {
-                        return Err(Error::Refused {
-                            by: "the exporting node".into(),
-                            reason: format!("{what}: {reason}"),
-                        })
-                    }
-                    s if s.is_final() => return Err(Error::Unavailable(format!("{what}: the bind ended: {s}"))),
-                    s if Instant::now() >= deadline => {
-                        return Err(Error::Unreachable(format!(
-                            "{what}: its exporter was not reached within {BIND_WAIT:?} ({s})"
-                        )))
-                    }
-                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
-                }
-            }
-        }
-        Ok((binds, drives, infos))
     }
 
     /// Waits until qemu answers on QMP, or fails with what qemu said when it ended first.
@@ -714,11 +620,6 @@ fn open_as(caller: &Caller, path: &Path, what: &str) -> Result<OwnedFd, Error> {
     Ok(f.into())
 }
 
-/// The first 12 hex digits of a ref's resource id, as `metac` lists resources.
-fn short_id(r: &metac_resource::Ref) -> String {
-    r.token.resource().to_string().chars().take(12).collect()
-}
-
 /// The start of something a user typed, for a message.
 fn short_text(s: &str) -> String {
     let t: String = s.chars().take(24).collect();
@@ -726,18 +627,5 @@ fn short_text(s: &str) -> String {
         format!("{t}...")
     } else {
         t
-    }
-}
-
-/// `e` with `what` in front of its message, same variant.
-fn with_context(e: Error, what: &str) -> Error {
-    match e {
-        Error::Refused { by, reason } => Error::Refused { by, reason: format!("{what}: {reason}") },
-        Error::BadOptions(m) => Error::BadOptions(format!("{what}: {m}")),
-        Error::NotFound(m) => Error::NotFound(format!("{what}: {m}")),
-        Error::Unavailable(m) => Error::Unavailable(format!("{what}: {m}")),
-        Error::Unreachable(m) => Error::Unreachable(format!("{what}: {m}")),
-        Error::UnknownNode(m) => Error::UnknownNode(format!("{what}: {m}")),
-        e => Error::Protocol(format!("{what}: {e}")),
     }
 }
