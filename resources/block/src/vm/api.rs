@@ -153,8 +153,19 @@ pub fn routes(m: Arc<VmManager>) -> Router {
 
 type M = State<Arc<VmManager>>;
 
+/// Runs `f` to its end even if the client goes away meanwhile: a start half done would leave a qemu nobody
+/// lists, a stop half done a VM with its power button pressed and nothing after.
+async fn to_the_end<T: Send + 'static>(
+    f: impl std::future::Future<Output = Result<T, Error>> + Send + 'static,
+) -> Result<Json<T>, Error> {
+    match tokio::spawn(f).await {
+        Ok(r) => r.map(Json),
+        Err(e) => Err(Error::Io(std::io::Error::other(format!("the request's task failed: {e}")))),
+    }
+}
+
 async fn start(State(m): M, caller: Caller, Json(req): Json<StartReq>) -> Result<Json<VmInfo>, Error> {
-    m.start(req, caller).await.map(Json)
+    to_the_end(async move { m.start(req, caller).await }).await
 }
 
 async fn list(State(m): M, caller: Caller, Query(q): Query<AllQuery>) -> Json<Vec<VmInfo>> {
@@ -172,7 +183,7 @@ async fn stop(
     Json(req): Json<StopReq>,
 ) -> Result<Json<VmInfo>, Error> {
     let timeout = req.timeout.map_or(super::DEFAULT_STOP_TIMEOUT, |s| Duration::from_secs(s.min(3600)));
-    m.stop(&name, &caller, req.force, timeout).await.map(Json)
+    to_the_end(async move { m.stop(&name, &caller, req.force, timeout).await }).await
 }
 
 async fn wait(State(m): M, caller: Caller, Path(name): Path<String>) -> Result<Json<VmInfo>, Error> {

@@ -250,7 +250,7 @@ impl VmManager {
             cdrom: plan.cdrom.clone(),
             qmp: qmp.clone(),
         };
-        let mut p = process::spawn(plan.qemu.clone(), machine.args(), plan.fds, qemu::FIRST_FD)
+        let p = process::spawn(plan.qemu.clone(), machine.args(), plan.fds, qemu::FIRST_FD)
             .await
             .map_err(|e| Error::Io(std::io::Error::new(e.kind(), format!("cannot start {}: {e}", qemu::QEMU))))?;
         let started = SystemTime::now();
@@ -258,41 +258,7 @@ impl VmManager {
         let pid = p.pid;
         tracing::info!("vm {}: qemu {pid} started ({}), for {caller}", plan.name, plan.accel.name());
 
-        // From here on the supervisor owns the binds and qemu: it cuts them when qemu ends, however it ends.
-        let (console, input) = Console::new();
-        let console = Arc::new(console);
-        let (pipes, signaller) = match take_pipes(&mut p.child).and_then(|pipes| Ok((pipes, p.signaller()?))) {
-            Ok(v) => v,
-            Err(e) => {
-                let _ = p.child.kill();
-                let _ = p.child.wait();
-                return Err(e);
-            }
-        };
-        let (end_tx, end_rx) = watch::channel(None);
-        let stopping = Arc::new(AtomicBool::new(false));
-        tokio::spawn(Console::feed(input, pipes.stdin));
-        let pump = tokio::spawn({
-            let console = Arc::clone(&console);
-            async move { console.pump(pipes.stdout).await }
-        });
-        let stderr = tokio::spawn(tail(pipes.stderr));
-        let binder = Arc::clone(&self.ctx.binder);
-        let bind_ids = binds.take();
-        let name = plan.name.clone();
-        let qmp_path = qmp.clone();
-        let stopping_flag = Arc::clone(&stopping);
-        tokio::spawn(async move {
-            let status = p.wait().await;
-            let _ = tokio::time::timeout(Duration::from_secs(2), pump).await;
-            let stderr = tokio::time::timeout(Duration::from_secs(2), stderr).await.ok().and_then(|r| r.ok());
-            let exit = exit(status, stopping_flag.load(Ordering::Relaxed), stderr.unwrap_or_default());
-            tracing::info!("vm {name}: qemu {pid} ended: {exit:?}");
-            unbind_all(&*binder, &bind_ids).await;
-            let _ = std::fs::remove_file(&qmp_path);
-            let _ = end_tx.send(Some(End { exit, at: Instant::now() }));
-        });
-
+        let running = supervise(p, Arc::clone(&self.ctx.binder), binds, plan.name.clone(), qmp.clone())?;
         let vm = Arc::new(Vm {
             name: plan.name.clone(),
             owner: caller,
@@ -306,10 +272,10 @@ impl VmManager {
             started_at,
             seq: reservation.seq,
             qmp,
-            console,
-            signaller,
-            stopping,
-            end: end_rx,
+            console: running.console,
+            signaller: running.signaller,
+            stopping: running.stopping,
+            end: running.end,
         });
         self.wait_ready(&vm).await?;
         self.insert(Arc::clone(&vm));
@@ -525,6 +491,59 @@ impl Drop for VmManager {
             let _ = vm.signaller.signal(libc::SIGKILL);
         }
     }
+}
+
+/// What the node holds of a running qemu.
+struct Running {
+    console: Arc<Console>,
+    signaller: process::Signaller,
+    stopping: Arc<AtomicBool>,
+    end: watch::Receiver<Option<End>>,
+}
+
+/// Takes over a started qemu and its drives' binds: its console and stderr are read, and when it ends, however it
+/// ends, the binds are unbound, its QMP socket removed and its end announced. On an error qemu is killed (and the
+/// binds unbound as they drop).
+fn supervise(
+    mut p: process::Process,
+    binder: Arc<dyn metac_resource::Binder>,
+    binds: drives::Binds,
+    name: String,
+    qmp: PathBuf,
+) -> Result<Running, Error> {
+    let (pipes, signaller) = match take_pipes(&mut p.child).and_then(|pipes| Ok((pipes, p.signaller()?))) {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+            return Err(e);
+        }
+    };
+    let (console, input) = Console::new();
+    let console = Arc::new(console);
+    let (end_tx, end) = watch::channel(None);
+    let stopping = Arc::new(AtomicBool::new(false));
+    tokio::spawn(Console::feed(input, pipes.stdin));
+    let pump = tokio::spawn({
+        let console = Arc::clone(&console);
+        async move { console.pump(pipes.stdout).await }
+    });
+    let stderr = tokio::spawn(tail(pipes.stderr));
+    let bind_ids = binds.take();
+    let stopped = Arc::clone(&stopping);
+    tokio::spawn(async move {
+        let pid = p.pid;
+        let status = p.wait().await;
+        // qemu's pipes close with it; a helper that kept them open gets a bounded moment.
+        let _ = tokio::time::timeout(Duration::from_secs(2), pump).await;
+        let stderr = tokio::time::timeout(Duration::from_secs(2), stderr).await.ok().and_then(|r| r.ok());
+        let exit = exit(status, stopped.load(Ordering::Relaxed), stderr.unwrap_or_default());
+        tracing::info!("vm {name}: qemu {pid} ended: {exit:?}");
+        unbind_all(&*binder, &bind_ids).await;
+        let _ = std::fs::remove_file(&qmp);
+        let _ = end_tx.send(Some(End { exit, at: Instant::now() }));
+    });
+    Ok(Running { console, signaller, stopping, end })
 }
 
 struct Pipes {
