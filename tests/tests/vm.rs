@@ -137,6 +137,28 @@ fn a_vm_boots_from_a_remote_disk_and_its_write_reaches_the_exporter() {
     let o = metac(b, &args);
     assert!(o.status.success(), "{}", text(&o));
     assert!(!text(&o).contains("wrote-marker"), "no console: {}", text(&o));
+
+    // A qcow2 image: qemu's qcow2 driver on the bind, the guest's write landing inside the image on the exporter.
+    // An export does not grow, so the image has its metadata (and its size) allocated up front.
+    let qcow = a.dir().join("disk.qcow2");
+    let create = ["create", "-q", "-f", "qcow2", "-o", "preallocation=metadata", qcow.to_str().unwrap(), "4M"];
+    a.run("qemu-img", create).unwrap();
+    let rq = a.metac_ok(&["file", "export", qcow.to_str().unwrap()]);
+    let drive = format!("uri={rq},format=qcow2");
+    let o = metac(b, &start_args(&drive, &kernel, &initrd));
+    assert!(o.status.success(), "{}", text(&o));
+    let raw = a.dir().join("qcow.raw");
+    a.run("qemu-img", ["convert", "-f", "qcow2", "-O", "raw", qcow.to_str().unwrap(), raw.to_str().unwrap()]).unwrap();
+    assert!(std::fs::read(&raw).unwrap().starts_with(b"metac-marker-42\n"), "the marker is in the qcow2 image");
+    assert_eq!(
+        b.metac_json(&["vm", "ls", "--all"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| v["drives"][0]["format"] == "qcow2")
+            .count(),
+        1
+    );
 }
 
 /// A read-only ref, or `readonly` in the drive spec, gives the guest a read-only disk: its write fails, and the

@@ -197,7 +197,11 @@ impl Machine {
             }
             a.push(["-blockdev".into(), node.to_string()]);
             let boot = if i == 0 && boot_disk { ",bootindex=1" } else { "" };
-            a.push(["-device".into(), format!("virtio-blk-pci,drive={top},id=vd{i}{boot}")]);
+            // A full export (it cannot grow) is the guest's write error, not a VM paused with no one told.
+            a.push([
+                "-device".into(),
+                format!("virtio-blk-pci,drive={top},id=vd{i},werror=report,rerror=report{boot}"),
+            ]);
         }
         if let Some(cd) = &self.cdrom {
             let bootindex = if self.kernel.is_none() { ",bootindex=0" } else { "" };
@@ -362,7 +366,7 @@ mod tests {
         assert_eq!(node["driver"], "nbd");
         assert_eq!(node["server"], serde_json::json!({"type": "unix", "path": "/run/metac/vm-web-0.sock"}));
         assert_eq!(node["read-only"], false);
-        assert_eq!(values(&m, "-device"), ["virtio-blk-pci,drive=nbd0,id=vd0,bootindex=1"]);
+        assert_eq!(values(&m, "-device"), ["virtio-blk-pci,drive=nbd0,id=vd0,werror=report,rerror=report,bootindex=1"]);
         let l = line(&m);
         assert!(l.contains("-accel kvm -cpu host -m 256 -smp 2"), "{l}");
         assert!(l.contains("-chardev stdio,id=console,signal=off -serial chardev:console"), "{l}");
@@ -382,7 +386,7 @@ mod tests {
         );
         assert_eq!((q["file"]["driver"].as_str(), &q["file"]["read-only"]), (Some("nbd"), &true.into()));
         assert_eq!(q["file"]["server"]["path"], "/s/b.sock");
-        assert_eq!(values(&m, "-device")[1], "virtio-blk-pci,drive=disk1,id=vd1");
+        assert_eq!(values(&m, "-device")[1], "virtio-blk-pci,drive=disk1,id=vd1,werror=report,rerror=report");
     }
 
     #[test]
@@ -398,7 +402,7 @@ mod tests {
         assert!(l.contains("-kernel /dev/fd/3 -initrd /dev/fd/4 -append console=ttyS0"), "{l}");
         assert!(l.contains("file=/dev/fd/5 -device ide-cd,drive=cd0 "), "the kernel boots first: {l}");
         assert!(l.contains("path=/odd,,dir/vm.qmp,"), "commas in a path are doubled: {l}");
-        assert_eq!(values(&m, "-device")[0], "virtio-blk-pci,drive=nbd0,id=vd0", "no disk boot with a kernel");
+        assert!(!values(&m, "-device")[0].contains("bootindex"), "no disk boot with a kernel");
         m.append = Some("console=ttyS0 root=/dev/vda rw".into());
         assert_eq!(values(&m, "-append"), ["console=ttyS0 root=/dev/vda rw"]);
     }
