@@ -11,9 +11,11 @@ want() { dpkg -s "$1" >/dev/null 2>&1 || need_pkgs+=("$1"); }
 # openssl names the files of the POSIX conformance suite (tests/posix); attr (setfattr, getfattr) sets xattrs on mounts.
 # busybox-static is the container tests' and `bench run`'s rootfs (a static binary: the rootfs has no libc); bsdutils's
 # `script` gives them a terminal. dnsmasq-base (a DHCP server) and tcpdump are the net kind's tests' real clients on a segment.
+# qemu-system-x86 runs `metac vm`'s VMs; linux-image-amd64 (a kernel in /boot, its modules in /lib/modules) boots the VM
+# tests' guests, whose busybox initramfs the tests build (cpio lists it in the harness's own tests).
 for p in bc iproute2 iputils-ping nftables procps psmisc util-linux libnbd-bin nbdkit qemu-utils iperf3 \
   wireguard-go wireguard-tools jq gcc openssl attr busybox-static bsdutils pkg-config ca-certificates curl fonts-dejavu-core fuse3 \
-  dnsmasq-base tcpdump; do
+  dnsmasq-base tcpdump qemu-system-x86 linux-image-amd64 cpio; do
   want "$p"
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then

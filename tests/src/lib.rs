@@ -24,6 +24,7 @@ mod error;
 mod exec;
 pub mod flood;
 mod host;
+pub mod initramfs;
 mod lab;
 mod netns;
 mod node;
@@ -36,6 +37,7 @@ use std::time::{Duration, Instant};
 pub use error::{Error, Result};
 pub use exec::{checked, output, Proc, TERM_GRACE};
 pub use host::{Host, RUN_TIMEOUT};
+pub use initramfs::{GuestKernel, Initramfs};
 pub use lab::{Lab, MAX_HOSTS, STATIC_NEIGH_ABOVE};
 pub use node::{Node, LOG_LEVEL, READY_TIMEOUT, STOP_TIMEOUT};
 

@@ -311,7 +311,21 @@ pub async fn run(c: &Client, json: bool, cmd: Cmd) -> Result<Option<i32>> {
         }
         Cmd::Ps { all } => {
             let list: Vec<Info> = c.get(&format!("/v1/containers?all={all}")).await?;
-            print(json, &list, |l| {
+            // VMs follow the containers: in JSON as entries of type `vm`, in text as a table of their own.
+            let vms = super::vm::ps_section(c, all).await;
+            if json {
+                let mut v = serde_json::to_value(&list)?;
+                if let (Some(rows), Some(vms)) = (v.as_array_mut(), &vms) {
+                    for vm in vms {
+                        let mut row = serde_json::to_value(vm)?;
+                        row["type"] = "vm".into();
+                        rows.push(row);
+                    }
+                }
+                print(true, &v, |_| String::new());
+                return Ok(None);
+            }
+            print(false, &list, |l| {
                 table(
                     &["ID", "NAME", "STATE", "PID", "COMMAND", "CREATED", "LIMITS"],
                     l.iter().map(|i| {
@@ -327,6 +341,9 @@ pub async fn run(c: &Client, json: bool, cmd: Cmd) -> Result<Option<i32>> {
                     }),
                 )
             });
+            if let Some(vms) = vms {
+                println!("\nVMs\n{}", printable(&super::vm::vm_table(&vms)));
+            }
             Ok(None)
         }
         Cmd::Stop { time, containers } => {
@@ -537,10 +554,11 @@ fn terminal_size() -> Option<(u16, u16)> {
 }
 
 /// The terminal in raw mode while it lives; restored on drop (also on error and panic unwinding).
-struct Raw(libc::termios);
+pub(crate) struct Raw(libc::termios);
 
 impl Raw {
-    fn enter() -> Option<Raw> {
+    /// Puts stdin's terminal in raw mode; `None` when it is not a terminal.
+    pub(crate) fn enter() -> Option<Raw> {
         // SAFETY: termios is plain data; tcgetattr fills it.
         let mut t: libc::termios = unsafe { std::mem::zeroed() };
         // SAFETY: tcgetattr/tcsetattr on stdin with a valid termios pointer.

@@ -10,6 +10,7 @@ pub mod node;
 pub mod overlay;
 pub mod refs;
 pub mod status;
+pub mod vm;
 
 use std::time::Duration;
 

@@ -8,13 +8,15 @@
 //!
 //! Layout: [`nbd::proto`] holds the wire messages (pure encode/decode), `server` and `client` drive them over a
 //! stream, `export` is the OS glue (open, size, positional IO), and [`file`] is the `file` kind as the node sees it
-//! (its exporter, its binds, its API routes).
+//! (its exporter, its binds, its API routes). [`vm`] runs VMs whose disks are file binds (`metac vm`), and serves
+//! its routes beside the file kind's.
 
 mod client;
 mod export;
 pub mod file;
 pub mod nbd;
 mod server;
+pub mod vm;
 
 use std::io;
 use std::path::PathBuf;

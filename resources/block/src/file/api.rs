@@ -28,9 +28,10 @@ pub struct CatReq {
     pub reference: String,
 }
 
-/// The kind's routes.
+/// The kind's routes, with the VM routes (`/v1/vm...`, [`crate::vm::api`]) on the same node's VMs.
 pub fn routes(ctx: Ctx) -> Router {
-    Router::new().route("/v1/file/cat", post(cat)).with_state(ctx)
+    let vms = crate::vm::VmManager::new(ctx.clone());
+    Router::new().route("/v1/file/cat", post(cat)).with_state(ctx).merge(crate::vm::api::routes(vms))
 }
 
 /// Parses a ref given by a user and checks that it is one of `kind`.
