@@ -3,7 +3,8 @@
 set -euo pipefail
 
 need_pkgs=()
-want() { dpkg -s "$1" >/dev/null 2>&1 || need_pkgs+=("$1"); }
+# Installed means "install ok installed": a removed package whose configuration files remain is not.
+want() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed' || need_pkgs+=("$1"); }
 # Kernel tools for the netns lab and the node (ip, tc, nft, ping), setpriv (util-linux) to run the CLI as another
 # local user in the tests of who may use a node, real NBD clients and servers for the file kind's tests, iperf3 and
 # a stock WireGuard (wireguard-go + wg-quick) for the overlay's tests and benchmark, pkg-config/gcc for -sys crates,
@@ -13,12 +14,17 @@ want() { dpkg -s "$1" >/dev/null 2>&1 || need_pkgs+=("$1"); }
 # `script` gives them a terminal. dnsmasq-base (a DHCP server) and tcpdump are the net kind's tests' real clients on a segment.
 # qemu-system-x86 runs `metac vm`'s VMs; linux-image-amd64 (a kernel in /boot, its modules in /lib/modules) boots the VM
 # tests' guests, whose busybox initramfs the tests build (cpio lists it in the harness's own tests).
-for p in bc iproute2 iputils-ping nftables procps psmisc util-linux libnbd-bin nbdkit qemu-utils iperf3 \
-  wireguard-go wireguard-tools jq gcc openssl attr busybox-static bsdutils pkg-config ca-certificates curl fonts-dejavu-core fuse3 \
-  dnsmasq-base tcpdump qemu-system-x86 linux-image-amd64 cpio; do
-  want "$p"
-done
-if [ ${#need_pkgs[@]} -gt 0 ]; then
+wanted=(bc iproute2 iputils-ping nftables procps psmisc util-linux libnbd-bin nbdkit qemu-utils iperf3
+  wireguard-go wireguard-tools jq gcc openssl attr busybox-static bsdutils pkg-config ca-certificates curl fonts-dejavu-core fuse3
+  dnsmasq-base tcpdump qemu-system-x86 linux-image-amd64 cpio)
+# Two passes: installing one package may remove another (qemu-system-x86 from the release replaces a newer qemu-utils
+# from backports, which some machines come with); the second pass puts back what the first took away.
+for pass in 1 2; do
+  need_pkgs=()
+  for p in "${wanted[@]}"; do
+    want "$p"
+  done
+  [ ${#need_pkgs[@]} -gt 0 ] || break
   if [ "$(id -u)" != 0 ]; then
     echo "install-deps: need root to apt-get install: ${need_pkgs[*]} (run it as root)" >&2
     exit 1
@@ -27,8 +33,16 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   # iperf3 must not install a system-wide server: the tests and benchmarks start their own.
   echo 'iperf3 iperf3/start_daemon boolean false' | debconf-set-selections 2>/dev/null || true
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+  [ "$pass" = 2 ] || apt-get update -qq
+  apt-get install -y -qq --no-install-recommends --allow-downgrades "${need_pkgs[@]}" >/dev/null
+done
+need_pkgs=()
+for p in "${wanted[@]}"; do
+  want "$p"
+done
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  echo "install-deps: still missing after installing: ${need_pkgs[*]}" >&2
+  exit 1
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
