@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use metac_tests::{output, require_root, wait_until, Host, Lab, Node};
+use metac_tests::{busybox_root, output, require_root, wait_until, Host, Lab, Node};
 use serde_json::Value;
 
 struct One {
@@ -233,21 +233,6 @@ fn rm_leaves_no_cgroup_mount_or_state_behind() {
     assert_eq!(one.ps(&id).unwrap()["state"], "exited");
     one.ok(&["rm", &id]);
     assert!(traces(&one, &id).is_empty(), "left behind: {:?}", traces(&one, &id));
-}
-
-/// A busybox root, as the runc anchor builds it.
-fn busybox_root(dir: &Path) -> PathBuf {
-    let root = dir.join("busybox");
-    for d in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox (install-deps installs it)");
-    let list = std::process::Command::new("/bin/busybox").arg("--list").output().unwrap();
-    for a in String::from_utf8_lossy(&list.stdout).lines().filter(|a| *a != "busybox") {
-        let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(a));
-    }
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-    root
 }
 
 #[test]

@@ -207,6 +207,17 @@ pub struct RunArgs {
     /// A read-only root (with --rootfs)
     #[arg(long)]
     read_only: bool,
+    /// Run it in a small VM instead of a container: the host's kernel, the mounts shared over virtio-9p, the root
+    /// the host's (read-only) unless --mount /=local:DIR or --rootfs gives one. Root only
+    #[arg(long)]
+    vm: bool,
+    /// container (the default) or computevm (the same as --vm)
+    #[arg(long, value_name = "SERVICE")]
+    service: Option<String>,
+    /// The guest kernel for --vm, a /boot/vmlinuz-VERSION whose modules are in /lib/modules/VERSION [default: the
+    /// newest in /boot]
+    #[arg(long, value_name = "FILE")]
+    kernel: Option<PathBuf>,
     /// The command and its arguments
     #[arg(required = true, value_name = "CMD")]
     command: Vec<String>,
@@ -229,6 +240,33 @@ fn restart(s: &str) -> Result<Restart, String> {
 }
 
 impl RunArgs {
+    /// Whether it runs in a VM; options a VM run cannot honour are refused.
+    fn in_vm(&self) -> Result<bool> {
+        let vm = match self.service.as_deref() {
+            None | Some("container") => self.vm,
+            Some("computevm") => true,
+            Some(s) => bail!("--service {s:?}: container or computevm"),
+        };
+        if !vm {
+            if self.kernel.is_some() {
+                bail!("--kernel goes with --vm");
+            }
+            return Ok(false);
+        }
+        let refused = [
+            (self.user.is_some(), "--user"),
+            (self.network != Network::None, "--network"),
+            (self.restart != Restart::No, "--restart"),
+            (!self.cap_add.is_empty() || !self.cap_drop.is_empty(), "--cap-add/--cap-drop"),
+            (self.limits.pids_limit.is_some(), "--pids-limit"),
+            (self.rm, "--rm (a VM's record is kept until its name is used again)"),
+        ];
+        if let Some((_, what)) = refused.iter().find(|(given, _)| *given) {
+            bail!("{what} does not go with --vm: a VM run has the guest's own users, no network and no restarts");
+        }
+        Ok(true)
+    }
+
     fn spec(&self) -> Result<Spec> {
         let mut env = Vec::new();
         for f in &self.env_file {
@@ -296,6 +334,10 @@ impl RunArgs {
 /// Runs a container command; `Ok(Some(code))` when the process should exit with that code.
 pub async fn run(c: &Client, json: bool, cmd: Cmd) -> Result<Option<i32>> {
     match cmd {
+        Cmd::Run(a) if a.in_vm()? => {
+            let spec = a.spec()?;
+            super::vm::run_spec(c, json, spec, a.kernel.clone(), a.detach).await
+        }
         Cmd::Run(a) => {
             let spec = a.spec()?;
             if a.detach && a.rm && a.restart != Restart::No {

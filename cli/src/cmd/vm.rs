@@ -4,6 +4,7 @@
 //! `stop` and `console` manage what it started; `metac ps` lists VMs too ([`ps_section`]).
 
 use std::io::IsTerminal;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
@@ -119,7 +120,7 @@ pub async fn run(c: &Client, json: bool, cmd: Cmd) -> Result<()> {
         }
         Cmd::Console { name } => {
             let i: VmInfo = c.get(&format!("/v1/vm/{}", segment(&name))).await?;
-            attach(c, &i.name).await.map(drop)
+            attach(c, &i.name, Console::VM, None).await.map(drop)
         }
     }
 }
@@ -135,6 +136,7 @@ async fn start(c: &Client, json: bool, a: StartArgs) -> Result<()> {
         append: a.append,
         cdrom: absolute(a.cdrom, "cdrom")?,
         accel: a.accel,
+        shares: Vec::new(),
     };
     let i: VmInfo = c.post("/v1/vm", &req).await?;
     match &i.accel_reason {
@@ -146,7 +148,7 @@ async fn start(c: &Client, json: bool, a: StartArgs) -> Result<()> {
         return Ok(());
     }
     if a.console {
-        if !attach(c, &i.name).await? {
+        if !attach(c, &i.name, Console::VM, None).await? {
             return Ok(());
         }
     } else {
@@ -170,22 +172,59 @@ fn ended(json: bool, i: &VmInfo) -> Result<()> {
     Ok(())
 }
 
+/// How a console is joined.
+#[derive(Clone, Copy)]
+struct Console {
+    /// Say how to detach (`vm console`), or say nothing (`run --vm`, whose output is the command's).
+    banner: bool,
+    /// Forward stdin.
+    stdin: bool,
+    /// Sent when stdin ends (not a terminal): the guest terminal's end-of-file character.
+    eof: Option<u8>,
+}
+
+impl Console {
+    const VM: Console = Console { banner: true, stdin: true, eof: None };
+}
+
+/// Waits (at most 10 minutes) until `file` exists.
+async fn appears(file: &std::path::Path) {
+    for _ in 0..30_000 {
+        if file.exists() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Joins this terminal to a VM's serial console until the VM ends (`true`) or the user detaches (`false`).
-async fn attach(c: &Client, name: &str) -> Result<bool> {
+async fn attach(c: &Client, name: &str, how: Console, gate: Option<PathBuf>) -> Result<bool> {
     let io = c.upgrade(&path(name, "console"), &serde_json::json!({})).await?;
     let tty = std::io::stdin().is_terminal();
-    let raw = if tty { Raw::enter() } else { None };
-    if tty {
+    let raw = if tty && how.stdin { Raw::enter() } else { None };
+    if tty && how.banner {
         eprint!("metac: the console of vm {name}; Ctrl-] detaches\r\n");
     }
     let (mut rd, mut wr) = tokio::io::split(io);
     let (detach_tx, mut detach_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
+        if !how.stdin {
+            // Nothing is sent: the guest's stdin is /dev/null. (Dropping this half leaves the console open.)
+            return;
+        }
+        if let Some(gate) = gate {
+            appears(&gate).await;
+        }
         let mut input = tokio::io::stdin();
         let mut buf = vec![0u8; 4096];
         loop {
             let n = match input.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => {
+                    if let (Some(eof), false) = (how.eof, tty) {
+                        let _ = wr.write_all(&[eof]).await;
+                    }
+                    return;
+                }
                 Ok(n) => n,
             };
             let data = &buf[..n];
@@ -226,6 +265,123 @@ async fn attach(c: &Client, name: &str) -> Result<bool> {
     }
     drop(raw);
     Ok(true)
+}
+
+/// Removes a run's control directory when the run is over.
+struct ControlDir(PathBuf);
+
+impl Drop for ControlDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `metac run --vm`: the container run's `spec` in a small guest booted from `kernel` (the newest in /boot by
+/// default). Returns the command's exit status (`None` when detached).
+pub async fn run_spec(
+    c: &Client,
+    json: bool,
+    spec: metac_compute::spec::Spec,
+    kernel: Option<PathBuf>,
+    detach: bool,
+) -> Result<Option<i32>> {
+    use metac_block::vm::initramfs::GuestKernel;
+    use metac_block::vm::qemu::Share;
+    use metac_block::vm::run::{self, GuestMount, GuestRun};
+    use metac_compute::spec::Source;
+
+    let kernel = match kernel {
+        Some(k) => GuestKernel::from_image(&std::path::absolute(&k)?)?,
+        None => GuestKernel::find()?,
+    };
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let root = unsafe { libc::getuid() } == 0;
+    let cache = if root { PathBuf::from("/var/cache/metac") } else { std::env::temp_dir().join("metac-cache") };
+    let initrd = run::cached_initramfs(&kernel, &cache)?;
+
+    let name = match &spec.name {
+        Some(n) => n.clone(),
+        None => format!("run{}", std::process::id()),
+    };
+    let control = std::env::temp_dir().join(format!("metac-run-{name}-{}", std::process::id()));
+    std::fs::DirBuilder::new().mode(0o700).create(&control).with_context(|| format!("make {}", control.display()))?;
+    let control = ControlDir(control);
+    let mut shares = vec![Share { tag: run::CONTROL_TAG.into(), path: control.0.clone(), readonly: false }];
+    let mut root_share = spec.rootfs.clone().map(|r| (r, spec.read_only));
+    let mut mounts = Vec::new();
+    for m in &spec.mounts {
+        match (&m.source, m.target == std::path::Path::new("/")) {
+            (Source::Local(p), true) => root_share = Some((p.clone(), m.read_only)),
+            (Source::Local(p), false) => {
+                let tag = format!("m{}", shares.len());
+                shares.push(Share { tag: tag.clone(), path: p.clone(), readonly: m.read_only });
+                mounts.push(GuestMount::Share { target: m.target.clone(), tag, readonly: m.read_only });
+            }
+            (Source::Tmpfs, true) => bail!("--vm: the root cannot be a tmpfs; give --mount /=local:DIR or --rootfs"),
+            (Source::Tmpfs, false) => mounts.push(GuestMount::Tmpfs { target: m.target.clone() }),
+            (Source::Ref(_), _) => bail!(
+                "--vm: fs refs are not shared into VMs yet; bind it with `metac fs bind REF DIR` and give \
+                 --mount {}=local:DIR",
+                m.target.display()
+            ),
+        }
+    }
+    // No root given: the host's, read-only (a VM's writes to the host's root are not what a run is for).
+    let (root_dir, root_readonly) = root_share.unwrap_or_else(|| (PathBuf::from("/"), true));
+    shares.push(Share { tag: run::ROOT_TAG.into(), path: root_dir, readonly: root_readonly });
+    let p = &spec.process;
+    let guest = GuestRun {
+        args: p.args.clone(),
+        env: p.env.clone(),
+        cwd: p.cwd.clone(),
+        tty: if p.tty { Some(p.size.unwrap_or((24, 80))) } else { None },
+        stdin: p.stdin,
+        hostname: spec.hostname.clone().unwrap_or_else(|| name.clone()),
+        root_readonly,
+        mounts,
+    };
+    std::fs::write(control.0.join("run"), run::script(&guest)).context("write the run's script")?;
+
+    let memory_mib = spec.limits.memory.map_or(512, |b| (b >> 20).max(64));
+    let cpus = spec.limits.cpus.map_or(1, |c| c.ceil().max(1.0) as u32);
+    let req = StartReq {
+        name: Some(name),
+        drives: Vec::new(),
+        memory_mib: Some(memory_mib),
+        cpus: Some(cpus),
+        kernel: Some(kernel.image.clone()),
+        initrd: Some(initrd),
+        append: Some(run::APPEND.into()),
+        cdrom: None,
+        accel: None,
+        shares,
+    };
+    let i: VmInfo = c.post("/v1/vm", &req).await?;
+    if let Some(why) = &i.accel_reason {
+        eprintln!("metac: vm {} runs under TCG, qemu's emulator, many times slower than KVM ({why})", i.name);
+    }
+    if detach {
+        // The control directory stays for the guest; the VM's record says how it ended.
+        std::mem::forget(control);
+        print(json, &i, |i| i.name.clone());
+        return Ok(None);
+    }
+    let how = Console { banner: false, stdin: p.stdin, eof: Some(0x04) };
+    if !attach(c, &i.name, how, Some(control.0.join(run::READY_FILE))).await? {
+        std::mem::forget(control);
+        return Ok(None);
+    }
+    let end: VmInfo = c.post(&path(&i.name, "wait"), &serde_json::json!({})).await?;
+    ended(false, &end)?;
+    let status = std::fs::read_to_string(control.0.join(run::EXIT_FILE)).unwrap_or_default();
+    match status.trim().parse::<i32>() {
+        Ok(code) => Ok(Some(code)),
+        Err(_) => bail!(
+            "vm {}: the guest ended without the command's exit status (it did not start, or the guest failed: see \
+             its output above)",
+            end.name
+        ),
+    }
 }
 
 fn path(name: &str, what: &str) -> String {

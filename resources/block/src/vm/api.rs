@@ -61,6 +61,9 @@ pub struct StartReq {
     /// KVM or TCG [default: KVM when this node can use it].
     #[serde(default)]
     pub accel: Option<Accel>,
+    /// Directories shared with the guest over virtio-9p (root only).
+    #[serde(default)]
+    pub shares: Vec<super::qemu::Share>,
 }
 
 /// `POST /v1/vm/{name}/stop`.

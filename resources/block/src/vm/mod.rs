@@ -20,9 +20,11 @@
 pub mod api;
 pub mod console;
 mod drives;
+pub mod initramfs;
 mod process;
 pub mod qemu;
 pub mod qmp;
+pub mod run;
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
@@ -65,6 +67,14 @@ pub enum VmError {
     Memory {
         /// What the user wrote.
         value: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// A shared directory that is not allowed.
+    #[error("bad share {tag:?}: {why}")]
+    Share {
+        /// Its tag.
+        tag: String,
         /// What is wrong.
         why: String,
     },
@@ -248,6 +258,7 @@ impl VmManager {
             initrd: plan.initrd.clone(),
             append: req.append.clone(),
             cdrom: plan.cdrom.clone(),
+            shares: req.shares.clone(),
             qmp: qmp.clone(),
         };
         let p = process::spawn(plan.qemu.clone(), machine.args(), plan.fds, qemu::FIRST_FD)
@@ -296,6 +307,21 @@ impl VmManager {
         }
         if let Some(c) = req.cpus {
             qemu::check_cpus(c)?;
+        }
+        if !req.shares.is_empty() && !caller.is_root() {
+            // qemu's 9p server runs as the node's user: it would read and write what the caller may not.
+            return Err(Error::Refused {
+                by: "this node".into(),
+                reason: "only root may share directories with a VM (metac run --vm): qemu serves them as the node's \
+                         user"
+                    .into(),
+            });
+        }
+        for sh in &req.shares {
+            sh.check().map_err(|e| Error::BadOptions(e.to_string()))?;
+            if !sh.path.is_dir() {
+                return Err(Error::BadOptions(format!("{} is not a directory to share", sh.path.display())));
+            }
         }
         if req.drives.is_empty() && req.kernel.is_none() && req.cdrom.is_none() {
             return Err(Error::BadOptions("a VM needs something to boot: --drive, --kernel or --cdrom".into()));

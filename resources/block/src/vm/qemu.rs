@@ -156,8 +156,39 @@ pub struct Machine {
     pub append: Option<String>,
     /// A CD-ROM image (read-only), booted first when there is no kernel.
     pub cdrom: Option<PathBuf>,
+    /// Directories of this host shared with the guest over virtio-9p (`metac run --vm`'s mounts).
+    pub shares: Vec<Share>,
     /// Where QMP listens.
     pub qmp: PathBuf,
+}
+
+/// A directory of this host the guest mounts with `mount -t 9p -o trans=virtio TAG DIR`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Share {
+    /// The mount tag the guest names it by: letters, digits, `-` and `_`, at most 31 bytes.
+    pub tag: String,
+    /// The directory, absolute.
+    pub path: PathBuf,
+    /// The guest may not change it.
+    #[serde(default)]
+    pub readonly: bool,
+}
+
+impl Share {
+    /// Checks the tag and the path.
+    pub fn check(&self) -> Result<(), Error> {
+        let bad = |why: String| Err(Error::Share { tag: self.tag.clone(), why });
+        if self.tag.is_empty() || self.tag.len() > 31 {
+            return bad("a tag has 1 to 31 characters".into());
+        }
+        if let Some(c) = self.tag.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))) {
+            return bad(format!("{c:?} is not allowed in a tag: use letters, digits, '-' and '_'"));
+        }
+        if !self.path.is_absolute() {
+            return bad(format!("{}: the directory must be an absolute path", self.path.display()));
+        }
+        Ok(())
+    }
 }
 
 impl Machine {
@@ -210,6 +241,18 @@ impl Machine {
                 format!("if=none,id=cd0,media=cdrom,readonly=on,format=raw,file={}", escape(cd)),
                 "-device".into(),
                 format!("ide-cd,drive=cd0{bootindex}"),
+            ]);
+        }
+        for (i, sh) in self.shares.iter().enumerate() {
+            // security_model=none: files keep the owners the guest gives them where the node may set them, and a
+            // node that may not does not fail the guest's writes; multidevs=remap keeps inode numbers unique when
+            // the directory spans filesystems.
+            let ro = if sh.readonly { ",readonly=on" } else { "" };
+            a.push([
+                "-fsdev".into(),
+                format!("local,id=fs{i},path={},security_model=none,multidevs=remap{ro}", escape(&sh.path)),
+                "-device".into(),
+                format!("virtio-9p-pci,fsdev=fs{i},mount_tag={}", sh.tag),
             ]);
         }
         if let Some(k) = &self.kernel {
@@ -314,8 +357,30 @@ mod tests {
             initrd: None,
             append: None,
             cdrom: None,
+            shares: Vec::new(),
             qmp: "/run/metac/vm-web.qmp".into(),
         }
+    }
+
+    #[test]
+    fn shares_are_virtio_9p_devices_with_checked_tags() {
+        let mut m = machine();
+        m.shares = vec![
+            Share { tag: "root".into(), path: "/srv/rootfs".into(), readonly: true },
+            Share { tag: "m1".into(), path: "/data,x".into(), readonly: false },
+        ];
+        assert_eq!(
+            values(&m, "-fsdev"),
+            [
+                "local,id=fs0,path=/srv/rootfs,security_model=none,multidevs=remap,readonly=on",
+                "local,id=fs1,path=/data,,x,security_model=none,multidevs=remap"
+            ]
+        );
+        assert!(values(&m, "-device").contains(&"virtio-9p-pci,fsdev=fs1,mount_tag=m1".to_string()));
+        let bad = Share { tag: "a b".into(), path: "/x".into(), readonly: false };
+        assert!(bad.check().unwrap_err().to_string().contains("not allowed in a tag"));
+        assert!(Share { tag: "ok".into(), path: "rel".into(), readonly: false }.check().is_err());
+        assert!(Share { tag: "x".repeat(32), path: "/x".into(), readonly: false }.check().is_err());
     }
 
     fn line(m: &Machine) -> String {
