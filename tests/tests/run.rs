@@ -3,7 +3,7 @@
 //! commands are the host's own tools (sh, tail, ps) or busybox in a rootfs. Needs root; never skips.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
