@@ -107,6 +107,22 @@ pub fn write_pseudo_random(path: &std::path::Path, len: u64) -> std::io::Result<
     f.flush()
 }
 
+/// A busybox root in `dir/busybox` (as the runc anchor builds it): `/bin/busybox` with a link for each applet, the
+/// usual empty directories, and an `/etc/passwd` with root. For container and `run --vm` tests.
+pub fn busybox_root(dir: &std::path::Path) -> PathBuf {
+    let root = dir.join("busybox");
+    for d in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox (install-deps installs it)");
+    let list = std::process::Command::new("/bin/busybox").arg("--list").output().unwrap();
+    for a in String::from_utf8_lossy(&list.stdout).lines().filter(|a| *a != "busybox") {
+        let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(a));
+    }
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    root
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,20 +154,4 @@ mod tests {
             Err(e) => assert!(e.to_string().contains("cargo build --bin metac"), "{e}"),
         }
     }
-}
-
-/// A busybox root in `dir/busybox` (as the runc anchor builds it): `/bin/busybox` with a link for each applet, the
-/// usual empty directories, and an `/etc/passwd` with root. For container and `run --vm` tests.
-pub fn busybox_root(dir: &std::path::Path) -> PathBuf {
-    let root = dir.join("busybox");
-    for d in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox (install-deps installs it)");
-    let list = std::process::Command::new("/bin/busybox").arg("--list").output().unwrap();
-    for a in String::from_utf8_lossy(&list.stdout).lines().filter(|a| *a != "busybox") {
-        let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(a));
-    }
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-    root
 }
