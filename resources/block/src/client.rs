@@ -170,7 +170,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         if remote.flags & tflag::READ_ONLY != 0 {
             return Err(Error::ReadOnly);
         }
-        let end = offset.checked_add(len).unwrap_or(u64::MAX);
+        let end = offset.saturating_add(len);
         if end > remote.size {
             return Err(Error::OutOfRange { end, size: remote.size });
         }
