@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{CONNECTION, CONTENT_TYPE, HOST, UPGRADE};
+use hyper::header::{HeaderMap, CONNECTION, CONTENT_TYPE, HOST, TE, UPGRADE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
@@ -26,6 +26,10 @@ use crate::{Error, MAX_REQUEST};
 /// Largest JSON answer read: far above any real listing (a 100k-node mesh's peers are a few tens of MiB), there
 /// only so that a confused server cannot exhaust the client's memory.
 const MAX_ANSWER: usize = 128 << 20;
+
+/// The trailer a node ends a streamed body with when the transfer behind it failed: the reason, in words. Asked for
+/// with `te: trailers`; a client that does not ask sees the body cut instead.
+pub const ERROR_TRAILER: &str = "metac-error";
 
 /// The protocol named in `upgrade:` when a call asks for a raw bidirectional stream.
 pub const UPGRADE_PROTOCOL: &str = "metac";
@@ -81,7 +85,8 @@ impl Client {
         if !resp.status().is_success() {
             return Err(failure(resp).await);
         }
-        Ok(BodyStream { body: resp.into_body(), bytes: 0 })
+        let (parts, body) = resp.into_parts();
+        Ok(BodyStream { body, headers: parts.headers, bytes: 0 })
     }
 
     /// Calls a streaming endpoint and copies its body to `out`, with bytes and rate on stderr if `progress`.
@@ -140,7 +145,12 @@ impl Client {
         tokio::spawn(async move {
             let _ = conn.with_upgrades().await;
         });
-        let mut req = Request::builder().method(method).uri(format!("http://metac{path}")).header(HOST, "metac");
+        // `te: trailers` lets a streaming answer end with the reason it failed (`ERROR_TRAILER`).
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("http://metac{path}"))
+            .header(HOST, "metac")
+            .header(TE, "trailers");
         if body.is_some() {
             req = req.header(CONTENT_TYPE, "application/json");
         }
@@ -178,25 +188,37 @@ impl Client {
 /// The body of a streaming answer, read frame by frame.
 pub struct BodyStream {
     body: Incoming,
+    headers: HeaderMap,
     bytes: u64,
 }
 
 impl BodyStream {
-    /// The next chunk; `None` once the body ended cleanly, an [`Error::Interrupted`] if it ended with an error
-    /// (the node aborts the body when the transfer fails behind it).
+    /// The next chunk; `None` once the body ended cleanly, an [`Error::Failed`] with the node's reason if it ended
+    /// with the [`ERROR_TRAILER`], an [`Error::Interrupted`] if it was cut.
     pub async fn next(&mut self) -> Option<Result<Bytes, Error>> {
         loop {
             match self.body.frame().await? {
-                Ok(frame) => {
-                    // Trailers carry nothing the client uses.
-                    if let Ok(data) = frame.into_data() {
+                Ok(frame) => match frame.into_data() {
+                    Ok(data) => {
                         self.bytes += data.len() as u64;
                         return Some(Ok(data));
                     }
-                }
+                    Err(frame) => {
+                        let failed = frame.trailers_ref().and_then(|t| t.get(ERROR_TRAILER));
+                        if let Some(why) = failed {
+                            let message = String::from_utf8_lossy(why.as_bytes()).into_owned();
+                            return Some(Err(Error::Failed { bytes: self.bytes, message }));
+                        }
+                    }
+                },
                 Err(source) => return Some(Err(Error::Interrupted { bytes: self.bytes, source })),
             }
         }
+    }
+
+    /// A header of the answer, if present and text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
     /// Bytes received so far.

@@ -8,7 +8,7 @@
 pub mod blocking;
 pub mod client;
 pub mod group;
-mod progress;
+pub mod progress;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod types;
@@ -102,6 +102,14 @@ pub enum Error {
         bytes: u64,
         /// The error that ended the body.
         source: hyper::Error,
+    },
+    /// The node ended a streamed body with the reason the transfer behind it failed (the `metac-error` trailer).
+    #[error("transfer failed after {bytes} bytes: {message}")]
+    Failed {
+        /// Bytes received before the failure.
+        bytes: u64,
+        /// The node's reason.
+        message: String,
     },
     /// Writing a streamed body out failed.
     #[error("cannot write the transfer out after {bytes} bytes")]

@@ -6,7 +6,11 @@
 //! - `2`: `cat` after a whole valid handshake (an export of a size and a maximum block size read from the next three
 //!   bytes, so that reads are small), the input from the read replies on;
 //! - `3`: the `file` bind's endpoint (`metac file bind`), which keeps a stream to the exporter open ahead of the
-//!   next client with the server's greeting read; the input is what that stream carries.
+//!   next client with the server's greeting read; the input is what that stream carries;
+//! - `4`: `Connection::write_from` (what `metac file put` runs on the node) after a whole valid handshake of a
+//!   writable export (size, maximum block size and the write's offset from the next four bytes), the input from
+//!   the WRITE and FLUSH replies on;
+//! - `5`: `Connection::read_to` from an offset (`metac file get` resuming), set up as `4` on a read-only export.
 //!
 //! The server closes its end after the input. Whatever it sent, the client must return an error or finish, never
 //! panic, end within a few seconds, and never make an allocation above 1 MiB (its largest legitimate buffer is one
@@ -22,7 +26,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use metac_block::file::{Endpoint, PROTOCOL};
+use metac_block::file::{Endpoint, Listen, PROTOCOL};
+use metac_block::Connection;
 use metac_block::nbd::proto::{handshake, opt, put_option_reply, rep, tflag, BlockSize, Greeting, Info};
 use metac_mesh::{Identity, Kind, ResourceId, Rights, Token};
 use metac_resource::{BoxFuture, BoxStream, Caller, Error, Link, Opener, Ref, Session, State, Status};
@@ -104,8 +109,13 @@ fn greeting() -> Vec<u8> {
 
 /// A greeting and the answer to the client's `NBD_OPT_GO`: the export's size and block sizes, then the ACK.
 fn handshake(size: u64, max: u32) -> Vec<u8> {
+    handshake_with(size, max, tflag::HAS_FLAGS | tflag::READ_ONLY)
+}
+
+/// [`handshake`] with the export's transmission flags chosen.
+fn handshake_with(size: u64, max: u32, flags: u16) -> Vec<u8> {
     let mut b = greeting();
-    let export = Info::Export { size, flags: tflag::HAS_FLAGS | tflag::READ_ONLY };
+    let export = Info::Export { size, flags };
     put_option_reply(&mut b, opt::GO, rep::INFO, &export.encode());
     let block = Info::BlockSize(BlockSize { min: 1, preferred: max.min(4096), max });
     put_option_reply(&mut b, opt::GO, rep::INFO, &block.encode());
@@ -145,6 +155,77 @@ async fn cat(server: Vec<u8>) {
     }
 }
 
+/// A server that sends `server` and closes, reading and dropping what the client sends.
+async fn hostile(server_end: tokio::io::DuplexStream, server: Vec<u8>) {
+    let (mut rd, mut wr) = tokio::io::split(server_end);
+    let send = async {
+        let _ = wr.write_all(&server).await;
+        let _ = wr.shutdown().await;
+    };
+    let drain = async {
+        let mut buf = [0u8; 4096];
+        while let Ok(1..) = rd.read(&mut buf).await {}
+    };
+    tokio::join!(send, drain);
+}
+
+/// Size, maximum block size and offset from the first four bytes of `input`, and the rest.
+fn layout(input: &[u8]) -> (u64, u32, u64, &[u8]) {
+    match input {
+        [a, b, c, d, rest @ ..] => {
+            let size = u64::from(u16::from_be_bytes([*a, *b]));
+            (size, 1u32 << (c % 17), u64::from(*d) * size / 255, rest)
+        }
+        _ => (0, 1, 0, &[][..]),
+    }
+}
+
+/// Runs a write (put) of zeros from an offset to the end against a server that sends `replies` after a valid
+/// handshake of a writable export; success only with the whole range acknowledged, progress never going back.
+async fn put(input: &[u8]) {
+    let (size, max, offset, replies) = layout(input);
+    let flags = tflag::HAS_FLAGS | tflag::SEND_FLUSH;
+    let server = [&handshake_with(size, max, flags)[..], replies].concat();
+    let (client_end, server_end) = tokio::io::duplex(64 << 10);
+    let mut last = offset;
+    let client = async {
+        let conn = Connection::open(client_end).await?;
+        let mut zeros = tokio::io::repeat(0);
+        conn.write_from(offset, size - offset, &mut zeros, |done, end| {
+            assert!(done >= last && done <= end && end == size, "progress {last} -> {done} of {end}");
+            last = done;
+        })
+        .await
+    };
+    let (result, ()) = tokio::join!(client, hostile(server_end, server));
+    match result {
+        Ok(n) => assert!(n == size - offset && last == size, "success with {n} bytes, acknowledged to {last}"),
+        Err(e) => drop(e.to_string()),
+    }
+}
+
+/// Runs a read from an offset (a resumed get) against a server that sends `replies` after a valid handshake.
+async fn get(input: &[u8]) {
+    let (size, max, offset, replies) = layout(input);
+    let server = [&handshake(size, max)[..], replies].concat();
+    let (client_end, server_end) = tokio::io::duplex(64 << 10);
+    let mut out = tokio::io::sink();
+    let mut last = offset;
+    let client = async {
+        let conn = Connection::open(client_end).await?;
+        conn.read_to(offset, &mut out, |done, total| {
+            assert!(done >= last && done <= total && total == size, "progress {last} -> {done} of {total}");
+            last = done;
+        })
+        .await
+    };
+    let (result, ()) = tokio::join!(client, hostile(server_end, server));
+    match result {
+        Ok(n) => assert!(n == size - offset && last == size, "success with {n} bytes, progress at {last}"),
+        Err(e) => drop(e.to_string()),
+    }
+}
+
 /// Runs the bind endpoint on one stream that carries `server`; it must end with an error once the stream ends.
 async fn endpoint(server: Vec<u8>) {
     let f = fixture();
@@ -160,7 +241,7 @@ async fn endpoint(server: Vec<u8>) {
     let status = Arc::new(Status::default());
     let opener = Arc::new(OneStream(Mutex::new(Some(Box::new(client_end) as BoxStream))));
     let link = Link::new(f.reference.clone(), PROTOCOL, opener, Arc::clone(&status));
-    let mut session = Endpoint::new(f.dir.path().join("bind.sock"), Caller::root());
+    let mut session = Endpoint::new(Listen::Unix(f.dir.path().join("bind.sock")), Caller::root(), false);
     let cancel = CancellationToken::new();
     let run = async {
         let r = session.run(&link, &cancel).await;
@@ -181,7 +262,7 @@ fuzz_target!(|data: &[u8]| {
     LARGEST.store(0, Ordering::Relaxed);
     let finished = f.rt.block_on(async {
         let run = async {
-            match mode % 4 {
+            match mode % 8 {
                 0 => cat(input.to_vec()).await,
                 1 => cat([&greeting()[..], input].concat()).await,
                 2 => {
@@ -191,6 +272,8 @@ fuzz_target!(|data: &[u8]| {
                     };
                     cat([&handshake(size, max)[..], rest].concat()).await
                 }
+                4 => put(input).await,
+                5 => get(input).await,
                 _ => endpoint(input.to_vec()).await,
             }
         };

@@ -1,5 +1,5 @@
-//! `metac file`: the file kind's commands: export a file or block device, copy a remote one out, or bind it as a
-//! local NBD endpoint that NBD clients (nbdinfo, nbdcopy, qemu) use as they would nbdkit.
+//! `metac file`: the file kind's commands: export a file or block device, copy a remote one out or in (`cat`,
+//! `get`, `put`: the copy logic is `metac_block::file::copy`), or bind it as a local NBD endpoint that NBD clients (nbdinfo, nbdcopy, qemu) use as they would nbdkit.
 
 use std::path::PathBuf;
 
@@ -8,7 +8,7 @@ use clap::Subcommand;
 use metac_api::types::{ExportReq, ExportResp};
 use metac_api::Client;
 use metac_block::file::api::CatReq;
-use metac_block::file::{FileBind, FileExport};
+use metac_block::file::{copy, FileBind, FileExport};
 
 use super::{binds, print};
 
@@ -34,6 +34,28 @@ pub enum Cmd {
         /// Write here instead of stdout
         #[arg(short, long)]
         output: Option<PathBuf>,
+    },
+    /// Copy a remote file into LOCALFILE, with a progress line; a partial LOCALFILE (from an interrupted get) is
+    /// continued once its last MiB is found equal to the export's bytes there, a complete one is left as it is.
+    /// LOCALFILE grows in place and reaches the export's size only with the last byte (then fsync)
+    Get {
+        reference: String,
+        #[arg(value_name = "LOCALFILE")]
+        path: PathBuf,
+        /// Copy from the start even if LOCALFILE exists (it is truncated)
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write LOCALFILE into a remote file (the ref must grant write; LOCALFILE may be smaller than the export, not
+    /// larger), with a progress line; flushed on the exporter before it says done
+    Put {
+        #[arg(value_name = "LOCALFILE")]
+        path: PathBuf,
+        reference: String,
+        /// Read the export back first and write only from the first 4 MiB block that differs (to finish an
+        /// interrupted put)
+        #[arg(long)]
+        resume: bool,
     },
     /// Bind a remote file as a local NBD endpoint on a Unix socket (nbd+unix:///?socket=PATH) or a loopback TCP
     /// port (nbd://[::1]:PORT); many clients may use it at once. After a network break or an exporter restart it
@@ -92,6 +114,37 @@ pub async fn run(c: &Client, json: bool, cmd: Cmd) -> Result<()> {
                 None => c.copy_to("/v1/file/cat", &body, &mut tokio::io::stdout(), tty).await?,
             };
             tracing::debug!("copied {n} bytes");
+        }
+        Cmd::Get { reference, path, force } => {
+            let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let r = copy::get(c, &reference, &path, force, tty).await?;
+            print(json, &r, |r| match r {
+                r if r.complete => format!("{} is complete ({} bytes): nothing to copy", path.display(), r.size),
+                r if r.resumed_from > 0 => format!(
+                    "{}: {} bytes copied after the {} already there; {} bytes in all",
+                    path.display(),
+                    r.copied,
+                    r.resumed_from,
+                    r.size
+                ),
+                r => format!("{}: {} bytes copied", path.display(), r.copied),
+            });
+        }
+        Cmd::Put { path, reference, resume } => {
+            let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let r = copy::put(c, &path, &reference, resume, tty).await?;
+            print(json, &r, |r| match r {
+                r if r.written == 0 && r.size > 0 => {
+                    format!("the export already holds {}: nothing written", path.display())
+                }
+                r if r.skipped > 0 => format!(
+                    "{}: {} bytes were already in place, {} written and flushed",
+                    path.display(),
+                    r.skipped,
+                    r.written
+                ),
+                r => format!("{}: {} bytes written and flushed", path.display(), r.written),
+            });
         }
         Cmd::Bind { reference, unix, listen, read_only, persistent } => {
             let socket = unix.map(|p| std::path::absolute(&p)).transpose()?;

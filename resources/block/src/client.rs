@@ -1,10 +1,14 @@
-//! The bind side used by `metac file cat`: reads a whole export over NBD, in order, with requests pipelined.
+//! The bind side used by `metac file cat`, `get` and `put`: reads an export over NBD in order, or writes a range
+//! of it, with requests pipelined.
 //!
-//! After the handshake (`NBD_OPT_GO`), two futures run joined in the caller's task. `send_reads` issues one READ
+//! After the handshake (`NBD_OPT_GO`, [`Connection::open`]), two futures run joined in the caller's task. `send_reads` issues one READ
 //! per chunk while the window (a semaphore of [`WINDOW`] permits) has room. `receive` reads replies, which the
 //! protocol lets a server send in any order, parks early chunks in their window slot, writes chunks to the sink in
 //! order and only then gives their permit back. So at most `WINDOW` chunks are requested or held at once, and a slow
-//! sink slows the requests instead of growing memory. Finally `NBD_CMD_DISC`, and the server closes the stream.
+//! sink slows the requests instead of growing memory. Writes mirror this: `send_writes` reads one chunk of the
+//! input at a time and sends it as a WRITE while the window has room, `receive_acks` takes the answers and gives a
+//! permit back as the acknowledged prefix grows; then one `NBD_CMD_FLUSH`, sent only after every WRITE was
+//! answered, because it covers just those. Finally `NBD_CMD_DISC`, and the server closes the stream.
 //! A server that goes silent with the stream open is given up on after [`SERVER_STALL_TIMEOUT`] without a byte
 //! while the client waits for one.
 
@@ -19,8 +23,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, B
 use tokio::sync::Semaphore;
 
 use crate::nbd::proto::{
-    cmd, handshake, info, opt, rep, BlockSize, Greeting, Info, InfoRequest, OptionHeader, OptionReplyHeader, Request,
-    SimpleReply, MAX_OPTION_LEN,
+    cmd, handshake, info, opt, rep, tflag, BlockSize, Greeting, Info, InfoRequest, OptionHeader, OptionReplyHeader,
+    Request, SimpleReply, MAX_OPTION_LEN,
 };
 use crate::Error;
 
@@ -88,35 +92,133 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watchdog<S> {
 /// the first read and after every chunk written to `out`. At the end it sends `NBD_CMD_DISC` and waits for the
 /// server to close the stream. A server silent for [`SERVER_STALL_TIMEOUT`] while a reply is due ends it with an
 /// error.
-pub async fn cat<S, W>(stream: S, out: &mut W, mut progress: impl FnMut(u64, u64)) -> Result<u64, Error>
+pub async fn cat<S, W>(stream: S, out: &mut W, progress: impl FnMut(u64, u64)) -> Result<u64, Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
     W: AsyncWrite + Unpin,
 {
-    let stream = Watchdog { inner: stream, limit: SERVER_STALL_TIMEOUT, deadline: None };
-    let mut stream = BufReader::with_capacity(STREAM_BUF, stream);
-    let remote = negotiate(&mut stream).await?;
-    let plan = Plan { total: remote.size, chunk: chunk_len(remote.block) };
-    progress(0, plan.total);
+    Connection::open(stream).await?.read_to(0, out, progress).await
+}
 
-    let (rd, wr) = tokio::io::split(stream);
-    let window = Semaphore::new(WINDOW);
-    let issued = AtomicU64::new(0);
-    let (mut wr, mut rd) = tokio::try_join!(
-        send_reads(wr, plan, &window, &issued),
-        receive(rd, out, plan, &window, &issued, &mut progress),
-    )?;
+/// An NBD connection past the handshake: the export chosen, its size known, requests not yet sent. Each transfer
+/// ([`read_to`](Connection::read_to), [`write_from`](Connection::write_from)) consumes it and ends it with
+/// `NBD_CMD_DISC`; the handshake comes first so that a caller can refuse (a read-only export, a size that does not
+/// fit) before any byte moves.
+pub struct Connection<S> {
+    stream: BufReader<Watchdog<S>>,
+    remote: Remote,
+}
 
-    let disc = Request { flags: 0, command: cmd::DISC, handle: plan.chunks(), offset: 0, len: 0 };
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
+    /// Runs the handshake (`NBD_OPT_GO` on the default export) on `stream`.
+    pub async fn open(stream: S) -> Result<Connection<S>, Error> {
+        let stream = Watchdog { inner: stream, limit: SERVER_STALL_TIMEOUT, deadline: None };
+        let mut stream = BufReader::with_capacity(STREAM_BUF, stream);
+        let remote = negotiate(&mut stream).await?;
+        Ok(Connection { stream, remote })
+    }
+
+    /// The export's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.remote.size
+    }
+
+    /// Whether the server refuses writes (the ref or the export grants no write).
+    pub fn read_only(&self) -> bool {
+        self.remote.flags & tflag::READ_ONLY != 0
+    }
+
+    /// Reads the export from `offset` to its end, in order, into `out`; returns the bytes copied.
+    /// `progress(position, size)` is called once before the first read and after every chunk written to `out`,
+    /// with the position in the export (so it starts at `offset`).
+    pub async fn read_to<W>(self, offset: u64, out: &mut W, mut progress: impl FnMut(u64, u64)) -> Result<u64, Error>
+    where
+        W: AsyncWrite + Unpin,
+    {
+        let Connection { stream, remote } = self;
+        if offset > remote.size {
+            return Err(Error::OutOfRange { end: offset, size: remote.size });
+        }
+        let plan = Plan { start: offset, total: remote.size, chunk: chunk_len(remote.block) };
+        progress(offset, plan.total);
+        let (rd, wr) = tokio::io::split(stream);
+        let window = Semaphore::new(WINDOW);
+        let issued = AtomicU64::new(0);
+        let (wr, rd) = tokio::try_join!(
+            send_reads(wr, plan, &window, &issued),
+            receive(rd, out, plan, &window, &issued, &mut progress),
+        )?;
+        disconnect(wr, rd, plan.chunks()).await?;
+        Ok(plan.total - offset)
+    }
+
+    /// Writes `len` bytes of `input` into the export at `offset`, with up to `WINDOW` WRITEs in flight, then
+    /// `NBD_CMD_FLUSH` (if the server takes it) so that the data is durable on the server before this returns.
+    /// `progress(position, end)` is called once before the first write and whenever the acknowledged prefix grows.
+    /// Returns the bytes written. A read-only export or a range past its end is refused before any write.
+    pub async fn write_from<R>(
+        self,
+        offset: u64,
+        len: u64,
+        input: &mut R,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<u64, Error>
+    where
+        R: AsyncRead + Unpin,
+    {
+        let Connection { stream, remote } = self;
+        if remote.flags & tflag::READ_ONLY != 0 {
+            return Err(Error::ReadOnly);
+        }
+        let end = offset.saturating_add(len);
+        if end > remote.size {
+            return Err(Error::OutOfRange { end, size: remote.size });
+        }
+        let plan = Plan { start: offset, total: end, chunk: chunk_len(remote.block) };
+        progress(offset, end);
+        let (rd, wr) = tokio::io::split(stream);
+        let window = Semaphore::new(WINDOW);
+        let issued = AtomicU64::new(0);
+        let (mut wr, mut rd) = tokio::try_join!(
+            send_writes(input, wr, plan, &window, &issued),
+            receive_acks(rd, plan, &window, &issued, &mut progress),
+        )?;
+        // Only now: a FLUSH covers the writes the server had answered when it received it.
+        if remote.flags & tflag::SEND_FLUSH != 0 {
+            let handle = plan.chunks();
+            wr.write_all(&Request { flags: 0, command: cmd::FLUSH, handle, offset: 0, len: 0 }.encode()).await?;
+            wr.flush().await?;
+            let mut header = [0u8; SimpleReply::LEN];
+            rd.read_exact(&mut header).await?;
+            let reply = SimpleReply::decode(&header)?;
+            if reply.handle != handle {
+                return Err(Error::Violation(format!("reply with unexpected handle {} to FLUSH", reply.handle)));
+            }
+            if reply.error != 0 {
+                return Err(Error::Remote { command: "flush", errno: reply.error, offset: 0, len: 0 });
+            }
+        }
+        disconnect(wr, rd, plan.chunks() + 1).await?;
+        Ok(len)
+    }
+}
+
+/// Sends `NBD_CMD_DISC` and waits for the server to close the stream.
+async fn disconnect<W, R>(mut wr: W, mut rd: R, handle: u64) -> Result<(), Error>
+where
+    W: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+{
+    let disc = Request { flags: 0, command: cmd::DISC, handle, offset: 0, len: 0 };
     wr.write_all(&disc.encode()).await?;
     wr.flush().await?;
     // Half-close so that a server waiting for end of stream sees it; it may have closed already.
     let _ = wr.shutdown().await;
     let mut rest = [0u8; 64];
     match rd.read(&mut rest).await {
-        Ok(0) => Ok(plan.total),
+        Ok(0) => Ok(()),
         Ok(_) => Err(Error::Violation("server sent data after NBD_CMD_DISC".into())),
-        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Ok(plan.total),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Ok(()),
         Err(e) => Err(e.into()),
     }
 }
@@ -202,21 +304,22 @@ fn chunk_len(block: Option<BlockSize>) -> u32 {
     }
 }
 
-/// How the export is split into reads; chunk `i` has handle `i`.
+/// How the range `start..total` of the export is split into requests; chunk `i` has handle `i`.
 #[derive(Debug, Clone, Copy)]
 struct Plan {
+    start: u64,
     total: u64,
     chunk: u32,
 }
 
 impl Plan {
     fn chunks(&self) -> u64 {
-        self.total.div_ceil(self.chunk.into())
+        (self.total - self.start).div_ceil(self.chunk.into())
     }
 
     /// Offset and length of chunk `i`.
     fn range(&self, i: u64) -> (u64, u32) {
-        let offset = i * u64::from(self.chunk);
+        let offset = self.start + i * u64::from(self.chunk);
         (offset, (self.total - offset).min(self.chunk.into()) as u32)
     }
 }
@@ -257,7 +360,7 @@ where
     W: AsyncWrite + Unpin,
 {
     let truncated = |done, e: io::Error| match e.kind() {
-        io::ErrorKind::UnexpectedEof => Error::Truncated { done, total: plan.total },
+        io::ErrorKind::UnexpectedEof => Error::Truncated { done: plan.start + done, total: plan.total },
         _ => Error::Io(e),
     };
     // Slot `i % WINDOW` holds chunk `i` if it arrived before the chunks preceding it were written.
@@ -276,7 +379,7 @@ where
         }
         let (offset, len) = plan.range(i);
         if reply.error != 0 {
-            return Err(Error::Remote { errno: reply.error, offset, len });
+            return Err(Error::Remote { command: "read", errno: reply.error, offset, len });
         }
         let mut buf = spare.pop().unwrap_or_default();
         buf.resize(len as usize, 0);
@@ -288,10 +391,93 @@ where
             next += 1;
             spare.push(buf);
             window.add_permits(1);
-            progress(done, plan.total);
+            progress(plan.start + done, plan.total);
         }
     }
     out.flush().await?;
+    Ok(rd)
+}
+
+/// Sends one WRITE per chunk of `input`, as the window allows; returns the writer for FLUSH and DISC.
+async fn send_writes<R, W>(
+    input: &mut R,
+    wr: W,
+    plan: Plan,
+    window: &Semaphore,
+    issued: &AtomicU64,
+) -> Result<BufWriter<W>, Error>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut w = BufWriter::with_capacity(4096, wr);
+    let mut buf = vec![0u8; plan.chunk.min(CHUNK) as usize];
+    for i in 0..plan.chunks() {
+        let (offset, len) = plan.range(i);
+        let data = &mut buf[..len as usize];
+        if let Err(e) = input.read_exact(data).await {
+            return Err(match e.kind() {
+                io::ErrorKind::UnexpectedEof => Error::InputEnded { offset, end: plan.total },
+                _ => Error::Io(e),
+            });
+        }
+        if window.available_permits() == 0 {
+            w.flush().await?;
+        }
+        match window.acquire().await {
+            Ok(permit) => permit.forget(),
+            Err(_) => break,
+        }
+        issued.store(i + 1, Ordering::Release);
+        w.write_all(&Request { flags: 0, command: cmd::WRITE, handle: i, offset, len }.encode()).await?;
+        w.write_all(data).await?;
+    }
+    w.flush().await?;
+    Ok(w)
+}
+
+/// Receives the answer to every WRITE; `progress` follows the prefix the server acknowledged, which is also what
+/// the window advances on, so that handles in flight never share a slot. Returns the reader.
+async fn receive_acks<R>(
+    mut rd: R,
+    plan: Plan,
+    window: &Semaphore,
+    issued: &AtomicU64,
+    progress: &mut impl FnMut(u64, u64),
+) -> Result<R, Error>
+where
+    R: AsyncRead + Unpin,
+{
+    let mut acked = [false; WINDOW];
+    let mut next = 0u64;
+    while next < plan.chunks() {
+        let mut header = [0u8; SimpleReply::LEN];
+        rd.read_exact(&mut header).await.map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => Error::Truncated { done: plan.range(next).0, total: plan.total },
+            _ => Error::Io(e),
+        })?;
+        let reply = SimpleReply::decode(&header)?;
+        let i = reply.handle;
+        let slot = (i % WINDOW as u64) as usize;
+        if i < next || i >= issued.load(Ordering::Acquire) || acked[slot] {
+            return Err(Error::Violation(format!("reply with unexpected handle {i}")));
+        }
+        if reply.error != 0 {
+            let (offset, len) = plan.range(i);
+            return Err(Error::Remote { command: "write", errno: reply.error, offset, len });
+        }
+        acked[slot] = true;
+        let before = next;
+        while acked[(next % WINDOW as u64) as usize] {
+            acked[(next % WINDOW as u64) as usize] = false;
+            next += 1;
+            window.add_permits(1);
+        }
+        if next > before {
+            let (offset, len) = plan.range(next - 1);
+            progress(offset + u64::from(len), plan.total);
+        }
+    }
     Ok(rd)
 }
 
@@ -301,10 +487,15 @@ mod tests {
 
     #[test]
     fn plan_covers_the_export() {
-        let p = Plan { total: 3 * u64::from(CHUNK) + 5, chunk: CHUNK };
+        let p = Plan { start: 0, total: 3 * u64::from(CHUNK) + 5, chunk: CHUNK };
         assert_eq!(p.chunks(), 4);
         assert_eq!(p.range(3), (3 * u64::from(CHUNK), 5));
-        assert_eq!(Plan { total: 0, chunk: CHUNK }.chunks(), 0);
+        assert_eq!(Plan { start: 0, total: 0, chunk: CHUNK }.chunks(), 0);
+        let from = Plan { start: 10, total: u64::from(CHUNK) + 20, chunk: CHUNK };
+        assert_eq!(from.chunks(), 2);
+        assert_eq!(from.range(0), (10, CHUNK));
+        assert_eq!(from.range(1), (u64::from(CHUNK) + 10, 10));
+        assert_eq!(Plan { start: 7, total: 7, chunk: CHUNK }.chunks(), 0);
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! A `file` resource is an [`Export`] (a regular file or a block device) served with [`serve`] over any byte
 //! stream, one NBD client per stream. The stream is whatever the transport hands over (a metac resource stream, a
 //! Unix socket for local tools); `serve` speaks fixed newstyle NBD on it, so real clients (`nbdinfo`, `nbdcopy`,
-//! `qemu-img`, qemu, the kernel's nbd-client) work unchanged. [`cat`] is the matching client used by
-//! `metac file cat`: it reads the whole export with several requests in flight and writes it to any sink.
+//! `qemu-img`, qemu, the kernel's nbd-client) work unchanged. [`Connection`] is the matching client used by
+//! `metac file cat`, `get` and `put`: it reads the export from an offset, or writes a range of it, with several
+//! requests in flight ([`cat`] reads the whole export to any sink).
 //!
 //! Layout: [`nbd::proto`] holds the wire messages (pure encode/decode), `server` and `client` drive them over a
 //! stream, `export` is the OS glue (open, size, positional IO), and [`file`] is the `file` kind as the node sees it
@@ -21,7 +22,7 @@ pub mod vm;
 use std::io;
 use std::path::PathBuf;
 
-pub use client::{cat, SERVER_STALL_TIMEOUT};
+pub use client::{cat, Connection, SERVER_STALL_TIMEOUT};
 pub use export::{Export, FileId};
 pub use file::File;
 pub use server::{serve, Stats, NEGOTIATION_TIMEOUT, STALL_TIMEOUT};
@@ -84,8 +85,10 @@ pub enum Error {
         message: String,
     },
     /// The server answered a request with an error.
-    #[error("NBD server failed a read of {len} bytes at offset {offset}: error {errno}")]
+    #[error("NBD server failed a {command} of {len} bytes at offset {offset}: error {errno}")]
     Remote {
+        /// What was asked: `read`, `write` or `flush`.
+        command: &'static str,
         /// NBD error value (errno-like).
         errno: u32,
         /// Offset of the failed request.
@@ -100,6 +103,28 @@ pub enum Error {
         done: u64,
         /// Export size.
         total: u64,
+    },
+    /// A write to an export the server shows read-only.
+    #[error(
+        "the export is read-only here (the ref grants no write, or the file was exported read-only): writing \
+             needs a ref with write access"
+    )]
+    ReadOnly,
+    /// A transfer that would reach past the end of the export.
+    #[error("the range ends at byte {end} but the export is {size} bytes; NBD cannot grow an export")]
+    OutOfRange {
+        /// Where the transfer would end.
+        end: u64,
+        /// Export size.
+        size: u64,
+    },
+    /// The data to write ended before the length announced.
+    #[error("the data to write ended at offset {offset}, before the announced end {end}")]
+    InputEnded {
+        /// Where it ended.
+        offset: u64,
+        /// Where it should have ended.
+        end: u64,
     },
     /// Serving stopped because the cancellation token fired.
     #[error("NBD export cancelled")]

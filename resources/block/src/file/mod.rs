@@ -3,9 +3,10 @@
 //!
 //! - [`File`] implements [`ResourceKind`]: typed export options ([`FileExport`]) and bind options ([`FileBind`]);
 //! - `exporter`: the per-export object, which opens the file once and serves every bind from it over NBD;
-//! - `session`: the binding side, a local NBD endpoint on a Unix socket (`metac file bind`) and the one-shot read
-//!   behind `metac file cat`;
-//! - `api`: the kind's routes (`POST /v1/file/cat`) and the request types its CLI sends.
+//! - `endpoint` and `session`: the binding side, a local NBD endpoint on a Unix socket (`metac file bind`) and the
+//!   one-shot transfers behind `metac file cat`, `get` and `put`;
+//! - `api`: the kind's routes (`POST /v1/file/cat`, `get`, `put`) and the request types its CLI sends;
+//! - `copy`: the client side of `get` and `put` (resume, progress), which the CLI runs against the node's API.
 //!
 //! The node may run as root; the kind acts as the user who asks ([`Caller::act`]): an export's path is resolved
 //! and its file opened as the user who exports it (so a file that user may not read, or may not write for a
@@ -13,6 +14,7 @@
 //! they may write).
 
 pub mod api;
+pub mod copy;
 mod endpoint;
 mod exporter;
 mod session;
@@ -26,7 +28,7 @@ use metac_resource::{
 use serde::{Deserialize, Serialize};
 
 pub use endpoint::{Endpoint, Listen};
-pub use session::CatSession;
+pub use session::{CatSession, PutSession};
 
 /// The wire protocol of file binds.
 pub const PROTOCOL: &str = "nbd";
