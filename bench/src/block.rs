@@ -11,11 +11,11 @@
 //! several reps, and the ratios metac/nbdkit and metac/qemu-nbd are printed as throughput ratios (above 1: metac
 //! is faster). Last, the wall time of `metac run --vm true` where this build has `run --vm`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use metac_tests::{output, wait_until, Host, Lab};
+use metac_tests::{output, wait_until, Host, Lab, Node};
 
 /// Options of `metac-bench block`.
 #[derive(clap::Args)]
@@ -35,6 +35,10 @@ pub struct Args {
     /// Runs of `metac run --vm true` (the median is printed; one warm-up run is not counted)
     #[arg(long, default_value_t = 10)]
     vm_runs: usize,
+    /// After the figures, record both nodes with `perf record` during metac nbdcopies and write the profiles
+    /// (perf data and a flat `perf report`) to this directory
+    #[arg(long, value_name = "DIR")]
+    profile: Option<PathBuf>,
 }
 
 /// Longest one nbdcopy or fio run may take.
@@ -57,6 +61,8 @@ fn text(b: &[u8]) -> String {
 struct Server {
     name: &'static str,
     uri: String,
+    /// The processes that serve it (for metac: the exporting node, then the binding one).
+    pids: Vec<u32>,
 }
 
 /// Checks that the clients and peer servers are installed, fio with its nbd engine among them.
@@ -148,6 +154,54 @@ fn fio(h: &Host, s: &Server, secs: u64, iodepth: u32) -> Result<f64> {
     job["read"]["iops"].as_f64().context("no read IOPS in fio's output")
 }
 
+/// CPU seconds (user + system, all threads) process `pid` has used.
+fn cpu_secs(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command name, which is in parentheses and may hold spaces: utime and stime are the
+    // 14th and 15th fields of the line, the 12th and 13th after the name.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("/proc/PID/stat")?;
+    let f: Vec<u64> = rest.split_whitespace().skip(11).take(2).filter_map(|v| v.parse().ok()).collect();
+    // SAFETY: sysconf only reads a system constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok(f.iter().sum::<u64>() as f64 / hz)
+}
+
+/// `perf record` of both nodes while metac nbdcopies run on host 2 (bounded: at most 10 copies, as long as perf's
+/// `sleep`), then a flat report of each in `dir`.
+fn profile(h2: &Host, metac: &Server, nodes: &[Node], dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut perfs = vec![];
+    for (n, who) in nodes.iter().zip(["exporter", "binder"]) {
+        let data = dir.join(format!("{who}.data"));
+        let p = std::process::Command::new("perf")
+            .args(["record", "-q", "-F", "999", "-g", "-p", &n.pid().to_string(), "-o"])
+            .arg(&data)
+            .args(["--", "sleep", "4"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("perf (apt-get install linux-perf)")?;
+        perfs.push((p, data, who));
+    }
+    for _ in 0..10 {
+        nbdcopy(h2, metac)?;
+        if perfs.iter_mut().all(|(p, _, _)| p.try_wait().ok().flatten().is_some()) {
+            break;
+        }
+    }
+    for (mut p, data, who) in perfs {
+        p.wait()?;
+        let o = std::process::Command::new("perf")
+            .args(["report", "--stdio", "--no-children", "-g", "none", "--percent-limit", "0.5", "-i"])
+            .arg(&data)
+            .output()?;
+        let report = dir.join(format!("{who}.txt"));
+        std::fs::write(&report, &o.stdout)?;
+        eprintln!("profile of the {who}: {}", report.display());
+    }
+    Ok(())
+}
+
 /// Which way a ratio reads: above 1 is metac's advantage.
 fn ratio(metac: f64, peer: f64) -> f64 {
     metac / peer.max(1e-9)
@@ -171,13 +225,13 @@ pub fn run(a: Args) -> Result<()> {
     })
     .context("the two nodes did not find each other")?;
     let addr = h1.addr().to_string();
-    let _nbdkit = serve(h1, NBDKIT_PORT, "nbdkit", &["-f", "-r", "-i", &addr, "-p", "10809", "file", f])?;
-    let _qemu_nbd =
+    let nbdkit = serve(h1, NBDKIT_PORT, "nbdkit", &["-f", "-r", "-i", &addr, "-p", "10809", "file", f])?;
+    let qemu_nbd =
         serve(h1, QEMU_NBD_PORT, "qemu-nbd", &["-r", "-t", "-e", "8", "-f", "raw", "-b", &addr, "-p", "10810", f])?;
     let servers = [
-        Server { name: "metac", uri: metac_bind(h1, h2, &file)? },
-        Server { name: "nbdkit", uri: format!("nbd://[{addr}]:{NBDKIT_PORT}") },
-        Server { name: "qemu_nbd", uri: format!("nbd://[{addr}]:{QEMU_NBD_PORT}") },
+        Server { name: "metac", uri: metac_bind(h1, h2, &file)?, pids: vec![nodes[0].pid(), nodes[1].pid()] },
+        Server { name: "nbdkit", uri: format!("nbd://[{addr}]:{NBDKIT_PORT}"), pids: vec![nbdkit.pid()] },
+        Server { name: "qemu_nbd", uri: format!("nbd://[{addr}]:{QEMU_NBD_PORT}"), pids: vec![qemu_nbd.pid()] },
     ];
 
     // A first read through each warms the exporter's page cache and every server alike; not counted.
@@ -185,9 +239,15 @@ pub fn run(a: Args) -> Result<()> {
         nbdcopy(h2, s)?;
     }
     let mut copy = vec![vec![]; servers.len()];
+    // What a copy costs the serving processes: CPU seconds per copy, per process.
+    let mut cpu: Vec<Vec<Vec<f64>>> = servers.iter().map(|s| vec![vec![]; s.pids.len()]).collect();
     for rep in 0..a.reps {
         for (i, s) in servers.iter().enumerate() {
+            let before = s.pids.iter().map(|&p| cpu_secs(p)).collect::<Result<Vec<_>>>()?;
             let secs = nbdcopy(h2, s)?;
+            for (j, &p) in s.pids.iter().enumerate() {
+                cpu[i][j].push(cpu_secs(p)? - before[j]);
+            }
             eprintln!("run {}: nbdcopy {} {secs:.3} s, {:.0} MB/s", rep + 1, s.name, (a.mib << 20) as f64 / secs / 1e6);
             copy[i].push(secs);
         }
@@ -200,7 +260,11 @@ pub fn run(a: Args) -> Result<()> {
             iops[i].push(v);
         }
     }
+    if let Some(dir) = &a.profile {
+        profile(h2, &servers[0], &nodes, dir)?;
+    }
     let bytes = (a.mib << 20) as f64;
+    let cpu: Vec<Vec<f64>> = cpu.into_iter().map(|c| c.into_iter().map(median).collect()).collect();
     let secs: Vec<f64> = copy.into_iter().map(median).collect();
     let mbs: Vec<f64> = secs.iter().map(|s| bytes / s / 1e6).collect();
     let iops: Vec<f64> = iops.into_iter().map(median).collect();
@@ -221,6 +285,11 @@ pub fn run(a: Args) -> Result<()> {
             s.name, iops[i], a.iodepth, a.fio_secs
         );
     }
+    println!(
+        "metac_nbdcopy_node_cpu_s: exporter {:.2} s, binder {:.2} s per copy (of {:.2} s wall)",
+        cpu[0][0], cpu[0][1], secs[0]
+    );
+    println!("nbdkit_nbdcopy_cpu_s: {:.2} s per copy; qemu_nbd_nbdcopy_cpu_s: {:.2} s", cpu[1][0], cpu[2][0]);
     println!("ratios are metac's throughput over the peer's: above 1, metac is faster");
     println!("ratio_nbdcopy_metac_over_nbdkit: {:.2} (goal >= 1)", ratio(mbs[0], mbs[1]));
     println!("ratio_nbdcopy_metac_over_qemu_nbd: {:.2}", ratio(mbs[0], mbs[2]));
