@@ -202,6 +202,26 @@ fn profile(h2: &Host, metac: &Server, nodes: &[Node], dir: &Path) -> Result<()> 
     Ok(())
 }
 
+/// `reps` rounds of one nbdcopy through each server; returns each server's median seconds, and the median CPU
+/// seconds per copy of each of its processes.
+fn copies(h2: &Host, servers: &[Server], a: &Args) -> Result<(Vec<f64>, Vec<Vec<f64>>)> {
+    let mut copy = vec![vec![]; servers.len()];
+    let mut cpu: Vec<Vec<Vec<f64>>> = servers.iter().map(|s| vec![vec![]; s.pids.len()]).collect();
+    for rep in 0..a.reps {
+        for (i, s) in servers.iter().enumerate() {
+            let before = s.pids.iter().map(|&p| cpu_secs(p)).collect::<Result<Vec<_>>>()?;
+            let secs = nbdcopy(h2, s)?;
+            for (j, &p) in s.pids.iter().enumerate() {
+                cpu[i][j].push(cpu_secs(p)? - before[j]);
+            }
+            eprintln!("run {}: nbdcopy {} {secs:.3} s, {:.0} MB/s", rep + 1, s.name, (a.mib << 20) as f64 / secs / 1e6);
+            copy[i].push(secs);
+        }
+    }
+    let cpu = cpu.into_iter().map(|c| c.into_iter().map(median).collect()).collect();
+    Ok((copy.into_iter().map(median).collect(), cpu))
+}
+
 /// Which way a ratio reads: above 1 is metac's advantage.
 fn ratio(metac: f64, peer: f64) -> f64 {
     metac / peer.max(1e-9)
@@ -225,9 +245,10 @@ pub fn run(a: Args) -> Result<()> {
     })
     .context("the two nodes did not find each other")?;
     let addr = h1.addr().to_string();
-    let nbdkit = serve(h1, NBDKIT_PORT, "nbdkit", &["-f", "-r", "-i", &addr, "-p", "10809", "file", f])?;
+    let (kp, qp) = (NBDKIT_PORT.to_string(), QEMU_NBD_PORT.to_string());
+    let nbdkit = serve(h1, NBDKIT_PORT, "nbdkit", &["-f", "-r", "-i", &addr, "-p", &kp, "file", f])?;
     let qemu_nbd =
-        serve(h1, QEMU_NBD_PORT, "qemu-nbd", &["-r", "-t", "-e", "8", "-f", "raw", "-b", &addr, "-p", "10810", f])?;
+        serve(h1, QEMU_NBD_PORT, "qemu-nbd", &["-r", "-t", "-e", "8", "-f", "raw", "-b", &addr, "-p", &qp, f])?;
     let servers = [
         Server { name: "metac", uri: metac_bind(h1, h2, &file)?, pids: vec![nodes[0].pid(), nodes[1].pid()] },
         Server { name: "nbdkit", uri: format!("nbd://[{addr}]:{NBDKIT_PORT}"), pids: vec![nbdkit.pid()] },
@@ -238,20 +259,7 @@ pub fn run(a: Args) -> Result<()> {
     for s in &servers {
         nbdcopy(h2, s)?;
     }
-    let mut copy = vec![vec![]; servers.len()];
-    // What a copy costs the serving processes: CPU seconds per copy, per process.
-    let mut cpu: Vec<Vec<Vec<f64>>> = servers.iter().map(|s| vec![vec![]; s.pids.len()]).collect();
-    for rep in 0..a.reps {
-        for (i, s) in servers.iter().enumerate() {
-            let before = s.pids.iter().map(|&p| cpu_secs(p)).collect::<Result<Vec<_>>>()?;
-            let secs = nbdcopy(h2, s)?;
-            for (j, &p) in s.pids.iter().enumerate() {
-                cpu[i][j].push(cpu_secs(p)? - before[j]);
-            }
-            eprintln!("run {}: nbdcopy {} {secs:.3} s, {:.0} MB/s", rep + 1, s.name, (a.mib << 20) as f64 / secs / 1e6);
-            copy[i].push(secs);
-        }
-    }
+    let (secs, cpu) = copies(h2, &servers, &a)?;
     let mut iops = vec![vec![]; servers.len()];
     for rep in 0..a.reps {
         for (i, s) in servers.iter().enumerate() {
@@ -264,8 +272,6 @@ pub fn run(a: Args) -> Result<()> {
         profile(h2, &servers[0], &nodes, dir)?;
     }
     let bytes = (a.mib << 20) as f64;
-    let cpu: Vec<Vec<f64>> = cpu.into_iter().map(|c| c.into_iter().map(median).collect()).collect();
-    let secs: Vec<f64> = copy.into_iter().map(median).collect();
     let mbs: Vec<f64> = secs.iter().map(|s| bytes / s / 1e6).collect();
     let iops: Vec<f64> = iops.into_iter().map(median).collect();
     let v = h2.metac(&["--json", "file", "ls"]).map(|o| text(&o.stdout)).unwrap_or_default();
