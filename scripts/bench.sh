@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds metac in release mode and runs a benchmark in network namespaces: ./scripts/bench.sh [spine|overlay|net|file|flood|fs|run] [ARGS], as root
+# Builds metac in release mode and runs a benchmark in network namespaces: ./scripts/bench.sh [spine|overlay|net|file|block|flood|fs|run] [ARGS], as root
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
@@ -10,6 +10,17 @@ if [ "${1:-}" = fs ]; then
   need=()
   for t in sshfs:sshfs sshd:openssh-server git:git; do
     command -v "${t%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${t%%:*}" ] || need+=("${t#*:}")
+  done
+  if [ ${#need[@]} -gt 0 ]; then
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  fi
+fi
+if [ "${1:-}" = block ]; then
+  # The peers and clients of `block`: nbdkit and qemu-nbd (install-deps.sh has them, with nbdcopy), fio (its nbd
+  # engine, for random-read IOPS) and perf (for --profile).
+  need=()
+  for t in fio:fio perf:linux-perf; do
+    command -v "${t%%:*}" >/dev/null 2>&1 || need+=("${t#*:}")
   done
   if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

@@ -2,6 +2,7 @@
 //! lines, so runs can be compared and pasted into notes. Needs root. Build with `--release` and point
 //! `METAC_BIN` at a release `metac` (scripts/bench.sh does both).
 
+mod block;
 mod file;
 mod flood;
 mod fs;
@@ -23,6 +24,9 @@ struct Cli {
 enum Command {
     /// The spine: start-to-ready, idle RSS and CPU, mDNS discovery, advert propagation, token verifies/s
     Spine(spine::Args),
+    /// Block: nbdcopy of a 1 GiB file and 4 KiB random-read IOPS through a metac file bind, nbdkit and qemu-nbd
+    /// across two hosts, with ratios; and `metac run --vm true` where the build has it
+    Block(block::Args),
     /// Files: `metac file cat` across two hosts, MiB/s; with --baseline, another build in the same run
     File(file::Args),
     /// An advert flood: what two honest nodes cost while a hostile peer floods adverts of fresh keys at one
@@ -43,6 +47,7 @@ fn main() {
     let r = match cli.command {
         Command::Spine(a) => spine::run(a),
         Command::Overlay(a) => overlay::run(a),
+        Command::Block(a) => block::run(a),
         Command::File(a) => file::run(a),
         Command::Flood(a) => flood::run(a),
         Command::Fs(a) => fs::run(a),
