@@ -339,7 +339,8 @@ fn run_vm_true(runs: usize) -> Result<Option<(f64, Option<String>)>> {
     let mut tcg = None;
     for i in 0..=runs {
         let t = Instant::now();
-        let mut cmd = h.cmd_sharing_mounts(&bin, ["--socket", sock.to_str().unwrap(), "run", "--vm", "-w", "/", "true"]);
+        let mut cmd =
+            h.cmd_sharing_mounts(&bin, ["--socket", sock.to_str().unwrap(), "run", "--vm", "-w", "/", "true"]);
         let o = output(&mut cmd, Duration::from_secs(120))?;
         if !o.status.success() {
             bail!("metac run --vm true failed: {}", text(&o.stderr));
