@@ -440,3 +440,45 @@ fn a_command_runs_in_a_vm_with_its_mounts_stdio_and_exit_status() {
     let o = run_in(h, &["--vm", "--mount", "/x=ref://[fd6f::1]/AAAA", "true"], b"");
     assert!(!o.status.success(), "an fs ref mount is refused for now");
 }
+
+/// The exporter of a running VM's disk is killed with SIGKILL and started again: the guest's IO pauses (the bind
+/// keeps qemu's connection and sends the unanswered requests again) and goes on; its writes before and after are
+/// both in the exporter's file.
+#[test]
+fn a_vm_rides_out_its_disks_exporter_restarting() {
+    require_root();
+    require_qemu();
+    let lab = Lab::new(2).unwrap();
+    let mut nodes = lab.start_nodes(&[]).unwrap();
+    let (a, b) = (lab.host(1), lab.host(2));
+    let (disk, r) = export_disk(a, "disk.img", 4 << 20, 0);
+    // First marker at once; the second after the host has restarted the exporter (it waits for `go` on the disk).
+    let script = "echo first-marker | dd of=/dev/vda bs=512 conv=sync,fsync 2>/dev/null\n\
+        i=0; while [ $i -lt 600 ]; do dd if=/dev/vda bs=512 skip=2048 count=1 iflag=direct 2>/dev/null | grep -q go && break; \
+        sleep 0.1; i=$((i+1)); done\n\
+        echo second-marker | dd of=/dev/vda bs=512 seek=1 conv=sync,fsync 2>/dev/null";
+    let (kernel, initrd) = guest(b, "restart", script);
+    let drive = format!("uri={r}");
+    let mut args = start_args(&drive, &kernel, &initrd);
+    args.extend(["--name", "steady", "--detach"]);
+    let o = metac(b, &args);
+    assert!(o.status.success(), "{}", text(&o));
+    let has = |marker: &[u8], at: usize| std::fs::read(&disk).unwrap()[at..].starts_with(marker);
+    wait_until(Duration::from_secs(120), Duration::from_millis(100), || Ok(has(b"first-marker", 0)))
+        .expect("the first marker reaches the exporter");
+
+    nodes[0].kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    nodes[0].restart().unwrap();
+    // Tell the guest to go on: a block it polls, written on the exporter's side.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+        f.write_all_at(b"go", 2048 * 512).unwrap();
+        f.sync_all().unwrap();
+    }
+    wait_until(Duration::from_secs(120), Duration::from_millis(100), || Ok(has(b"second-marker", 512)))
+        .expect("the guest's write after the restart reaches the exporter");
+    let end: serde_json::Value = b.metac_json(&["vm", "stop", "steady", "--force"]);
+    assert_eq!(end["name"], "steady");
+}
