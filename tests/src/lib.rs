@@ -123,6 +123,21 @@ pub fn busybox_root(dir: &std::path::Path) -> PathBuf {
     root
 }
 
+/// Reads `master` (non-blocking) until its output contains `want`, at most `t`; returns all it read.
+pub fn read_until(master: &std::os::fd::OwnedFd, want: &str, t: std::time::Duration) -> String {
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + t;
+    while std::time::Instant::now() < deadline && !String::from_utf8_lossy(&out).contains(want) {
+        let mut buf = [0u8; 4096];
+        match rustix::io::read(master, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use metac_tests::{busybox_root, output, require_root, wait_until, Host, Lab, Node};
+use metac_tests::{busybox_root, output, read_until, require_root, wait_until, Host, Lab, Node};
 use serde_json::Value;
 
 struct One {
@@ -349,21 +349,6 @@ fn a_user_other_than_root_gets_a_rootless_container_of_their_own() {
     let o = h.metac_as(USER, &["kill", &root_id]).unwrap();
     assert!(!o.status.success() && text(&o).contains("no container"), "{}", text(&o));
     one.ok(&["rm", "-f", &root_id]);
-}
-
-/// Reads `master` (non-blocking) until its output contains `want`, at most `t`; returns all it read.
-fn read_until(master: &std::os::fd::OwnedFd, want: &str, t: Duration) -> String {
-    let mut out = Vec::new();
-    let deadline = Instant::now() + t;
-    while Instant::now() < deadline && !String::from_utf8_lossy(&out).contains(want) {
-        let mut buf = [0u8; 4096];
-        match rustix::io::read(master, &mut buf) {
-            Ok(0) => break,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use metac_tests::{require_root, wait_until, GuestKernel, Host, Initramfs, Lab};
+use metac_tests::{read_until, require_root, wait_until, GuestKernel, Host, Initramfs, Lab};
 
 /// The guest's kernel command line: the serial console, no chatter, no reboot loop on a panic.
 const APPEND: &str = "console=ttyS0 quiet panic=-1";
@@ -336,21 +336,6 @@ fn on_pty(h: &Host, args: &[&str]) -> (std::process::Child, std::os::fd::OwnedFd
         });
     }
     (cmd.spawn().unwrap(), master)
-}
-
-/// Reads `master` (non-blocking) until its output contains `want`, at most `t`; returns all it read.
-fn read_until(master: &std::os::fd::OwnedFd, want: &str, t: Duration) -> String {
-    let mut out = Vec::new();
-    let deadline = Instant::now() + t;
-    while Instant::now() < deadline && !String::from_utf8_lossy(&out).contains(want) {
-        let mut buf = [0u8; 4096];
-        match rustix::io::read(master, &mut buf) {
-            Ok(0) => break,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Waits for `child` at most `t`; kills it and fails after that.

@@ -324,6 +324,21 @@ impl Plan {
     }
 }
 
+/// Takes a slot of the request window, first sending what `w` holds if there is none (the replies that free one
+/// can only come for requests sent); false once the window is closed.
+async fn slot<W: AsyncWrite + Unpin>(w: &mut BufWriter<W>, window: &Semaphore) -> Result<bool, Error> {
+    if window.available_permits() == 0 {
+        w.flush().await?;
+    }
+    Ok(match window.acquire().await {
+        Ok(permit) => {
+            permit.forget();
+            true
+        }
+        Err(_) => false,
+    })
+}
+
 /// Sends one READ per chunk, as the window allows; returns the writer for the final `NBD_CMD_DISC`.
 async fn send_reads<W>(wr: W, plan: Plan, window: &Semaphore, issued: &AtomicU64) -> Result<BufWriter<W>, Error>
 where
@@ -331,12 +346,8 @@ where
 {
     let mut w = BufWriter::with_capacity(4096, wr);
     for i in 0..plan.chunks() {
-        if window.available_permits() == 0 {
-            w.flush().await?;
-        }
-        match window.acquire().await {
-            Ok(permit) => permit.forget(),
-            Err(_) => break,
+        if !slot(&mut w, window).await? {
+            break;
         }
         issued.store(i + 1, Ordering::Release);
         let (offset, len) = plan.range(i);
@@ -421,12 +432,8 @@ where
                 _ => Error::Io(e),
             });
         }
-        if window.available_permits() == 0 {
-            w.flush().await?;
-        }
-        match window.acquire().await {
-            Ok(permit) => permit.forget(),
-            Err(_) => break,
+        if !slot(&mut w, window).await? {
+            break;
         }
         issued.store(i + 1, Ordering::Release);
         w.write_all(&Request { flags: 0, command: cmd::WRITE, handle: i, offset, len }.encode()).await?;
