@@ -138,6 +138,12 @@ echo "\$ metac exec ticker hostname   (host 2)"; m 2 exec ticker hostname
 echo "\$ metac logs --tail 2 ticker   (host 2)"; m 2 logs --tail 2 ticker
 echo "\$ metac rm -f ticker   (host 2)"; m 2 rm -f ticker
 
+echo; echo "== host 2 runs a command in a small VM (the host's kernel, its files shared over virtio-9p)"
+echo "\$ metac run --vm -w / sh -c 'echo hello from a VM; uname -r'   (host 2)"
+m 2 run --vm -w / sh -c 'echo hello from a VM; uname -r' || echo "(no VM here: metac run --vm needs qemu and a kernel in /boot)"
+echo "\$ nbdcopy 'nbd+unix:///?socket=$SOCK' null:   (host $N: the bound file, read whole by a real NBD client)"
+nbdcopy "nbd+unix:///?socket=$SOCK" null: && echo "(64 MiB through host $N's bind)"
+
 echo; echo "== host 1 exports an Ethernet segment; the other hosts join it with TAPs of their own"
 echo "\$ metac net export newlocal:seg0 --name lab-segment   (host 1)"
 NETREF=$(m 1 net export newlocal:seg0 --name lab-segment)
