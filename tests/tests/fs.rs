@@ -222,7 +222,7 @@ fn the_posix_conformance_suite_passes_on_a_bind_as_on_tmpfs() {
     std::fs::create_dir(&mnt).unwrap();
     ok(h2, &["fs", "bind", mnt.to_str().unwrap(), &r]);
     wait_until(Duration::from_secs(60), Duration::from_millis(100), || Ok(json(h2, &["fs", "ls"])[0]["state"] == "up"))
-        .expect("the fs bind comes up");
+        .unwrap_or_else(|e| panic!("the fs bind comes up: {e}; {}", ok(h2, &["binds"])));
     let tmpfs = lab.dir().join("tmpfs");
     std::fs::create_dir(&tmpfs).unwrap();
     let status = std::process::Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(&tmpfs).status().unwrap();
