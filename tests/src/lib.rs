@@ -138,6 +138,30 @@ pub fn read_until(master: &std::os::fd::OwnedFd, want: &str, t: std::time::Durat
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// `metac args...` on `h` with a new terminal as its stdio and controlling terminal; the child and the master.
+pub fn metac_on_pty(h: &Host, args: &[&str]) -> (std::process::Child, std::os::fd::OwnedFd) {
+    use std::os::unix::process::CommandExt;
+    let master = rustix::pty::openpt(rustix::pty::OpenptFlags::RDWR | rustix::pty::OpenptFlags::NOCTTY).unwrap();
+    rustix::pty::grantpt(&master).unwrap();
+    rustix::pty::unlockpt(&master).unwrap();
+    let name = rustix::pty::ptsname(&master, Vec::new()).unwrap();
+    let slave = std::fs::OpenOptions::new().read(true).write(true).open(name.to_str().unwrap()).unwrap();
+    rustix::fs::fcntl_setfl(&master, rustix::fs::OFlags::NONBLOCK).unwrap();
+    let mut cmd = h.cmd(crate::metac_bin().unwrap(), ["--socket", h.socket().to_str().unwrap()]);
+    cmd.args(args);
+    cmd.stdin(slave.try_clone().unwrap()).stdout(slave.try_clone().unwrap()).stderr(slave);
+    // SAFETY: between fork and exec only setsid and an ioctl, both async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::setsid()?;
+            // SAFETY: fd 0 is the slave just set as stdin, open for the whole call.
+            rustix::process::ioctl_tiocsctty(std::os::fd::BorrowedFd::borrow_raw(0))?;
+            Ok(())
+        });
+    }
+    (cmd.spawn().unwrap(), master)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

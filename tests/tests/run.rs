@@ -353,33 +353,13 @@ fn a_user_other_than_root_gets_a_rootless_container_of_their_own() {
 
 #[test]
 fn attach_and_exec_work_on_a_pty_and_window_size_changes_reach_the_process() {
-    use std::os::unix::process::CommandExt;
     let one = One::start(&[]);
     let h = one.host();
     let script = "trap 'echo size=$(stty size)' WINCH; echo ready; while :; do sleep 0.05; done";
     one.ok(&["run", "-d", "-t", "-i", "--name", "termy", "sh", "-c", script]);
 
     // `metac attach` on a terminal this test holds: a new window size on it reaches the container's shell.
-    let master = rustix::pty::openpt(rustix::pty::OpenptFlags::RDWR | rustix::pty::OpenptFlags::NOCTTY).unwrap();
-    rustix::pty::grantpt(&master).unwrap();
-    rustix::pty::unlockpt(&master).unwrap();
-    let name = rustix::pty::ptsname(&master, Vec::new()).unwrap();
-    let slave = std::fs::OpenOptions::new().read(true).write(true).open(name.to_str().unwrap()).unwrap();
-    rustix::fs::fcntl_setfl(&master, rustix::fs::OFlags::NONBLOCK).unwrap();
-    let mut cmd =
-        h.cmd(metac_tests::metac_bin().unwrap(), ["--socket", h.socket().to_str().unwrap(), "attach", "termy"]);
-    cmd.stdin(slave.try_clone().unwrap()).stdout(slave.try_clone().unwrap()).stderr(slave.try_clone().unwrap());
-    // SAFETY: between fork and exec only setsid and an ioctl, both async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            rustix::process::setsid()?;
-            // SAFETY: fd 0 is the slave just set as stdin, open for the whole call.
-            rustix::process::ioctl_tiocsctty(std::os::fd::BorrowedFd::borrow_raw(0))?;
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().unwrap();
-    drop(slave);
+    let (mut child, master) = metac_tests::metac_on_pty(h, &["attach", "termy"]);
     std::thread::sleep(Duration::from_millis(1500));
     let ws = rustix::termios::Winsize { ws_row: 50, ws_col: 132, ws_xpixel: 0, ws_ypixel: 0 };
     rustix::termios::tcsetwinsize(&master, ws).unwrap();

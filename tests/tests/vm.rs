@@ -239,7 +239,7 @@ fn vm_ls_console_and_stop_and_refusals() {
     });
 
     // On a terminal: typed lines reach the guest, Ctrl-] detaches and leaves the VM running.
-    let (mut child, master) = on_pty(b, &["vm", "console", "sleeper"]);
+    let (mut child, master) = metac_tests::metac_on_pty(b, &["vm", "console", "sleeper"]);
     let seen = read_until(&master, "guest-is-up", Duration::from_secs(20));
     assert!(seen.contains("Ctrl-] detaches") && seen.contains("guest-is-up"), "{seen:?}");
     rustix::io::write(&master, b"hello\n").unwrap();
@@ -312,30 +312,6 @@ fn vm_ls_console_and_stop_and_refusals() {
     nodes[1].kill9();
     wait_until(Duration::from_secs(10), Duration::from_millis(20), || Ok(!Path::new(&format!("/proc/{pid}")).exists()))
         .expect("qemu ends with the node");
-}
-
-/// `metac args...` on `h` with a new terminal as its stdio and controlling terminal; the child and the master.
-fn on_pty(h: &Host, args: &[&str]) -> (std::process::Child, std::os::fd::OwnedFd) {
-    use std::os::unix::process::CommandExt;
-    let master = rustix::pty::openpt(rustix::pty::OpenptFlags::RDWR | rustix::pty::OpenptFlags::NOCTTY).unwrap();
-    rustix::pty::grantpt(&master).unwrap();
-    rustix::pty::unlockpt(&master).unwrap();
-    let name = rustix::pty::ptsname(&master, Vec::new()).unwrap();
-    let slave = std::fs::OpenOptions::new().read(true).write(true).open(name.to_str().unwrap()).unwrap();
-    rustix::fs::fcntl_setfl(&master, rustix::fs::OFlags::NONBLOCK).unwrap();
-    let mut cmd = h.cmd(metac_tests::metac_bin().unwrap(), ["--socket", h.socket().to_str().unwrap()]);
-    cmd.args(args);
-    cmd.stdin(slave.try_clone().unwrap()).stdout(slave.try_clone().unwrap()).stderr(slave);
-    // SAFETY: between fork and exec only setsid and an ioctl, both async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            rustix::process::setsid()?;
-            // SAFETY: fd 0 is the slave just set as stdin, open for the whole call.
-            rustix::process::ioctl_tiocsctty(std::os::fd::BorrowedFd::borrow_raw(0))?;
-            Ok(())
-        });
-    }
-    (cmd.spawn().unwrap(), master)
 }
 
 /// Waits for `child` at most `t`; kills it and fails after that.
