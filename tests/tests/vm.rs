@@ -256,6 +256,9 @@ fn vm_ls_console_and_stop_and_refusals() {
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "[]", "{}", text(&o));
     let o = b.metac_as(USER, &["vm", "stop", "sleeper", "--force"]).unwrap();
     assert!(!o.status.success() && text(&o).contains("no VM named sleeper"), "{}", text(&o));
+    // Nor may it share directories with a guest (qemu's 9p server would read them as the node's user).
+    let o = b.metac_as(USER, &["run", "--vm", "-w", "/", "true"]).unwrap();
+    assert!(!o.status.success() && text(&o).contains("only root may share directories"), "{}", text(&o));
 
     // Names are unique, and checked.
     let mut dup = start_args(&drive, &kernel, &initrd);
