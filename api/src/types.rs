@@ -178,6 +178,38 @@ pub struct TokenView {
     pub owner: u32,
 }
 
+/// `POST /v1/refs/saved`: keep a ref under a name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaveReq {
+    /// The name (`metac run --on NAME`).
+    pub name: String,
+    /// The ref.
+    #[serde(rename = "ref")]
+    pub reference: String,
+}
+
+/// `GET /v1/refs/saved`: one ref the caller saved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedView {
+    /// Its name.
+    pub name: String,
+    /// Kind name.
+    pub kind: String,
+    /// Effective rights.
+    pub rights: String,
+    /// The issuing node's key.
+    pub issuer: String,
+    /// Expiry, unix seconds.
+    pub expires: Option<u64>,
+    /// What is known of its revocation.
+    pub state: String,
+    /// Unix seconds when saved.
+    pub created: u64,
+    /// The ref.
+    #[serde(rename = "ref")]
+    pub reference: String,
+}
+
 /// Body naming one ref: `POST /v1/refs/show`, `/v1/refs/revoke`, `/v1/file/cat`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefReq {

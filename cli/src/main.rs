@@ -48,6 +48,9 @@ enum Command {
     /// Ethernet segments: export one (a new TAP or an existing bridge), join one, list and leave them
     #[command(subcommand)]
     Net(cmd::net::Cmd),
+    /// Let other nodes run processes on this one (`metac run --on`)
+    #[command(subcommand)]
+    Compute(cmd::compute::Cmd),
     /// Virtual machines whose disks are remote files (qemu): start, ls, stop, console
     #[command(subcommand)]
     Vm(cmd::vm::Cmd),
@@ -114,6 +117,7 @@ async fn run(cli: Cli) -> Result<Option<i32>> {
         Command::Fs(cmd) => cmd::fs::run(&c, cli.json, cmd).await,
         Command::Net(cmd) => cmd::net::run(&c, cli.json, cmd).await,
         Command::Vm(cmd) => cmd::vm::run(&c, cli.json, cmd).await,
+        Command::Compute(cmd) => cmd::compute::run(&c, cli.json, cmd).await,
         Command::Overlay(cmd) => cmd::overlay::run(&c, cli.json, cmd).await,
         Command::Containers(cmd) => return cmd::containers::run(&c, cli.json, cmd).await,
     };

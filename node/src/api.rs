@@ -23,7 +23,8 @@ use hyper_util::service::TowerToHyperService;
 use metac_api::server::{self, Json};
 use metac_api::types::{
     DelegateReq, DelegateResp, ExportReq, ExportResp, ExportView, GuestRemoved, OverlayPolicy, OverlayRuleReq,
-    PeerView, RefReq, RefView, Removed, ResourceView, ResourcesQuery, RevokeResp, StatusView, TokenView, WgConfigReq,
+    PeerView, RefReq, RefView, Removed, ResourceView, ResourcesQuery, RevokeResp, SaveReq, SavedView, StatusView,
+    TokenView, WgConfigReq,
 };
 use metac_mesh::kind::Kind;
 use metac_mesh::token::Caveat;
@@ -118,6 +119,8 @@ pub fn router(node: Arc<Node>, extra: Vec<Router>) -> Router {
         .route("/v1/exports/{id}", delete(unexport))
         .route("/v1/refs", get(refs))
         .route("/v1/refs/show", post(show))
+        .route("/v1/refs/saved", get(saved).post(save))
+        .route("/v1/refs/saved/{name}", delete(forget))
         .route("/v1/refs/delegate", post(delegate))
         .route("/v1/refs/revoke", post(revoke))
         .route("/v1/overlay", get(overlay))
@@ -285,6 +288,36 @@ async fn unexport(State(node): State<Arc<Node>>, caller: Caller, Segment(id): Se
 
 async fn refs(State(node): State<Arc<Node>>, caller: Caller) -> Answer<Vec<TokenView>> {
     Ok(Json(node.refs(&caller)?))
+}
+
+async fn saved(State(node): State<Arc<Node>>, caller: Caller) -> Answer<Vec<SavedView>> {
+    let mut out = vec![];
+    for s in node.saved_refs(&caller)? {
+        let Ok(r) = parse_ref(&s.reference) else { continue };
+        let g = r.token.effective();
+        out.push(SavedView {
+            name: s.name,
+            kind: g.kind.to_string(),
+            rights: g.rights.to_string(),
+            issuer: r.token.issuer().to_hex(),
+            expires: g.expires,
+            state: node.revocation_state(&r).await.to_string(),
+            created: s.created,
+            reference: s.reference,
+        });
+    }
+    Ok(Json(out))
+}
+
+async fn save(State(node): State<Arc<Node>>, caller: Caller, Json(s): Json<SaveReq>) -> Answer<Removed> {
+    let r = parse_ref(&s.reference)?;
+    node.save_ref(&s.name, &r, &caller)?;
+    Ok(Json(Removed { removed: r.token.id().to_string(), name: s.name }))
+}
+
+async fn forget(State(node): State<Arc<Node>>, caller: Caller, Segment(name): Segment<String>) -> Answer<Removed> {
+    node.forget_ref(&name, &caller)?;
+    Ok(Json(Removed { removed: String::new(), name }))
 }
 
 async fn show(State(node): State<Arc<Node>>, Json(r): Json<RefReq>) -> Answer<RefView> {

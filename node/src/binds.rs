@@ -107,10 +107,11 @@ impl metac_resource::Binder for NodeBinder {
     }
 }
 
-fn api_to_resource(e: ApiError) -> Error {
+pub(crate) fn api_to_resource(e: ApiError) -> Error {
     match e.status {
         400 => Error::BadOptions(e.message),
         404 => Error::NotFound(e.message),
+        503 => Error::Unavailable(e.message),
         403 => Error::Refused { by: "this node".into(), reason: e.message },
         _ => Error::Store(e.message),
     }

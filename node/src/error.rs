@@ -23,6 +23,10 @@ impl ApiError {
     pub fn not_found(m: impl Into<String>) -> ApiError {
         ApiError { status: 404, message: m.into() }
     }
+    /// 503: this node cannot do it now (a bound reached).
+    pub fn unavailable(m: impl Into<String>) -> ApiError {
+        ApiError { status: 503, message: m.into() }
+    }
     /// 502: another node could not be reached or failed.
     pub fn remote(m: impl Into<String>) -> ApiError {
         ApiError { status: 502, message: m.into() }

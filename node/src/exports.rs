@@ -18,7 +18,17 @@ use crate::store::Export;
 
 /// The open exporters, by resource.
 #[derive(Default)]
-pub(crate) struct OpenExports(Mutex<HashMap<ResourceId, Arc<dyn Exporter>>>);
+pub(crate) struct OpenExports(pub(crate) Mutex<HashMap<ResourceId, Arc<dyn Exporter>>>);
+
+/// Whether two notes say the same for advert purposes: load figures (`load=0.42 ...`) that moved by less than 0.5
+/// are the same, so an advert is not signed and gossiped for noise.
+fn same_note(a: &str, b: &str) -> bool {
+    let load = |s: &str| s.split_whitespace().find_map(|w| w.strip_prefix("load=")).and_then(|v| v.parse::<f64>().ok());
+    match (load(a), load(b)) {
+        (Some(x), Some(y)) => (x - y).abs() < 0.5,
+        _ => a == b,
+    }
+}
 
 impl OpenExports {
     fn get(&self, id: &ResourceId) -> Option<Arc<dyn Exporter>> {
@@ -93,8 +103,23 @@ impl Node {
         }
     }
 
+    /// The notes open exporters would advert now (compute's load figures), by export.
+    fn current_notes(&self) -> HashMap<ResourceId, String> {
+        let open = self.open.0.lock().expect("exports lock");
+        let ephemeral = self.ephemeral.lock().expect("ephemeral lock");
+        open.iter().filter(|(id, _)| !ephemeral.contains_key(id)).map(|(id, e)| (*id, e.note())).collect()
+    }
+
+    /// Whether a note changed since the last advert.
+    pub(crate) fn notes_changed(&self) -> bool {
+        let now = self.current_notes();
+        let last = self.notes.lock().expect("notes lock");
+        now.iter().any(|(id, n)| last.get(id).is_some_and(|l| !same_note(l, n)))
+    }
+
     /// Adverts this node's exports and recent revocations to the mesh.
     pub(crate) async fn publish(&self) {
+        let notes = self.current_notes();
         let resources = match self.store.exports() {
             Ok(e) => e
                 .into_iter()
@@ -102,7 +127,7 @@ impl Node {
                     id: e.id,
                     kind: e.kind,
                     name: e.name,
-                    description: String::new(),
+                    description: notes.get(&e.id).cloned().unwrap_or_default(),
                     public_ref: None,
                 })
                 .collect(),
@@ -118,6 +143,7 @@ impl Node {
                 vec![]
             }
         };
+        *self.notes.lock().expect("notes lock") = notes;
         let _ = self.mesh.set_local(resources, revoked).await;
     }
 
@@ -125,10 +151,12 @@ impl Node {
     pub fn exports(&self) -> Result<Vec<ExportView>, ApiError> {
         let tokens = self.store.tokens()?;
         let binds = self.served.count_by_resource();
+        let ephemeral: Vec<Export> = self.ephemeral.lock().expect("ephemeral lock").values().cloned().collect();
         Ok(self
             .store
             .exports()?
             .into_iter()
+            .chain(ephemeral)
             .map(|e| ExportView {
                 id: e.id.to_string(),
                 kind: e.kind.to_string(),
@@ -222,8 +250,11 @@ impl Node {
         }
     }
 
-    /// The recorded export of `id`.
+    /// The export of `id`: recorded, or made for a run ([`crate::host`]).
     pub(crate) fn find_export(&self, id: &ResourceId) -> Result<Option<Export>, ApiError> {
+        if let Some(e) = self.ephemeral.lock().expect("ephemeral lock").get(id) {
+            return Ok(Some(e.clone()));
+        }
         Ok(self.store.exports()?.into_iter().find(|e| e.id == *id))
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! Module map: [`config`] (paths and flags), [`access`] (who may use the API, and what each caller may do),
 //! [`store`] (redb), [`kinds`] (the resource kinds of this build, one
-//! line each), [`node`] (the wiring), [`exports`] (exports and their open exporters), [`serve`] (inbound binds:
+//! line each), [`node`] (the wiring), [`exports`] (exports and their open exporters), [`host`] (what kinds ask of the node: exports for a run, saved refs, peers), [`serve`] (inbound binds:
 //! token checks, cuts on revocation and expiry), [`binds`] (this node's binds as sessions), [`refs`] (tokens,
 //! delegation, revocation), [`transport`] (where resource streams travel), [`overlay`] (the fd6f network's
 //! wiring), [`api`] (HTTP + JSON on a Unix socket), [`rpc`] (node-to-node requests), [`trim`] (memory an idle
@@ -15,6 +15,7 @@ pub mod binds;
 pub mod config;
 pub mod error;
 pub mod exports;
+pub mod host;
 pub mod kinds;
 pub mod node;
 pub mod overlay;

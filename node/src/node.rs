@@ -26,6 +26,9 @@ use crate::{rpc, Config, Error};
 pub use crate::refs::{parse_ref, ref_view};
 pub use metac_resource::clock::unix_now;
 
+/// How often the notes of exports (compute's load figures) are looked at, and re-adverted if they changed.
+const NOTES_EVERY: Duration = Duration::from_secs(15);
+
 /// A running node.
 pub struct Node {
     pub(crate) id: Identity,
@@ -42,6 +45,10 @@ pub struct Node {
     remembered: Mutex<HashMap<String, Vec<String>>>,
     /// Exports of this node, opened.
     pub(crate) open: OpenExports,
+    /// Exports kinds made for a run ([`crate::host`]): in memory only, never adverted.
+    pub(crate) ephemeral: Mutex<HashMap<metac_mesh::token::ResourceId, crate::store::Export>>,
+    /// The notes of exports last adverted (compute's load), to re-advert when they change.
+    pub(crate) notes: Mutex<HashMap<metac_mesh::token::ResourceId, String>>,
     /// Binds of other nodes that this node serves right now.
     pub(crate) served: Served,
     /// This node's own binds.
@@ -118,6 +125,8 @@ impl Node {
             sigs: SigCache::new(4096),
             remembered: Mutex::new(HashMap::new()),
             open: OpenExports::default(),
+            ephemeral: Mutex::new(HashMap::new()),
+            notes: Mutex::new(HashMap::new()),
             served: Served::default(),
             binds: Binds::default(),
             cancel: cancel.clone(),
@@ -135,6 +144,7 @@ impl Node {
         let n = Arc::clone(&node);
         let requests = tokio::spawn(async move {
             let mut remember = tokio::time::interval(Duration::from_secs(30));
+            let mut notes = tokio::time::interval(NOTES_EVERY);
             let mut seen = 0;
             loop {
                 tokio::select! {
@@ -147,6 +157,11 @@ impl Node {
                         None => break,
                     },
                     _ = remember.tick() => seen = n.remember_peers(seen).await,
+                    _ = notes.tick() => {
+                        if n.notes_changed() {
+                            n.publish().await;
+                        }
+                    }
                 }
             }
         });
@@ -181,6 +196,7 @@ impl Node {
             clock: Arc::clone(&self.clock),
             store: Arc::new(KindTable::new(Arc::clone(&self.store), kind)),
             binder: Arc::new(crate::binds::NodeBinder(self.me_weak.clone())),
+            host: Arc::new(crate::host::NodeHost(self.me_weak.clone())),
             run_dir: self.run_dir.clone(),
             state_dir: self.state.join("kinds").join(kind.to_string()),
         }

@@ -24,6 +24,7 @@ const GUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("wg_guests");
 const BINDS: TableDefinition<&str, &[u8]> = TableDefinition::new("binds");
 const KINDS: TableDefinition<&str, &[u8]> = TableDefinition::new("kind_state");
 const OVERLAY_RULES: TableDefinition<&str, &[u8]> = TableDefinition::new("overlay_rules");
+const SAVED: TableDefinition<&str, &[u8]> = TableDefinition::new("saved_refs");
 
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
@@ -208,6 +209,19 @@ pub struct Guest {
     pub created: u64,
 }
 
+/// A ref a local user keeps under a name (`metac ref save NAME REF`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Saved {
+    /// The uid of the user who saved it: names are per user, and a ref is shown to its user and root only.
+    pub owner: u32,
+    /// The name.
+    pub name: String,
+    /// The ref.
+    pub reference: String,
+    /// Unix seconds when saved.
+    pub created: u64,
+}
+
 /// The store handle (cheap to share behind an `Arc`).
 pub struct Store {
     db: Database,
@@ -242,6 +256,7 @@ impl Store {
         w.open_table(BINDS)?;
         w.open_table(KINDS)?;
         w.open_table(OVERLAY_RULES)?;
+        w.open_table(SAVED)?;
         w.commit()?;
         Ok(Store { db })
     }
@@ -421,6 +436,21 @@ impl Store {
     /// The overlay's inbound rules, in order.
     pub fn overlay_rules(&self) -> Result<Vec<crate::policy::Rule>, Error> {
         self.all(OVERLAY_RULES, "overlay_rules")
+    }
+
+    /// Saves a ref under a name of its user's, replacing one of the same name.
+    pub fn put_saved(&self, s: &Saved) -> Result<(), Error> {
+        self.put(SAVED, &format!("{}/{}", s.owner, s.name), &enc(s))
+    }
+
+    /// Every saved ref, of every user.
+    pub fn saved(&self) -> Result<Vec<Saved>, Error> {
+        self.all(SAVED, "saved_refs")
+    }
+
+    /// Forgets a user's saved ref. Returns whether there was one.
+    pub fn remove_saved(&self, owner: u32, name: &str) -> Result<bool, Error> {
+        self.remove(SAVED, &format!("{owner}/{name}"))
     }
 
     /// Every remembered peer address.

@@ -238,6 +238,18 @@ impl Host {
             self.clone(),
             crate::metac_bin()?,
             extra_args.iter().map(|s| s.to_string()).collect(),
+            None,
+        )
+    }
+
+    /// [`Host::start_node_sharing_mounts`] in a UTS namespace of its own named `hostname` (a remote run's
+    /// `hostname` then tells which node it ran on).
+    pub fn start_node_sharing_mounts_named(&self, hostname: &str, extra_args: &[&str]) -> Result<Node> {
+        Node::start_sharing_mounts(
+            self.clone(),
+            crate::metac_bin()?,
+            extra_args.iter().map(|s| s.to_string()).collect(),
+            Some(hostname.to_string()),
         )
     }
 

@@ -39,17 +39,24 @@ pub struct Node {
     /// Runs in the host's network namespace only, sharing the test's mount namespace (see
     /// [`Host::cmd_sharing_mounts`]).
     share_mounts: bool,
+    /// A UTS namespace of its own with this hostname (so that nodes on one machine tell themselves apart).
+    hostname: Option<String>,
 }
 
 impl Node {
-    pub(crate) fn start_sharing_mounts(host: Host, bin: PathBuf, extra: Vec<String>) -> Result<Node> {
-        let mut node = Node { host, bin, extra, proc: None, pid: 0, share_mounts: true };
+    pub(crate) fn start_sharing_mounts(
+        host: Host,
+        bin: PathBuf,
+        extra: Vec<String>,
+        hostname: Option<String>,
+    ) -> Result<Node> {
+        let mut node = Node { host, bin, extra, proc: None, pid: 0, share_mounts: true, hostname };
         node.launch()?;
         Ok(node)
     }
 
     pub(crate) fn start(host: Host, bin: PathBuf, extra: Vec<String>) -> Result<Node> {
-        let mut node = Node { host, bin, extra, proc: None, pid: 0, share_mounts: false };
+        let mut node = Node { host, bin, extra, proc: None, pid: 0, share_mounts: false, hostname: None };
         node.launch()?;
         Ok(node)
     }
@@ -83,7 +90,14 @@ impl Node {
         args.extend(self.extra.iter().map(OsString::from));
 
         let log = self.log_path();
-        let mut cmd = if self.share_mounts {
+        let mut cmd = if let (true, Some(name)) = (self.share_mounts, &self.hostname) {
+            let mut a: Vec<OsString> =
+                ["--uts", "--", "sh", "-c", "hostname \"$0\" && exec \"$@\""].into_iter().map(OsString::from).collect();
+            a.push(name.into());
+            a.push(self.bin.clone().into());
+            a.extend(args);
+            self.host.cmd_sharing_mounts("unshare", &a)
+        } else if self.share_mounts {
             self.host.cmd_sharing_mounts(&self.bin, &args)
         } else {
             self.host.cmd(&self.bin, &args)

@@ -12,6 +12,7 @@ use metac_api::Client;
 use metac_compute::api::{AttachReq, Ended, ExecReq, KillReq, LogsReq, RunReq, StatsReply, StopReq, UpdateReq};
 use metac_compute::cgroup::Limits;
 use metac_compute::manager::{Info, Inspect};
+use metac_compute::remote::caller::On;
 use metac_compute::spec::{self, Mount, Network, Process, Restart, Spec, User};
 use metac_compute::stdio::{Exit, Frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,6 +29,10 @@ pub enum Cmd {
         /// Also those that ended
         #[arg(short, long)]
         all: bool,
+        /// The node it runs on (a saved name, node key or prefix, overlay address); runs started from here are
+        /// found without it
+        #[arg(long, value_name = "PEER")]
+        on: Option<String>,
     },
     /// Stop containers: SIGTERM, then SIGKILL after the timeout; they are not restarted
     Stop {
@@ -36,6 +41,10 @@ pub enum Cmd {
         time: u64,
         #[arg(required = true)]
         containers: Vec<String>,
+        /// The node it runs on (a saved name, node key or prefix, overlay address); runs started from here are
+        /// found without it
+        #[arg(long, value_name = "PEER")]
+        on: Option<String>,
     },
     /// Send a signal to containers' first process
     Kill {
@@ -44,6 +53,10 @@ pub enum Cmd {
         signal: String,
         #[arg(required = true)]
         containers: Vec<String>,
+        /// The node it runs on (a saved name, node key or prefix, overlay address); runs started from here are
+        /// found without it
+        #[arg(long, value_name = "PEER")]
+        on: Option<String>,
     },
     /// Remove containers with their logs
     Rm {
@@ -52,6 +65,10 @@ pub enum Cmd {
         force: bool,
         #[arg(required = true)]
         containers: Vec<String>,
+        /// The node it runs on (a saved name, node key or prefix, overlay address); runs started from here are
+        /// found without it
+        #[arg(long, value_name = "PEER")]
+        on: Option<String>,
     },
     /// Print a container's output
     Logs {
@@ -65,6 +82,10 @@ pub enum Cmd {
         #[arg(short, long)]
         timestamps: bool,
         container: String,
+        /// The node it runs on (a saved name, node key or prefix, overlay address); runs started from here are
+        /// found without it
+        #[arg(long, value_name = "PEER")]
+        on: Option<String>,
     },
     /// Attach to a running container's terminal or output (Ctrl-P Ctrl-Q detaches)
     Attach {
@@ -72,6 +93,10 @@ pub enum Cmd {
         #[arg(long)]
         no_stdin: bool,
         container: String,
+        /// The node it runs on (a saved name, node key or prefix, overlay address); runs started from here are
+        /// found without it
+        #[arg(long, value_name = "PEER")]
+        on: Option<String>,
     },
     /// Run another command in a running container (its namespaces, cgroup, capabilities and user)
     Exec {
@@ -94,14 +119,27 @@ pub enum Cmd {
         /// The command and its arguments
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
         command: Vec<String>,
+        /// The node it runs on (a saved name, node key or prefix, overlay address); runs started from here are
+        /// found without it
+        #[arg(long, value_name = "PEER")]
+        on: Option<String>,
     },
     /// Wait until containers end; prints each exit code
     Wait {
         #[arg(required = true)]
         containers: Vec<String>,
+        /// The node it runs on (a saved name, node key or prefix, overlay address); runs started from here are
+        /// found without it
+        #[arg(long, value_name = "PEER")]
+        on: Option<String>,
     },
     /// Everything about a container, as JSON
-    Inspect { container: String },
+    Inspect {
+        container: String,
+        /// The node it runs on
+        #[arg(long, value_name = "PEER")]
+        on: Option<String>,
+    },
     /// Memory, cpu and pids figures of running containers
     Stats {
         /// Print once and return
@@ -218,6 +256,13 @@ pub struct RunArgs {
     /// newest in /boot]
     #[arg(long, value_name = "FILE")]
     kernel: Option<PathBuf>,
+    /// Run on another node, with this machine's files: a saved name (`metac ref save`), a node key or prefix, an
+    /// overlay address, `any` (the least loaded node you hold a compute ref for), or a compute ref
+    #[arg(long, value_name = "PEER")]
+    on: Option<String>,
+    /// With --on: use that node's root (read-only) instead of this one's (faster, for programs it has)
+    #[arg(long, requires = "on")]
+    no_root: bool,
     /// The command and its arguments
     #[arg(required = true, value_name = "CMD")]
     command: Vec<String>,
@@ -343,16 +388,27 @@ pub async fn run(c: &Client, json: bool, cmd: Cmd) -> Result<Option<i32>> {
             if a.detach && a.rm && a.restart != Restart::No {
                 bail!("--rm and --restart do not go together");
             }
-            let info: Info = c.post("/v1/containers", &RunReq { spec, attach: !a.detach }).await?;
+            let on = a.on.clone().map(|peer| On { peer, no_root: a.no_root });
+            let remote = on.is_some();
+            let req = RunReq { spec, attach: !a.detach, on };
+            let info: Info = c.post("/v1/containers", &req).await?;
             if a.detach {
                 print(json, &info, |i| i.id.clone());
                 return Ok(None);
             }
-            let code = attached(c, &info.id, a.tty, a.interactive).await?;
-            Ok(Some(code))
+            let code = attached(c, &info.id, None, a.tty, a.interactive).await;
+            match code {
+                Ok(code) => Ok(Some(code)),
+                // The node it ran on went away: as ssh does, 255.
+                Err(e) if remote => {
+                    eprintln!("metac: {e:#}");
+                    Ok(Some(255))
+                }
+                Err(e) => Err(e),
+            }
         }
-        Cmd::Ps { all } => {
-            let list: Vec<Info> = c.get(&format!("/v1/containers?all={all}")).await?;
+        Cmd::Ps { all, on } => {
+            let list: Vec<Info> = c.get(&format!("/v1/containers?all={all}{}", on_query(&on, '&'))).await?;
             // VMs follow the containers: in JSON as entries of type `vm`, in text as a table of their own.
             let vms = super::vm::ps_section(c, all).await;
             if json {
@@ -369,12 +425,13 @@ pub async fn run(c: &Client, json: bool, cmd: Cmd) -> Result<Option<i32>> {
             }
             print(false, &list, |l| {
                 table(
-                    &["ID", "NAME", "STATE", "PID", "COMMAND", "CREATED", "LIMITS"],
+                    &["ID", "NAME", "STATE", "NODE", "PID", "COMMAND", "CREATED", "LIMITS"],
                     l.iter().map(|i| {
                         vec![
                             i.id.clone(),
                             i.name.clone(),
                             state(i),
+                            i.node.as_deref().map_or("-".into(), super::short),
                             i.pid.map_or("-".into(), |p| p.to_string()),
                             printable(&shorten(&i.command.join(" "), 30)),
                             since(i.created),
@@ -388,9 +445,9 @@ pub async fn run(c: &Client, json: bool, cmd: Cmd) -> Result<Option<i32>> {
             }
             Ok(None)
         }
-        Cmd::Stop { time, containers } => {
+        Cmd::Stop { time, containers, on } => {
             for id in containers {
-                let e: Ended = c.post(&path(&id, "stop"), &StopReq { timeout: Some(time) }).await?;
+                let e: Ended = c.post(&on_path(&id, "stop", &on), &StopReq { timeout: Some(time) }).await?;
                 if !json {
                     println!("{id}");
                 } else {
@@ -399,23 +456,25 @@ pub async fn run(c: &Client, json: bool, cmd: Cmd) -> Result<Option<i32>> {
             }
             Ok(None)
         }
-        Cmd::Kill { signal, containers } => {
+        Cmd::Kill { signal, containers, on } => {
             let signal = spec::parse_signal(&signal).map_err(|e| anyhow::anyhow!(e.0))?;
             for id in containers {
-                let () = c.post(&path(&id, "kill"), &KillReq { signal }).await?;
+                let () = c.post(&on_path(&id, "kill", &on), &KillReq { signal }).await?;
                 println!("{id}");
             }
             Ok(None)
         }
-        Cmd::Rm { force, containers } => {
+        Cmd::Rm { force, containers, on } => {
             for id in containers {
-                let _: serde_json::Value = c.delete(&format!("/v1/containers/{}?force={force}", segment(&id))).await?;
+                let url = format!("/v1/containers/{}?force={force}{}", segment(&id), on_query(&on, '&'));
+                let _: serde_json::Value = c.delete(&url).await?;
                 println!("{id}");
             }
             Ok(None)
         }
-        Cmd::Logs { follow, tail, timestamps, container } => {
-            let mut body = c.post_stream(&path(&container, "logs"), &LogsReq { follow, tail, timestamps }).await?;
+        Cmd::Logs { follow, tail, timestamps, container, on } => {
+            let url = on_path(&container, "logs", &on);
+            let mut body = c.post_stream(&url, &LogsReq { follow, tail, timestamps }).await?;
             let mut buf = Vec::new();
             let mut out = std::io::stdout();
             let mut err = std::io::stderr();
@@ -433,12 +492,13 @@ pub async fn run(c: &Client, json: bool, cmd: Cmd) -> Result<Option<i32>> {
             }
             Ok(None)
         }
-        Cmd::Attach { no_stdin, container } => {
-            let i: Inspect = c.get(&format!("/v1/containers/{}", segment(&container))).await?;
-            let code = attached(c, &i.info.id, i.spec.process.tty, !no_stdin && i.spec.process.stdin).await?;
+        Cmd::Attach { no_stdin, container, on } => {
+            let i: Inspect = c.get(&format!("/v1/containers/{}{}", segment(&container), on_query(&on, '?'))).await?;
+            let p = &i.spec.process;
+            let code = attached(c, &i.info.id, on.as_deref(), p.tty, !no_stdin && p.stdin).await?;
             Ok(Some(code))
         }
-        Cmd::Exec { tty, interactive, env, workdir, user, container, command } => {
+        Cmd::Exec { tty, interactive, env, workdir, user, container, command, on } => {
             let process = Process {
                 args: command,
                 env,
@@ -449,13 +509,13 @@ pub async fn run(c: &Client, json: bool, cmd: Cmd) -> Result<Option<i32>> {
                 size: if tty { terminal_size() } else { None },
             };
             process.check().map_err(|e| anyhow::anyhow!(e.0))?;
-            let io = c.upgrade(&path(&container, "exec"), &ExecReq { process }).await?;
-            Ok(Some(stream(c, io, &container, tty, interactive, false).await?))
+            let io = c.upgrade(&on_path(&container, "exec", &on), &ExecReq { process }).await?;
+            Ok(Some(stream(c, io, &container, None, tty, interactive, false).await?))
         }
-        Cmd::Wait { containers } => {
+        Cmd::Wait { containers, on } => {
             // As docker's: each status printed, and this command's own success.
             for id in containers {
-                let e: Ended = c.post(&path(&id, "wait"), &serde_json::json!({})).await?;
+                let e: Ended = c.post(&on_path(&id, "wait", &on), &serde_json::json!({})).await?;
                 if json {
                     print(true, &e, |_| String::new());
                 } else {
@@ -464,8 +524,9 @@ pub async fn run(c: &Client, json: bool, cmd: Cmd) -> Result<Option<i32>> {
             }
             Ok(None)
         }
-        Cmd::Inspect { container } => {
-            let i: serde_json::Value = c.get(&format!("/v1/containers/{}", segment(&container))).await?;
+        Cmd::Inspect { container, on } => {
+            let i: serde_json::Value =
+                c.get(&format!("/v1/containers/{}{}", segment(&container), on_query(&on, '?'))).await?;
             println!("{}", serde_json::to_string_pretty(&i)?);
             Ok(None)
         }
@@ -497,6 +558,15 @@ pub async fn run(c: &Client, json: bool, cmd: Cmd) -> Result<Option<i32>> {
 
 fn path(id: &str, what: &str) -> String {
     format!("/v1/containers/{}/{what}", segment(id))
+}
+
+/// `?on=PEER` (or `&on=PEER`), or nothing.
+fn on_query(on: &Option<String>, sep: char) -> String {
+    on.as_deref().map_or(String::new(), |p| format!("{sep}on={}", segment(p)))
+}
+
+fn on_path(id: &str, what: &str, on: &Option<String>) -> String {
+    format!("{}{}", path(id, what), on_query(on, '?'))
 }
 
 fn state(i: &Info) -> String {
@@ -627,14 +697,23 @@ impl Drop for Raw {
 
 /// Streams a container's output here and this terminal's input there until it ends (its exit status) or the
 /// user detaches (0).
-async fn attached(c: &Client, id: &str, tty: bool, stdin: bool) -> Result<i32> {
-    let io = c.upgrade(&path(id, "attach"), &AttachReq { stdin }).await?;
-    stream(c, io, id, tty, stdin, true).await
+async fn attached(c: &Client, id: &str, on: Option<&str>, tty: bool, stdin: bool) -> Result<i32> {
+    let on = on.map(str::to_string);
+    let io = c.upgrade(&on_path(id, "attach", &on), &AttachReq { stdin }).await?;
+    stream(c, io, id, on.as_deref(), tty, stdin, true).await
 }
 
 /// Streams frames between this terminal and a container's process on `io`; `main` says whether it is the
 /// container's first process (whose end `wait` can tell when the stream breaks) or an exec'd one.
-async fn stream(c: &Client, io: metac_api::Upgraded, id: &str, tty: bool, stdin: bool, main: bool) -> Result<i32> {
+async fn stream(
+    c: &Client,
+    io: metac_api::Upgraded,
+    id: &str,
+    on: Option<&str>,
+    tty: bool,
+    stdin: bool,
+    main: bool,
+) -> Result<i32> {
     let (mut rd, mut wr) = tokio::io::split(io);
     let raw = if tty && std::io::stdin().is_terminal() { Raw::enter() } else { None };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Frame>(64);
@@ -770,7 +849,7 @@ async fn stream(c: &Client, io: metac_api::Upgraded, id: &str, tty: bool, stdin:
         }
         None if main => {
             // The stream ended without an exit: ask how it ended.
-            let e: Ended = c.post(&path(id, "wait"), &serde_json::json!({})).await?;
+            let e: Ended = c.post(&on_path(id, "wait", &on.map(str::to_string)), &serde_json::json!({})).await?;
             Ok(e.exit.map_or(1, |x| x.status()))
         }
         None => bail!("the connection to the process broke before it ended"),

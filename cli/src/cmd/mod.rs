@@ -2,6 +2,7 @@
 //! output helpers they share: `--json` or text, tables, times and sizes.
 
 pub mod binds;
+pub mod compute;
 pub mod containers;
 pub mod file;
 pub mod fs;

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Subcommand;
-use metac_api::types::{DelegateReq, DelegateResp, RefReq, RefView, RevokeResp, TokenView};
+use metac_api::types::{
+    DelegateReq, DelegateResp, RefReq, RefView, Removed, RevokeResp, SaveReq, SavedView, TokenView,
+};
 use metac_api::Client;
 
 use super::{print, rfc3339, short, table};
@@ -12,8 +14,16 @@ use super::{print, rfc3339, short, table};
 /// `metac ref` subcommands.
 #[derive(Subcommand)]
 pub enum Cmd {
-    /// List the refs this node issued or delegated
-    Ls,
+    /// List the refs this node issued or delegated (--saved: the refs you saved by name)
+    Ls {
+        /// The refs you saved with `metac ref save`
+        #[arg(long)]
+        saved: bool,
+    },
+    /// Keep a ref under a name, e.g. a compute ref for `metac run --on NAME`
+    Save { name: String, reference: String },
+    /// Forget a saved ref
+    Forget { name: String },
     /// Decode a ref: issuer, resource, rights, expiry, audience
     Show { reference: String },
     /// Make a narrower ref from one you hold
@@ -45,7 +55,34 @@ pub enum Cmd {
 /// Runs a `metac ref` subcommand against the node behind `c`.
 pub async fn run(c: &Client, json: bool, cmd: Cmd) -> Result<()> {
     match cmd {
-        Cmd::Ls => {
+        Cmd::Ls { saved: true } => {
+            let v: Vec<SavedView> = c.get("/v1/refs/saved").await?;
+            print(json, &v, |v| {
+                table(
+                    &["NAME", "KIND", "RIGHTS", "NODE", "EXPIRES", "STATE", "REF"],
+                    v.iter().map(|s| {
+                        vec![
+                            s.name.clone(),
+                            s.kind.clone(),
+                            s.rights.clone(),
+                            short(&s.issuer),
+                            s.expires.map(rfc3339).unwrap_or("never".into()),
+                            s.state.clone(),
+                            s.reference.clone(),
+                        ]
+                    }),
+                )
+            });
+        }
+        Cmd::Save { name, reference } => {
+            let v: Removed = c.post("/v1/refs/saved", &SaveReq { name, reference }).await?;
+            print(json, &v, |v| format!("saved as {}", v.name));
+        }
+        Cmd::Forget { name } => {
+            let v: Removed = c.delete(&format!("/v1/refs/saved/{}", super::segment(&name))).await?;
+            print(json, &v, |v| format!("forgot {}", v.name));
+        }
+        Cmd::Ls { saved: false } => {
             let v: Vec<TokenView> = c.get("/v1/refs").await?;
             print(json, &v, |v| {
                 table(

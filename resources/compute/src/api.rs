@@ -29,7 +29,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::cgroup::{Limits, Stats};
 use crate::logs;
-use crate::manager::{Info, Inspect, Manager};
+use crate::manager::{Info, Manager};
+use crate::remote::caller::{On, Remote};
+use crate::remote::Request as RemoteReq;
 use crate::spec::{Process, Spec};
 use crate::stdio::{Exit, Frame};
 
@@ -41,6 +43,9 @@ pub struct RunReq {
     /// The client attaches next: hold the command until it does.
     #[serde(default)]
     pub attach: bool,
+    /// Run on another node, with the caller's files (`--on`).
+    #[serde(default)]
+    pub on: Option<On>,
 }
 
 /// `POST /v1/containers/{id}/attach`.
@@ -59,7 +64,7 @@ pub struct ExecReq {
 }
 
 /// `POST /v1/containers/{id}/logs`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogsReq {
     /// Keep streaming what it prints until it ends.
     #[serde(default)]
@@ -114,16 +119,36 @@ pub struct StatsReply {
 struct AllQuery {
     #[serde(default)]
     all: bool,
+    /// The node to list (`ps --on`).
+    #[serde(default)]
+    on: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 struct ForceQuery {
     #[serde(default)]
     force: bool,
+    #[serde(default)]
+    on: Option<String>,
 }
 
-/// The routes, on a node's containers.
-pub fn routes(m: Arc<Manager>) -> Router {
+/// `?on=PEER`: the container runs on that node.
+#[derive(Debug, Default, Deserialize)]
+struct OnQuery {
+    #[serde(default)]
+    on: Option<String>,
+}
+
+/// The routes' state: this node's containers and its runs on others.
+#[derive(Clone)]
+struct Containers {
+    m: Arc<Manager>,
+    r: Arc<Remote>,
+}
+
+/// The routes, on a node's containers and its remote runs. A container command whose id is a run started here,
+/// or that names a node (`?on=PEER`), goes to the node it runs on.
+pub fn routes(m: Arc<Manager>, r: Arc<Remote>) -> Router {
     Router::new()
         .route("/v1/containers", post(create).get(list))
         .route("/v1/containers/{id}", get(inspect).delete(remove))
@@ -137,75 +162,122 @@ pub fn routes(m: Arc<Manager>) -> Router {
         .route("/v1/containers/{id}/unpause", post(unpause))
         .route("/v1/containers/{id}/update", post(update))
         .route("/v1/containers/{id}/stats", get(stats))
-        .with_state(m)
+        .with_state(Containers { m, r })
 }
 
-type M = State<Arc<Manager>>;
+type M = State<Containers>;
 
-async fn create(State(m): M, caller: Caller, Json(req): Json<RunReq>) -> Result<Json<Info>, Error> {
-    m.create(req.spec, caller, req.attach).await.map(Json)
+async fn create(State(s): M, caller: Caller, Json(req): Json<RunReq>) -> Result<Json<Info>, Error> {
+    match req.on {
+        Some(on) => s.r.run(caller, req.spec, req.attach, on).await.map(Json),
+        None => s.m.create(req.spec, caller, req.attach).await.map(Json),
+    }
 }
 
-async fn list(State(m): M, caller: Caller, Query(q): Query<AllQuery>) -> Result<Json<Vec<Info>>, Error> {
-    m.list(&caller, q.all).map(Json)
+async fn list(State(s): M, caller: Caller, Query(q): Query<AllQuery>) -> Result<Json<Vec<Info>>, Error> {
+    if let Some(on) = q.on {
+        let r = s.r.resolve(&on, &caller).await?;
+        let mut v: Vec<Info> = s.r.call(&r, &caller, RemoteReq::List { all: q.all }).await?;
+        for i in &mut v {
+            i.node = Some(r.token.issuer().to_hex());
+        }
+        return Ok(Json(v));
+    }
+    let mut v = s.m.list(&caller, q.all)?;
+    v.extend(s.r.list(&caller, q.all));
+    Ok(Json(v))
 }
 
-async fn inspect(State(m): M, caller: Caller, Path(id): Path<String>) -> Result<Json<Inspect>, Error> {
-    m.inspect(&id, &caller).map(Json)
+async fn inspect(
+    State(s): M,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<OnQuery>,
+) -> Result<Json<serde_json::Value>, Error> {
+    if let Some(r) = s.r.target(&id, q.on.as_deref(), &caller).await? {
+        return s.r.call(&r, &caller, RemoteReq::Inspect { id }).await.map(Json);
+    }
+    s.m.inspect(&id, &caller).map(|i| Json(serde_json::to_value(i).expect("inspect serializes")))
 }
 
 async fn remove(
-    State(m): M,
+    State(s): M,
     caller: Caller,
     Path(id): Path<String>,
     Query(q): Query<ForceQuery>,
 ) -> Result<Json<serde_json::Value>, Error> {
-    m.remove(&id, &caller, q.force).await?;
+    if let Some(r) = s.r.target(&id, q.on.as_deref(), &caller).await? {
+        let () = s.r.call(&r, &caller, RemoteReq::Remove { id: id.clone(), force: q.force }).await?;
+        s.r.forget(&id, &caller);
+    } else {
+        s.m.remove(&id, &caller, q.force).await?;
+    }
     Ok(Json(serde_json::json!({ "removed": id })))
 }
 
 async fn kill(
-    State(m): M,
+    State(s): M,
     caller: Caller,
     Path(id): Path<String>,
+    Query(q): Query<OnQuery>,
     Json(req): Json<KillReq>,
 ) -> Result<Json<()>, Error> {
-    m.kill(&id, &caller, req.signal).await.map(Json)
+    if let Some(r) = s.r.target(&id, q.on.as_deref(), &caller).await? {
+        return s.r.call(&r, &caller, RemoteReq::Kill { id, signal: req.signal }).await.map(Json);
+    }
+    s.m.kill(&id, &caller, req.signal).await.map(Json)
 }
 
 async fn stop(
-    State(m): M,
+    State(s): M,
     caller: Caller,
     Path(id): Path<String>,
+    Query(q): Query<OnQuery>,
     Json(req): Json<StopReq>,
 ) -> Result<Json<Ended>, Error> {
-    let grace = Duration::from_secs(req.timeout.unwrap_or(10).min(3600));
-    m.stop(&id, &caller, grace).await.map(|exit| Json(Ended { exit }))
+    let secs = req.timeout.unwrap_or(10).min(3600);
+    if let Some(r) = s.r.target(&id, q.on.as_deref(), &caller).await? {
+        return s.r.call(&r, &caller, RemoteReq::Stop { id, timeout: secs }).await.map(Json);
+    }
+    s.m.stop(&id, &caller, Duration::from_secs(secs)).await.map(|exit| Json(Ended { exit }))
 }
 
-async fn wait(State(m): M, caller: Caller, Path(id): Path<String>) -> Result<Json<Ended>, Error> {
-    m.wait(&id, &caller).await.map(|exit| Json(Ended { exit }))
+async fn wait(
+    State(s): M,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<OnQuery>,
+) -> Result<Json<Ended>, Error> {
+    if q.on.is_none() {
+        if let Some(r) = s.r.wait_started(&id, &caller).await {
+            return r.map(|exit| Json(Ended { exit }));
+        }
+    }
+    if let Some(r) = s.r.target(&id, q.on.as_deref(), &caller).await? {
+        return s.r.call(&r, &caller, RemoteReq::Wait { id }).await.map(Json);
+    }
+    s.m.wait(&id, &caller).await.map(|exit| Json(Ended { exit }))
 }
 
-async fn pause(State(m): M, caller: Caller, Path(id): Path<String>) -> Result<Json<()>, Error> {
-    m.pause(&id, &caller, true).map(Json)
+async fn pause(State(s): M, caller: Caller, Path(id): Path<String>) -> Result<Json<()>, Error> {
+    s.m.pause(&id, &caller, true).map(Json)
 }
 
-async fn unpause(State(m): M, caller: Caller, Path(id): Path<String>) -> Result<Json<()>, Error> {
-    m.pause(&id, &caller, false).map(Json)
+async fn unpause(State(s): M, caller: Caller, Path(id): Path<String>) -> Result<Json<()>, Error> {
+    s.m.pause(&id, &caller, false).map(Json)
 }
 
 async fn update(
-    State(m): M,
+    State(s): M,
     caller: Caller,
     Path(id): Path<String>,
     Json(req): Json<UpdateReq>,
 ) -> Result<Json<Info>, Error> {
-    m.update(&id, &caller, req.limits).map(Json)
+    s.m.update(&id, &caller, req.limits).map(Json)
 }
 
-async fn stats(State(m): M, caller: Caller, Path(id): Path<String>) -> Result<Json<StatsReply>, Error> {
-    m.stats(&id, &caller).map(|(info, stats)| Json(StatsReply { info, stats }))
+async fn stats(State(s): M, caller: Caller, Path(id): Path<String>) -> Result<Json<StatsReply>, Error> {
+    s.m.stats(&id, &caller).map(|(info, stats)| Json(StatsReply { info, stats }))
 }
 
 /// The JSON body of an upgrade request.
@@ -216,24 +288,55 @@ async fn body<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, Error> {
     serde_json::from_slice(&body).map_err(|e| Error::BadOptions(format!("bad request body: {e}")))
 }
 
-/// Checks the container, then splices the upgraded connection with the shim's socket.
-async fn attach(State(m): M, caller: Caller, Path(id): Path<String>, req: Request) -> Response {
+/// Checks the container, then splices the upgraded connection with the shim's socket (or, for a remote run, with
+/// the stream to the node it runs on).
+async fn attach(
+    State(s): M,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<OnQuery>,
+    req: Request,
+) -> Response {
     let (parts, b) = req.into_parts();
-    let shim = match body::<AttachReq>(b).await {
-        Ok(a) => m.attach(&id, &caller, a.stdin).await,
-        Err(e) => Err(e),
+    let a = match body::<AttachReq>(b).await {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
     };
-    splice(parts, id, shim)
+    if q.on.is_none() && s.r.awaits_client(&id, &caller) {
+        let (r, c) = (Arc::clone(&s.r), caller.clone());
+        return upgrade(parts, id.clone(), move |conn| async move {
+            if r.attach_started(&id, &c, conn).is_some() {
+                tracing::debug!("attach to {id}: the run no longer waits for a client");
+            }
+        });
+    }
+    match s.r.target(&id, q.on.as_deref(), &caller).await {
+        Ok(Some(r)) => {
+            let stream = s.r.open(&r, &caller, RemoteReq::Attach { id: id.clone(), stdin: a.stdin }).await;
+            return relayed(parts, id, stream);
+        }
+        Ok(None) => {}
+        Err(e) => return e.into_response(),
+    }
+    splice(parts, id.clone(), s.m.attach(&id, &caller, a.stdin).await)
 }
 
 /// Starts a process in the container, then splices as [`attach`].
-async fn exec(State(m): M, caller: Caller, Path(id): Path<String>, req: Request) -> Response {
+async fn exec(State(s): M, caller: Caller, Path(id): Path<String>, Query(q): Query<OnQuery>, req: Request) -> Response {
     let (parts, b) = req.into_parts();
-    let shim = match body::<ExecReq>(b).await {
-        Ok(e) => m.exec(&id, &caller, e.process).await,
-        Err(e) => Err(e),
+    let e = match body::<ExecReq>(b).await {
+        Ok(e) => e,
+        Err(e) => return e.into_response(),
     };
-    splice(parts, id, shim)
+    match s.r.target(&id, q.on.as_deref(), &caller).await {
+        Ok(Some(r)) => {
+            let stream = s.r.open(&r, &caller, RemoteReq::Exec { id: id.clone(), process: e.process }).await;
+            return relayed(parts, id, stream);
+        }
+        Ok(None) => {}
+        Err(e) => return e.into_response(),
+    }
+    splice(parts, id.clone(), s.m.exec(&id, &caller, e.process).await)
 }
 
 fn splice(parts: axum::http::request::Parts, id: String, shim: Result<tokio::net::UnixStream, Error>) -> Response {
@@ -241,14 +344,38 @@ fn splice(parts: axum::http::request::Parts, id: String, shim: Result<tokio::net
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };
+    upgrade(parts, id, move |mut io| async move {
+        let _ = tokio::io::copy_bidirectional(&mut io, &mut shim).await;
+    })
+}
+
+/// Relays an upgraded connection with a stream to the node a remote run is on, with pings.
+fn relayed(
+    parts: axum::http::request::Parts,
+    id: String,
+    stream: Result<metac_resource::BoxStream, Error>,
+) -> Response {
+    let mut stream = match stream {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    upgrade(parts, id, move |mut io| async move {
+        let end = crate::remote::relay(Some(&mut io), &mut stream, std::future::pending()).await;
+        tracing::debug!("remote attach ended: {end:?}");
+    })
+}
+
+/// Answers 101 and hands the upgraded connection to `then`.
+fn upgrade<F, Fut>(parts: axum::http::request::Parts, id: String, then: F) -> Response
+where
+    F: FnOnce(metac_resource::BoxStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let mut req = Request::from_parts(parts, ());
     let on = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match on.await {
-            Ok(up) => {
-                let mut io = TokioIo::new(up);
-                let _ = tokio::io::copy_bidirectional(&mut io, &mut shim).await;
-            }
+            Ok(up) => then(Box::new(TokioIo::new(up))).await,
             Err(e) => tracing::debug!("attach to {id}: the upgrade failed: {e}"),
         }
     });
@@ -260,14 +387,44 @@ fn splice(parts: axum::http::request::Parts, id: String, shim: Result<tokio::net
         .expect("response")
 }
 
-async fn logs_route(State(m): M, caller: Caller, Path(id): Path<String>, Json(req): Json<LogsReq>) -> Response {
-    let (record, dir) = match m.log_dir(&id, &caller) {
-        Ok(v) => v,
+async fn logs_route(
+    State(s): M,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<OnQuery>,
+    Json(req): Json<LogsReq>,
+) -> Response {
+    match s.r.target(&id, q.on.as_deref(), &caller).await {
+        Ok(Some(r)) => {
+            let stream = match s.r.open(&r, &caller, RemoteReq::Logs { id, logs: req }).await {
+                Ok(st) => st,
+                Err(e) => return e.into_response(),
+            };
+            let body = Body::from_stream(tokio_util::io::ReaderStream::new(stream));
+            return ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response();
+        }
+        Ok(None) => {}
+        Err(e) => return e.into_response(),
+    }
+    let rx = match log_frames(&s.m, &id, &caller, req) {
+        Ok(rx) => rx,
         Err(e) => return e.into_response(),
     };
+    let stream = futures_stream(rx);
+    ([(header::CONTENT_TYPE, "application/octet-stream")], Body::from_stream(stream)).into_response()
+}
+
+/// A container's output as encoded stdio frames, read (and followed) on a blocking thread.
+pub fn log_frames(
+    m: &Arc<Manager>,
+    id: &str,
+    caller: &Caller,
+    req: LogsReq,
+) -> Result<tokio::sync::mpsc::Receiver<Result<bytes::Bytes, std::io::Error>>, Error> {
+    let (record, dir) = m.log_dir(id, caller)?;
     let follow = req.follow && m.running(&record);
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(16);
-    let m2 = Arc::clone(&m);
+    let m2 = Arc::clone(m);
     tokio::task::spawn_blocking(move || {
         let send = |r: &logs::Record| {
             let line = logs::format_line(r, req.timestamps);
@@ -320,8 +477,7 @@ async fn logs_route(State(m): M, caller: Caller, Path(id): Path<String>, Json(re
             let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
         }
     });
-    let stream = futures_stream(rx);
-    ([(header::CONTENT_TYPE, "application/octet-stream")], Body::from_stream(stream)).into_response()
+    Ok(rx)
 }
 
 fn futures_stream(

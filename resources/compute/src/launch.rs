@@ -207,6 +207,14 @@ pub fn root(sys: &dyn Syscall, plan: &Plan) -> Result<(), Error> {
             }
             mountpoint(sys, new, m)?;
         }
+        // A mount under a tmpfs of the container's own made before it (a remote run's /tmp over the caller's
+        // root, its working directory in /tmp): its mountpoint is made there, touching nothing else.
+        let in_own_tmpfs = plan.mounts[..i]
+            .iter()
+            .any(|p| p.source == Source::Tmpfs && m.target.starts_with(&p.target) && m.target != p.target);
+        if plan.root != Root::Host && in_own_tmpfs && sys.kind_of(&t).is_none() {
+            mountpoint(sys, new, m)?;
+        }
         match &m.source {
             Source::Bind(src) => {
                 sys.mount(Some(src), &t, None, rbind, None).map_err(at(format!(

@@ -17,6 +17,7 @@ pub mod idmap;
 pub mod launch;
 pub mod logs;
 pub mod manager;
+pub mod remote;
 pub mod security;
 pub mod shim;
 pub mod spec;
@@ -29,32 +30,38 @@ use metac_resource::{BoxFuture, Caller, Ctx, Error, ExportSpec, Exporter, Kind, 
 use serde::{Deserialize, Serialize};
 
 pub use manager::Manager;
+pub use remote::caller::Remote;
 pub use spec::Spec;
 
-/// The wire protocol of compute binds (remote launch).
-pub const PROTOCOL: &str = "metac-run/0";
+/// The wire protocol of compute binds (remote launch, [`remote`]).
+pub const PROTOCOL: &str = "metac-run/1";
 
-/// Options of compute exports and binds: none yet.
+/// Options of a compute export (`metac compute export`): none yet.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NoOptions {}
 
-/// The `compute` kind: this node's containers.
+/// The `compute` kind: this node's containers, and its runs on other nodes.
 #[derive(Default)]
 pub struct Compute {
-    /// The running node's containers; a node started again in the same process gets a new one.
-    manager: Mutex<Option<Arc<Manager>>>,
+    /// The running node's containers and remote runs; a node started again in the same process gets new ones.
+    state: Mutex<Option<(Arc<Manager>, Arc<Remote>)>>,
 }
 
 impl Compute {
     /// The node's containers (made on first use, with the node's context).
     pub fn manager(&self, ctx: &Ctx) -> Arc<Manager> {
-        let mut m = self.manager.lock().expect("manager lock");
-        Arc::clone(m.get_or_insert_with(|| Arc::new(Manager::new(ctx.clone()))))
+        self.state(ctx).0
+    }
+
+    fn state(&self, ctx: &Ctx) -> (Arc<Manager>, Arc<Remote>) {
+        let mut m = self.state.lock().expect("compute lock");
+        let (a, b) = m.get_or_insert_with(|| (Arc::new(Manager::new(ctx.clone())), Arc::new(Remote::new(ctx.clone()))));
+        (Arc::clone(a), Arc::clone(b))
     }
 }
 
-const NOT_YET: &str = "compute is not exported to other nodes in this build: remote launch (`metac run --on PEER`) \
-                       will do that; run containers on this node with `metac run`";
+const NO_BIND: &str = "a compute ref is not bound: run on its node with `metac run --on NAME ...` after \
+                       `metac ref save NAME REF`";
 
 impl ResourceKind for Compute {
     type ExportOptions = NoOptions;
@@ -68,20 +75,30 @@ impl ResourceKind for Compute {
         PROTOCOL
     }
 
-    fn prepare(&self, _: &str, _: Option<NoOptions>, _: &Caller) -> Result<Prepared<NoOptions>, Error> {
-        Err(Error::BadOptions(NOT_YET.into()))
+    fn prepare(&self, _: &str, options: Option<NoOptions>, caller: &Caller) -> Result<Prepared<NoOptions>, Error> {
+        let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "node".into());
+        let name = if caller.is_root() { host } else { format!("{host}-{}", caller.uid) };
+        Ok(Prepared { options: options.unwrap_or_default(), source: format!("containers as {caller}"), name })
     }
 
-    fn open<'a>(&'a self, _: ExportSpec<NoOptions>, _: &'a Ctx) -> BoxFuture<'a, Result<Arc<dyn Exporter>, Error>> {
-        Box::pin(async { Err(Error::Unavailable(NOT_YET.into())) })
+    fn open<'a>(
+        &'a self,
+        spec: ExportSpec<NoOptions>,
+        ctx: &'a Ctx,
+    ) -> BoxFuture<'a, Result<Arc<dyn Exporter>, Error>> {
+        Box::pin(async move {
+            let exporter = remote::serve::ComputeExporter { manager: self.manager(ctx), owner: spec.owner };
+            Ok(Arc::new(exporter) as Arc<dyn Exporter>)
+        })
     }
 
     fn bind(&self, _: &Ref, _: NoOptions, _: &Caller, _: &Ctx) -> Result<Box<dyn Session>, Error> {
-        Err(Error::BadOptions(NOT_YET.into()))
+        Err(Error::BadOptions(NO_BIND.into()))
     }
 
     fn routes(&self, ctx: Ctx) -> axum::Router {
-        api::routes(self.manager(&ctx))
+        let (m, r) = self.state(&ctx);
+        api::routes(m, r)
     }
 
     fn recover(&self, ctx: &Ctx) {
@@ -89,7 +106,7 @@ impl ResourceKind for Compute {
     }
 
     fn stop(&self) {
-        if let Some(m) = self.manager.lock().expect("manager lock").take() {
+        if let Some((m, _)) = self.state.lock().expect("compute lock").take() {
             m.let_go();
         }
     }

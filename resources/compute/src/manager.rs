@@ -56,6 +56,20 @@ pub struct Record {
     /// Paused (frozen) by `metac pause`.
     #[serde(default)]
     pub paused: bool,
+    /// Who ran it from another node (remote launch).
+    #[serde(default)]
+    pub origin: Option<Origin>,
+}
+
+/// The node and user that ran a container from afar (`metac run --on`), and whom its refs are bound as.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    /// The calling node's key, hex.
+    pub node: String,
+    /// The user's uid on the calling node.
+    pub uid: u32,
+    /// The local user the caller's files are bound as here (their files show as this user's).
+    pub bind_as: Caller,
 }
 
 /// A container as `metac ps` lists it.
@@ -87,6 +101,10 @@ pub struct Info {
     pub limits: Limits,
     /// The uid of the user who ran it.
     pub owner: u32,
+    /// For a remote run: the other node's key (where it runs, in the calling node's list; who ran it, in the
+    /// running node's).
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 /// Everything about one container (`metac inspect`).
@@ -205,6 +223,28 @@ impl Manager {
         }
     }
 
+    /// The container `key` that `uid` of node `node` ran here (remote launch): only theirs.
+    pub fn find_from(&self, key: &str, node: &str, uid: u32) -> Result<Record, Error> {
+        let theirs = |r: &Record| r.origin.as_ref().is_some_and(|o| o.node == node && o.uid == uid);
+        let r = self.find(key, &Caller::root())?;
+        if theirs(&r) {
+            Ok(r)
+        } else {
+            Err(Error::NotFound(format!("no container {key:?} of yours runs here")))
+        }
+    }
+
+    /// The containers `uid` of node `node` ran here.
+    pub fn list_from(&self, node: &str, uid: u32, all: bool) -> Result<Vec<Info>, Error> {
+        Ok(self
+            .records()?
+            .iter()
+            .filter(|r| r.origin.as_ref().is_some_and(|o| o.node == node && o.uid == uid))
+            .map(|r| self.info(r))
+            .filter(|i| all || !matches!(i.state.as_str(), "exited" | "dead"))
+            .collect())
+    }
+
     fn container_dir(&self, id: &str) -> PathBuf {
         self.dir.join(id)
     }
@@ -244,6 +284,7 @@ impl Manager {
             restarts: st.restarts,
             limits: r.spec.limits,
             owner: r.owner.uid,
+            node: r.origin.as_ref().map(|o| o.node.clone()),
         }
     }
 
@@ -276,7 +317,18 @@ impl Manager {
 
     /// Creates and starts a container for `caller`. With `attach`, its command waits (a few seconds at most) for a
     /// client to attach before it runs, so that the client sees all of its output.
-    pub async fn create(self: &Arc<Self>, mut spec: Spec, caller: Caller, attach: bool) -> Result<Info, Error> {
+    pub async fn create(self: &Arc<Self>, spec: Spec, caller: Caller, attach: bool) -> Result<Info, Error> {
+        self.create_for(spec, caller, attach, None).await
+    }
+
+    /// [`Manager::create`] for a run from another node: the record keeps its origin.
+    pub async fn create_for(
+        self: &Arc<Self>,
+        mut spec: Spec,
+        caller: Caller,
+        attach: bool,
+        origin: Option<Origin>,
+    ) -> Result<Info, Error> {
         spec.check().map_err(|e| Error::BadOptions(e.0))?;
         Caps::docker_default().with(&spec.cap_add, &spec.cap_drop).map_err(|e| Error::BadOptions(e.to_string()))?;
         if let Ok(h) = &self.cgroups {
@@ -318,6 +370,7 @@ impl Manager {
             binds: vec![],
             cgroup: None,
             paused: false,
+            origin,
         };
         // Taken from here on: the record exists, so the name is the container's.
         self.put(&record)?;
@@ -360,8 +413,15 @@ impl Manager {
                 let (uid, gid) = (record.owner.uid, record.owner.gid);
                 std::os::unix::fs::chown(&at, Some(uid), Some(gid)).map_err(io_err("chown the mountpoint"))?;
             }
-            let options = serde_json::json!({ "mountpoint": at, "read_only": m.read_only });
-            let started = self.ctx.binder.bind(reference, options, false, record.owner.clone()).await?;
+            // Read-only content comes through the fs kind's content cache (by hash, verified), so a program run
+            // again from the same ref is not fetched again.
+            let options = serde_json::json!({ "mountpoint": at, "read_only": m.read_only, "cache": m.read_only });
+            let bind_as = record.origin.as_ref().map_or_else(|| record.owner.clone(), |o| o.bind_as.clone());
+            if !bind_as.is_root() && bind_as.uid != record.owner.uid {
+                std::os::unix::fs::chown(&at, Some(bind_as.uid), Some(bind_as.gid))
+                    .map_err(io_err("chown the mountpoint"))?;
+            }
+            let started = self.ctx.binder.bind(reference, options, false, bind_as).await?;
             record.binds.push(started.id.clone());
             self.put(record)?;
             wait_up(&started.status, &m.target).await?;
@@ -805,7 +865,7 @@ fn new_id() -> String {
 }
 
 /// A name from a command: its file name, cut to what names allow.
-fn base_name(cmd: &str) -> String {
+pub(crate) fn base_name(cmd: &str) -> String {
     let base = Path::new(cmd).file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let clean: String = base.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').take(40).collect();
     if clean.is_empty() || !clean.as_bytes()[0].is_ascii_alphanumeric() {

@@ -24,6 +24,7 @@
 //! | 6    | `Signal`     | client  | 4 bytes: the signal number, i32 big-endian, 1 to 64                  |
 //! | 7    | `Exit`       | shim    | 9 bytes, below; the shim's last frame                                |
 //! | 8    | `Error`      | either  | 0 to 4096 bytes of UTF-8: why the sender is ending the stream        |
+//! | 9    | `Ping`       | either  | empty: "still here", sent each second between two nodes of a remote run |
 //!
 //! The `Exit` payload is one flags byte (bit 0: the process exited with a code; bit 1: a signal killed it; bit 2:
 //! the kernel's OOM killer acted in the container; the other bits are zero), the exit code as i32 big-endian (0 to
@@ -62,6 +63,7 @@ const RESIZE: u8 = 5;
 const SIGNAL: u8 = 6;
 const EXIT: u8 = 7;
 const ERROR: u8 = 8;
+const PING: u8 = 9;
 
 const EXIT_CODE: u8 = 1;
 const EXIT_SIGNAL: u8 = 2;
@@ -91,6 +93,9 @@ pub enum Frame {
     Exit(Exit),
     /// The sender's reason for ending the stream, for the other side to show (at most [`MAX_ERROR`] bytes).
     Error(String),
+    /// A sign of life between the two nodes of a remote run ([`crate::remote`]); never passed to a shim or a
+    /// client.
+    Ping,
 }
 
 /// How a container's main process ended.
@@ -180,19 +185,20 @@ fn name(kind: u8) -> &'static str {
         SIGNAL => "signal",
         EXIT => "exit",
         ERROR => "error",
+        PING => "ping",
         _ => "unknown",
     }
 }
 
 fn known(kind: u8) -> bool {
-    (STDIN..=ERROR).contains(&kind)
+    (STDIN..=PING).contains(&kind)
 }
 
 /// Checks a header and returns its payload length: the one place a type's allowed lengths are written down.
 fn check_header(kind: u8, len: u32) -> Result<usize, Error> {
     let (min, max) = match kind {
         STDIN | STDOUT | STDERR => (0, MAX_PAYLOAD),
-        CLOSE_STDIN => (0, 0),
+        CLOSE_STDIN | PING => (0, 0),
         RESIZE | SIGNAL => (4, 4),
         EXIT => (EXIT_LEN, EXIT_LEN),
         ERROR => (0, MAX_ERROR),
@@ -213,6 +219,7 @@ fn parse(kind: u8, p: &[u8]) -> Result<Frame, Error> {
         STDOUT => Frame::Stdout(p.to_vec()),
         STDERR => Frame::Stderr(p.to_vec()),
         CLOSE_STDIN => Frame::CloseStdin,
+        PING => Frame::Ping,
         RESIZE => Frame::Resize { rows: u16::from_be_bytes([p[0], p[1]]), cols: u16::from_be_bytes([p[2], p[3]]) },
         SIGNAL => {
             let signal = be32(p);
@@ -266,6 +273,7 @@ impl Frame {
             Frame::Signal(_) => SIGNAL,
             Frame::Exit(_) => EXIT,
             Frame::Error(_) => ERROR,
+            Frame::Ping => PING,
         }
     }
 
@@ -284,7 +292,7 @@ impl Frame {
                     put(out, kind, chunk);
                 }
             }
-            Frame::CloseStdin => put(out, kind, &[]),
+            Frame::CloseStdin | Frame::Ping => put(out, kind, &[]),
             Frame::Resize { rows, cols } => {
                 let [r0, r1] = rows.to_be_bytes();
                 let [c0, c1] = cols.to_be_bytes();
@@ -538,7 +546,9 @@ mod tests {
     fn bad_headers_are_refused_before_the_payload() {
         let err = |buf: &[u8]| Frame::decode(buf).unwrap_err().to_string();
         assert!(err(&[0]).contains("unknown stdio frame type 0"), "{}", err(&[0]));
-        assert!(err(&[9, 0, 0]).contains("type 9"));
+        assert!(err(&[10, 0, 0]).contains("type 10"));
+        assert!(err(&[9, 0, 0, 0, 1]).contains("ping frame of 1 bytes: it must carry exactly 0"));
+        assert_eq!(Frame::decode(&[9, 0, 0, 0, 0]).unwrap(), Some((Frame::Ping, 5)));
         // An oversize length is refused from the header alone: no payload needed, nothing allocated.
         let e = err(&[2, 0, 1, 0, 1]);
         assert!(e.contains("stdout frame of 65537 bytes: it must carry 0 to 65536"), "{e}");

@@ -53,6 +53,11 @@ pub trait Exporter: Send + Sync + 'static {
         cancel: CancellationToken,
     ) -> BoxFuture<'static, Result<(), Error>>;
 
+    /// A short note the node adds to the export's advert (the compute kind's load figures); empty for none.
+    fn note(&self) -> String {
+        String::new()
+    }
+
     /// Releases what the export holds. Binds are cancelled before this is called.
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})

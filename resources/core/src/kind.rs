@@ -36,6 +36,8 @@ pub struct Ctx {
     pub store: Arc<dyn KindStore>,
     /// Binding refs (of this kind or others) as sessions the node owns.
     pub binder: Arc<dyn Binder>,
+    /// Exporting for a user, their saved refs, and what the node knows of its peers (compute's remote launch).
+    pub host: Arc<dyn Host>,
     /// A directory for the kind's local sockets and other runtime files (the node's own; others may pass through
     /// it, not list it). A caller's own files go in [`Ctx::run_dir_of`].
     pub run_dir: PathBuf,
@@ -96,6 +98,63 @@ pub trait Binder: Opener {
     ) -> BoxFuture<'_, Result<Started, Error>>;
     /// Cuts a bind by id.
     fn unbind<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), Error>>;
+}
+
+/// An export a kind makes for one of its users ([`Host::export`]): it lives in the node's memory only, is not
+/// adverted, and goes at [`Host::unexport`] or when the node stops (remote launch exports the caller's files for
+/// the run's life this way).
+#[derive(Debug, Clone)]
+pub struct ExportReq {
+    /// The kind of the export.
+    pub kind: Kind,
+    /// What to export, as the user would name it (`local:/home/ann/proj`).
+    pub source: String,
+    /// Its name in `metac exports`.
+    pub name: String,
+    /// The most its ref grants.
+    pub rights: crate::Rights,
+    /// The user it is exported as (opened and served as that user).
+    pub owner: Caller,
+    /// The only node that may use the ref.
+    pub audience: NodeKey,
+    /// Unix second at which the ref stops working, if ever.
+    pub expires: Option<u64>,
+}
+
+/// A node as the mesh knows it (from its advert).
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    /// Its key.
+    pub key: NodeKey,
+    /// Its overlay address.
+    pub overlay: std::net::Ipv6Addr,
+    /// Whether a connection to it is up.
+    pub reachable: bool,
+    /// Its adverted resources.
+    pub resources: Vec<metac_mesh::advert::ResourceInfo>,
+    /// The token ids it says it revoked (newest first).
+    pub revoked: Vec<metac_mesh::token::TokenId>,
+}
+
+/// A ref a user keeps under a name (`metac ref save NAME REF`).
+#[derive(Debug, Clone)]
+pub struct SavedRef {
+    /// The name.
+    pub name: String,
+    /// The ref.
+    pub reference: Ref,
+}
+
+/// What the node does for a kind beyond binding.
+pub trait Host: Send + Sync {
+    /// Exports something for a user, made out to one node; answers the export's id and its ref.
+    fn export(&self, req: ExportReq) -> BoxFuture<'_, Result<(crate::ResourceId, Ref), Error>>;
+    /// Removes an export made with [`Host::export`]: the binds it serves are cut.
+    fn unexport(&self, id: crate::ResourceId) -> BoxFuture<'_, Result<(), Error>>;
+    /// The refs `owner` saved, by name.
+    fn saved_refs(&self, owner: &Caller) -> Result<Vec<SavedRef>, Error>;
+    /// Every other node known.
+    fn peers(&self) -> BoxFuture<'_, Result<Vec<PeerInfo>, Error>>;
 }
 
 /// What an export request becomes once the kind has checked it.

@@ -27,7 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 pub use caller::Caller;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use export::{Bind, ExportSpec, Exporter};
-pub use kind::{Binder, Ctx, Plugin, Prepared, ResourceKind, Start, Started};
+pub use kind::{Binder, Ctx, ExportReq, Host, PeerInfo, Plugin, Prepared, ResourceKind, SavedRef, Start, Started};
 pub use metac_mesh::kind::{Kind, Rights};
 pub use metac_mesh::token::{Ref, ResourceId};
 pub use metac_mesh::NodeKey;

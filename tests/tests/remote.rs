@@ -1,0 +1,243 @@
+//! Remote launch (`metac run --on PEER`) between netns hosts: the process runs on another node, in a UTS
+//! namespace of that node's own (so `hostname` tells them apart), with the caller's files, terminal, signals and
+//! exit code. Needs root; never skips.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use metac_tests::{metac_bin, metac_on_pty, output, read_until, require_root, wait_until, Host, Lab, Node};
+use serde_json::Value;
+
+/// A lab of `n` hosts, each with a node named `lab-1`, `lab-2`, ... that runs containers.
+struct Mesh {
+    nodes: Vec<Node>,
+    lab: Lab,
+}
+
+impl Mesh {
+    fn start(n: usize) -> Mesh {
+        require_root();
+        let lab = Lab::new(n).unwrap();
+        let mut nodes = vec![];
+        for i in 1..=n {
+            let host = lab.host(i).clone();
+            for d in [host.dir().parent().unwrap(), host.dir()] {
+                std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
+            nodes.push(host.start_node_sharing_mounts_named(&format!("lab-{i}"), &["--no-overlay"]).unwrap());
+        }
+        let m = Mesh { nodes, lab };
+        let want = (n - 1) as u64;
+        wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
+            Ok((1..=n).all(|i| m.json(i, &["status"])["peers"].as_u64().unwrap_or(0) >= want))
+        })
+        .unwrap_or_else(|e| panic!("the nodes did not find each other: {e}"));
+        m
+    }
+
+    fn host(&self, i: usize) -> &Host {
+        self.lab.host(i)
+    }
+
+    fn cmd(&self, i: usize, cwd: &Path, args: &[&str]) -> Command {
+        let h = self.host(i);
+        let mut cmd = h.cmd(metac_bin().unwrap(), ["--socket", h.socket().to_str().unwrap()]);
+        cmd.args(args).current_dir(cwd);
+        cmd
+    }
+
+    /// `metac args...` on host `i`, in `cwd`, any exit status.
+    fn metac_in(&self, i: usize, cwd: &Path, args: &[&str]) -> Output {
+        output(&mut self.cmd(i, cwd, args), Duration::from_secs(180)).unwrap()
+    }
+
+    fn metac(&self, i: usize, args: &[&str]) -> Output {
+        self.metac_in(i, self.host(i).dir(), args)
+    }
+
+    fn ok(&self, i: usize, args: &[&str]) -> String {
+        let o = self.metac(i, args);
+        assert!(o.status.success(), "metac {args:?} on host {i} failed ({}): {}", o.status, text(&o));
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    }
+
+    fn json(&self, i: usize, args: &[&str]) -> Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.ok(i, &a)).expect("JSON")
+    }
+
+    fn key(&self, i: usize) -> String {
+        self.json(i, &["status"])["key"].as_str().unwrap().to_string()
+    }
+
+    /// Host `from` exports compute to host `to`'s node, which saves the ref as `name`. Returns the ref.
+    fn grant(&self, from: usize, to: usize, name: &str) -> String {
+        let r = self.ok(from, &["compute", "export", "--to", &self.key(to)]);
+        assert!(r.starts_with("ref://"), "{r}");
+        self.ok(to, &["ref", "save", name, &r]);
+        r
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// Processes on the machine whose whole command line is `cmdline` (containers' processes included).
+fn running(cmdline: &str) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
+            let c: Vec<&[u8]> = c.split(|b| *b == 0).filter(|p| !p.is_empty()).collect();
+            if c.join(&b' ') == cmdline.as_bytes() {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+#[test]
+fn a_command_runs_on_another_node_with_the_callers_files_terminal_signals_and_exit_code() {
+    let m = Mesh::start(2);
+    m.grant(2, 1, "b");
+    // A project on host 1: a script and its data, in a directory host 2 has no copy of.
+    let proj = m.host(1).dir().join("proj");
+    std::fs::create_dir_all(proj.join("data")).unwrap();
+    std::fs::write(proj.join("data/a.txt"), "alpha\n").unwrap();
+    std::fs::write(proj.join("data/b.txt"), "beta\n").unwrap();
+    let script = "#!/bin/sh\nfor f in data/*.txt; do echo \"$f: $(cat $f)\"; done | sort\nwc -c data/*.txt | tail -1\n\
+                  echo made > out.txt\n";
+    std::fs::write(proj.join("run.sh"), script).unwrap();
+    std::fs::set_permissions(proj.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let local = Command::new("./run.sh").current_dir(&proj).output().unwrap();
+    std::fs::remove_file(proj.join("out.txt")).unwrap();
+    let o = m.metac_in(1, &proj, &["run", "--on", "b", "./run.sh"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&local.stdout));
+    // What it wrote is on host 1, in the caller's directory.
+    assert_eq!(std::fs::read_to_string(proj.join("out.txt")).unwrap(), "made\n");
+    // It ran on host 2; the exit code comes back.
+    let o = m.metac_in(1, &proj, &["run", "--on", "b", "sh", "-c", "hostname; pwd; exit 42"]);
+    assert_eq!(o.status.code(), Some(42), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), format!("lab-2\n{}\n", proj.display()));
+    // Standard input travels.
+    let mut cmd = m.cmd(1, &proj, &["run", "-i", "--on", "b", "cat"]);
+    cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"hi\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "hi\n");
+    assert!(o.status.success());
+    // The caller lists its remote runs with the node they ran on.
+    let ps = m.json(1, &["ps", "-a"]);
+    let b = m.key(2);
+    assert!(ps.as_array().unwrap().iter().any(|c| c["node"] == b.as_str() && c["state"] == "exited"), "{ps}");
+    // ... and host 2 lists them too, as its own containers run for host 1.
+    let theirs = m.json(1, &["ps", "-a", "--on", "b"]);
+    assert!(theirs.as_array().unwrap().len() >= 3, "{theirs}");
+}
+
+#[test]
+fn a_terminal_gets_its_size_and_ctrl_c_stops_the_remote_process() {
+    let m = Mesh::start(2);
+    m.grant(2, 1, "b");
+    // A terminal: its window size reaches the remote shell.
+    let (mut child, master) = metac_on_pty(m.host(1), &["run", "-t", "-i", "--on", "b", "sh"]);
+    rustix::termios::tcsetwinsize(
+        &master,
+        rustix::termios::Winsize { ws_row: 33, ws_col: 101, ws_xpixel: 0, ws_ypixel: 0 },
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    rustix::io::write(&master, b"stty size; hostname; exit 3\n").unwrap();
+    let out = read_until(&master, "lab-2", Duration::from_secs(60));
+    assert!(out.contains("33 101"), "{out}");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(3), "{out}");
+    // Without a terminal, SIGINT to the client reaches the process on the other node.
+    let script = "trap 'echo got-int; exit 130' INT; echo ready; while :; do sleep 0.1; done";
+    let mut cmd = m.cmd(1, m.host(1).dir(), &["run", "--on", "b", "sh", "-c", script]);
+    cmd.stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut first = [0u8; 6];
+    std::io::Read::read_exact(&mut out, &mut first).unwrap();
+    assert_eq!(&first, b"ready\n");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(rest, "got-int\n");
+    assert_eq!(status.code(), Some(130));
+}
+
+#[test]
+fn killing_the_calling_node_leaves_no_process_on_the_running_node() {
+    let mut m = Mesh::start(2);
+    m.grant(2, 1, "b");
+    let mut cmd = m.cmd(1, m.host(1).dir(), &["run", "--on", "b", "sleep", "3003"]);
+    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+    let mut client = cmd.spawn().unwrap();
+    wait_until(Duration::from_secs(60), Duration::from_millis(50), || Ok(running("sleep 3003") == 1))
+        .expect("the remote process starts");
+    m.nodes[0].kill9();
+    let killed = Instant::now();
+    let gone = wait_until(Duration::from_secs(5), Duration::from_millis(50), || Ok(running("sleep 3003") == 0));
+    assert!(gone.is_ok(), "host 2 still runs the process 5 s after the calling node died");
+    eprintln!("the remote process was gone {:?} after the calling node was killed", killed.elapsed());
+    // The client, whose node died, fails rather than hangs.
+    let status = client.wait().unwrap();
+    assert!(!status.success());
+}
+
+#[test]
+fn runs_are_refused_without_a_ref_and_after_revocation_and_any_picks_a_node_that_accepts() {
+    let m = Mesh::start(3);
+    let b = m.key(2);
+    // No compute ref for host 2: refused, with how to get one.
+    let o = m.metac(1, &["run", "--on", &b[..12], "true"]);
+    assert!(!o.status.success());
+    let says = text(&o);
+    assert!(says.contains("no compute ref for node") && says.contains("metac compute export --to"), "{says}");
+    // A ref of another kind is not a compute ref.
+    let fs = m.ok(2, &["fs", "export", &format!("local:{}", m.host(2).dir().display())]);
+    let o = m.metac(1, &["run", "--on", &fs, "true"]);
+    assert!(text(&o).contains("--on takes a compute ref"), "{}", text(&o));
+    // With one, the run goes through; by key prefix too.
+    let r = m.grant(2, 1, "b");
+    assert_eq!(m.ok(1, &["run", "--on", &b[..12], "hostname"]), "lab-2");
+    // A ref made out to another node does not work from here.
+    let elsewhere = m.ok(2, &["compute", "export", "--to", &m.key(3)]);
+    let o = m.metac(1, &["run", "--on", &elsewhere, "true"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    // Revoked: new runs are refused.
+    m.ok(2, &["ref", "revoke", &r]);
+    let o = m.metac(1, &["run", "--on", "b", "true"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("revoked"), "{}", text(&o));
+    // `any` picks a node that accepts: host 3, once host 2's revocation has reached host 1.
+    m.grant(3, 1, "c");
+    wait_until(Duration::from_secs(60), Duration::from_millis(500), || {
+        let o = m.metac(1, &["run", "--on", "any", "hostname"]);
+        Ok(o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "lab-3")
+    })
+    .expect("--on any runs on the node that accepts");
+    // A remote run may not take the running node's capabilities or network.
+    for bad in [&["--cap-add", "SYS_ADMIN"][..], &["--network", "host"]] {
+        let mut a = vec!["run", "--on", "c"];
+        a.extend_from_slice(bad);
+        a.push("true");
+        let o = m.metac(1, &a);
+        assert!(!o.status.success(), "{bad:?} was allowed");
+        assert!(text(&o).contains("a remote run cannot"), "{}", text(&o));
+    }
+}
