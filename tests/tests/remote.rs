@@ -181,9 +181,31 @@ fn a_terminal_gets_its_size_and_ctrl_c_stops_the_remote_process() {
 }
 
 #[test]
-fn killing_the_calling_node_leaves_no_process_on_the_running_node() {
+fn the_running_node_kills_the_process_when_the_network_or_the_calling_node_goes_away() {
     let mut m = Mesh::start(2);
     m.grant(2, 1, "b");
+    // The network goes: host 2 hears nothing from host 1 and kills the process; host 1's client exits 255.
+    let mut cmd = m.cmd(1, m.host(1).dir(), &["run", "--on", "b", "sleep", "3004"]);
+    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+    let mut client = cmd.spawn().unwrap();
+    wait_until(Duration::from_secs(60), Duration::from_millis(50), || Ok(running("sleep 3004") == 1))
+        .expect("the remote process starts");
+    m.lab.link_down(1).unwrap();
+    let cut = Instant::now();
+    let gone = wait_until(Duration::from_secs(5), Duration::from_millis(50), || Ok(running("sleep 3004") == 0));
+    assert!(gone.is_ok(), "host 2 still runs the process 5 s after the network to the calling node went");
+    eprintln!("the remote process was gone {:?} after the link went down", cut.elapsed());
+    let status = client.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut client.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(255), "{err}");
+    assert!(err.contains("lost"), "the client says the run was lost: {err}");
+    m.lab.link_up(1).unwrap();
+    wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
+        Ok(m.json(1, &["status"])["peers"].as_u64().unwrap_or(0) >= 1)
+    })
+    .expect("the nodes find each other again");
+    // The calling node dies: host 2 kills the process at once.
     let mut cmd = m.cmd(1, m.host(1).dir(), &["run", "--on", "b", "sleep", "3003"]);
     cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
     let mut client = cmd.spawn().unwrap();

@@ -234,13 +234,13 @@ where
     let mut out = Vec::with_capacity(64 * 1024);
     let mut tick = tokio::time::interval(PING_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut heard = tokio::time::Instant::now();
+    // Reset whenever anything comes from the other node.
+    let silence = tokio::time::sleep(SILENCE);
+    tokio::pin!(silence);
     loop {
         tokio::select! {
+            () = &mut silence => return End::PeerSilent,
             _ = tick.tick() => {
-                if heard.elapsed() >= SILENCE {
-                    return End::PeerSilent;
-                }
                 out.clear();
                 Frame::Ping.encode(&mut out);
                 if let Err(e) = write_all(&mut mw, &out).await {
@@ -299,7 +299,7 @@ where
                     Err(e) => return End::PeerClosed(e.to_string()),
                     Ok(n) => n,
                 };
-                heard = tokio::time::Instant::now();
+                silence.as_mut().reset(tokio::time::Instant::now() + SILENCE);
                 from_mesh.extend_from_slice(&mbuf[..n]);
                 out.clear();
                 let mut exited = None;
