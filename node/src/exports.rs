@@ -103,6 +103,28 @@ impl Node {
         }
     }
 
+    /// The refs of exports for every member of a private mesh ([`Exporter::public`]): their first token's.
+    fn public_refs(&self) -> HashMap<ResourceId, String> {
+        if !self.private {
+            return HashMap::new();
+        }
+        let public: Vec<ResourceId> = {
+            let open = self.open.0.lock().expect("exports lock");
+            open.iter().filter(|(_, e)| e.public()).map(|(id, _)| *id).collect()
+        };
+        if public.is_empty() {
+            return HashMap::new();
+        }
+        let tokens = self.store.tokens().unwrap_or_default();
+        public
+            .into_iter()
+            .filter_map(|id| {
+                let t = tokens.iter().find(|t| t.resource == id && t.parent.is_none())?;
+                Some((id, t.reference.clone()))
+            })
+            .collect()
+    }
+
     /// The notes open exporters would advert now (compute's load figures), by export.
     fn current_notes(&self) -> HashMap<ResourceId, String> {
         let open = self.open.0.lock().expect("exports lock");
@@ -120,6 +142,7 @@ impl Node {
     /// Adverts this node's exports and recent revocations to the mesh.
     pub(crate) async fn publish(&self) {
         let notes = self.current_notes();
+        let public = self.public_refs();
         let resources = match self.store.exports() {
             Ok(e) => e
                 .into_iter()
@@ -128,7 +151,7 @@ impl Node {
                     kind: e.kind,
                     name: e.name,
                     description: notes.get(&e.id).cloned().unwrap_or_default(),
-                    public_ref: None,
+                    public_ref: public.get(&e.id).cloned(),
                 })
                 .collect(),
             Err(e) => {
@@ -203,7 +226,14 @@ impl Node {
             owner: owner.clone(),
         };
         // Open first: an export that cannot be opened is not recorded.
-        self.open_export(&export).await?;
+        let opened = self.open_export(&export).await?;
+        if opened.public() && !self.private {
+            self.close_export(&id).await;
+            return Err(ApiError::bad(
+                "an export for every mesh member needs a private mesh (`metac node --mesh-key FILE`): in an open \
+                 mesh its ref would reach strangers",
+            ));
+        }
         let token =
             Token::issue(&self.id, id, kind, rights, None, None).map_err(|e| ApiError::internal(e.to_string()))?;
         let r = Ref::new(token);

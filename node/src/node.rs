@@ -45,6 +45,8 @@ pub struct Node {
     remembered: Mutex<HashMap<String, Vec<String>>>,
     /// Exports of this node, opened.
     pub(crate) open: OpenExports,
+    /// Whether the mesh is private (`--mesh-key`): only then may an export's ref go in its advert.
+    pub(crate) private: bool,
     /// Exports kinds made for a run ([`crate::host`]): in memory only, never adverted.
     pub(crate) ephemeral: Mutex<HashMap<metac_mesh::token::ResourceId, crate::store::Export>>,
     /// The notes of exports last adverted (compute's load), to re-advert when they change.
@@ -85,6 +87,7 @@ impl Node {
         }
         let remembered: Vec<_> = store.peer_addrs()?.iter().filter_map(|a| a.parse().ok()).collect();
         tracing::debug!(count = remembered.len(), "peers remembered from the last run");
+        let mesh_key_given = mesh_key.is_some();
         let policy = crate::policy::Policy {
             tun: config.overlay.tun.clone(),
             addr: id.overlay_addr(),
@@ -125,6 +128,7 @@ impl Node {
             sigs: SigCache::new(4096),
             remembered: Mutex::new(HashMap::new()),
             open: OpenExports::default(),
+            private: mesh_key_given,
             ephemeral: Mutex::new(HashMap::new()),
             notes: Mutex::new(HashMap::new()),
             served: Served::default(),

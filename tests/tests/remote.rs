@@ -18,15 +18,27 @@ struct Mesh {
 
 impl Mesh {
     fn start(n: usize) -> Mesh {
+        Mesh::start_with(n, &[])
+    }
+
+    /// `n` hosts whose nodes run with `extra` arguments; `{dir}` in them is the lab's directory.
+    fn start_with(n: usize, extra: &[&str]) -> Mesh {
         require_root();
         let lab = Lab::new(n).unwrap();
+        let dir = lab.dir().display().to_string();
+        let mut args = vec!["--no-overlay".to_string()];
+        args.extend(extra.iter().map(|a| a.replace("{dir}", &dir)));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        if extra.iter().any(|a| a.contains("{dir}/mesh.key")) {
+            std::fs::write(lab.dir().join("mesh.key"), b"0123456789abcdef-a-test-mesh-key").unwrap();
+        }
         let mut nodes = vec![];
         for i in 1..=n {
             let host = lab.host(i).clone();
             for d in [host.dir().parent().unwrap(), host.dir()] {
                 std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
             }
-            nodes.push(host.start_node_sharing_mounts_named(&format!("lab-{i}"), &["--no-overlay"]).unwrap());
+            nodes.push(host.start_node_sharing_mounts_named(&format!("lab-{i}"), &args).unwrap());
         }
         let m = Mesh { nodes, lab };
         let want = (n - 1) as u64;
@@ -205,6 +217,27 @@ fn the_running_node_kills_the_process_when_the_network_or_the_calling_node_goes_
         Ok(m.json(1, &["status"])["peers"].as_u64().unwrap_or(0) >= 1)
     })
     .expect("the nodes find each other again");
+    // The running node dies: the client says so and exits 255.
+    let mut cmd = m.cmd(1, m.host(1).dir(), &["run", "--on", "b", "sleep", "3006"]);
+    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+    let mut client = cmd.spawn().unwrap();
+    wait_until(Duration::from_secs(60), Duration::from_millis(50), || Ok(running("sleep 3006") == 1))
+        .expect("the remote process starts");
+    m.nodes[1].kill9();
+    let status = client.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut client.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(255), "{err}");
+    assert!(err.contains("lost") && err.contains("the running node"), "{err}");
+    // Its container outlived its node (as local containers do), but not the node's next start: a remote run whose
+    // caller cannot reach it any more is killed.
+    m.nodes[1].restart().unwrap();
+    wait_until(Duration::from_secs(10), Duration::from_millis(50), || Ok(running("sleep 3006") == 0))
+        .expect("the restarted node kills the run it lost");
+    wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
+        Ok(m.json(1, &["status"])["peers"].as_u64().unwrap_or(0) >= 1)
+    })
+    .expect("the nodes find each other again");
     // The calling node dies: host 2 kills the process at once.
     let mut cmd = m.cmd(1, m.host(1).dir(), &["run", "--on", "b", "sleep", "3003"]);
     cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
@@ -219,6 +252,12 @@ fn the_running_node_kills_the_process_when_the_network_or_the_calling_node_goes_
     // The client, whose node died, fails rather than hangs.
     let status = client.wait().unwrap();
     assert!(!status.success());
+    // Host 2 holds none of the dead runs' mounts (cut with them, or detached at its restart).
+    let binds = m.host(2).dir().join("metac-binds").display().to_string();
+    wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        Ok(!std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(&binds))
+    })
+    .unwrap_or_else(|_| panic!("mounts left in {binds}: {}", std::fs::read_to_string("/proc/self/mountinfo").unwrap()));
 }
 
 #[test]
@@ -237,6 +276,21 @@ fn runs_are_refused_without_a_ref_and_after_revocation_and_any_picks_a_node_that
     // With one, the run goes through; by key prefix too.
     let r = m.grant(2, 1, "b");
     assert_eq!(m.ok(1, &["run", "--on", &b[..12], "hostname"]), "lab-2");
+    // A detached run: listed here, its output and end reached by id; another node holding its own ref to host 2
+    // neither sees nor touches it.
+    let id = m.ok(1, &["run", "-d", "--on", "b", "sh", "-c", "echo up; exec sleep 3005"]);
+    wait_until(Duration::from_secs(30), Duration::from_millis(100), || Ok(running("sleep 3005") == 1))
+        .expect("the detached run starts");
+    assert!(m.ok(1, &["logs", &id]).contains("up"));
+    m.grant(2, 3, "b");
+    let theirs = m.json(3, &["ps", "-a", "--on", "b"]);
+    assert_eq!(theirs, serde_json::json!([]), "another node sees no run of host 1's");
+    let o = m.metac(3, &["kill", "--on", "b", &id]);
+    assert!(!o.status.success() && text(&o).contains("no container"), "{}", text(&o));
+    assert_eq!(running("sleep 3005"), 1);
+    m.ok(1, &["kill", &id]);
+    assert_eq!(m.ok(1, &["wait", &id]), "137");
+    assert_eq!(running("sleep 3005"), 0);
     // A ref made out to another node does not work from here.
     let elsewhere = m.ok(2, &["compute", "export", "--to", &m.key(3)]);
     let o = m.metac(1, &["run", "--on", &elsewhere, "true"]);
@@ -262,4 +316,42 @@ fn runs_are_refused_without_a_ref_and_after_revocation_and_any_picks_a_node_that
         assert!(!o.status.success(), "{bad:?} was allowed");
         assert!(text(&o).contains("a remote run cannot"), "{}", text(&o));
     }
+}
+
+#[test]
+fn in_a_private_mesh_a_node_may_run_for_every_member_without_a_ref() {
+    let m = Mesh::start_with(2, &["--mesh-key", "{dir}/mesh.key"]);
+    let b = m.key(2);
+    let o = m.metac(1, &["run", "--on", &b[..12], "true"]);
+    assert!(text(&o).contains("no compute ref"), "nothing is open to members unless asked: {}", text(&o));
+    m.ok(2, &["compute", "export", "--mesh"]);
+    // The ref travels in host 2's advert: host 1 runs there with none saved.
+    wait_until(Duration::from_secs(30), Duration::from_millis(300), || {
+        let o = m.metac(1, &["run", "--on", &b[..12], "hostname"]);
+        Ok(o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "lab-2")
+    })
+    .expect("a member runs on a node that accepts every member");
+    assert_eq!(m.ok(1, &["run", "--on", "any", "hostname"]), "lab-2");
+}
+
+#[test]
+fn a_node_in_an_open_mesh_refuses_to_run_for_everyone() {
+    require_root();
+    let lab = Lab::new(1).unwrap();
+    let node = lab.host(1).start_node_sharing_mounts(&["--no-overlay", "--no-mdns"]).unwrap();
+    let h = node.host();
+    let o = output(
+        &mut h.cmd(metac_bin().unwrap(), ["--socket", h.socket().to_str().unwrap(), "compute", "export", "--mesh"]),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o).contains("needs a private mesh"), "{}", text(&o));
+    // Nothing was exported.
+    let exports = output(
+        &mut h.cmd(metac_bin().unwrap(), ["--socket", h.socket().to_str().unwrap(), "--json", "exports"]),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert_eq!(String::from_utf8_lossy(&exports.stdout).trim(), "[]");
 }

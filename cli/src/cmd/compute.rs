@@ -24,19 +24,23 @@ pub enum Cmd {
         /// Name shown in the mesh [default: this host's name]
         #[arg(long)]
         name: Option<String>,
+        /// Every member of this private mesh may run here, with no ref to hand over (the ref goes in this node's
+        /// advert; needs `metac node --mesh-key`)
+        #[arg(long, conflicts_with_all = ["to", "expires"])]
+        mesh: bool,
     },
 }
 
 /// Runs a `metac compute` subcommand against the node behind `c`.
 pub async fn run(c: &Client, json: bool, cmd: Cmd) -> Result<()> {
     match cmd {
-        Cmd::Export { to, expires, name } => {
+        Cmd::Export { to, expires, name, mesh } => {
             let body = ExportReq {
                 kind: "compute".into(),
                 source: "compute".into(),
                 name,
                 read_only: false,
-                options: serde_json::Value::Null,
+                options: serde_json::json!({ "mesh": mesh }),
             };
             let e: ExportResp = c.post("/v1/exports", &body).await?;
             if to.is_none() && expires.is_none() {

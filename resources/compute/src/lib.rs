@@ -36,7 +36,15 @@ pub use spec::Spec;
 /// The wire protocol of compute binds (remote launch, [`remote`]).
 pub const PROTOCOL: &str = "metac-run/1";
 
-/// Options of a compute export (`metac compute export`): none yet.
+/// Options of a compute export (`metac compute export`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComputeExport {
+    /// Every member of this private mesh may run here: the ref goes in the node's advert (`--mesh`).
+    #[serde(default)]
+    pub mesh: bool,
+}
+
+/// Options of compute binds: there are none (a compute ref is used by `metac run --on`, not bound).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NoOptions {}
 
@@ -64,7 +72,7 @@ const NO_BIND: &str = "a compute ref is not bound: run on its node with `metac r
                        `metac ref save NAME REF`";
 
 impl ResourceKind for Compute {
-    type ExportOptions = NoOptions;
+    type ExportOptions = ComputeExport;
     type BindOptions = NoOptions;
 
     fn kind(&self) -> Kind {
@@ -75,7 +83,12 @@ impl ResourceKind for Compute {
         PROTOCOL
     }
 
-    fn prepare(&self, _: &str, options: Option<NoOptions>, caller: &Caller) -> Result<Prepared<NoOptions>, Error> {
+    fn prepare(
+        &self,
+        _: &str,
+        options: Option<ComputeExport>,
+        caller: &Caller,
+    ) -> Result<Prepared<ComputeExport>, Error> {
         let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "node".into());
         let name = if caller.is_root() { host } else { format!("{host}-{}", caller.uid) };
         Ok(Prepared { options: options.unwrap_or_default(), source: format!("containers as {caller}"), name })
@@ -83,11 +96,15 @@ impl ResourceKind for Compute {
 
     fn open<'a>(
         &'a self,
-        spec: ExportSpec<NoOptions>,
+        spec: ExportSpec<ComputeExport>,
         ctx: &'a Ctx,
     ) -> BoxFuture<'a, Result<Arc<dyn Exporter>, Error>> {
         Box::pin(async move {
-            let exporter = remote::serve::ComputeExporter { manager: self.manager(ctx), owner: spec.owner };
+            let exporter = remote::serve::ComputeExporter {
+                manager: self.manager(ctx),
+                owner: spec.owner,
+                mesh: spec.options.mesh,
+            };
             Ok(Arc::new(exporter) as Arc<dyn Exporter>)
         })
     }

@@ -577,6 +577,17 @@ impl Manager {
                 Some(pid) if shim_alive(pid, &r.id) => {
                     tracing::info!("re-adopting container {} ({}), shim pid {pid}", r.name, r.id);
                     self.watch(r.id.clone(), pid);
+                    if r.origin.is_some() {
+                        // A remote run lives as long as its stream to the calling node, which ended with the node
+                        // that served it: no orphans.
+                        tracing::info!("container {} ran for another node, whose stream is gone: killing it", r.id);
+                        let me = Arc::clone(self);
+                        tokio::spawn(async move {
+                            if let Err(e) = me.kill_and_cut(&r.id, &Caller::root()).await {
+                                tracing::warn!("cannot kill the remote run {}: {e}", r.id);
+                            }
+                        });
+                    }
                 }
                 Some(_) => {
                     let me = Arc::clone(self);
@@ -614,6 +625,19 @@ impl Manager {
         tokio::net::UnixStream::connect(self.socket(&r.id))
             .await
             .map_err(io_err(format!("connect to container {}'s shim", r.name)))
+    }
+
+    /// Kills a container at once and cuts its binds: a process whose files come from a node that went away could
+    /// otherwise wait in its exit for that node (a close on a FUSE mount waits for the exporter).
+    pub async fn kill_and_cut(&self, id: &str, caller: &Caller) -> Result<(), Error> {
+        let r = self.find(id, caller)?;
+        let killed = self.ask(&r, &Request::Kill { signal: libc::SIGKILL, stop: true }).await;
+        for b in &r.binds {
+            if let Err(e) = self.ctx.binder.unbind(b).await {
+                tracing::debug!("unbind {b} of container {}: {e}", r.id);
+            }
+        }
+        killed
     }
 
     /// Sends `signal` to a container's first process.

@@ -53,6 +53,12 @@ pub trait Exporter: Send + Sync + 'static {
         cancel: CancellationToken,
     ) -> BoxFuture<'static, Result<(), Error>>;
 
+    /// Whether the export's ref goes in its advert, for every member of a private mesh to use (`metac compute
+    /// export --mesh`). The node refuses such an export outside a private mesh.
+    fn public(&self) -> bool {
+        false
+    }
+
     /// A short note the node adds to the export's advert (the compute kind's load figures); empty for none.
     fn note(&self) -> String {
         String::new()

@@ -115,7 +115,9 @@ impl ResourceKind for Fs {
             let Some(path) = key.strip_prefix(session::MOUNT_KEY) else { continue };
             match mount::clear_dead_mount(std::path::Path::new(path)) {
                 Ok(true) => tracing::info!(mountpoint = path, "detached a mount left by a node that did not stop"),
-                Ok(false) => {}
+                Ok(false) => {
+                    tracing::debug!(mountpoint = path, "a recorded mount is not a dead one of ours: left alone")
+                }
                 Err(e) => tracing::warn!(mountpoint = path, "cannot detach a dead mount: {e}"),
             }
             let _ = ctx.store.remove(&key);

@@ -284,8 +284,10 @@ pub fn clear_dead_mount(path: &Path) -> std::io::Result<bool> {
     }
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     let p = path.to_path_buf();
+    // statfs always asks the file system (a stat may be answered from the attributes the kernel still caches for
+    // a mount whose server died a moment ago).
     std::thread::spawn(move || {
-        let _ = tx.send(std::fs::symlink_metadata(&p).err().and_then(|e| e.raw_os_error()));
+        let _ = tx.send(rustix::fs::statfs(&p).err().map(|e| e.raw_os_error()));
     });
     match rx.recv_timeout(std::time::Duration::from_secs(2)) {
         Ok(Some(libc::ENOTCONN)) => detach(path).map(|()| true),
@@ -298,9 +300,13 @@ pub fn clear_dead_mount(path: &Path) -> std::io::Result<bool> {
 fn is_metac_mount(mountinfo: &str, path: &Path) -> bool {
     let Some(p) = path.to_str() else { return false };
     let escaped = p.replace('\\', "\\134").replace(' ', "\\040").replace('\t', "\\011").replace('\n', "\\012");
+    // Mounted with a subtype (fusermount3) the type is `fuse.metac`; mounted by root with mount(2) it is `fuse`,
+    // and the source (`metac:ID`) says whose it is.
     mountinfo.lines().any(|l| {
+        let mut after = l.split(" - ").nth(1).unwrap_or("").split(' ');
+        let (kind, source) = (after.next(), after.next().unwrap_or(""));
         l.split(' ').nth(4) == Some(escaped.as_str())
-            && l.split(" - ").nth(1).and_then(|t| t.split(' ').next()) == Some("fuse.metac")
+            && (kind == Some("fuse.metac") || (kind == Some("fuse") && source.starts_with("metac:")))
     })
 }
 
@@ -1349,8 +1355,11 @@ mod tests {
         assert!(std::fs::symlink_metadata(&dead).unwrap().is_dir(), "the directory is back");
         assert!(!clear_dead_mount(&dead).unwrap(), "once");
         rustix::mount::unmount(&tmp, rustix::mount::UnmountFlags::empty()).unwrap();
-        let line = "36 35 0:50 / /a\\040b rw - fuse.metac metac:x rw\n37 35 0:51 / /c rw - fuse.other x rw";
+        let line = "36 35 0:50 / /a\\040b rw - fuse.metac metac:x rw\n37 35 0:51 / /c rw - fuse.other x rw\n\
+                    38 35 0:52 / /d ro,nosuid - fuse metac:64cd0215ffee ro,user_id=0\n39 35 0:53 / /e rw - fuse sshfs rw";
         assert!(is_metac_mount(line, Path::new("/a b")));
         assert!(!is_metac_mount(line, Path::new("/c")) && !is_metac_mount(line, Path::new("/a")));
+        assert!(is_metac_mount(line, Path::new("/d")), "mounted by root with mount(2): type fuse, source metac:");
+        assert!(!is_metac_mount(line, Path::new("/e")), "another FUSE file system");
     }
 }

@@ -75,7 +75,7 @@ impl Remote {
             let r: Ref = peer.parse().map_err(|e| Error::BadOptions(format!("bad ref in --on: {e}")))?;
             return compute_ref(r);
         }
-        let saved: Vec<_> = self
+        let mut saved: Vec<_> = self
             .ctx
             .host
             .saved_refs(caller)?
@@ -89,6 +89,15 @@ impl Remote {
         let how = format!(
             "ask its owner for one (`metac compute export --to {me}` there), then `metac ref save NAME REF` here"
         );
+        // Nodes of a private mesh that run for every member advert their compute ref.
+        for p in self.ctx.host.peers().await? {
+            for r in p.resources.iter().filter(|r| r.kind == Kind::Compute) {
+                let Some(Ok(reference)) = r.public_ref.as_deref().map(str::parse::<Ref>) else { continue };
+                if reference.token.issuer() == p.key && reference.token.kind() == Kind::Compute {
+                    saved.push(metac_resource::SavedRef { name: format!("{}:{}", short(&p.key), r.name), reference });
+                }
+            }
+        }
         if peer == "any" {
             return self.least_loaded(&saved, &how).await;
         }

@@ -28,6 +28,8 @@ pub struct ComputeExporter {
     /// Who exported: root runs each caller's processes as their own uid; another user runs them rootless, as
     /// themselves.
     pub owner: Caller,
+    /// For every member of the private mesh (its ref in the advert).
+    pub mesh: bool,
 }
 
 impl ComputeExporter {
@@ -244,7 +246,7 @@ impl ComputeExporter {
             why => {
                 // The calling node, its client or the network went away: no orphans.
                 tracing::info!(%id, "the calling node went away ({why:?}): killing the run");
-                if let Err(e) = self.manager.kill(&id, &owner, libc::SIGKILL).await {
+                if let Err(e) = self.manager.kill_and_cut(&id, &owner).await {
                     tracing::debug!(%id, "kill: {e}");
                 }
             }
@@ -265,6 +267,10 @@ impl Exporter for ComputeExporter {
 
     fn note(&self) -> String {
         Self::load_note()
+    }
+
+    fn public(&self) -> bool {
+        self.mesh
     }
 }
 
