@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job, shown end to end: builds metac, starts N nodes (default 3) in network namespaces on one bridge
 # (IPv6 ULA only, no configuration: they find each other by mDNS), exports a file on host 1, reads it on the last
-# host byte for byte, shares a directory that host 2 mounts and writes to, delegates a narrower ref, revokes the
-# original and shows it refused. Cleans up on exit.
+# host byte for byte, shares a directory that host 2 mounts and writes to, runs containers and a VM on host 2,
+# runs a command on host 2 with host 1's files (metac run --on), delegates a narrower ref, revokes the original and
+# shows it refused. Cleans up on exit.
 # Also shows the overlay: host 1 pings the last host's fd6f address through a WireGuard tunnel.
 #   ./scripts/demo.sh [N]   (as root)
 set -euo pipefail
@@ -141,6 +142,19 @@ echo "\$ metac rm -f ticker   (host 2)"; m 2 rm -f ticker
 echo; echo "== host 2 runs a command in a small VM (the host's kernel, its files shared over virtio-9p)"
 echo "\$ metac run --vm -w / sh -c 'echo hello from a VM; uname -r'   (host 2)"
 m 2 run --vm -w / sh -c 'echo hello from a VM; uname -r' || echo "(no VM here: metac run --vm needs qemu and a kernel in /boot)"
+
+echo; echo "== host 1 runs a command on host 2, with host 1's files (metac run --on)"
+KEY1=$(m 1 status | awk '/^node/ {print $2}')
+echo "\$ metac compute export --to ${KEY1:0:16}...   (host 2: lets host 1 run here)"
+CREF=$(m 2 compute export --to "$KEY1")
+echo "$CREF"
+echo "\$ metac ref save host2 REF   (host 1)"; m 1 ref save host2 "$CREF"
+mkdir -p "$DIR/proj"
+printf 'one\ntwo\nthree\n' > "$DIR/proj/words.txt"
+echo "\$ cd $DIR/proj && metac run --on host2 sh -c 'wc -l words.txt; sort -r words.txt > sorted.txt; exit 7'   (host 1)"
+(cd "$DIR/proj" && m 1 run --on host2 sh -c 'wc -l words.txt; sort -r words.txt > sorted.txt; exit 7') || echo "(exit code $? came back)"
+echo "on host 1, sorted.txt: $(tr '\n' ' ' < "$DIR/proj/sorted.txt")"
+echo "\$ metac ps -a   (host 2: the run was its own container, run for host 1)"; m 2 ps -a | grep -E "NODE|sh -c wc" || true
 echo "\$ nbdcopy 'nbd+unix:///?socket=$SOCK' null:   (host $N: the bound file, read whole by a real NBD client)"
 nbdcopy "nbd+unix:///?socket=$SOCK" null: && echo "(64 MiB through host $N's bind)"
 

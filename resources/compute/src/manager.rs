@@ -212,27 +212,16 @@ impl Manager {
     pub fn find(&self, key: &str, caller: &Caller) -> Result<Record, Error> {
         let mine: Vec<Record> =
             self.records()?.into_iter().filter(|r| caller.is_root() || r.owner.uid == caller.uid).collect();
-        if let Some(r) = mine.iter().find(|r| r.id == key || r.name == key) {
-            return Ok(r.clone());
-        }
-        let by_prefix: Vec<&Record> = mine.iter().filter(|r| !key.is_empty() && r.id.starts_with(key)).collect();
-        match by_prefix.as_slice() {
-            [one] => Ok((*one).clone()),
-            [] => Err(Error::NotFound(format!("no container {key:?}"))),
-            _ => Err(Error::BadOptions(format!("{key:?} is the start of more than one container's id"))),
-        }
+        find_in(mine, key)
     }
 
-    /// The container `key` that `uid` of node `node` ran here (remote launch): only theirs.
+    /// The container `key` that `uid` of node `node` ran here (remote launch): only theirs, and nothing said of
+    /// anyone else's.
     pub fn find_from(&self, key: &str, node: &str, uid: u32) -> Result<Record, Error> {
         let theirs = |r: &Record| r.origin.as_ref().is_some_and(|o| o.node == node && o.uid == uid);
-        let r = self.find(key, &Caller::root())?;
-        if theirs(&r) {
-            Ok(r)
-        } else {
-            Err(Error::NotFound(format!("no container {key:?} of yours runs here")))
-        }
+        find_in(self.records()?.into_iter().filter(theirs).collect(), key)
     }
+
 
     /// The containers `uid` of node `node` ran here.
     pub fn list_from(&self, node: &str, uid: u32, all: bool) -> Result<Vec<Info>, Error> {
@@ -789,6 +778,19 @@ impl Manager {
     pub fn running(&self, r: &Record) -> bool {
         let (st, alive) = self.state(r);
         alive && st.phase != Phase::Exited
+    }
+}
+
+/// The container `key` (id, name, or a unique id prefix) among `records`.
+fn find_in(records: Vec<Record>, key: &str) -> Result<Record, Error> {
+    if let Some(r) = records.iter().find(|r| r.id == key || r.name == key) {
+        return Ok(r.clone());
+    }
+    let by_prefix: Vec<&Record> = records.iter().filter(|r| !key.is_empty() && r.id.starts_with(key)).collect();
+    match by_prefix.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => Err(Error::NotFound(format!("no container {key:?}"))),
+        _ => Err(Error::BadOptions(format!("{key:?} is the start of more than one container's id"))),
     }
 }
 
