@@ -21,6 +21,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::digest::Digests;
 use crate::proto::{self, Request, Response, MAX_FRAME, MAX_IN_FLIGHT};
 use crate::server::Server;
 use crate::FsExport;
@@ -35,17 +36,18 @@ pub(crate) struct FsExporter {
     writable: bool,
     admin: bool,
     name: String,
+    digests: Arc<Digests>,
 }
 
 impl FsExporter {
-    /// Opens the exported directory as its owner.
-    pub(crate) fn open(spec: ExportSpec<FsExport>) -> Result<FsExporter, Error> {
+    /// Opens the exported directory as its owner; its binds hash with, and count what they serve in, `digests`.
+    pub(crate) fn open(spec: ExportSpec<FsExport>, digests: Arc<Digests>) -> Result<FsExporter, Error> {
         let o = &spec.options;
         let root = spec.owner.act(|| crate::open_root(&o.path, o.id)).map_err(|e| {
             Error::Unavailable(format!("export {} ({}) cannot be opened: {e}", spec.name, o.path.display()))
         })?;
         let (writable, admin) = (spec.rights.contains(Rights::WRITE), spec.rights.contains(Rights::ADMIN));
-        Ok(FsExporter { root, owner: spec.owner, writable, admin, name: spec.name })
+        Ok(FsExporter { root, owner: spec.owner, writable, admin, name: spec.name, digests })
     }
 }
 
@@ -67,7 +69,10 @@ impl Exporter for FsExporter {
             }
             .map_err(|e| Error::Unavailable(format!("export {}: sub-path {:?}: {e}", self.name, bind.path)))?;
             let admin = self.admin && bind.rights.contains(Rights::ADMIN);
-            let server = Server::new(root, read_only)?.with_admin(admin).exported_by(self.owner.uid, self.owner.gid);
+            let server = Server::new(root, read_only)?
+                .with_admin(admin)
+                .exported_by(self.owner.uid, self.owner.gid)
+                .with_digests(Arc::clone(&self.digests));
             let server = Arc::new(server);
             serve(server, self.owner.clone(), stream, cancel).await
         })
@@ -129,9 +134,18 @@ pub async fn serve(
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(e),
             };
-            let req = proto::decode_request(&body).map_err(|e| Error::Protocol(e.to_string()));
+            let req = proto::decode_request(&body);
             crate::buffers::give(body);
-            let req = req?;
+            let req = match req {
+                Ok(req) => req,
+                // A newer binder trying an operation this node does not know: it hears so and falls back.
+                Err(proto::Error::UnknownOp { id, op }) => {
+                    tracing::debug!(id, op, "fs: a request of an unknown operation, answered ENOSYS");
+                    answer(&wr, Response { id, result: Err(libc::ENOSYS) }).await?;
+                    continue;
+                }
+                Err(e) => return Err(Error::Protocol(e.to_string())),
+            };
             if inline && req.op.is_quick() {
                 answer(&wr, Response { id: req.id, result: server.handle(req.op) }).await?;
             } else if req_tx.send(req).await.is_err() {

@@ -12,6 +12,7 @@
 //! numbers are the binder's own (the `inodes` module), found again on the next connection by their paths: requests
 //! cut by the break are sent again (but namespace changes, EIO), and only what vanished meanwhile answers ESTALE.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -27,6 +28,7 @@ use fuser::{
 };
 use tokio::runtime::Handle;
 
+use crate::cache::Cache;
 use crate::client::Conn;
 use crate::inodes::{self, Table};
 use crate::proto::{Attr, Op, Reply, SetAttr, Time, Who, MAX_IO, MAX_NAME, MAX_TARGET, MAX_XATTR, MAX_XATTR_NAME};
@@ -96,6 +98,9 @@ pub struct Options {
     pub source: String,
     /// How long an operation waits for an exporter that is away before it fails with EIO [default: 60 s].
     pub stall: Option<Duration>,
+    /// Serve files opened read-only from this content cache ([`crate::cache`]); only on a read-only mount
+    /// (ignored on another).
+    pub cache: Option<Arc<Cache>>,
 }
 
 /// How long an operation waits for an exporter that is away, unless the bind says otherwise.
@@ -154,11 +159,10 @@ impl Mount {
         let readahead = Arc::new(Readahead::default());
         let inodes: Arc<Table> = Arc::default();
         let fs = Fuse {
-            slot: slot.clone(),
+            sender: Sender { slot: slot.clone(), stall: options.stall.unwrap_or(STALL), inodes: Arc::clone(&inodes) },
             rt: Handle::current(),
-            stall: options.stall.unwrap_or(STALL),
             readahead: Arc::clone(&readahead),
-            inodes: Arc::clone(&inodes),
+            cached: options.cache.clone().filter(|_| options.read_only).map(Cached::new),
         };
         let session = if !through_fusermount {
             fuser::spawn_mount(fs, path, &config)?
@@ -375,66 +379,168 @@ fn detach(path: &Path) -> std::io::Result<()> {
 }
 
 struct Fuse {
-    slot: Slot,
+    sender: Sender,
     rt: Handle,
-    stall: Duration,
     readahead: Arc<Readahead>,
-    inodes: Arc<Table>,
+    /// Opens served from the content cache, when the mount uses one.
+    cached: Option<Cached>,
 }
 
 /// How many times an operation is sent again after the connection it went on broke.
 const RETRIES: usize = 8;
 
+/// What sends an operation of the kernel's to the exporter: the connection's slot and the binder's numbers.
+#[derive(Clone)]
+struct Sender {
+    slot: Slot,
+    stall: Duration,
+    inodes: Arc<Table>,
+}
+
+impl Sender {
+    /// Sends `op` (with the binder's inode and file numbers) once there is a connection, and gives its outcome
+    /// (with the binder's numbers). Sent again on the next connection if the one it went on broke, where that is
+    /// safe ([`inodes::retriable`]).
+    async fn send(&self, op: &mut Op) -> Result<Reply, Errno> {
+        let Sender { slot, stall, inodes } = self;
+        let mut tries = 0;
+        loop {
+            let c = slot.conn(*stall).await?;
+            if let Op::Release { fh } = *op {
+                if inodes.is_stale(fh, c.id()) {
+                    // Opened on a connection that is gone: nothing to close on this one.
+                    let local = inodes::Local::default();
+                    return inodes.answer(op, local.with_fh(fh), c.id(), Ok(Reply::Empty)).map_err(Errno::from_i32);
+                }
+            }
+            let r = match inodes.to_remote(&c, op).await {
+                Ok(local) => {
+                    let r = c.call_ref(op).await;
+                    let broke = r == Err(libc::EIO) && c.closed().is_cancelled();
+                    Table::to_local(op, local);
+                    if !broke {
+                        return inodes.answer(op, local, c.id(), r).map_err(Errno::from_i32);
+                    }
+                    r
+                }
+                Err(e) if e == libc::EIO && c.closed().is_cancelled() => Err(e),
+                Err(e) => return Err(Errno::from_i32(e)),
+            };
+            tries += 1;
+            if tries > RETRIES || !inodes::retriable(op) {
+                return r.map_err(Errno::from_i32);
+            }
+        }
+    }
+}
+
 impl Fuse {
     /// A function that forgets one lookup of an inode (from any thread).
     fn forgetter(&self) -> impl Fn(u64) + Send + 'static {
-        let (slot, inodes, rt) = (self.slot.clone(), Arc::clone(&self.inodes), self.rt.clone());
+        let (slot, inodes, rt) = (self.sender.slot.clone(), Arc::clone(&self.sender.inodes), self.rt.clone());
         move |ino| forget(&rt, &slot, &inodes, ino, 1)
     }
 
-    /// Sends `op` (with the binder's inode and file numbers) on a task, once there is a connection, and hands
-    /// its outcome (with the binder's numbers) to `done` there. Sent again on the next connection if the one it
-    /// went on broke, where that is safe ([`inodes::retriable`]).
+    /// Sends `op` on a task ([`Sender::send`]) and hands its outcome to `done` there.
     fn call(&self, mut op: Op, done: impl FnOnce(Result<Reply, Errno>) + Send + 'static) {
-        let (slot, stall, inodes) = (self.slot.clone(), self.stall, Arc::clone(&self.inodes));
+        let sender = self.sender.clone();
         self.rt.spawn(async move {
-            let mut tries = 0;
-            let r = loop {
-                let c = match slot.conn(stall).await {
-                    Ok(c) => c,
-                    Err(e) => break Err(e),
-                };
-                if let Op::Release { fh } = op {
-                    if inodes.is_stale(fh, c.id()) {
-                        // Opened on a connection that is gone: nothing to close on this one.
-                        let local = inodes::Local::default();
-                        break inodes.answer(&op, local.with_fh(fh), c.id(), Ok(Reply::Empty)).map_err(Errno::from_i32);
-                    }
-                }
-                let r = match inodes.to_remote(&c, &mut op).await {
-                    Ok(local) => {
-                        let r = c.call_ref(&op).await;
-                        let broke = r == Err(libc::EIO) && c.closed().is_cancelled();
-                        Table::to_local(&mut op, local);
-                        if !broke {
-                            break inodes.answer(&op, local, c.id(), r).map_err(Errno::from_i32);
-                        }
-                        r
-                    }
-                    Err(e) if e == libc::EIO && c.closed().is_cancelled() => Err(e),
-                    Err(e) => break Err(Errno::from_i32(e)),
-                };
-                tries += 1;
-                if tries > RETRIES || !inodes::retriable(&op) {
-                    break r.map_err(Errno::from_i32);
-                }
-            };
+            let r = sender.send(&mut op).await;
             if let Op::Write { data, .. } = op {
                 crate::buffers::give(data);
             }
             done(r)
         });
     }
+}
+
+/// A mount's opens served from the content cache: each such open file handle (the binder's) reads a local file
+/// of the cache, whatever happens to the cache afterwards (an evicted file stays readable while open).
+struct Cached {
+    cache: Arc<Cache>,
+    files: Arc<std::sync::Mutex<HashMap<u64, Arc<std::fs::File>>>>,
+    /// Whether to ask the exporter for hashes: not once it answered that it does not know how (an older
+    /// exporter), nor once asking broke the connection (older still: it ended the stream on the request).
+    asking: Arc<AtomicBool>,
+}
+
+impl Cached {
+    fn new(cache: Arc<Cache>) -> Cached {
+        Cached { cache, files: Arc::default(), asking: Arc::new(AtomicBool::new(true)) }
+    }
+
+    /// The cache file open as `fh`, if that open is served from the cache.
+    fn file(&self, fh: u64) -> Option<Arc<std::fs::File>> {
+        self.files.lock().expect("cached files").get(&fh).cloned()
+    }
+}
+
+/// Whether an open with `flags` can be served from a content cache: read-only, and not truncating.
+fn reads_only(flags: i32) -> bool {
+    flags & libc::O_ACCMODE == libc::O_RDONLY && flags & libc::O_TRUNC == 0
+}
+
+/// The cache file for the binder's open file `fh`: the exporter's hash of it, then the cache's file of that hash,
+/// fetched and checked first if the cache has none. `None` (the open reads through the exporter) when the
+/// exporter cannot say, the file is too large to cache, or the fetch failed or did not match the hash.
+async fn from_cache(sender: &Sender, cache: &Cache, asking: &AtomicBool, fh: u64) -> Option<std::fs::File> {
+    let (hash, size) = match sender.send(&mut Op::Hash { fh }).await {
+        Ok(Reply::Hash { blake3, size }) => (blake3, size),
+        Err(e) if e == Errno::ENOSYS || e == Errno::EIO => {
+            tracing::info!("fs: the exporter gives no content hashes ({e:?}); this mount reads without the cache");
+            asking.store(false, Ordering::Relaxed);
+            return None;
+        }
+        Ok(r) => {
+            let _ = unexpected(r);
+            return None;
+        }
+        Err(e) => {
+            tracing::debug!("fs: no content hash for an open file: {e:?}");
+            return None;
+        }
+    };
+    if size > cache.max_file() {
+        return None;
+    }
+    if let Some(f) = cache.open(&hash, size) {
+        return Some(f);
+    }
+    let read = |offset, size| {
+        let sender = sender.clone();
+        async move {
+            match sender.send(&mut Op::Read { fh, offset, size }).await {
+                Ok(Reply::Data(d)) => Ok(d),
+                Ok(r) => Err(unexpected(r).code()),
+                Err(e) => Err(e.code()),
+            }
+        }
+    };
+    match cache.fill(&hash, size, read).await {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::warn!("fs: a file read uncached: {e}");
+            None
+        }
+    }
+}
+
+/// Reads `size` bytes at `offset` of a local file (short at its end).
+fn pread(f: &std::fs::File, offset: u64, size: u32) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = crate::buffers::take(size as usize);
+    buf.resize(size as usize, 0);
+    let mut done = 0;
+    while done < buf.len() {
+        match f.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(done);
+    Ok(buf)
 }
 
 /// How many batches of told changes wait for the kernel at most (more are dropped: the cache's TTL still bounds
@@ -669,7 +775,7 @@ impl Filesystem for Fuse {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        forget(&self.rt, &self.slot, &self.inodes, ino.0, nlookup);
+        forget(&self.rt, &self.sender.slot, &self.sender.inodes, ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -751,10 +857,29 @@ impl Filesystem for Fuse {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         self.readahead.widen_once();
-        self.call(Op::Open { ino: ino.0, flags: flags.0 & !libc::O_APPEND }, move |r| match r {
-            Ok(Reply::Opened { fh }) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
-            Ok(r) => reply.error(unexpected(r)),
-            Err(e) => reply.error(e),
+        let mut op = Op::Open { ino: ino.0, flags: flags.0 & !libc::O_APPEND };
+        let cached = self.cached.as_ref().filter(|c| reads_only(flags.0) && c.asking.load(Ordering::Relaxed));
+        let Some(c) = cached else {
+            return self.call(op, move |r| match r {
+                Ok(Reply::Opened { fh }) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+                Ok(r) => reply.error(unexpected(r)),
+                Err(e) => reply.error(e),
+            });
+        };
+        // Opened on the exporter as any file is (its handle kept until release), then, if the cache has or can
+        // fetch the content the exporter states, read from the cache.
+        let (sender, cache, files, asking) =
+            (self.sender.clone(), Arc::clone(&c.cache), Arc::clone(&c.files), Arc::clone(&c.asking));
+        self.rt.spawn(async move {
+            let fh = match sender.send(&mut op).await {
+                Ok(Reply::Opened { fh }) => fh,
+                Ok(r) => return reply.error(unexpected(r)),
+                Err(e) => return reply.error(e),
+            };
+            if let Some(f) = from_cache(&sender, &cache, &asking, fh).await {
+                files.lock().expect("cached files").insert(fh, Arc::new(f));
+            }
+            reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
         });
     }
 
@@ -769,6 +894,16 @@ impl Filesystem for Fuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        if let Some(f) = self.cached.as_ref().and_then(|c| c.file(fh.0)) {
+            // A local file: read on this thread, no round trip.
+            return match pread(&f, offset, size.min(MAX_IO)) {
+                Ok(d) => {
+                    reply.data(&d);
+                    crate::buffers::give(d);
+                }
+                Err(e) => reply.error(Errno::from(e)),
+            };
+        }
         self.call(Op::Read { fh: fh.0, offset, size: size.min(MAX_IO) }, data(reply));
     }
 
@@ -812,6 +947,9 @@ impl Filesystem for Fuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        if let Some(c) = &self.cached {
+            c.files.lock().expect("cached files").remove(&fh.0);
+        }
         self.call(Op::Release { fh: fh.0 }, empty(reply));
     }
 
