@@ -274,4 +274,26 @@ mod tests {
         assert!(ended.is_ok(), "the bind ended within 3 s of its cancellation");
         drop(binder);
     }
+
+    /// A request of an operation this exporter does not know (a newer binder's) is answered ENOSYS and the bind
+    /// goes on; the binder falls back on what it knows.
+    #[tokio::test]
+    async fn an_unknown_operation_is_answered_enosys_and_the_bind_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = rustix::fs::open(dir.path(), rustix::fs::OFlags::PATH, rustix::fs::Mode::empty()).unwrap();
+        let server = Arc::new(Server::new(root, false).unwrap());
+        let (mut binder, exporter) = tokio::io::duplex(64 << 10);
+        let cancel = CancellationToken::new();
+        tokio::spawn(serve(server, Caller::root(), Box::new(exporter), cancel.clone()));
+        // Request 9 of operation 200 (postcard: id, then the variant index, both varints).
+        let body = [9u8, 0xc8, 0x01, 1, 2, 3];
+        binder.write_all(&(body.len() as u32).to_be_bytes()).await.unwrap();
+        binder.write_all(&body).await.unwrap();
+        let answer = proto::decode_response(&read_body(&mut binder).await.unwrap().unwrap()).unwrap();
+        assert_eq!(answer, Response { id: 9, result: Err(libc::ENOSYS) });
+        frame::write(&mut binder, &Request { id: 10, op: Op::Getattr { ino: ROOT } }).await.unwrap();
+        let answer = proto::decode_response(&read_body(&mut binder).await.unwrap().unwrap()).unwrap();
+        assert!(matches!(answer, Response { id: 10, result: Ok(Reply::Attr(_)) }), "{answer:?}");
+        cancel.cancel();
+    }
 }

@@ -162,6 +162,7 @@ impl Mount {
             sender: Sender { slot: slot.clone(), stall: options.stall.unwrap_or(STALL), inodes: Arc::clone(&inodes) },
             rt: Handle::current(),
             readahead: Arc::clone(&readahead),
+            read_only: options.read_only,
             cached: options.cache.clone().filter(|_| options.read_only).map(Cached::new),
         };
         let session = if !through_fusermount {
@@ -382,6 +383,7 @@ struct Fuse {
     sender: Sender,
     rt: Handle,
     readahead: Arc<Readahead>,
+    read_only: bool,
     /// Opens served from the content cache, when the mount uses one.
     cached: Option<Cached>,
 }
@@ -758,8 +760,11 @@ impl Filesystem for Fuse {
         // Writes are cached and sent in the background, in large requests (errors come at fsync and close, as
         // on a local disk): the kernel keeps the size and times of what it writes, and appends at its own idea
         // of the end (so O_APPEND is not passed on), and reads what it needs of a page it writes part of (the
-        // exporter opens a file opened for writing alone for reading too).
-        let _ = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE);
+        // exporter opens a file opened for writing alone for reading too). Not on a read-only mount: there the
+        // kernel would keep the size it first saw of a file, and not see it grow or shrink on the exporter.
+        if !self.read_only {
+            let _ = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE);
+        }
         Ok(())
     }
 
@@ -1443,6 +1448,58 @@ mod tests {
             held = server.held();
         }
         assert!(held.0 <= 1, "lookups given back: {held:?} still held");
+        m.unmount().await;
+    }
+
+    /// A read-only mount with a content cache: files opened read-only are fetched whole once, then served from the
+    /// cache, through this mount and a second one, with no content crossing again (counted on the exporter); a
+    /// changed file is fetched anew (the cache is by content, not name); without the cache every read crosses.
+    /// Needs root (it mounts); under CI it runs and fails loudly without it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cached_read_only_mount_fetches_each_content_once() {
+        let (dir, src, mnt) = mount_dirs();
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(src.join("big"), &big).unwrap();
+        std::fs::write(src.join("small"), b"small file").unwrap();
+        let cache = Arc::new(Cache::new(dir.path().join("cache"), 64 << 20));
+        let digests = Arc::new(crate::digest::Digests::default());
+        let mount = |mnt: &Path, cache: Option<Arc<Cache>>| {
+            let root = rustix::fs::open(&src, rustix::fs::OFlags::PATH, rustix::fs::Mode::empty()).unwrap();
+            let server = crate::server::Server::new(root, true).unwrap().with_digests(Arc::clone(&digests));
+            let (a, b) = tokio::io::duplex(1 << 20);
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let caller = metac_resource::Caller::root();
+            tokio::spawn(crate::exporter::serve(Arc::new(server), caller, Box::new(b), cancel.clone()));
+            let options = Options { read_only: true, cache, ..Options::default() };
+            (Mount::serve(Box::new(a), mnt, &options).unwrap(), cancel)
+        };
+        let read = |mnt: PathBuf, name: &'static str| {
+            tokio::task::spawn_blocking(move || std::fs::read(mnt.join(name)).unwrap())
+        };
+        let (m, _c) = mount(&mnt, Some(Arc::clone(&cache)));
+        assert_eq!(read(mnt.clone(), "big").await.unwrap(), big);
+        assert_eq!(read(mnt.clone(), "small").await.unwrap(), b"small file");
+        let served = digests.served();
+        assert_eq!(served, big.len() as u64 + 10, "each file fetched whole, once");
+        assert_eq!(cache.stats().entries, 2);
+        m.unmount().await;
+
+        let mnt2 = dir.path().join("mnt2");
+        std::fs::create_dir(&mnt2).unwrap();
+        let (m, _c) = mount(&mnt2, Some(Arc::clone(&cache)));
+        assert_eq!(read(mnt2.clone(), "big").await.unwrap(), big);
+        assert_eq!(read(mnt2.clone(), "small").await.unwrap(), b"small file");
+        assert_eq!(digests.served(), served, "a new mount reads from the cache: no content crossed");
+        assert_eq!(digests.hashes(), 2, "and the exporter hashed each file once");
+        std::fs::write(src.join("small"), b"changed on the exporter").unwrap();
+        tokio::time::sleep(TTL + Duration::from_millis(200)).await;
+        assert_eq!(read(mnt2.clone(), "small").await.unwrap(), b"changed on the exporter");
+        assert_eq!(digests.served(), served + 23, "the new content was fetched");
+        m.unmount().await;
+
+        let (m, _c) = mount(&mnt, None);
+        assert_eq!(read(mnt.clone(), "big").await.unwrap(), big);
+        assert!(digests.served() >= served + 23 + big.len() as u64, "without the cache, reads cross");
         m.unmount().await;
     }
 
