@@ -48,11 +48,15 @@ impl Digests {
     }
 
     /// The blake3 hash and size of the regular file open as `fd`: from the memo if this version was hashed
-    /// before, else by reading it. EINVAL for anything but a regular file, EAGAIN if it changed meanwhile.
-    pub fn hash(&self, fd: &OwnedFd) -> Result<([u8; 32], u64), i32> {
+    /// before, else by reading it. EINVAL for anything but a regular file, EFBIG (unread) for one larger than
+    /// `max` bytes, EAGAIN if it changed meanwhile.
+    pub fn hash(&self, fd: &OwnedFd, max: u64) -> Result<([u8; 32], u64), i32> {
         let before = stat(fd)?;
         if FileType::from_raw_mode(before.st_mode) != FileType::RegularFile {
             return Err(libc::EINVAL);
+        }
+        if before.st_size as u64 > max {
+            return Err(libc::EFBIG);
         }
         let v = version(&before);
         if let Some(h) = self.memo.lock().expect("memo").get(&v) {
@@ -125,12 +129,15 @@ mod tests {
         std::fs::write(&p, &content).unwrap();
         let d = Digests::default();
         let want = *blake3::hash(&content).as_bytes();
-        assert_eq!(d.hash(&open(&p)).unwrap(), (want, content.len() as u64));
-        assert_eq!(d.hash(&open(&p)).unwrap(), (want, content.len() as u64));
+        let max = u64::MAX;
+        assert_eq!(d.hash(&open(&p), max).unwrap(), (want, content.len() as u64));
+        assert_eq!(d.hash(&open(&p), max).unwrap(), (want, content.len() as u64));
         assert_eq!(d.hashes(), 1, "the second answer came from the memo");
         std::fs::write(&p, b"changed").unwrap();
-        assert_eq!(d.hash(&open(&p)).unwrap(), (*blake3::hash(b"changed").as_bytes(), 7));
+        assert_eq!(d.hash(&open(&p), max).unwrap(), (*blake3::hash(b"changed").as_bytes(), 7));
         assert_eq!(d.hashes(), 2);
-        assert_eq!(d.hash(&open(dir.path())), Err(libc::EINVAL), "a directory has no content hash");
+        assert_eq!(d.hash(&open(dir.path()), max), Err(libc::EINVAL), "a directory has no content hash");
+        assert_eq!(d.hash(&open(&p), 6), Err(libc::EFBIG), "larger than the binder caches: not read");
+        assert_eq!(d.hashes(), 2);
     }
 }

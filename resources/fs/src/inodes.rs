@@ -103,7 +103,7 @@ fn numbers(op: &mut Op) -> ([Option<&mut u64>; 2], Option<&mut u64>) {
         | Op::Release { fh }
         | Op::Fallocate { fh, .. }
         | Op::Lseek { fh, .. }
-        | Op::Hash { fh } => ([None, None], Some(fh)),
+        | Op::Hash { fh, .. } => ([None, None], Some(fh)),
         Op::Forget { .. } | Op::Init { .. } => ([None, None], None),
     }
 }

@@ -486,7 +486,7 @@ fn reads_only(flags: i32) -> bool {
 /// fetched and checked first if the cache has none. `None` (the open reads through the exporter) when the
 /// exporter cannot say, the file is too large to cache, or the fetch failed or did not match the hash.
 async fn from_cache(sender: &Sender, cache: &Cache, asking: &AtomicBool, fh: u64) -> Option<std::fs::File> {
-    let (hash, size) = match sender.send(&mut Op::Hash { fh }).await {
+    let (hash, size) = match sender.send(&mut Op::Hash { fh, max: cache.max_file() }).await {
         Ok(Reply::Hash { blake3, size }) => (blake3, size),
         Err(e) if e == Errno::ENOSYS || e == Errno::EIO => {
             tracing::info!("fs: the exporter gives no content hashes ({e:?}); this mount reads without the cache");
@@ -497,6 +497,8 @@ async fn from_cache(sender: &Sender, cache: &Cache, asking: &AtomicBool, fh: u64
             let _ = unexpected(r);
             return None;
         }
+        // Larger than the cache takes (EFBIG), changed while hashed (EAGAIN), not a regular file (EINVAL): read
+        // through the exporter.
         Err(e) => {
             tracing::debug!("fs: no content hash for an open file: {e:?}");
             return None;

@@ -213,9 +213,10 @@ pub enum Op {
     /// lseek(2) on an open file with SEEK_DATA or SEEK_HOLE: [`Reply::Offset`].
     Lseek { fh: u64, offset: i64, whence: i32 },
     /// The blake3 hash of the whole content of the open regular file `fh`, as the exporter reads it now:
-    /// [`Reply::Hash`]. What a binder's content cache is keyed by; an exporter that does not know it answers
-    /// ENOSYS (see [`Error::UnknownOp`]).
-    Hash { fh: u64 },
+    /// [`Reply::Hash`]; EFBIG, without reading it, for a file larger than `max` bytes (one the binder would not
+    /// cache). What a binder's content cache is keyed by; an exporter that does not know it answers ENOSYS (see
+    /// [`Error::UnknownOp`]).
+    Hash { fh: u64, max: u64 },
 }
 
 /// Who asks for something to be made: the ids of the binder's process, which the new inode is owned by where
@@ -579,8 +580,8 @@ mod tests {
             assert_eq!(encode(&Response { id: 1, result: Ok(reply) }), bytes);
         }
         // The content cache: a file's hash, added at the end so that every earlier index stays as it was.
-        let hash = Request { id: 1, op: Op::Hash { fh: 3 } };
-        assert_eq!(encode(&hash), [1, 28, 3]);
+        let hash = Request { id: 1, op: Op::Hash { fh: 3, max: 128 } };
+        assert_eq!(encode(&hash), [1, 28, 3, 0x80, 0x01]);
         let mut bytes = vec![1, 0, 14];
         bytes.extend(0..32u8);
         bytes.extend([0x80, 0x80, 0xc0, 0x01]);
@@ -598,9 +599,9 @@ mod tests {
         assert!(matches!(e, Error::UnknownOp { id: 300, op: OPS }), "{e}");
         let e = decode_request(&[5, 0x80, 0x01]).unwrap_err();
         assert!(matches!(e, Error::UnknownOp { id: 5, op: 128 }), "{e}");
-        assert_eq!(decode_request(&[1, 28, 3]).unwrap(), Request { id: 1, op: Op::Hash { fh: 3 } });
+        assert_eq!(decode_request(&[1, 28, 3, 9]).unwrap(), Request { id: 1, op: Op::Hash { fh: 3, max: 9 } });
         // A known operation with a broken body is garbage, not an unknown operation.
-        let e = decode_request(&[1, 28]).unwrap_err();
+        let e = decode_request(&[1, 28, 3]).unwrap_err();
         assert!(matches!(e, Error::Malformed(_)), "{e}");
     }
 

@@ -294,8 +294,8 @@ impl Server {
                 self.digests.count_served(data.len() as u64);
                 Ok(Reply::Data(data))
             }
-            Op::Hash { fh } => {
-                let (blake3, size) = self.digests.hash(&*self.file(fh)?)?;
+            Op::Hash { fh, max } => {
+                let (blake3, size) = self.digests.hash(&*self.file(fh)?, max)?;
                 Ok(Reply::Hash { blake3, size })
             }
             Op::Write { fh, offset, data } => {
