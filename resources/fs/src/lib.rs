@@ -5,7 +5,8 @@
 //! - [`server`]: the exporting side's filesystem logic, on O_PATH handles, every name resolved beneath the export;
 //! - `exporter`: the per-export object, serving each bind's stream with a few worker threads as the exporting user;
 //! - [`client`]: the binding side's pipelined connection (many requests in flight on one stream);
-//! - [`mount`]: the FUSE glue (fuser), a library other kinds use to mount an fs ref;
+//! - [`mount`]: the FUSE glue (fuser), a library other kinds use to mount an fs ref (its `cached` part serves
+//!   opens from the content cache);
 //! - `session`: the bind as a session the node runs (mounted until unbind, revocation, expiry or stop);
 //! - [`cache`]: the binding side's content cache of read-only files, by blake3 hash; [`digest`] the exporting
 //!   side's hashes of files and its figures; [`api`]: `GET /v1/fs/stats`.

@@ -12,7 +12,6 @@
 //! numbers are the binder's own (the `inodes` module), found again on the next connection by their paths: requests
 //! cut by the break are sent again (but namespace changes, EIO), and only what vanished meanwhile answers ESTALE.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -33,8 +32,13 @@ use crate::client::Conn;
 use crate::inodes::{self, Table};
 use crate::proto::{Attr, Op, Reply, SetAttr, Time, Who, MAX_IO, MAX_NAME, MAX_TARGET, MAX_XATTR, MAX_XATTR_NAME};
 
+mod cached;
+
+use cached::{from_cache, pread, reads_only, Cached};
+
 /// The bytes of entries the kernel takes in one directory read (one page; fuser does not say what it asked for).
 const READDIR_BUFFER: u32 = 4096;
+
 /// How long the kernel may trust an entry or attributes it was given.
 pub const TTL: Duration = Duration::from_secs(1);
 /// How long the FUSE threads may take to end after an unmount before the connection is aborted.
@@ -454,97 +458,6 @@ impl Fuse {
             done(r)
         });
     }
-}
-
-/// A mount's opens served from the content cache: each such open file handle (the binder's) reads a local file
-/// of the cache, whatever happens to the cache afterwards (an evicted file stays readable while open).
-struct Cached {
-    cache: Arc<Cache>,
-    files: Arc<std::sync::Mutex<HashMap<u64, Arc<std::fs::File>>>>,
-    /// Whether to ask the exporter for hashes: not once it answered that it does not know how (an older
-    /// exporter), nor once asking broke the connection (older still: it ended the stream on the request).
-    asking: Arc<AtomicBool>,
-}
-
-impl Cached {
-    fn new(cache: Arc<Cache>) -> Cached {
-        Cached { cache, files: Arc::default(), asking: Arc::new(AtomicBool::new(true)) }
-    }
-
-    /// The cache file open as `fh`, if that open is served from the cache.
-    fn file(&self, fh: u64) -> Option<Arc<std::fs::File>> {
-        self.files.lock().expect("cached files").get(&fh).cloned()
-    }
-}
-
-/// Whether an open with `flags` can be served from a content cache: read-only, and not truncating.
-fn reads_only(flags: i32) -> bool {
-    flags & libc::O_ACCMODE == libc::O_RDONLY && flags & libc::O_TRUNC == 0
-}
-
-/// The cache file for the binder's open file `fh`: the exporter's hash of it, then the cache's file of that hash,
-/// fetched and checked first if the cache has none. `None` (the open reads through the exporter) when the
-/// exporter cannot say, the file is too large to cache, or the fetch failed or did not match the hash.
-async fn from_cache(sender: &Sender, cache: &Cache, asking: &AtomicBool, fh: u64) -> Option<std::fs::File> {
-    let (hash, size) = match sender.send(&mut Op::Hash { fh, max: cache.max_file() }).await {
-        Ok(Reply::Hash { blake3, size }) => (blake3, size),
-        Err(e) if e == Errno::ENOSYS || e == Errno::EIO => {
-            tracing::info!("fs: the exporter gives no content hashes ({e:?}); this mount reads without the cache");
-            asking.store(false, Ordering::Relaxed);
-            return None;
-        }
-        Ok(r) => {
-            let _ = unexpected(r);
-            return None;
-        }
-        // Larger than the cache takes (EFBIG), changed while hashed (EAGAIN), not a regular file (EINVAL): read
-        // through the exporter.
-        Err(e) => {
-            tracing::debug!("fs: no content hash for an open file: {e:?}");
-            return None;
-        }
-    };
-    if size > cache.max_file() {
-        return None;
-    }
-    if let Some(f) = cache.open(&hash, size) {
-        return Some(f);
-    }
-    let read = |offset, size| {
-        let sender = sender.clone();
-        async move {
-            match sender.send(&mut Op::Read { fh, offset, size }).await {
-                Ok(Reply::Data(d)) => Ok(d),
-                Ok(r) => Err(unexpected(r).code()),
-                Err(e) => Err(e.code()),
-            }
-        }
-    };
-    match cache.fill(&hash, size, read).await {
-        Ok(f) => Some(f),
-        Err(e) => {
-            tracing::warn!("fs: a file read uncached: {e}");
-            None
-        }
-    }
-}
-
-/// Reads `size` bytes at `offset` of a local file (short at its end).
-fn pread(f: &std::fs::File, offset: u64, size: u32) -> std::io::Result<Vec<u8>> {
-    use std::os::unix::fs::FileExt;
-    let mut buf = crate::buffers::take(size as usize);
-    buf.resize(size as usize, 0);
-    let mut done = 0;
-    while done < buf.len() {
-        match f.read_at(&mut buf[done..], offset + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    buf.truncate(done);
-    Ok(buf)
 }
 
 /// How many batches of told changes wait for the kernel at most (more are dropped: the cache's TTL still bounds
