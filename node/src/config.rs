@@ -29,6 +29,8 @@ pub struct Config {
     /// The group whose members may use the API, by name or gid (`--api-group`) [default: `metac`, if it exists];
     /// see [`crate::access`].
     pub api_group: Option<String>,
+    /// The most bytes the fs kind's content cache of read-only files holds (`--cache-size`) [default: 2 GiB].
+    pub cache_size: Option<u64>,
 }
 
 impl Config {
@@ -45,6 +47,7 @@ impl Config {
             clock: Arc::new(SystemClock),
             kinds: None,
             api_group: None,
+            cache_size: None,
         }
     }
 
@@ -66,6 +69,7 @@ impl std::fmt::Debug for Config {
             .field("mesh_key", &self.mesh_key)
             .field("overlay", &self.overlay)
             .field("api_group", &self.api_group)
+            .field("cache_size", &self.cache_size)
             .finish_non_exhaustive()
     }
 }

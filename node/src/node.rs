@@ -120,7 +120,7 @@ impl Node {
             transport: Arc::new(MeshTransport(mesh.clone())),
             mesh,
             overlay,
-            kinds: config.kinds.clone().unwrap_or_else(crate::kinds::builtin),
+            kinds: config.kinds.clone().unwrap_or_else(|| crate::kinds::configured(config)),
             clock: Arc::clone(&config.clock),
             run_dir,
             revoked: Mutex::new(revoked),

@@ -347,3 +347,89 @@ async fn an_operation_waits_for_an_exporter_that_comes_back_within_the_bind_time
 fn mount_ttl() -> Duration {
     metac_fs::mount::TTL + Duration::from_millis(500)
 }
+
+/// Serves node `i`'s API on a socket of its own and returns a client of it.
+fn api(c: &Cluster, i: usize) -> (metac_api::Client, tokio_util::sync::CancellationToken) {
+    let sock = c.dir.path().join(format!("api{i}.sock"));
+    let listener = metac_node::api::bind(&sock, None).unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let access = metac_node::access::Access::new(None);
+    tokio::spawn(metac_node::api::serve(listener, std::sync::Arc::clone(c.nodes[i].n()), access, cancel.clone()));
+    (metac_api::Client::new(sock), cancel)
+}
+
+/// `GET /v1/fs/stats` of a node.
+async fn fs_stats(api: &metac_api::Client) -> metac_fs::api::Stats {
+    api.get("/v1/fs/stats").await.unwrap()
+}
+
+/// Binds `r` at `mountpoint` with the content cache, waits for it, and gives its id.
+async fn bind_cached(node: &Node, r: Ref, mountpoint: &Path, cache: bool) -> String {
+    std::fs::create_dir_all(mountpoint).unwrap();
+    let started = node.bind_ref(r, json!({ "mountpoint": mountpoint, "cache": cache }), false, &ROOT).unwrap();
+    wait_up(node, &started.id).await;
+    started.id
+}
+
+/// Issue 15's cache: node B runs a program (and reads files) from A's read-only export through a bind with the
+/// content cache; a second run, through a new bind, fetches no file content again (counted on A's exporter, by
+/// its `GET /v1/fs/stats`), and reads the same bytes; a file changed on A is seen through a third bind (the cache
+/// is by content, not name); a bind without the cache reads through A as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_program_run_again_through_a_new_cached_bind_fetches_no_content_again() {
+    use std::sync::Arc;
+    require_fuse();
+    let limit = 64 << 20;
+    let kinds = [metac_fs::Fs::with_cache_limit(limit), metac_fs::Fs::with_cache_limit(limit)];
+    let mut c =
+        Cluster::start_with(2, |i| Some(vec![Arc::new(kinds[i].clone()) as Arc<dyn metac_resource::Plugin>])).await;
+    let src = c.dir.path().join("src");
+    std::fs::create_dir_all(src.join("bin")).unwrap();
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(src.join("big.bin"), &big).unwrap();
+    std::fs::write(src.join("note"), b"version 1\n").unwrap();
+    std::fs::copy("/bin/echo", src.join("bin/echo")).unwrap();
+    let program = std::fs::metadata(src.join("bin/echo")).unwrap().len();
+    let (a, b) = (c.nodes[0].n().clone(), c.nodes[1].n().clone());
+    let ((api_a, stop_a), (api_b, stop_b)) = (api(&c, 0), api(&c, 1));
+    let r = export_ref(&a, &src, true).await;
+    let run = |m: &Path| format!("{0}/bin/echo ran && cat {0}/note && sha256sum < {0}/big.bin", m.display());
+    let want = ok(format!("echo ran && cat {0}/note && sha256sum < {0}/big.bin", src.display())).await;
+
+    let first = c.dir.path().join("first");
+    let id = bind_cached(&b, r.clone(), &first, true).await;
+    assert_eq!(ok(run(&first)).await, want);
+    b.unbind(&id, &ROOT).await.unwrap();
+    let served = fs_stats(&api_a).await.served_bytes;
+    assert!(served >= big.len() as u64 + program + 10, "the first run fetched the files: {served} bytes");
+    let cached = fs_stats(&api_b).await.cache;
+    assert_eq!((cached.entries, cached.limit), (3, limit), "{cached:?}");
+    assert!(cached.bytes >= big.len() as u64 + program + 10, "{cached:?}");
+
+    let second = c.dir.path().join("second");
+    let id = bind_cached(&b, r.clone(), &second, true).await;
+    assert_eq!(ok(run(&second)).await, want, "the same bytes, from the cache");
+    b.unbind(&id, &ROOT).await.unwrap();
+    assert_eq!(fs_stats(&api_a).await.served_bytes, served, "the second run fetched no file content");
+    assert!(fs_stats(&api_b).await.cache.hits >= 3);
+
+    std::fs::write(src.join("note"), b"version 2, longer\n").unwrap();
+    let third = c.dir.path().join("third");
+    let id = bind_cached(&b, r.clone(), &third, true).await;
+    assert_eq!(ok(format!("cat {}/note", third.display())).await, b"version 2, longer\n");
+    assert_eq!(ok(format!("sha256sum < {}/big.bin", third.display())).await, want[14..]);
+    b.unbind(&id, &ROOT).await.unwrap();
+    assert_eq!(fs_stats(&api_a).await.served_bytes, served + 18, "only the changed file was fetched");
+
+    let plain = c.dir.path().join("plain");
+    let id = bind_cached(&b, r.clone(), &plain, false).await;
+    assert_eq!(ok(format!("cat {}/big.bin", plain.display())).await, big);
+    b.unbind(&id, &ROOT).await.unwrap();
+    let after = fs_stats(&api_a).await.served_bytes;
+    assert!(after >= served + 18 + big.len() as u64, "a bind without the cache reads through: {after}");
+    assert_eq!(fs_stats(&api_b).await.cache.entries, 4, "and adds nothing to the cache");
+    stop_a.cancel();
+    stop_b.cancel();
+    drop((a, b));
+    c.stop().await;
+}

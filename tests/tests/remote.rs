@@ -355,3 +355,30 @@ fn a_node_in_an_open_mesh_refuses_to_run_for_everyone() {
     .unwrap();
     assert_eq!(String::from_utf8_lossy(&exports.stdout).trim(), "[]");
 }
+
+/// Issue 15's cache: the second run of a program on another node fetches no file content again. The running node
+/// binds the caller's `/` read-only with the content cache; what host 1's exporters served (`metac fs stats`,
+/// counted on host 1) does not grow on the second run, and host 2 served it from its cache.
+#[test]
+fn a_program_run_again_on_another_node_fetches_no_file_content_again() {
+    let m = Mesh::start(2);
+    m.grant(2, 1, "b");
+    let proj = m.host(1).dir().join("cached");
+    std::fs::create_dir_all(&proj).unwrap();
+    let program = ["run", "--on", "b", "sha256sum", "/usr/bin/sha256sum"];
+    let want = Command::new("sha256sum").arg("/usr/bin/sha256sum").output().unwrap().stdout;
+    let served = |i| m.json(i, &["fs", "stats"])["served_bytes"].as_u64().unwrap();
+    let before = served(1);
+    let o = m.metac_in(1, &proj, &program);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(o.stdout, want);
+    let first = served(1);
+    let binary = std::fs::metadata("/usr/bin/sha256sum").unwrap().len();
+    assert!(first - before >= binary, "the first run fetched the program: {} bytes", first - before);
+    let o = m.metac_in(1, &proj, &program);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(o.stdout, want);
+    assert_eq!(served(1), first, "the second run fetched no file content");
+    let cache = &m.json(2, &["fs", "stats"])["cache"];
+    assert!(cache["hits"].as_u64().unwrap() >= 2 && cache["entries"].as_u64().unwrap() >= 2, "{cache}");
+}

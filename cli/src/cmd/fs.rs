@@ -6,6 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use metac_api::types::{ExportReq, ExportResp};
 use metac_api::Client;
+use metac_fs::api::Stats;
 use metac_fs::{FsBind, FsExport};
 
 use super::{binds, print};
@@ -37,6 +38,10 @@ pub enum Cmd {
         /// Seconds an operation waits for an exporter that is away before it fails with EIO
         #[arg(long, value_name = "SECS", default_value_t = 60)]
         timeout: u64,
+        /// Serve files from the node's content cache (a read-only mount only): a file read again, through this
+        /// bind or a later one, is not fetched again
+        #[arg(long)]
+        cache: bool,
     },
     /// Unmount an fs bind (by mount point, bind id or id prefix)
     Unbind {
@@ -45,6 +50,8 @@ pub enum Cmd {
     },
     /// List this node's fs binds: mount point, exporter, state, bytes
     Ls,
+    /// Content served by this node's exports, and its content cache of read-only files
+    Stats,
 }
 
 /// Runs a `metac fs` subcommand against the node behind `c`.
@@ -64,9 +71,9 @@ pub async fn run(c: &Client, json: bool, cmd: Cmd) -> Result<()> {
             let v: ExportResp = c.post("/v1/exports", &body).await?;
             print(json, &v, |v| v.reference.clone());
         }
-        Cmd::Bind { mountpoint, reference, read_only, persistent, timeout } => {
+        Cmd::Bind { mountpoint, reference, read_only, persistent, timeout, cache } => {
             let mountpoint = std::path::absolute(&mountpoint)?;
-            let options = serde_json::to_value(FsBind { mountpoint, read_only, timeout: Some(timeout) })?;
+            let options = serde_json::to_value(FsBind { mountpoint, read_only, timeout: Some(timeout), cache })?;
             binds::bind(c, json, reference, options, persistent).await?;
         }
         Cmd::Unbind { mountpoint } => {
@@ -78,6 +85,18 @@ pub async fn run(c: &Client, json: bool, cmd: Cmd) -> Result<()> {
             binds::unbind(c, json, &q).await?;
         }
         Cmd::Ls => binds::list(c, json, Some("fs")).await?,
+        Cmd::Stats => {
+            let s: Stats = c.get("/v1/fs/stats").await?;
+            print(json, &s, |s| {
+                let k = &s.cache;
+                [
+                    format!("served by exports  {} bytes of file content, {} files hashed", s.served_bytes, s.hashes),
+                    format!("content cache      {} files, {} of {} bytes", k.entries, k.bytes, k.limit),
+                    format!("cache opens        {} from the cache, {} fetched into it", k.hits, k.misses),
+                ]
+                .join("\n")
+            });
+        }
     }
     Ok(())
 }

@@ -35,6 +35,10 @@ pub struct Args {
     /// [default: metac, if that group exists; a node that is not root has none]
     #[arg(long, value_name = "GROUP")]
     api_group: Option<String>,
+    /// The most the content cache of read-only fs binds holds, e.g. 2G or 512M (least recently used files go
+    /// first)
+    #[arg(long, value_name = "SIZE", default_value = "2G", value_parser = metac_fs::cache::parse_size)]
+    cache_size: u64,
     /// Log level or tracing filter (error, warn, info, debug, trace, or e.g. "metac_mesh=debug")
     #[arg(long, default_value = "info", env = "METAC_LOG")]
     log_level: String,
@@ -52,6 +56,7 @@ pub async fn run(a: Args, socket: PathBuf) -> Result<()> {
         mesh_key: a.mesh_key,
         overlay: metac_node::overlay::OverlayConfig { enabled: !a.no_overlay, tun: a.tun, port: a.overlay_port },
         api_group: a.api_group,
+        cache_size: Some(a.cache_size),
         ..metac_node::Config::new(a.state.unwrap_or_else(metac_node::config::default_state_dir), socket)
     };
     let cancel = tokio_util::sync::CancellationToken::new();

@@ -21,6 +21,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::digest::Digests;
 use crate::proto::{self, Request, Response, MAX_FRAME, MAX_IN_FLIGHT};
 use crate::server::Server;
 use crate::FsExport;
@@ -35,17 +36,18 @@ pub(crate) struct FsExporter {
     writable: bool,
     admin: bool,
     name: String,
+    digests: Arc<Digests>,
 }
 
 impl FsExporter {
-    /// Opens the exported directory as its owner.
-    pub(crate) fn open(spec: ExportSpec<FsExport>) -> Result<FsExporter, Error> {
+    /// Opens the exported directory as its owner; its binds hash with, and count what they serve in, `digests`.
+    pub(crate) fn open(spec: ExportSpec<FsExport>, digests: Arc<Digests>) -> Result<FsExporter, Error> {
         let o = &spec.options;
         let root = spec.owner.act(|| crate::open_root(&o.path, o.id)).map_err(|e| {
             Error::Unavailable(format!("export {} ({}) cannot be opened: {e}", spec.name, o.path.display()))
         })?;
         let (writable, admin) = (spec.rights.contains(Rights::WRITE), spec.rights.contains(Rights::ADMIN));
-        Ok(FsExporter { root, owner: spec.owner, writable, admin, name: spec.name })
+        Ok(FsExporter { root, owner: spec.owner, writable, admin, name: spec.name, digests })
     }
 }
 
@@ -67,7 +69,10 @@ impl Exporter for FsExporter {
             }
             .map_err(|e| Error::Unavailable(format!("export {}: sub-path {:?}: {e}", self.name, bind.path)))?;
             let admin = self.admin && bind.rights.contains(Rights::ADMIN);
-            let server = Server::new(root, read_only)?.with_admin(admin).exported_by(self.owner.uid, self.owner.gid);
+            let server = Server::new(root, read_only)?
+                .with_admin(admin)
+                .exported_by(self.owner.uid, self.owner.gid)
+                .with_digests(Arc::clone(&self.digests));
             let server = Arc::new(server);
             serve(server, self.owner.clone(), stream, cancel).await
         })
@@ -129,9 +134,18 @@ pub async fn serve(
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(e),
             };
-            let req = proto::decode_request(&body).map_err(|e| Error::Protocol(e.to_string()));
+            let req = proto::decode_request(&body);
             crate::buffers::give(body);
-            let req = req?;
+            let req = match req {
+                Ok(req) => req,
+                // A newer binder trying an operation this node does not know: it hears so and falls back.
+                Err(proto::Error::UnknownOp { id, op }) => {
+                    tracing::debug!(id, op, "fs: a request of an unknown operation, answered ENOSYS");
+                    answer(&wr, Response { id, result: Err(libc::ENOSYS) }).await?;
+                    continue;
+                }
+                Err(e) => return Err(Error::Protocol(e.to_string())),
+            };
             if inline && req.op.is_quick() {
                 answer(&wr, Response { id: req.id, result: server.handle(req.op) }).await?;
             } else if req_tx.send(req).await.is_err() {
@@ -259,5 +273,27 @@ mod tests {
         let ended = tokio::time::timeout(std::time::Duration::from_secs(3), served).await;
         assert!(ended.is_ok(), "the bind ended within 3 s of its cancellation");
         drop(binder);
+    }
+
+    /// A request of an operation this exporter does not know (a newer binder's) is answered ENOSYS and the bind
+    /// goes on; the binder falls back on what it knows.
+    #[tokio::test]
+    async fn an_unknown_operation_is_answered_enosys_and_the_bind_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = rustix::fs::open(dir.path(), rustix::fs::OFlags::PATH, rustix::fs::Mode::empty()).unwrap();
+        let server = Arc::new(Server::new(root, false).unwrap());
+        let (mut binder, exporter) = tokio::io::duplex(64 << 10);
+        let cancel = CancellationToken::new();
+        tokio::spawn(serve(server, Caller::root(), Box::new(exporter), cancel.clone()));
+        // Request 9 of operation 200 (postcard: id, then the variant index, both varints).
+        let body = [9u8, 0xc8, 0x01, 1, 2, 3];
+        binder.write_all(&(body.len() as u32).to_be_bytes()).await.unwrap();
+        binder.write_all(&body).await.unwrap();
+        let answer = proto::decode_response(&read_body(&mut binder).await.unwrap().unwrap()).unwrap();
+        assert_eq!(answer, Response { id: 9, result: Err(libc::ENOSYS) });
+        frame::write(&mut binder, &Request { id: 10, op: Op::Getattr { ino: ROOT } }).await.unwrap();
+        let answer = proto::decode_response(&read_body(&mut binder).await.unwrap().unwrap()).unwrap();
+        assert!(matches!(answer, Response { id: 10, result: Ok(Reply::Attr(_)) }), "{answer:?}");
+        cancel.cancel();
     }
 }

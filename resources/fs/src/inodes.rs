@@ -102,7 +102,8 @@ fn numbers(op: &mut Op) -> ([Option<&mut u64>; 2], Option<&mut u64>) {
         | Op::Fsync { fh, .. }
         | Op::Release { fh }
         | Op::Fallocate { fh, .. }
-        | Op::Lseek { fh, .. } => ([None, None], Some(fh)),
+        | Op::Lseek { fh, .. }
+        | Op::Hash { fh, .. } => ([None, None], Some(fh)),
         Op::Forget { .. } | Op::Init { .. } => ([None, None], None),
     }
 }
@@ -111,10 +112,13 @@ fn numbers(op: &mut Op) -> ([Option<&mut u64>; 2], Option<&mut u64>) {
 /// came: not one that makes, removes or renames a name (it may have been done, and doing it again would fail).
 /// Writes are: the kernel sends every write at an offset of its own (O_APPEND is its to keep, with writeback
 /// caching, and never reaches the exporter), so sending one twice writes the same bytes to the same place.
+/// Nor a hash: an exporter older than the operation ends the stream on it, and would again on every retry (the
+/// binder then reads without its cache).
 pub(crate) fn retriable(op: &Op) -> bool {
     !matches!(
         op,
-        Op::Create { .. }
+        Op::Hash { .. }
+            | Op::Create { .. }
             | Op::Mkdir { .. }
             | Op::Mknod { .. }
             | Op::Unlink { .. }

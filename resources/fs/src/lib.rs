@@ -5,14 +5,20 @@
 //! - [`server`]: the exporting side's filesystem logic, on O_PATH handles, every name resolved beneath the export;
 //! - `exporter`: the per-export object, serving each bind's stream with a few worker threads as the exporting user;
 //! - [`client`]: the binding side's pipelined connection (many requests in flight on one stream);
-//! - [`mount`]: the FUSE glue (fuser), a library other kinds use to mount an fs ref;
-//! - `session`: the bind as a session the node runs (mounted until unbind, revocation, expiry or stop).
+//! - [`mount`]: the FUSE glue (fuser), a library other kinds use to mount an fs ref (its `cached` part serves
+//!   opens from the content cache);
+//! - `session`: the bind as a session the node runs (mounted until unbind, revocation, expiry or stop);
+//! - [`cache`]: the binding side's content cache of read-only files, by blake3 hash; [`digest`] the exporting
+//!   side's hashes of files and its figures; [`api`]: `GET /v1/fs/stats`.
 //!
 //! The node may run as root; an export is opened, and served, as the user who made it ([`Caller::act`]), so a
 //! binder gets no more of the tree than that user's own rights give.
 
+pub mod api;
 pub mod buffers;
+pub mod cache;
 pub mod client;
+pub mod digest;
 mod exporter;
 mod inodes;
 pub mod mount;
@@ -22,7 +28,7 @@ mod session;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use metac_resource::{BoxFuture, Caller, Ctx, Error, ExportSpec, Exporter, Kind, Prepared, Ref, ResourceKind, Session};
 use serde::{Deserialize, Serialize};
@@ -52,11 +58,59 @@ pub struct FsBind {
     /// Seconds an operation waits for an exporter that is away before it fails with EIO [default: 60].
     #[serde(default)]
     pub timeout: Option<u64>,
+    /// Serve read-only files from the node's content cache (by blake3 hash, checked against the exporter's; see
+    /// [`cache`]): a file read again, through this bind or a later one, is not fetched again. Only on a read-only
+    /// mount (the ref lacks write, or `read_only`); ignored on a writable one.
+    #[serde(default)]
+    pub cache: bool,
 }
 
-/// The `fs` kind.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Fs;
+/// The `fs` kind: one per node (it holds the node's content cache and the figures of its exports).
+#[derive(Clone)]
+pub struct Fs {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cache_limit: u64,
+    /// Made at first use, in the kind's state directory.
+    cache: OnceLock<Arc<cache::Cache>>,
+    digests: Arc<digest::Digests>,
+}
+
+impl Default for Fs {
+    fn default() -> Fs {
+        Fs::with_cache_limit(cache::DEFAULT_LIMIT)
+    }
+}
+
+impl std::fmt::Debug for Fs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fs").field("cache_limit", &self.inner.cache_limit).finish_non_exhaustive()
+    }
+}
+
+impl Fs {
+    /// The kind with a content cache of at most `limit` bytes (`metac node --cache-size`).
+    pub fn with_cache_limit(limit: u64) -> Fs {
+        Fs { inner: Arc::new(Inner { cache_limit: limit, cache: OnceLock::new(), digests: Arc::default() }) }
+    }
+
+    /// The node's content cache, in `<state_dir>/cache`.
+    fn cache(&self, ctx: &Ctx) -> Arc<cache::Cache> {
+        let limit = self.inner.cache_limit;
+        Arc::clone(self.inner.cache.get_or_init(|| Arc::new(cache::Cache::new(ctx.state_dir.join("cache"), limit))))
+    }
+
+    /// What `GET /v1/fs/stats` answers: content served and files hashed by this node's exports, and its cache.
+    pub fn stats(&self) -> api::Stats {
+        let cache = match self.inner.cache.get() {
+            Some(c) => c.stats(),
+            None => cache::Stats { limit: self.inner.cache_limit, ..Default::default() },
+        };
+        api::Stats { served_bytes: self.inner.digests.served(), hashes: self.inner.digests.hashes(), cache }
+    }
+}
 
 impl ResourceKind for Fs {
     type ExportOptions = FsExport;
@@ -99,17 +153,30 @@ impl ResourceKind for Fs {
         spec: ExportSpec<FsExport>,
         _ctx: &'a Ctx,
     ) -> BoxFuture<'a, Result<Arc<dyn Exporter>, Error>> {
-        Box::pin(async move { Ok(Arc::new(exporter::FsExporter::open(spec)?) as Arc<dyn Exporter>) })
+        let digests = Arc::clone(&self.inner.digests);
+        Box::pin(async move { Ok(Arc::new(exporter::FsExporter::open(spec, digests)?) as Arc<dyn Exporter>) })
     }
 
     fn bind(&self, _reference: &Ref, options: FsBind, caller: &Caller, ctx: &Ctx) -> Result<Box<dyn Session>, Error> {
         check_mountpoint(&options.mountpoint, caller)?;
-        Ok(Box::new(FsSession::new(options, caller.clone(), Arc::clone(&ctx.store))))
+        let session = FsSession::new(options, caller.clone(), Arc::clone(&ctx.store));
+        Ok(Box::new(session.with_cache(self.cache(ctx))))
+    }
+
+    fn routes(&self, ctx: Ctx) -> axum::Router {
+        // The cache is known (and its figures with it) from the start, not only from the first bind.
+        self.cache(&ctx);
+        api::routes(self.clone())
     }
 
     /// A node killed without stopping (kill -9, a crash) leaves its mounts behind, dead: every access answers
     /// ENOTCONN. Each mount is recorded while it is up; at the next start the dead ones are detached.
     fn recover(&self, ctx: &Ctx) {
+        // The cache's index is rebuilt, and what a crash left half written removed, before any bind uses it.
+        let cache = self.cache(ctx);
+        if let Err(e) = cache.load() {
+            tracing::warn!("fs: cannot open the content cache {}: {e}", cache.dir().display());
+        }
         let Ok(records) = ctx.store.list() else { return };
         for (key, _) in records {
             let Some(path) = key.strip_prefix(session::MOUNT_KEY) else { continue };
@@ -203,9 +270,9 @@ mod tests {
         std::fs::write(shared.join("public"), b"everyone's").unwrap();
         let nobody = Caller { uid: 65534, gid: 65534, groups: vec![] };
 
-        let e = ResourceKind::prepare(&Fs, private.to_str().unwrap(), None, &nobody).unwrap_err();
+        let e = ResourceKind::prepare(&Fs::default(), private.to_str().unwrap(), None, &nobody).unwrap_err();
         assert!(matches!(e, Error::Refused { .. }) && e.to_string().contains("uid 65534 may not read"), "{e}");
-        let p = ResourceKind::prepare(&Fs, shared.to_str().unwrap(), None, &nobody).unwrap();
+        let p = ResourceKind::prepare(&Fs::default(), shared.to_str().unwrap(), None, &nobody).unwrap();
         let spec = ExportSpec {
             id: ResourceId([1; 16]),
             kind: Kind::Fs,
@@ -214,7 +281,7 @@ mod tests {
             owner: nobody.clone(),
             options: p.options,
         };
-        let exporter = Arc::new(exporter::FsExporter::open(spec).unwrap());
+        let exporter = Arc::new(exporter::FsExporter::open(spec, Arc::default()).unwrap());
         let (a, b) = tokio::io::duplex(1 << 16);
         let bind = metac_resource::Bind {
             peer: metac_resource::NodeKey([7; 32]),
@@ -284,15 +351,15 @@ mod tests {
         std::fs::create_dir(dir.path().join("real")).unwrap();
         std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("link")).unwrap();
         let src = format!("local:{}", dir.path().join("link").display());
-        let p = ResourceKind::prepare(&Fs, &src, None, &Caller::root()).unwrap();
+        let p = ResourceKind::prepare(&Fs::default(), &src, None, &Caller::root()).unwrap();
         assert_eq!(p.options.path, dir.path().join("real").canonicalize().unwrap());
         assert_eq!(p.name, "real");
         assert!(p.options.id.is_some());
-        let e = ResourceKind::prepare(&Fs, "local:relative", None, &Caller::root()).unwrap_err();
+        let e = ResourceKind::prepare(&Fs::default(), "local:relative", None, &Caller::root()).unwrap_err();
         assert!(e.to_string().contains("local:/absolute/path"), "{e}");
         std::fs::write(dir.path().join("file"), b"").unwrap();
-        let e =
-            ResourceKind::prepare(&Fs, dir.path().join("file").to_str().unwrap(), None, &Caller::root()).unwrap_err();
+        let e = ResourceKind::prepare(&Fs::default(), dir.path().join("file").to_str().unwrap(), None, &Caller::root())
+            .unwrap_err();
         assert!(e.to_string().contains("name a directory"), "{e}");
         // A directory swapped after the export is not served in its place.
         std::fs::rename(dir.path().join("real"), dir.path().join("old")).unwrap();

@@ -27,12 +27,18 @@ use fuser::{
 };
 use tokio::runtime::Handle;
 
+use crate::cache::Cache;
 use crate::client::Conn;
 use crate::inodes::{self, Table};
 use crate::proto::{Attr, Op, Reply, SetAttr, Time, Who, MAX_IO, MAX_NAME, MAX_TARGET, MAX_XATTR, MAX_XATTR_NAME};
 
+mod cached;
+
+use cached::{from_cache, pread, reads_only, Cached};
+
 /// The bytes of entries the kernel takes in one directory read (one page; fuser does not say what it asked for).
 const READDIR_BUFFER: u32 = 4096;
+
 /// How long the kernel may trust an entry or attributes it was given.
 pub const TTL: Duration = Duration::from_secs(1);
 /// How long the FUSE threads may take to end after an unmount before the connection is aborted.
@@ -96,6 +102,9 @@ pub struct Options {
     pub source: String,
     /// How long an operation waits for an exporter that is away before it fails with EIO [default: 60 s].
     pub stall: Option<Duration>,
+    /// Serve files opened read-only from this content cache ([`crate::cache`]); only on a read-only mount
+    /// (ignored on another).
+    pub cache: Option<Arc<Cache>>,
 }
 
 /// How long an operation waits for an exporter that is away, unless the bind says otherwise.
@@ -154,11 +163,11 @@ impl Mount {
         let readahead = Arc::new(Readahead::default());
         let inodes: Arc<Table> = Arc::default();
         let fs = Fuse {
-            slot: slot.clone(),
+            sender: Sender { slot: slot.clone(), stall: options.stall.unwrap_or(STALL), inodes: Arc::clone(&inodes) },
             rt: Handle::current(),
-            stall: options.stall.unwrap_or(STALL),
             readahead: Arc::clone(&readahead),
-            inodes: Arc::clone(&inodes),
+            read_only: options.read_only,
+            cached: options.cache.clone().filter(|_| options.read_only).map(Cached::new),
         };
         let session = if !through_fusermount {
             fuser::spawn_mount(fs, path, &config)?
@@ -381,60 +390,74 @@ fn detach(path: &Path) -> std::io::Result<()> {
 }
 
 struct Fuse {
-    slot: Slot,
+    sender: Sender,
     rt: Handle,
-    stall: Duration,
     readahead: Arc<Readahead>,
-    inodes: Arc<Table>,
+    read_only: bool,
+    /// Opens served from the content cache, when the mount uses one.
+    cached: Option<Cached>,
 }
 
 /// How many times an operation is sent again after the connection it went on broke.
 const RETRIES: usize = 8;
 
+/// What sends an operation of the kernel's to the exporter: the connection's slot and the binder's numbers.
+#[derive(Clone)]
+struct Sender {
+    slot: Slot,
+    stall: Duration,
+    inodes: Arc<Table>,
+}
+
+impl Sender {
+    /// Sends `op` (with the binder's inode and file numbers) once there is a connection, and gives its outcome
+    /// (with the binder's numbers). Sent again on the next connection if the one it went on broke, where that is
+    /// safe ([`inodes::retriable`]).
+    async fn send(&self, op: &mut Op) -> Result<Reply, Errno> {
+        let Sender { slot, stall, inodes } = self;
+        let mut tries = 0;
+        loop {
+            let c = slot.conn(*stall).await?;
+            if let Op::Release { fh } = *op {
+                if inodes.is_stale(fh, c.id()) {
+                    // Opened on a connection that is gone: nothing to close on this one.
+                    let local = inodes::Local::default();
+                    return inodes.answer(op, local.with_fh(fh), c.id(), Ok(Reply::Empty)).map_err(Errno::from_i32);
+                }
+            }
+            let r = match inodes.to_remote(&c, op).await {
+                Ok(local) => {
+                    let r = c.call_ref(op).await;
+                    let broke = r == Err(libc::EIO) && c.closed().is_cancelled();
+                    Table::to_local(op, local);
+                    if !broke {
+                        return inodes.answer(op, local, c.id(), r).map_err(Errno::from_i32);
+                    }
+                    r
+                }
+                Err(e) if e == libc::EIO && c.closed().is_cancelled() => Err(e),
+                Err(e) => return Err(Errno::from_i32(e)),
+            };
+            tries += 1;
+            if tries > RETRIES || !inodes::retriable(op) {
+                return r.map_err(Errno::from_i32);
+            }
+        }
+    }
+}
+
 impl Fuse {
     /// A function that forgets one lookup of an inode (from any thread).
     fn forgetter(&self) -> impl Fn(u64) + Send + 'static {
-        let (slot, inodes, rt) = (self.slot.clone(), Arc::clone(&self.inodes), self.rt.clone());
+        let (slot, inodes, rt) = (self.sender.slot.clone(), Arc::clone(&self.sender.inodes), self.rt.clone());
         move |ino| forget(&rt, &slot, &inodes, ino, 1)
     }
 
-    /// Sends `op` (with the binder's inode and file numbers) on a task, once there is a connection, and hands
-    /// its outcome (with the binder's numbers) to `done` there. Sent again on the next connection if the one it
-    /// went on broke, where that is safe ([`inodes::retriable`]).
+    /// Sends `op` on a task ([`Sender::send`]) and hands its outcome to `done` there.
     fn call(&self, mut op: Op, done: impl FnOnce(Result<Reply, Errno>) + Send + 'static) {
-        let (slot, stall, inodes) = (self.slot.clone(), self.stall, Arc::clone(&self.inodes));
+        let sender = self.sender.clone();
         self.rt.spawn(async move {
-            let mut tries = 0;
-            let r = loop {
-                let c = match slot.conn(stall).await {
-                    Ok(c) => c,
-                    Err(e) => break Err(e),
-                };
-                if let Op::Release { fh } = op {
-                    if inodes.is_stale(fh, c.id()) {
-                        // Opened on a connection that is gone: nothing to close on this one.
-                        let local = inodes::Local::default();
-                        break inodes.answer(&op, local.with_fh(fh), c.id(), Ok(Reply::Empty)).map_err(Errno::from_i32);
-                    }
-                }
-                let r = match inodes.to_remote(&c, &mut op).await {
-                    Ok(local) => {
-                        let r = c.call_ref(&op).await;
-                        let broke = r == Err(libc::EIO) && c.closed().is_cancelled();
-                        Table::to_local(&mut op, local);
-                        if !broke {
-                            break inodes.answer(&op, local, c.id(), r).map_err(Errno::from_i32);
-                        }
-                        r
-                    }
-                    Err(e) if e == libc::EIO && c.closed().is_cancelled() => Err(e),
-                    Err(e) => break Err(Errno::from_i32(e)),
-                };
-                tries += 1;
-                if tries > RETRIES || !inodes::retriable(&op) {
-                    break r.map_err(Errno::from_i32);
-                }
-            };
+            let r = sender.send(&mut op).await;
             if let Op::Write { data, .. } = op {
                 crate::buffers::give(data);
             }
@@ -658,8 +681,11 @@ impl Filesystem for Fuse {
         // Writes are cached and sent in the background, in large requests (errors come at fsync and close, as
         // on a local disk): the kernel keeps the size and times of what it writes, and appends at its own idea
         // of the end (so O_APPEND is not passed on), and reads what it needs of a page it writes part of (the
-        // exporter opens a file opened for writing alone for reading too).
-        let _ = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE);
+        // exporter opens a file opened for writing alone for reading too). Not on a read-only mount: there the
+        // kernel would keep the size it first saw of a file, and not see it grow or shrink on the exporter.
+        if !self.read_only {
+            let _ = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE);
+        }
         Ok(())
     }
 
@@ -675,7 +701,7 @@ impl Filesystem for Fuse {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        forget(&self.rt, &self.slot, &self.inodes, ino.0, nlookup);
+        forget(&self.rt, &self.sender.slot, &self.sender.inodes, ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -757,10 +783,29 @@ impl Filesystem for Fuse {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         self.readahead.widen_once();
-        self.call(Op::Open { ino: ino.0, flags: flags.0 & !libc::O_APPEND }, move |r| match r {
-            Ok(Reply::Opened { fh }) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
-            Ok(r) => reply.error(unexpected(r)),
-            Err(e) => reply.error(e),
+        let mut op = Op::Open { ino: ino.0, flags: flags.0 & !libc::O_APPEND };
+        let cached = self.cached.as_ref().filter(|c| reads_only(flags.0) && c.asking.load(Ordering::Relaxed));
+        let Some(c) = cached else {
+            return self.call(op, move |r| match r {
+                Ok(Reply::Opened { fh }) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+                Ok(r) => reply.error(unexpected(r)),
+                Err(e) => reply.error(e),
+            });
+        };
+        // Opened on the exporter as any file is (its handle kept until release), then, if the cache has or can
+        // fetch the content the exporter states, read from the cache.
+        let (sender, cache, files, asking) =
+            (self.sender.clone(), Arc::clone(&c.cache), Arc::clone(&c.files), Arc::clone(&c.asking));
+        self.rt.spawn(async move {
+            let fh = match sender.send(&mut op).await {
+                Ok(Reply::Opened { fh }) => fh,
+                Ok(r) => return reply.error(unexpected(r)),
+                Err(e) => return reply.error(e),
+            };
+            if let Some(f) = from_cache(&sender, &cache, &asking, fh).await {
+                files.lock().expect("cached files").insert(fh, Arc::new(f));
+            }
+            reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
         });
     }
 
@@ -775,6 +820,16 @@ impl Filesystem for Fuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        if let Some(f) = self.cached.as_ref().and_then(|c| c.file(fh.0)) {
+            // A local file: read on this thread, no round trip.
+            return match pread(&f, offset, size.min(MAX_IO)) {
+                Ok(d) => {
+                    reply.data(&d);
+                    crate::buffers::give(d);
+                }
+                Err(e) => reply.error(Errno::from(e)),
+            };
+        }
         self.call(Op::Read { fh: fh.0, offset, size: size.min(MAX_IO) }, data(reply));
     }
 
@@ -818,6 +873,9 @@ impl Filesystem for Fuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        if let Some(c) = &self.cached {
+            c.files.lock().expect("cached files").remove(&fh.0);
+        }
         self.call(Op::Release { fh: fh.0 }, empty(reply));
     }
 
@@ -1311,6 +1369,58 @@ mod tests {
             held = server.held();
         }
         assert!(held.0 <= 1, "lookups given back: {held:?} still held");
+        m.unmount().await;
+    }
+
+    /// A read-only mount with a content cache: files opened read-only are fetched whole once, then served from the
+    /// cache, through this mount and a second one, with no content crossing again (counted on the exporter); a
+    /// changed file is fetched anew (the cache is by content, not name); without the cache every read crosses.
+    /// Needs root (it mounts); under CI it runs and fails loudly without it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cached_read_only_mount_fetches_each_content_once() {
+        let (dir, src, mnt) = mount_dirs();
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(src.join("big"), &big).unwrap();
+        std::fs::write(src.join("small"), b"small file").unwrap();
+        let cache = Arc::new(Cache::new(dir.path().join("cache"), 64 << 20));
+        let digests = Arc::new(crate::digest::Digests::default());
+        let mount = |mnt: &Path, cache: Option<Arc<Cache>>| {
+            let root = rustix::fs::open(&src, rustix::fs::OFlags::PATH, rustix::fs::Mode::empty()).unwrap();
+            let server = crate::server::Server::new(root, true).unwrap().with_digests(Arc::clone(&digests));
+            let (a, b) = tokio::io::duplex(1 << 20);
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let caller = metac_resource::Caller::root();
+            tokio::spawn(crate::exporter::serve(Arc::new(server), caller, Box::new(b), cancel.clone()));
+            let options = Options { read_only: true, cache, ..Options::default() };
+            (Mount::serve(Box::new(a), mnt, &options).unwrap(), cancel)
+        };
+        let read = |mnt: PathBuf, name: &'static str| {
+            tokio::task::spawn_blocking(move || std::fs::read(mnt.join(name)).unwrap())
+        };
+        let (m, _c) = mount(&mnt, Some(Arc::clone(&cache)));
+        assert_eq!(read(mnt.clone(), "big").await.unwrap(), big);
+        assert_eq!(read(mnt.clone(), "small").await.unwrap(), b"small file");
+        let served = digests.served();
+        assert_eq!(served, big.len() as u64 + 10, "each file fetched whole, once");
+        assert_eq!(cache.stats().entries, 2);
+        m.unmount().await;
+
+        let mnt2 = dir.path().join("mnt2");
+        std::fs::create_dir(&mnt2).unwrap();
+        let (m, _c) = mount(&mnt2, Some(Arc::clone(&cache)));
+        assert_eq!(read(mnt2.clone(), "big").await.unwrap(), big);
+        assert_eq!(read(mnt2.clone(), "small").await.unwrap(), b"small file");
+        assert_eq!(digests.served(), served, "a new mount reads from the cache: no content crossed");
+        assert_eq!(digests.hashes(), 2, "and the exporter hashed each file once");
+        std::fs::write(src.join("small"), b"changed on the exporter").unwrap();
+        tokio::time::sleep(TTL + Duration::from_millis(200)).await;
+        assert_eq!(read(mnt2.clone(), "small").await.unwrap(), b"changed on the exporter");
+        assert_eq!(digests.served(), served + 23, "the new content was fetched");
+        m.unmount().await;
+
+        let (m, _c) = mount(&mnt, None);
+        assert_eq!(read(mnt.clone(), "big").await.unwrap(), big);
+        assert!(digests.served() >= served + 23 + big.len() as u64, "without the cache, reads cross");
         m.unmount().await;
     }
 

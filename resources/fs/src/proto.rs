@@ -212,6 +212,11 @@ pub enum Op {
     Fallocate { fh: u64, offset: u64, length: u64, mode: i32 },
     /// lseek(2) on an open file with SEEK_DATA or SEEK_HOLE: [`Reply::Offset`].
     Lseek { fh: u64, offset: i64, whence: i32 },
+    /// The blake3 hash of the whole content of the open regular file `fh`, as the exporter reads it now:
+    /// [`Reply::Hash`]; EFBIG, without reading it, for a file larger than `max` bytes (one the binder would not
+    /// cache). What a binder's content cache is keyed by; an exporter that does not know it answers ENOSYS (see
+    /// [`Error::UnknownOp`]).
+    Hash { fh: u64, max: u64 },
 }
 
 /// Who asks for something to be made: the ids of the binder's process, which the new inode is owned by where
@@ -292,6 +297,8 @@ pub enum Reply {
     /// Changes made on the exporter by others than this bind, told unasked in a response of id 0 (no request
     /// has it): the binder drops what it cached of them.
     Changed(Vec<Change>),
+    /// The content hash of a file, in answer to [`Op::Hash`]: blake3 of its `size` bytes.
+    Hash { blake3: [u8; 32], size: u64 },
 }
 
 /// A change made on the exporter.
@@ -372,6 +379,10 @@ pub enum Error {
     /// A field is longer than the protocol allows.
     #[error("metac-fs/2 {what} of {len} bytes is longer than the {max} allowed")]
     TooLong { what: &'static str, len: usize, max: usize },
+    /// A request of an operation this side does not know (from a newer binder): the exporter answers it with
+    /// ENOSYS and goes on, so a binder can try an operation and fall back.
+    #[error("metac-fs/2 request {id} of an operation this node does not know ({op})")]
+    UnknownOp { id: u64, op: u32 },
 }
 
 fn check(what: &'static str, len: usize, max: usize) -> Result<(), Error> {
@@ -386,11 +397,27 @@ fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     metac_resource::frame::decode(bytes).map_err(|e| Error::Malformed(e.to_string()))
 }
 
-/// Decodes a request and checks its bounds.
+/// The number of operations this side knows: [`Op`]'s variants, whose index is the first thing after a request's
+/// id on the wire.
+const OPS: u32 = 29;
+
+/// Decodes a request and checks its bounds. A request of an operation past those this side knows is
+/// [`Error::UnknownOp`], with its id, so that it can be answered rather than end the stream.
 pub fn decode_request(bytes: &[u8]) -> Result<Request, Error> {
-    let r: Request = body(bytes)?;
+    let r: Request = match body(bytes) {
+        Ok(r) => r,
+        Err(e) => return Err(unknown_op(bytes).unwrap_or(e)),
+    };
     r.op.check()?;
     Ok(r)
+}
+
+/// The id and operation number of a request whose operation is past those this side knows (postcard: the id as a
+/// varint, then the variant index as a varint).
+fn unknown_op(bytes: &[u8]) -> Option<Error> {
+    let (id, rest) = postcard::take_from_bytes::<u64>(bytes).ok()?;
+    let (op, _) = postcard::take_from_bytes::<u32>(rest).ok()?;
+    (op >= OPS).then_some(Error::UnknownOp { id, op })
 }
 
 /// Decodes a response and checks its bounds.
@@ -552,6 +579,30 @@ mod tests {
         for (reply, bytes) in replies {
             assert_eq!(encode(&Response { id: 1, result: Ok(reply) }), bytes);
         }
+        // The content cache: a file's hash, added at the end so that every earlier index stays as it was.
+        let hash = Request { id: 1, op: Op::Hash { fh: 3, max: 128 } };
+        assert_eq!(encode(&hash), [1, 28, 3, 0x80, 0x01]);
+        let mut bytes = vec![1, 0, 14];
+        bytes.extend(0..32u8);
+        bytes.extend([0x80, 0x80, 0xc0, 0x01]);
+        let blake3 = std::array::from_fn(|i| i as u8);
+        let reply = Response { id: 1, result: Ok(Reply::Hash { blake3, size: 3 << 20 }) };
+        assert_eq!(encode(&reply), bytes);
+        assert_eq!(decode_response(&bytes).unwrap(), reply);
+    }
+
+    /// A request of an operation from a newer binder is told apart from garbage, with its id, so that the exporter
+    /// answers it (ENOSYS) and the bind goes on; the last operation this side knows is not such a one.
+    #[test]
+    fn an_unknown_operation_is_told_with_its_id() {
+        let e = decode_request(&[0xac, 0x02, OPS as u8, 7, 7]).unwrap_err();
+        assert!(matches!(e, Error::UnknownOp { id: 300, op: OPS }), "{e}");
+        let e = decode_request(&[5, 0x80, 0x01]).unwrap_err();
+        assert!(matches!(e, Error::UnknownOp { id: 5, op: 128 }), "{e}");
+        assert_eq!(decode_request(&[1, 28, 3, 9]).unwrap(), Request { id: 1, op: Op::Hash { fh: 3, max: 9 } });
+        // A known operation with a broken body is garbage, not an unknown operation.
+        let e = decode_request(&[1, 28, 3]).unwrap_err();
+        assert!(matches!(e, Error::Malformed(_)), "{e}");
     }
 
     #[test]

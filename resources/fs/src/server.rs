@@ -29,6 +29,7 @@ use rustix::fs::inotify::{self, WatchFlags};
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, RenameFlags, ResolveFlags, Stat, Timespec, Timestamps};
 use rustix::io::Errno;
 
+use crate::digest::Digests;
 use crate::proto::{
     self, Attr, Change, DirEntry, Op, Reply, SetAttr, Time, Who, MAX_DIR_ENTRIES, MAX_IO, MAX_XATTR, ROOT,
 };
@@ -53,6 +54,8 @@ pub struct Server {
     watching: std::sync::atomic::AtomicBool,
     /// Names and inodes this bind changed lately, whose inotify events are its own echo, not news.
     own: Mutex<HashMap<Own, std::time::Instant>>,
+    /// The node's memo of file hashes and its figures of content served.
+    digests: Arc<Digests>,
 }
 
 /// What an operation of the binder's changed.
@@ -174,7 +177,15 @@ impl Server {
             watching: std::sync::atomic::AtomicBool::new(false),
             own: Mutex::new(HashMap::new()),
             files: Mutex::new(Files { open: HashMap::new(), writers: HashMap::new(), next: 1 }),
+            digests: Arc::default(),
         })
+    }
+
+    /// The same server hashing with, and counting what it serves in, `digests` (the node's; a server of its own
+    /// by default).
+    pub fn with_digests(mut self, digests: Arc<Digests>) -> Server {
+        self.digests = digests;
+        self
     }
 
     /// The same server with the admin right given or not (a writable server has it unless told otherwise).
@@ -278,7 +289,15 @@ impl Server {
             Op::Readdir { ino, offset } => self.readdir(ino, offset).map(Reply::Dir),
             Op::ReaddirPlus { ino, offset, size } => self.readdir_plus(ino, offset, size).map(Reply::DirPlus),
             Op::Open { ino, flags } => self.open(ino, flags).map(|fh| Reply::Opened { fh }),
-            Op::Read { fh, offset, size } => self.read(fh, offset, size).map(Reply::Data),
+            Op::Read { fh, offset, size } => {
+                let data = self.read(fh, offset, size)?;
+                self.digests.count_served(data.len() as u64);
+                Ok(Reply::Data(data))
+            }
+            Op::Hash { fh, max } => {
+                let (blake3, size) = self.digests.hash(&*self.file(fh)?, max)?;
+                Ok(Reply::Hash { blake3, size })
+            }
             Op::Write { fh, offset, data } => {
                 let f = self.file(fh)?;
                 let mut done = 0;

@@ -15,6 +15,7 @@ use std::time::Duration;
 use metac_resource::{BoxFuture, Caller, Error, KindStore, Link, Rights, Session};
 use tokio_util::sync::CancellationToken;
 
+use crate::cache::Cache;
 use crate::client::Conn;
 use crate::mount::{Mount, Options, Phase, Slot};
 use crate::proto::{Op, Reply, ROOT};
@@ -31,12 +32,19 @@ pub struct FsSession {
     slot: Slot,
     mount: Option<Mount>,
     store: Arc<dyn KindStore>,
+    cache: Option<Arc<Cache>>,
 }
 
 impl FsSession {
     /// A bind that will mount at `options.mountpoint` for `owner`, recording its mount in `store` while it is up.
     pub fn new(options: FsBind, owner: Caller, store: Arc<dyn KindStore>) -> FsSession {
-        FsSession { options, owner, slot: Slot::default(), mount: None, store }
+        FsSession { options, owner, slot: Slot::default(), mount: None, store, cache: None }
+    }
+
+    /// The same bind serving read-only files from `cache` if its options ask for it ([`FsBind::cache`]).
+    pub fn with_cache(mut self, cache: Arc<Cache>) -> FsSession {
+        self.cache = self.options.cache.then_some(cache);
+        self
     }
 
     fn record_key(&self) -> String {
@@ -80,6 +88,7 @@ impl Session for FsSession {
                     allow_other: unsafe { libc::geteuid() } == 0,
                     source: format!("metac:{}", &link.reference().token.resource().to_string()[..12]),
                     stall: self.options.timeout.map(Duration::from_secs),
+                    cache: self.cache.clone(),
                 };
                 let mp = self.options.mountpoint.clone();
                 let mount = Mount::new(&mp, self.slot.clone(), &options).map_err(|e| {
