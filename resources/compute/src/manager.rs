@@ -222,7 +222,6 @@ impl Manager {
         find_in(self.records()?.into_iter().filter(theirs).collect(), key)
     }
 
-
     /// The containers `uid` of node `node` ran here.
     pub fn list_from(&self, node: &str, uid: u32, all: bool) -> Result<Vec<Info>, Error> {
         Ok(self
