@@ -288,3 +288,18 @@ impl Node {
         Ok(self.store.exports()?.into_iter().find(|e| e.id == *id))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::same_note;
+
+    /// Load figures re-advert only when they moved by half a point: a node does not sign and gossip noise.
+    #[test]
+    fn notes_that_moved_little_are_the_same() {
+        assert!(same_note("load=0.40 cpus=2", "load=0.80 cpus=2"));
+        assert!(!same_note("load=0.40 cpus=2", "load=1.00 cpus=2"));
+        assert!(same_note("", ""));
+        assert!(!same_note("", "load=0.1"));
+        assert!(!same_note("a", "b"));
+    }
+}

@@ -668,6 +668,34 @@ mod tests {
 
     /// Peers remembered in one transaction are all there after a reopen, and a second write replaces a peer's.
     #[test]
+    fn saved_refs_are_per_user_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metac.redb");
+        let saved = |owner, name: &str| Saved {
+            owner,
+            name: name.into(),
+            reference: format!("ref-{owner}-{name}"),
+            created: 1,
+        };
+        {
+            let s = Store::open(&path).unwrap();
+            s.put_saved(&saved(0, "b")).unwrap();
+            s.put_saved(&saved(1000, "b")).unwrap();
+            s.put_saved(&saved(1000, "c")).unwrap();
+            // The same name again replaces.
+            s.put_saved(&Saved { reference: "ref-new".into(), ..saved(1000, "c") }).unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        let mut all = s.saved().unwrap();
+        all.sort_by(|a, b| (a.owner, &a.name).cmp(&(b.owner, &b.name)));
+        let got: Vec<_> = all.iter().map(|x| (x.owner, x.name.as_str(), x.reference.as_str())).collect();
+        assert_eq!(got, vec![(0, "b", "ref-0-b"), (1000, "b", "ref-1000-b"), (1000, "c", "ref-new")]);
+        assert!(s.remove_saved(1000, "b").unwrap());
+        assert!(!s.remove_saved(1000, "b").unwrap(), "once");
+        assert_eq!(s.saved().unwrap().len(), 2, "root's b is root's");
+    }
+
+    #[test]
     fn peers_remembered_together_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("metac.redb");
