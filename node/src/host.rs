@@ -69,20 +69,10 @@ impl Host for NodeHost {
     }
 }
 
-/// A saved ref's name: 1-64 letters, digits, `_`, `.` and `-`, starting with a letter or digit, so that it is never
-/// mistaken for a node key prefix with a colon, a path or an option.
+/// A saved ref's name: as a container's (letters, digits, `_`, `.`, `-`), so that it is never mistaken for a key
+/// prefix with a colon, a path or an option.
 pub fn check_saved_name(name: &str) -> Result<(), ApiError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::bad(format!(
-            "bad name {name:?}: 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
-        )))
-    }
+    metac_resource::text::check_name("name", name).map_err(ApiError::bad)
 }
 
 impl Node {

@@ -365,38 +365,13 @@ impl Process {
 /// A container name: 1-64 letters, digits, `_`, `.` and `-`, starting with a letter or digit (docker's rule), so
 /// that it is never mistaken for a path or an option.
 pub fn check_name(name: &str) -> Result<(), Error> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        bad(format!(
-            "bad container name {name:?}: 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
-        ))
-    }
+    metac_resource::text::check_name("container name", name).map_err(Error)
 }
 
 /// Parses a size: bytes, or a number with a unit `k`, `m`, `g` or `t` (powers of 1024, any case, an optional `b`
 /// or `ib`), as `--memory 512M` and `--memory 1.5g`.
 pub fn parse_bytes(s: &str) -> Result<u64, Error> {
-    let t = s.trim().to_ascii_lowercase();
-    let t = t.strip_suffix("ib").or_else(|| t.strip_suffix('b')).unwrap_or(&t);
-    let (num, shift) = match t.chars().last() {
-        Some('k') => (&t[..t.len() - 1], 10),
-        Some('m') => (&t[..t.len() - 1], 20),
-        Some('g') => (&t[..t.len() - 1], 30),
-        Some('t') => (&t[..t.len() - 1], 40),
-        _ => (t, 0),
-    };
-    let n: f64 =
-        num.parse().map_err(|_| Error(format!("bad size {s:?}: use a number with k, m, g or t, e.g. 512M")))?;
-    let v = n * (1u64 << shift) as f64;
-    if !(v.is_finite() && v >= 0.0 && v < u64::MAX as f64) {
-        return bad(format!("bad size {s:?}: out of range"));
-    }
-    Ok(v as u64)
+    metac_resource::text::parse_size(s).map_err(Error)
 }
 
 /// Parses a number of cpus (`--cpus 1.5`).

@@ -16,6 +16,7 @@ pub mod frame;
 pub mod kind;
 pub mod session;
 pub mod store;
+pub mod text;
 pub mod transport;
 
 use std::future::Future;

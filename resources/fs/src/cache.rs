@@ -370,24 +370,9 @@ fn unhex(s: &str) -> Option<Hash> {
     Some(h)
 }
 
-/// Parses a size for `--cache-size`: bytes, or a number with a unit `k`, `m`, `g` or `t` (powers of 1024, any
-/// case, an optional `b` or `ib`), as `2G` or `512M`.
+/// Parses a size for `--cache-size` (`2G`, `512M`), as every size flag takes it.
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim().to_ascii_lowercase();
-    let t = t.strip_suffix("ib").or_else(|| t.strip_suffix('b')).unwrap_or(&t);
-    let (num, shift) = match t.chars().last() {
-        Some('k') => (&t[..t.len() - 1], 10),
-        Some('m') => (&t[..t.len() - 1], 20),
-        Some('g') => (&t[..t.len() - 1], 30),
-        Some('t') => (&t[..t.len() - 1], 40),
-        _ => (t, 0),
-    };
-    let n: f64 = num.parse().map_err(|_| format!("bad size {s:?}: use a number with k, m, g or t, e.g. 2G"))?;
-    let v = n * (1u64 << shift) as f64;
-    if !(v.is_finite() && v >= 0.0 && v < u64::MAX as f64) {
-        return Err(format!("bad size {s:?}: out of range"));
-    }
-    Ok(v as u64)
+    metac_resource::text::parse_size(s)
 }
 
 #[cfg(test)]
@@ -544,7 +529,7 @@ mod tests {
         assert_eq!(parse_size("512m"), Ok(512 << 20));
         assert_eq!(parse_size("1.5GiB"), Ok(3 << 29));
         assert_eq!(parse_size("4096"), Ok(4096));
-        assert!(parse_size("lots").unwrap_err().contains("e.g. 2G"));
+        assert!(parse_size("lots").unwrap_err().contains("bad size \"lots\""));
         assert!(parse_size("-1G").is_err());
         assert_eq!(unhex(&hex(&h(0xab))), Some(h(0xab)));
         assert_eq!(unhex("zz"), None);

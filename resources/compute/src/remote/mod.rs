@@ -266,25 +266,10 @@ where
                 };
                 from_local.extend_from_slice(&lbuf[..n]);
                 out.clear();
-                let mut exited = None;
-                loop {
-                    match Frame::decode(&from_local) {
-                        Ok(Some((f, used))) => {
-                            from_local.drain(..used);
-                            match f {
-                                Frame::Ping => {}
-                                Frame::Exit(x) => {
-                                    f.encode(&mut out);
-                                    exited = Some(x);
-                                    break;
-                                }
-                                f => f.encode(&mut out),
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(e) => return End::Bad(format!("from this node's side: {e}")),
-                    }
-                }
+                let exited = match pass(&mut from_local, &mut out) {
+                    Ok(x) => x,
+                    Err(e) => return End::Bad(format!("from this node's side: {e}")),
+                };
                 if let Err(e) = write_all(&mut mw, &out).await {
                     return End::PeerClosed(e.to_string());
                 }
@@ -302,25 +287,10 @@ where
                 silence.as_mut().reset(tokio::time::Instant::now() + SILENCE);
                 from_mesh.extend_from_slice(&mbuf[..n]);
                 out.clear();
-                let mut exited = None;
-                loop {
-                    match Frame::decode(&from_mesh) {
-                        Ok(Some((f, used))) => {
-                            from_mesh.drain(..used);
-                            match f {
-                                Frame::Ping => {}
-                                Frame::Exit(x) => {
-                                    f.encode(&mut out);
-                                    exited = Some(x);
-                                    break;
-                                }
-                                f => f.encode(&mut out),
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(e) => return End::Bad(format!("from the other node: {e}")),
-                    }
-                }
+                let exited = match pass(&mut from_mesh, &mut out) {
+                    Ok(x) => x,
+                    Err(e) => return End::Bad(format!("from the other node: {e}")),
+                };
                 if let Some(w) = lw.as_mut() {
                     if !out.is_empty() && write_all(w, &out).await.is_err() {
                         return End::LocalClosed;
@@ -332,6 +302,23 @@ where
             }
         }
     }
+}
+
+/// Moves the whole frames at the start of `buf` into `out`, pings left out, up to and with an exit; answers the
+/// exit if one came. A frame out of step is an error: the two sides are no longer in step.
+fn pass(buf: &mut Vec<u8>, out: &mut Vec<u8>) -> Result<Option<Exit>, crate::stdio::Error> {
+    while let Some((f, used)) = Frame::decode(buf)? {
+        buf.drain(..used);
+        match f {
+            Frame::Ping => {}
+            Frame::Exit(x) => {
+                f.encode(out);
+                return Ok(Some(x));
+            }
+            f => f.encode(out),
+        }
+    }
+    Ok(None)
 }
 
 async fn write_all<W: AsyncWrite + Unpin>(w: &mut W, b: &[u8]) -> std::io::Result<()> {
