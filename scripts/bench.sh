@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds metac in release mode and runs a benchmark in network namespaces: ./scripts/bench.sh [spine|overlay|net|file|block|flood|fs|run] [ARGS], as root
+# Builds metac in release mode and runs a benchmark in network namespaces: ./scripts/bench.sh [spine|overlay|net|file|block|flood|fs|run|remote] [ARGS], as root
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
@@ -29,6 +29,16 @@ fi
 if [ "${1:-}" = run ]; then
   # The peer tool of `run`: runc, against the same busybox rootfs.
   command -v runc >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq --no-install-recommends runc >/dev/null; }
+fi
+if [ "${1:-}" = remote ]; then
+  # `remote`: runc for the local baseline of `true`, and cc and make for the C project it builds here and --on b.
+  need=()
+  for t in runc:runc cc:gcc make:make; do
+    command -v "${t%%:*}" >/dev/null 2>&1 || need+=("${t#*:}")
+  done
+  if [ ${#need[@]} -gt 0 ]; then
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  fi
 fi
 cargo build --release --quiet --bin metac --bin metac-bench --bin metac-flood
 export METAC_BIN=$PWD/target/release/metac

@@ -8,6 +8,7 @@ mod flood;
 mod fs;
 mod net;
 mod overlay;
+mod remote;
 mod run;
 mod spine;
 
@@ -39,6 +40,9 @@ enum Command {
     Overlay(overlay::Args),
     /// Containers: `metac run --rootfs BUSYBOX true` against `runc run` of the same rootfs, and the node's footprint
     Run(run::Args),
+    /// Remote launch: `metac run --on b true` against local `metac run true` and `runc run`, and a 20-file C
+    /// project built with `make` here and `--on b` (cold, then warm), with ratios
+    Remote(remote::Args),
 }
 
 fn main() {
@@ -52,6 +56,7 @@ fn main() {
         Command::Flood(a) => flood::run(a),
         Command::Fs(a) => fs::run(a),
         Command::Run(a) => run::run(a),
+        Command::Remote(a) => remote::run(a),
         Command::Net(a) => net::run(a),
     };
     if let Err(e) = r {

@@ -29,7 +29,7 @@ fn sh(cmd: &str) -> Result<String> {
 }
 
 /// A busybox bundle for runc (rootfs + `runc spec` with `true` as its process, no terminal).
-fn bundle(dir: &Path) -> Result<()> {
+pub(crate) fn bundle(dir: &Path) -> Result<()> {
     let root = dir.join("rootfs");
     for d in ["bin", "proc", "dev", "sys", "tmp"] {
         std::fs::create_dir_all(root.join(d))?;
@@ -55,7 +55,8 @@ fn rss_kib(pid: u32) -> Result<u64> {
         .context("VmRSS")
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median of `v` (the upper one of an even count).
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
