@@ -385,7 +385,8 @@ impl Manager {
         let id = record.id.clone();
         let dir = self.container_dir(&id);
         // Refs are bound for the container's life, as its owner, at a mountpoint in its directory.
-        for (i, m) in spec.mounts.iter_mut().enumerate() {
+        let mut binding = vec![];
+        for (i, m) in spec.mounts.iter().enumerate() {
             let Source::Ref(r) = &m.source else { continue };
             let reference: Ref = r.parse().map_err(|e| Error::BadOptions(format!("bad ref in --mount: {e}")))?;
             if reference.token.kind() != Kind::Fs {
@@ -412,8 +413,13 @@ impl Manager {
             let started = self.ctx.binder.bind(reference, options, false, bind_as).await?;
             record.binds.push(started.id.clone());
             self.put(record)?;
-            wait_up(&started.status, &m.target).await?;
-            m.source = Source::Local(at);
+            binding.push((i, started.status, at));
+        }
+        // The binds come up side by side (each its own connection and mount); the container waits for all.
+        let ups = binding.iter().map(|(i, status, _)| wait_up(status, &spec.mounts[*i].target));
+        futures::future::try_join_all(ups).await?;
+        for (i, _, at) in binding {
+            spec.mounts[i].source = Source::Local(at);
         }
         if let Ok(h) = &self.cgroups {
             // Recorded with the shim's pid below: a node that dies in between leaves a group named by the id,
@@ -810,29 +816,23 @@ fn unmapped(caller: &Caller, user: Option<User>) -> Result<(), Error> {
 /// Waits until an fs bind is mounted, or says why it is not.
 async fn wait_up(status: &metac_resource::Status, target: &Path) -> Result<(), Error> {
     use metac_resource::session::State as S;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        match status.state() {
-            S::Up => return Ok(()),
-            S::Refused { reason } => {
-                return Err(Error::Refused { by: "the exporting node".into(), reason });
-            }
-            s if s.is_final() => {
-                return Err(Error::Unavailable(format!(
-                    "the ref for {} could not be mounted: {}",
-                    target.display(),
-                    s.reason().unwrap_or(s.name())
-                )))
-            }
-            s if tokio::time::Instant::now() >= deadline => {
-                return Err(Error::Unavailable(format!(
-                    "the ref for {} is not mounted after 30 s ({}{})",
-                    target.display(),
-                    s.name(),
-                    s.reason().map(|r| format!(": {r}")).unwrap_or_default()
-                )))
-            }
-            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+    let settled = status.wait_for(|s| *s == S::Up || s.is_final());
+    match tokio::time::timeout(Duration::from_secs(30), settled).await {
+        Ok(S::Up) => Ok(()),
+        Ok(S::Refused { reason }) => Err(Error::Refused { by: "the exporting node".into(), reason }),
+        Ok(s) => Err(Error::Unavailable(format!(
+            "the ref for {} could not be mounted: {}",
+            target.display(),
+            s.reason().unwrap_or(s.name())
+        ))),
+        Err(_) => {
+            let s = status.state();
+            Err(Error::Unavailable(format!(
+                "the ref for {} is not mounted after 30 s ({}{})",
+                target.display(),
+                s.name(),
+                s.reason().map(|r| format!(": {r}")).unwrap_or_default()
+            )))
         }
     }
 }

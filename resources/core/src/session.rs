@@ -91,11 +91,13 @@ impl fmt::Display for State {
 pub struct Status {
     state: Mutex<State>,
     bytes: AtomicU64,
+    /// Wakes [`Status::changed`] waiters at every change of state.
+    notify: tokio::sync::Notify,
 }
 
 impl Default for Status {
     fn default() -> Self {
-        Status { state: Mutex::new(State::Connecting), bytes: AtomicU64::new(0) }
+        Status { state: Mutex::new(State::Connecting), bytes: AtomicU64::new(0), notify: tokio::sync::Notify::new() }
     }
 }
 
@@ -110,6 +112,22 @@ impl Status {
         let mut st = self.state.lock().expect("status lock");
         if !st.is_final() {
             *st = s;
+            self.notify.notify_waiters();
+        }
+    }
+
+    /// Waits until the state is one `done` accepts, and answers it (at once if it already is).
+    pub async fn wait_for(&self, done: impl Fn(&State) -> bool) -> State {
+        loop {
+            let changed = self.notify.notified();
+            tokio::pin!(changed);
+            // Registered before the look, so that a change between the look and the wait is not missed.
+            changed.as_mut().enable();
+            let s = self.state();
+            if done(&s) {
+                return s;
+            }
+            changed.await;
         }
     }
 
@@ -188,6 +206,22 @@ pub trait Session: Send + 'static {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A waiter wakes at the change it waits for, not at a poll's next tick, and at once when it already holds.
+    #[tokio::test]
+    async fn a_waiter_wakes_at_the_change() {
+        let s = std::sync::Arc::new(Status::default());
+        let s2 = std::sync::Arc::clone(&s);
+        let waiter = tokio::spawn(async move { s2.wait_for(|st| *st == State::Up || st.is_final()).await });
+        tokio::task::yield_now().await;
+        s.set(State::Retrying { reason: "not yet".into(), attempt: 1 });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "a change it does not wait for leaves it waiting");
+        s.set(State::Up);
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await.unwrap().unwrap();
+        assert_eq!(got, State::Up);
+        assert_eq!(s.wait_for(|st| *st == State::Up).await, State::Up);
+    }
 
     #[test]
     fn final_states_stick() {
