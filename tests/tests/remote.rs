@@ -382,3 +382,54 @@ fn a_program_run_again_on_another_node_fetches_no_file_content_again() {
     let cache = &m.json(2, &["fs", "stats"])["cache"];
     assert!(cache["hits"].as_u64().unwrap() >= 2 && cache["entries"].as_u64().unwrap() >= 2, "{cache}");
 }
+
+/// A local user of the calling node runs on another node as themselves: their uid there, their files here made by
+/// them, and nothing of this node's that they could not read here (the caller's files are exported as the caller).
+#[test]
+fn a_local_user_runs_remotely_as_themselves_and_reads_no_more_than_at_home() {
+    const MEMBER: &[&str] = &["--reuid=65534", "--regid=65534", "--groups=4242"];
+    let m = Mesh::start_with(2, &["--api-group", "4242"]);
+    let r = m.ok(2, &["compute", "export", "--to", &m.key(1)]);
+    let as_user = |cwd: &Path, args: &[&str]| {
+        let h = m.host(1);
+        let mut cmd = h.cmd("setpriv", MEMBER);
+        cmd.arg(metac_bin().unwrap()).arg("--socket").arg(h.socket()).args(args).current_dir(cwd);
+        output(&mut cmd, Duration::from_secs(120)).unwrap()
+    };
+    let home = m.host(1).dir().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    std::os::unix::fs::chown(&home, Some(65534), Some(65534)).unwrap();
+    // Outside /tmp (a remote run gets a fresh one): on the root the run sees, read-only.
+    struct Gone(std::path::PathBuf);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let secret = Gone(std::path::PathBuf::from(format!("/var/tmp/metac-test-secret-{}", std::process::id())));
+    let secret = &secret.0;
+    std::fs::write(secret, "root's\n").unwrap();
+    std::fs::set_permissions(secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // Saved refs are the user's own: root's saved ref is not theirs.
+    m.ok(1, &["ref", "save", "b", &r]);
+    let o = as_user(&home, &["run", "--on", "b", "true"]);
+    assert!(text(&o).contains("is not a saved name"), "{}", text(&o));
+    let o = as_user(&home, &["run", "--on", &m.key(2)[..8], "true"]);
+    assert!(text(&o).contains("no compute ref"), "{}", text(&o));
+    let o = as_user(&home, &["ref", "save", "b", &r]);
+    assert!(o.status.success(), "{}", text(&o));
+    let script = format!("id -u; echo mine > made.txt; cat {} 2>&1 || echo refused", secret.display());
+    let o = as_user(&home, &["run", "--on", "b", "sh", "-c", &script]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.starts_with("65534\n"), "runs as the caller's uid: {out}");
+    assert!(out.contains("Permission denied") && out.contains("refused") && !out.contains("root's"), "{out}");
+    let made = home.join("made.txt");
+    assert_eq!(std::fs::read_to_string(&made).unwrap(), "mine\n");
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&made).unwrap()), 65534, "made by them");
+    // The user's runs are theirs: root's list has them, the user's list has no run of root's.
+    m.ok(1, &["run", "--on", "b", "true"]);
+    let theirs = serde_json::from_slice::<Value>(&as_user(&home, &["--json", "ps", "-a"]).stdout).unwrap();
+    assert_eq!(theirs.as_array().unwrap().len(), 1, "{theirs}");
+    assert!(theirs.as_array().unwrap().iter().all(|c| c["owner"] == 65534), "{theirs}");
+}

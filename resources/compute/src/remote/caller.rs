@@ -204,6 +204,7 @@ impl Remote {
             }
             let mut info = info.clone();
             info.node = Some(node.to_hex());
+            info.owner = caller.uid;
             runs.insert(
                 id.clone(),
                 Run {
