@@ -193,7 +193,7 @@ fn a_terminal_gets_its_size_and_ctrl_c_stops_the_remote_process() {
 }
 
 #[test]
-fn the_running_node_kills_the_process_when_the_network_or_the_calling_node_goes_away() {
+fn the_running_node_kills_the_process_when_the_network_the_client_or_the_calling_node_goes_away() {
     let mut m = Mesh::start(2);
     m.grant(2, 1, "b");
     // The network goes: host 2 hears nothing from host 1 and kills the process; host 1's client exits 255.
@@ -217,6 +217,18 @@ fn the_running_node_kills_the_process_when_the_network_or_the_calling_node_goes_
         Ok(m.json(1, &["status"])["peers"].as_u64().unwrap_or(0) >= 1)
     })
     .expect("the nodes find each other again");
+    // The client dies (kill -9): its node drops the run's stream and host 2 kills the process.
+    let mut cmd = m.cmd(1, m.host(1).dir(), &["run", "--on", "b", "sleep", "3007"]);
+    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    let mut client = cmd.spawn().unwrap();
+    wait_until(Duration::from_secs(60), Duration::from_millis(50), || Ok(running("sleep 3007") == 1))
+        .expect("the remote process starts");
+    client.kill().unwrap();
+    let _ = client.wait();
+    let killed = Instant::now();
+    let gone = wait_until(Duration::from_secs(5), Duration::from_millis(50), || Ok(running("sleep 3007") == 0));
+    assert!(gone.is_ok(), "host 2 still runs the process 5 s after its client died");
+    eprintln!("the remote process was gone {:?} after its client was killed", killed.elapsed());
     // The running node dies: the client says so and exits 255.
     let mut cmd = m.cmd(1, m.host(1).dir(), &["run", "--on", "b", "sleep", "3006"]);
     cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
