@@ -193,6 +193,37 @@ impl Node {
             .collect())
     }
 
+    /// The record of a new export of `kind` for `owner`, once its kind has checked the request (as `owner`) and the
+    /// rights are ones the kind has (all of them when `None`).
+    pub(crate) fn new_export(
+        &self,
+        kind: Kind,
+        source: &str,
+        name: Option<String>,
+        rights: Option<Rights>,
+        options: serde_json::Value,
+        owner: &Caller,
+    ) -> Result<Export, ApiError> {
+        let prepared = self.kind(kind)?.prepare(source, options, owner)?;
+        let rights = rights.unwrap_or_else(|| kind.rights());
+        if rights.is_empty() || !rights.is_subset_of(kind.rights()) {
+            return Err(ApiError::bad(format!(
+                "rights {rights} are not valid for kind {kind} (valid: {})",
+                kind.rights()
+            )));
+        }
+        Ok(Export {
+            id: ResourceId::random().map_err(|e| ApiError::internal(e.to_string()))?,
+            kind,
+            name: name.unwrap_or(prepared.name),
+            source: prepared.source,
+            created: unix_now(),
+            rights,
+            options: prepared.options.to_string(),
+            owner: owner.clone(),
+        })
+    }
+
     /// Exports a resource of `kind` for `owner` and issues its first token. `source` is what the user named (a
     /// path), `options` the kind's own options (JSON, `null` for none). The kind checks and opens it as `owner`.
     /// Returns the export and the ref.
@@ -205,26 +236,8 @@ impl Node {
         options: serde_json::Value,
         owner: &Caller,
     ) -> Result<(Export, Ref), ApiError> {
-        let plugin = self.kind(kind)?;
-        let prepared = plugin.prepare(&source, options, owner)?;
-        let rights = rights.unwrap_or_else(|| kind.rights());
-        if rights.is_empty() || !rights.is_subset_of(kind.rights()) {
-            return Err(ApiError::bad(format!(
-                "rights {rights} are not valid for kind {kind} (valid: {})",
-                kind.rights()
-            )));
-        }
-        let id = ResourceId::random().map_err(|e| ApiError::internal(e.to_string()))?;
-        let export = Export {
-            id,
-            kind,
-            name: name.unwrap_or(prepared.name),
-            source: prepared.source,
-            created: unix_now(),
-            rights,
-            options: prepared.options.to_string(),
-            owner: owner.clone(),
-        };
+        let export = self.new_export(kind, &source, name, rights, options, owner)?;
+        let (id, rights) = (export.id, export.rights);
         // Open first: an export that cannot be opened is not recorded.
         let opened = self.open_export(&export).await?;
         if opened.public() && !self.private {

@@ -11,7 +11,7 @@ use metac_resource::{BoxFuture, Caller, Error, ExportReq, Host, PeerInfo, SavedR
 use crate::binds::api_to_resource;
 use crate::error::ApiError;
 use crate::node::{unix_now, Node};
-use crate::store::{Export, Saved};
+use crate::store::Saved;
 
 /// Most saved refs one user keeps.
 pub const MAX_SAVED: usize = 1024;
@@ -83,22 +83,15 @@ impl Node {
                 "this node holds {MAX_EPHEMERAL} exports for runs already; wait for some to end"
             )));
         }
-        let plugin = self.kind(req.kind)?;
-        let prepared = plugin.prepare(&req.source, serde_json::Value::Null, &req.owner)?;
-        if req.rights.is_empty() || !req.rights.is_subset_of(req.kind.rights()) {
-            return Err(ApiError::bad(format!("rights {} are not valid for kind {}", req.rights, req.kind)));
-        }
-        let id = ResourceId::random().map_err(|e| ApiError::internal(e.to_string()))?;
-        let export = Export {
-            id,
-            kind: req.kind,
-            name: req.name,
-            source: prepared.source,
-            created: unix_now(),
-            rights: req.rights,
-            options: prepared.options.to_string(),
-            owner: req.owner,
-        };
+        let export = self.new_export(
+            req.kind,
+            &req.source,
+            Some(req.name),
+            Some(req.rights),
+            serde_json::Value::Null,
+            &req.owner,
+        )?;
+        let id = export.id;
         self.ephemeral.lock().expect("ephemeral lock").insert(id, export.clone());
         if let Err(e) = self.exporter(&export).await {
             self.ephemeral.lock().expect("ephemeral lock").remove(&id);

@@ -98,6 +98,17 @@ fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
+/// `metac run --on b sleep SECS` from host 1, once the process runs on host 2; its stderr is piped.
+fn sleep_on_b(m: &Mesh, secs: &str) -> std::process::Child {
+    let mut cmd = m.cmd(1, m.host(1).dir(), &["run", "--on", "b", "sleep", secs]);
+    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+    let client = cmd.spawn().unwrap();
+    let line = format!("sleep {secs}");
+    wait_until(Duration::from_secs(60), Duration::from_millis(50), || Ok(running(&line) == 1))
+        .expect("the remote process starts");
+    client
+}
+
 /// Processes on the machine whose whole command line is `cmdline` (containers' processes included).
 fn running(cmdline: &str) -> usize {
     let mut n = 0;
@@ -197,11 +208,7 @@ fn the_running_node_kills_the_process_when_the_network_the_client_or_the_calling
     let mut m = Mesh::start(2);
     m.grant(2, 1, "b");
     // The network goes: host 2 hears nothing from host 1 and kills the process; host 1's client exits 255.
-    let mut cmd = m.cmd(1, m.host(1).dir(), &["run", "--on", "b", "sleep", "3004"]);
-    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
-    let mut client = cmd.spawn().unwrap();
-    wait_until(Duration::from_secs(60), Duration::from_millis(50), || Ok(running("sleep 3004") == 1))
-        .expect("the remote process starts");
+    let mut client = sleep_on_b(&m, "3004");
     m.lab.link_down(1).unwrap();
     let cut = Instant::now();
     let gone = wait_until(Duration::from_secs(5), Duration::from_millis(50), || Ok(running("sleep 3004") == 0));
@@ -218,11 +225,7 @@ fn the_running_node_kills_the_process_when_the_network_the_client_or_the_calling
     })
     .expect("the nodes find each other again");
     // The client dies (kill -9): its node drops the run's stream and host 2 kills the process.
-    let mut cmd = m.cmd(1, m.host(1).dir(), &["run", "--on", "b", "sleep", "3007"]);
-    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
-    let mut client = cmd.spawn().unwrap();
-    wait_until(Duration::from_secs(60), Duration::from_millis(50), || Ok(running("sleep 3007") == 1))
-        .expect("the remote process starts");
+    let mut client = sleep_on_b(&m, "3007");
     client.kill().unwrap();
     let _ = client.wait();
     let killed = Instant::now();
@@ -230,11 +233,7 @@ fn the_running_node_kills_the_process_when_the_network_the_client_or_the_calling
     assert!(gone.is_ok(), "host 2 still runs the process 5 s after its client died");
     eprintln!("the remote process was gone {:?} after its client was killed", killed.elapsed());
     // The running node dies: the client says so and exits 255.
-    let mut cmd = m.cmd(1, m.host(1).dir(), &["run", "--on", "b", "sleep", "3006"]);
-    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
-    let mut client = cmd.spawn().unwrap();
-    wait_until(Duration::from_secs(60), Duration::from_millis(50), || Ok(running("sleep 3006") == 1))
-        .expect("the remote process starts");
+    let mut client = sleep_on_b(&m, "3006");
     m.nodes[1].kill9();
     let status = client.wait().unwrap();
     let mut err = String::new();
@@ -251,11 +250,7 @@ fn the_running_node_kills_the_process_when_the_network_the_client_or_the_calling
     })
     .expect("the nodes find each other again");
     // The calling node dies: host 2 kills the process at once.
-    let mut cmd = m.cmd(1, m.host(1).dir(), &["run", "--on", "b", "sleep", "3003"]);
-    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
-    let mut client = cmd.spawn().unwrap();
-    wait_until(Duration::from_secs(60), Duration::from_millis(50), || Ok(running("sleep 3003") == 1))
-        .expect("the remote process starts");
+    let mut client = sleep_on_b(&m, "3003");
     m.nodes[0].kill9();
     let killed = Instant::now();
     let gone = wait_until(Duration::from_secs(5), Duration::from_millis(50), || Ok(running("sleep 3003") == 0));

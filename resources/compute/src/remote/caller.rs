@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use metac_resource::{BoxStream, Caller, Ctx, Error, ExportReq, Kind, NodeKey, Ref, ResourceId, Rights};
+use metac_resource::{BoxStream, Caller, Ctx, Error, ExportReq, Kind, NodeKey, PeerInfo, Ref, ResourceId, Rights};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 
@@ -90,7 +90,8 @@ impl Remote {
             "ask its owner for one (`metac compute export --to {me}` there), then `metac ref save NAME REF` here"
         );
         // Nodes of a private mesh that run for every member advert their compute ref.
-        for p in self.ctx.host.peers().await? {
+        let peers = self.ctx.host.peers().await?;
+        for p in &peers {
             for r in p.resources.iter().filter(|r| r.kind == Kind::Compute) {
                 let Some(Ok(reference)) = r.public_ref.as_deref().map(str::parse::<Ref>) else { continue };
                 if reference.token.issuer() == p.key && reference.token.kind() == Kind::Compute {
@@ -99,9 +100,9 @@ impl Remote {
             }
         }
         if peer == "any" {
-            return self.least_loaded(&saved, &how).await;
+            return self.least_loaded(&saved, &peers, &how);
         }
-        let node = self.node_of(peer).await?;
+        let node = node_of(peer, &peers)?;
         saved.iter().find(|s| s.reference.token.issuer() == node).map(|s| s.reference.clone()).ok_or_else(|| {
             Error::Refused {
                 by: "this node".into(),
@@ -110,39 +111,12 @@ impl Remote {
         })
     }
 
-    /// The node `q` names: a key or a unique prefix of one (at least 4 hex digits), or an overlay address.
-    async fn node_of(&self, q: &str) -> Result<NodeKey, Error> {
-        if let Some(k) = NodeKey::from_hex(q) {
-            return Ok(k);
-        }
-        let peers = self.ctx.host.peers().await?;
-        if let Ok(a) = q.trim_matches(|c| c == '[' || c == ']').parse::<std::net::Ipv6Addr>() {
-            return peers.iter().find(|p| p.overlay == a).map(|p| p.key).ok_or_else(|| {
-                Error::UnknownNode(format!("no known node has overlay address {a} (see `metac peers`)"))
-            });
-        }
-        let q = q.to_ascii_lowercase();
-        if q.len() < 4 || !q.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Error::BadOptions(format!(
-                "--on {q:?} is not a saved name (`metac ref ls --saved`), a node key or a prefix of one (4 hex digits \
-                 or more), an overlay address, `any`, or a compute ref"
-            )));
-        }
-        let hits: Vec<_> = peers.iter().filter(|p| p.key.to_hex().starts_with(&q)).collect();
-        match hits.as_slice() {
-            [one] => Ok(one.key),
-            [] => Err(Error::UnknownNode(format!("no known node's key starts with {q} (see `metac peers`)"))),
-            _ => Err(Error::BadOptions(format!("{q} is the start of {} nodes' keys: give more of it", hits.len()))),
-        }
-    }
-
     /// `--on any`: of the nodes the caller holds compute refs for, a reachable one with the lowest load per cpu
     /// (from the figures each adverts with its compute export).
-    async fn least_loaded(&self, saved: &[metac_resource::SavedRef], how: &str) -> Result<Ref, Error> {
+    fn least_loaded(&self, saved: &[metac_resource::SavedRef], peers: &[PeerInfo], how: &str) -> Result<Ref, Error> {
         if saved.is_empty() {
             return Err(Error::Refused { by: "this node".into(), reason: format!("you hold no compute ref: {how}") });
         }
-        let peers = self.ctx.host.peers().await?;
         let now = self.ctx.clock.now();
         let mut best: Option<(f64, &Ref)> = None;
         for s in saved {
@@ -475,6 +449,33 @@ impl Remote {
         if let Some(k) = key {
             runs.remove(&k);
         }
+    }
+}
+
+/// The node `q` names: a key or a unique prefix of one (at least 4 hex digits), or an overlay address.
+fn node_of(q: &str, peers: &[PeerInfo]) -> Result<NodeKey, Error> {
+    if let Some(k) = NodeKey::from_hex(q) {
+        return Ok(k);
+    }
+    if let Ok(a) = q.trim_matches(|c| c == '[' || c == ']').parse::<std::net::Ipv6Addr>() {
+        return peers
+            .iter()
+            .find(|p| p.overlay == a)
+            .map(|p| p.key)
+            .ok_or_else(|| Error::UnknownNode(format!("no known node has overlay address {a} (see `metac peers`)")));
+    }
+    let q = q.to_ascii_lowercase();
+    if q.len() < 4 || !q.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::BadOptions(format!(
+            "--on {q:?} is not a saved name (`metac ref ls --saved`), a node key or a prefix of one (4 hex digits \
+             or more), an overlay address, `any`, or a compute ref"
+        )));
+    }
+    let hits: Vec<_> = peers.iter().filter(|p| p.key.to_hex().starts_with(&q)).collect();
+    match hits.as_slice() {
+        [one] => Ok(one.key),
+        [] => Err(Error::UnknownNode(format!("no known node's key starts with {q} (see `metac peers`)"))),
+        _ => Err(Error::BadOptions(format!("{q} is the start of {} nodes' keys: give more of it", hits.len()))),
     }
 }
 
