@@ -37,6 +37,9 @@ pub struct StatusView {
     pub state: String,
     /// One-line summary of the overlay.
     pub overlay_status: String,
+    /// One-line summary of where binds' data travels (the direct transport's port and streams).
+    #[serde(default)]
+    pub transport: String,
     /// The node's version.
     pub version: String,
 }

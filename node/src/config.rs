@@ -29,6 +29,9 @@ pub struct Config {
     /// The group whose members may use the API, by name or gid (`--api-group`) [default: `metac`, if it exists];
     /// see [`crate::access`].
     pub api_group: Option<String>,
+    /// The direct transport for resource streams (`--direct-port`, `--no-direct`): `None` sends every bind over
+    /// mesh streams; `Some(port)` listens there (0, or a port in use, picks a free one) [default: the mesh port + 1].
+    pub direct_port: Option<u16>,
     /// The most bytes the fs kind's content cache of read-only files holds (`--cache-size`) [default: 2 GiB].
     pub cache_size: Option<u64>,
 }
@@ -48,6 +51,7 @@ impl Config {
             kinds: None,
             api_group: None,
             cache_size: None,
+            direct_port: Some(4748),
         }
     }
 
@@ -70,6 +74,7 @@ impl std::fmt::Debug for Config {
             .field("overlay", &self.overlay)
             .field("api_group", &self.api_group)
             .field("cache_size", &self.cache_size)
+            .field("direct_port", &self.direct_port)
             .finish_non_exhaustive()
     }
 }

@@ -20,7 +20,7 @@ use crate::exports::OpenExports;
 use crate::overlay::NodeOverlay;
 use crate::serve::Served;
 use crate::store::{KindTable, Store};
-use crate::transport::MeshTransport;
+use crate::transport::{DirectTransport, MeshTransport};
 use crate::{rpc, Config, Error};
 
 pub use crate::refs::{parse_ref, ref_view};
@@ -114,10 +114,18 @@ impl Node {
         tasks.extend(overlay.attach(mesh.clone(), Arc::clone(&store), cancel.clone())?);
         let run_dir = config.run_dir();
         crate::config::run_dir(&run_dir)?;
+        let transport: Arc<dyn Transport> = match config.direct_port {
+            Some(port) => {
+                let (direct, direct_tasks) = DirectTransport::start(mesh.clone(), port, cancel.clone()).await?;
+                tasks.extend(direct_tasks);
+                Arc::new(direct)
+            }
+            None => Arc::new(MeshTransport(mesh.clone())),
+        };
         let node = Arc::new_cyclic(|me_weak| Node {
             id,
             store,
-            transport: Arc::new(MeshTransport(mesh.clone())),
+            transport,
             mesh,
             overlay,
             kinds: config.kinds.clone().unwrap_or_else(|| crate::kinds::configured(config)),

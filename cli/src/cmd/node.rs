@@ -39,6 +39,13 @@ pub struct Args {
     /// first)
     #[arg(long, value_name = "SIZE", default_value = "2G", value_parser = metac_fs::cache::parse_size)]
     cache_size: u64,
+    /// TCP port of the direct transport, which carries binds' data on connections of their own (AES-256-GCM,
+    /// keyed over the mesh) [default: the mesh port + 1; a port in use picks a free one]
+    #[arg(long, value_name = "PORT", conflicts_with = "no_direct")]
+    direct_port: Option<u16>,
+    /// Carry binds' data over mesh streams only (for a firewall that lets only the mesh port through)
+    #[arg(long)]
+    no_direct: bool,
     /// Log level or tracing filter (error, warn, info, debug, trace, or e.g. "metac_mesh=debug")
     #[arg(long, default_value = "info", env = "METAC_LOG")]
     log_level: String,
@@ -57,6 +64,11 @@ pub async fn run(a: Args, socket: PathBuf) -> Result<()> {
         overlay: metac_node::overlay::OverlayConfig { enabled: !a.no_overlay, tun: a.tun, port: a.overlay_port },
         api_group: a.api_group,
         cache_size: Some(a.cache_size),
+        direct_port: match (a.no_direct, a.direct_port) {
+            (true, _) => None,
+            (false, Some(p)) => Some(p),
+            (false, None) => Some(if a.port == 0 { 0 } else { a.port.wrapping_add(1) }),
+        },
         ..metac_node::Config::new(a.state.unwrap_or_else(metac_node::config::default_state_dir), socket)
     };
     let cancel = tokio_util::sync::CancellationToken::new();

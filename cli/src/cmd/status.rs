@@ -34,12 +34,13 @@ pub async fn run(c: &Client, json: bool, cmd: Cmd) -> Result<()> {
             let v: StatusView = c.get("/v1/status").await?;
             print(json, &v, |v| {
                 format!(
-                    "node      {}\npeer id   {}\noverlay   {} ({})\nlisten    {}\npeers     {} connected, {} known\nexports   {}\nstate     {}",
+                    "node      {}\npeer id   {}\noverlay   {} ({})\nlisten    {}\ndata      {}\npeers     {} connected, {} known\nexports   {}\nstate     {}",
                     v.key,
                     v.peer_id,
                     v.overlay,
                     v.overlay_status,
                     v.listen.join(" "),
+                    v.transport,
                     v.peers,
                     v.known_nodes,
                     v.exports,

@@ -467,6 +467,9 @@ impl Driver {
             Command::Connected(peer, tx) => {
                 let _ = tx.send(self.swarm.is_connected(&peer));
             }
+            Command::RemoteIp(peer, tx) => {
+                let _ = tx.send(self.conns.get(&peer).and_then(|c| c.first()).and_then(|c| ip_of(&c.2)));
+            }
             Command::Admitted(peer, tx) => {
                 let _ = tx.send(self.admitted.contains(&peer) && self.swarm.is_connected(&peer));
             }

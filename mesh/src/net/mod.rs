@@ -155,6 +155,7 @@ enum Command {
     Connect(NodeKey, oneshot::Sender<Result<(), Error>>),
     Admitted(PeerId, oneshot::Sender<bool>),
     Connected(PeerId, oneshot::Sender<bool>),
+    RemoteIp(PeerId, oneshot::Sender<Option<std::net::IpAddr>>),
     Request(NodeKey, Vec<u8>, oneshot::Sender<Result<Vec<u8>, Error>>),
     Reply(u64, Vec<u8>),
 }
@@ -236,6 +237,12 @@ impl Handle {
     pub async fn is_connected(&self, node: NodeKey) -> bool {
         let Some(peer) = peer_id(&node) else { return false };
         self.call(|tx| Command::Connected(peer, tx)).await.unwrap_or(false)
+    }
+
+    /// The IP address `node`'s live connection comes from, if one is up: where a direct connection to it goes.
+    pub async fn remote_ip(&self, node: NodeKey) -> Option<std::net::IpAddr> {
+        let peer = peer_id(&node)?;
+        self.call(|tx| Command::RemoteIp(peer, tx)).await.ok().flatten()
     }
 
     /// Waits up to `within` for `node` to be admitted (a stream can arrive just before the sync that admits its

@@ -100,6 +100,7 @@ impl Cluster {
             config.peers = peers;
             config.mdns = false;
             config.overlay.enabled = false;
+            config.direct_port = Some(0);
             config.clock = Arc::new(clock.clone()) as Arc<dyn Clock>;
             config.kinds = kinds(i);
             let cancel = CancellationToken::new();

@@ -14,6 +14,7 @@ pub mod clock;
 pub mod export;
 pub mod frame;
 pub mod kind;
+pub mod sealed;
 pub mod session;
 pub mod store;
 pub mod text;

@@ -28,4 +28,8 @@ pub trait Transport: Send + Sync {
     fn open(&self, node: NodeKey, protocol: &'static str) -> BoxFuture<'_, Result<BoxStream, Error>>;
     /// Inbound streams for `protocol`, from admitted peers only. Called once per protocol.
     fn accept(&self, protocol: &'static str) -> Result<Incoming, Error>;
+    /// One line for `metac status`: what carries streams and how many went which way.
+    fn summary(&self) -> String {
+        format!("{} streams", self.name())
+    }
 }
