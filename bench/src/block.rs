@@ -5,6 +5,8 @@
 //!   socket, the bind carries the requests across the mesh to the exporter.
 //! - **nbdkit**: `nbdkit -r file FILE` on host 1, over TCP on the lab's link (as ../shared/lab/anchor-block.sh).
 //! - **qemu-nbd**: `qemu-nbd -r -t -e 8 FILE` on host 1, over TCP on the same link.
+//! - **metac_mesh**: metac again, between hosts 3 and 4 whose nodes run with `--no-direct`: the bind's data on the
+//!   libp2p mesh stream instead of a direct connection, so that the transport's share shows in the same run.
 //!
 //! Figures: the time of `nbdcopy URI null:` of the whole file (pseudo-random, warm in the exporter's page cache),
 //! and 4 KiB random-read IOPS from fio's nbd engine (libnbd, `iodepth` requests in flight); each is the median of
@@ -232,16 +234,19 @@ pub fn run(a: Args) -> Result<()> {
         bail!("--reps, --mib, --fio-secs and --iodepth must be at least 1");
     }
     require_tools()?;
-    let lab = Lab::new(2)?;
+    // Hosts 3 and 4 run metac with `--no-direct`: the same bind over the libp2p mesh stream, the transport the
+    // direct one replaced, measured beside it on the same kind of link.
+    let lab = Lab::new(4)?;
     let (h1, h2) = (lab.host(1), lab.host(2));
     let file = h1.dir().join("disk.img");
     eprintln!("preparing: a {} MiB pseudo-random file on host 1", a.mib);
     metac_tests::write_pseudo_random(&file, a.mib << 20)?;
     let f = file.to_str().unwrap();
 
-    let nodes = lab.start_nodes(&[])?;
+    let nodes = [h1.start_node(&[])?, h2.start_node(&[])?];
+    let mesh_nodes = [lab.host(3).start_node(&["--no-direct"])?, lab.host(4).start_node(&["--no-direct"])?];
     wait_until(Duration::from_secs(30), Duration::from_millis(50), || {
-        Ok(nodes.iter().all(|n| n.status().is_ok_and(|s| s["peers"].as_u64() >= Some(1))))
+        Ok(nodes.iter().chain(&mesh_nodes).all(|n| n.status().is_ok_and(|s| s["peers"].as_u64() >= Some(3))))
     })
     .context("the two nodes did not find each other")?;
     let addr = h1.addr().to_string();
@@ -253,6 +258,11 @@ pub fn run(a: Args) -> Result<()> {
         Server { name: "metac", uri: metac_bind(h1, h2, &file)?, pids: vec![nodes[0].pid(), nodes[1].pid()] },
         Server { name: "nbdkit", uri: format!("nbd://[{addr}]:{NBDKIT_PORT}"), pids: vec![nbdkit.pid()] },
         Server { name: "qemu_nbd", uri: format!("nbd://[{addr}]:{QEMU_NBD_PORT}"), pids: vec![qemu_nbd.pid()] },
+        Server {
+            name: "metac_mesh",
+            uri: metac_bind(lab.host(3), lab.host(4), &file)?,
+            pids: vec![mesh_nodes[0].pid(), mesh_nodes[1].pid()],
+        },
     ];
 
     // A first read through each warms the exporter's page cache and every server alike; not counted.
@@ -277,6 +287,7 @@ pub fn run(a: Args) -> Result<()> {
     let v = h2.metac(&["--json", "file", "ls"]).map(|o| text(&o.stdout)).unwrap_or_default();
     eprintln!("bind after the runs: {v}");
     drop(nodes);
+    drop(mesh_nodes);
     drop(lab);
 
     let vm = run_vm_true(a.vm_runs)?;
@@ -301,6 +312,11 @@ pub fn run(a: Args) -> Result<()> {
     println!("ratio_nbdcopy_metac_over_qemu_nbd: {:.2}", ratio(mbs[0], mbs[2]));
     println!("ratio_randread_iops_metac_over_nbdkit: {:.2} (goal >= 0.8)", ratio(iops[0], iops[1]));
     println!("ratio_randread_iops_metac_over_qemu_nbd: {:.2}", ratio(iops[0], iops[2]));
+    println!(
+        "ratio_direct_over_mesh_transport: nbdcopy {:.2}, 4k IOPS {:.2} (metac's direct connections over its libp2p streams)",
+        ratio(mbs[0], mbs[3]),
+        ratio(iops[0], iops[3])
+    );
     match vm {
         Some((ms, None)) => {
             println!("metac_run_vm_true_ms: {ms:.0} ms with KVM (median of {}; goal < 1500)", a.vm_runs)

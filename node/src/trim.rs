@@ -49,8 +49,8 @@ pub async fn run(cancel: CancellationToken) {
 /// glibc's default raises that threshold past every size freed, so after an fs bind's 1 MiB reads and writes the
 /// heaps kept them: a binding node measured 43 MiB more resident at idle after five binds, which `malloc_trim` did
 /// not give back; with the threshold fixed, 3 MiB. It costs a mapping per large buffer (about a tenth of a cold
-/// sequential read's speed here) where buffers are not reused; the fs data path reuses its own
-/// (`metac_fs::buffers`).
+/// sequential read's speed here) where buffers are not reused; the fs and block data paths reuse theirs
+/// (`metac_resource::buffers`).
 pub fn large_buffers_from_mmap() {
     #[cfg(target_env = "gnu")]
     {
@@ -67,8 +67,8 @@ pub const MMAP_FROM: i32 = 512 << 10;
 /// Trims once (see the module doc).
 pub fn trim() -> Trimmed {
     let mut t = Trimmed::default();
-    // The fs data path's reused buffers, once it has been idle.
-    metac_fs::buffers::release_idle();
+    // The data paths' reused buffers, once they have been idle.
+    metac_resource::buffers::release_idle();
     #[cfg(target_env = "gnu")]
     {
         // SAFETY: malloc_trim only returns free heap memory to the system; it is thread-safe in glibc.

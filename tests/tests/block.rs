@@ -155,3 +155,51 @@ fn an_exporter_killed_mid_copy_does_not_corrupt_data() {
     assert!(status.success(), "nbdcopy went on through the exporter's restart");
     assert_eq!(sha256(&img), sha256(&source), "every byte is in the exporter's file");
 }
+
+/// The figures of `metac status`'s data line: (direct port, streams opened direct, opened over the mesh, accepted
+/// direct).
+fn transport_figures(h: &Host) -> (u16, u64, u64, u64) {
+    let v = h.metac_json(&["status"]);
+    let line = v["transport"].as_str().unwrap_or_default().to_string();
+    let nums: Vec<u64> =
+        line.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty()).map(|s| s.parse().unwrap()).collect();
+    assert!(line.starts_with("direct on tcp port") && nums.len() == 4, "host {}: {line:?}", h.index());
+    (nums[0] as u16, nums[1], nums[2], nums[3])
+}
+
+/// A bind's data goes on a direct connection of its own between the two hosts (sealed, keyed over the mesh); where
+/// a firewall on the exporter drops the direct port, a new bind goes over the mesh stream instead, and both carry
+/// the same bytes.
+#[test]
+fn binds_go_direct_and_over_the_mesh_where_a_firewall_drops_the_direct_port() {
+    require_root();
+    let lab = Lab::new(2).unwrap();
+    let _nodes = lab.start_nodes(&[]).unwrap();
+    let (a, b) = (lab.host(1), lab.host(2));
+    let img = a.dir().join("direct.img");
+    write_pseudo_random(&img, 64 << 20).unwrap();
+    let want = sha256(&img);
+    let r = a.metac_ok(&["file", "export", img.to_str().unwrap()]);
+    let copy = b.dir().join("copy.img");
+
+    let uri = bind(b, r.trim(), "direct", &[]);
+    run_ok(b, "nbdcopy", &[&uri, copy.to_str().unwrap()]);
+    assert_eq!(sha256(&copy), want, "the copy over the direct connection equals its source");
+    let (port, direct, mesh, _) = transport_figures(b);
+    assert!(direct >= 1 && mesh == 0, "host 2 opened its bind direct: {direct} direct, {mesh} over the mesh");
+    let (port_a, _, _, accepted) = transport_figures(a);
+    assert!(accepted >= 1, "host 1 accepted it direct");
+    assert!(port > 0 && port_a > 0);
+    b.metac_ok(&["file", "unbind", b.dir().join("direct.sock").to_str().unwrap()]);
+
+    // Host 1's own firewall drops its direct port.
+    run_ok(a, "nft", &["add table inet mfw"]);
+    run_ok(a, "nft", &["add chain inet mfw input { type filter hook input priority 0 ; }"]);
+    run_ok(a, "nft", &[&format!("add rule inet mfw input tcp dport {port_a} drop")]);
+    std::fs::remove_file(&copy).unwrap();
+    let uri = bind(b, r.trim(), "mesh", &[]);
+    run_ok(b, "nbdcopy", &[&uri, copy.to_str().unwrap()]);
+    assert_eq!(sha256(&copy), want, "the copy over the mesh equals its source");
+    let (_, direct_after, mesh, _) = transport_figures(b);
+    assert!(mesh >= 1 && direct_after == direct, "host 2 fell back to the mesh: {direct_after} direct, {mesh} mesh");
+}

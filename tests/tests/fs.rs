@@ -102,6 +102,18 @@ fn a_tree_exported_on_one_host_is_mounted_on_another_and_real_tools_use_it() {
     assert_eq!(sh_ok(h2, pid, &format!("sha256sum < {m}/by-exporter")), here);
     assert_eq!(local(&format!("sha256sum < {s}/by-binder")), there);
 
+    // A file the binder has read grows on the exporter (a log): the writable mount, where writeback caching keeps
+    // the kernel's own size of a file, reads all of it within a few seconds, not the old length.
+    std::fs::write(src.join("log.txt"), b"first\n").unwrap();
+    assert_eq!(sh_ok(h2, pid, &format!("cat {m}/log.txt")), b"first\n");
+    let mut log = std::fs::OpenOptions::new().append(true).open(src.join("log.txt")).unwrap();
+    std::io::Write::write_all(&mut log, b"second line, longer\n").unwrap();
+    drop(log);
+    wait_until(Duration::from_secs(5), Duration::from_millis(100), || {
+        Ok(sh_ok(h2, pid, &format!("cat {m}/log.txt")) == b"first\nsecond line, longer\n")
+    })
+    .unwrap_or_else(|e| panic!("the grown file reads whole: {e}; {:?}", sh_in(h2, pid, &format!("cat {m}/log.txt"))));
+
     // A read-only ref: every change fails with EROFS.
     let ro = ok(h1, &["ref", "delegate", &r, "--read-only"]);
     let ro_mnt = h2.dir().join("ro");

@@ -9,6 +9,7 @@
 //! node runs, its [`Link`] and [`State`]), [`caller`] (the local user who asks, and acting as that user),
 //! [`transport`], [`clock`], [`store`] (a kind's own durable keys), and [`frame`] (the one framing helper).
 
+pub mod buffers;
 pub mod caller;
 pub mod clock;
 pub mod export;

@@ -176,7 +176,7 @@ impl Mount {
             let acl = config.acl;
             fuser::Session::from_fd(fs, fd, acl, config)?.spawn()?
         };
-        forget_what_changes(&slot, session.notifier(), inodes)?;
+        forget_what_changes(&slot, session.notifier(), inodes, !options.read_only)?;
         let conn = connection(path);
         if let Some(c) = conn {
             readahead.conn.store(c, Ordering::Release);
@@ -473,15 +473,37 @@ const CHANGES_QUEUED: usize = 64;
 /// Has the kernel drop what it cached of what the exporter says changed: every connection the slot gets tells its
 /// changes to a thread of the mount's, which invalidates entries and inodes (a thread of its own: an invalidation
 /// waits for the kernel's locks of the directory, which a request in flight may hold until it is answered).
-fn forget_what_changes(slot: &Slot, notifier: fuser::Notifier, inodes: Arc<Table>) -> std::io::Result<()> {
+///
+/// With writeback caching (`writeback`, a writable mount) the kernel keeps its own size of a regular file and never
+/// takes the exporter's (`fuse_get_cache_mask`), so a file that grew on the exporter would read cut at its old end.
+/// For a changed regular file the thread asks the exporter for its size and stores zero bytes there
+/// (`FUSE_NOTIFY_STORE`), which moves the kernel's size up to it; a size below the kernel's changes nothing, so
+/// data the binder wrote and the kernel has not sent yet is not cut.
+fn forget_what_changes(
+    slot: &Slot,
+    notifier: fuser::Notifier,
+    inodes: Arc<Table>,
+    writeback: bool,
+) -> std::io::Result<()> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(u64, Vec<crate::proto::Change>)>(CHANGES_QUEUED);
+    let current: Arc<std::sync::Mutex<Option<Conn>>> = Arc::default();
+    let (now, rt) = (Arc::clone(&current), Handle::current());
     std::thread::Builder::new().name("metac-fs-changes".into()).spawn(move || {
         while let Some((conn, changes)) = rx.blocking_recv() {
             for c in changes {
                 // The kernel answers ENOENT for what it does not hold: nothing to drop then.
                 let _ = match c {
                     crate::proto::Change::Inode { ino } => match inodes.local_of(ino, conn) {
-                        Some(ino) => notifier.inval_inode(INodeNo(ino), 0, 0),
+                        Some(local) => {
+                            let r = notifier.inval_inode(INodeNo(local), 0, 0);
+                            if writeback {
+                                let c = now.lock().expect("current conn").clone().filter(|c| c.id() == conn);
+                                if let Some(size) = c.and_then(|c| regular_size(&rt, &c, ino)) {
+                                    let _ = notifier.store(INodeNo(local), size, &[]);
+                                }
+                            }
+                            r
+                        }
                         None => Ok(()),
                     },
                     crate::proto::Change::Entry { parent, name } => match inodes.local_of(parent, conn) {
@@ -496,6 +518,7 @@ fn forget_what_changes(slot: &Slot, notifier: fuser::Notifier, inodes: Arc<Table
     tokio::spawn(async move {
         loop {
             if let Phase::Up(c) = &*phases.borrow_and_update() {
+                *current.lock().expect("current conn") = Some(c.clone());
                 c.tell_changes_to(tx.clone());
             }
             if phases.changed().await.is_err() {
@@ -504,6 +527,15 @@ fn forget_what_changes(slot: &Slot, notifier: fuser::Notifier, inodes: Arc<Table
         }
     });
     Ok(())
+}
+
+/// The exporter's size of `ino` on `c` if it is a regular file (asked from the changes thread, so it may wait).
+fn regular_size(rt: &Handle, c: &Conn, ino: u64) -> Option<u64> {
+    let asked = rt.block_on(tokio::time::timeout(Duration::from_secs(5), c.call(Op::Getattr { ino })));
+    match asked {
+        Ok(Ok(Reply::Attr(a))) if a.mode & libc::S_IFMT == libc::S_IFREG => Some(a.size),
+        _ => None,
+    }
 }
 
 /// Forgets `n` lookups of inode `ino`, telling the exporter once the kernel holds none.

@@ -397,6 +397,7 @@ where
         };
         let mut data = Vec::new();
         if job.req.command == cmd::READ && reply.error == 0 {
+            data = metac_resource::buffers::take(job.req.len as usize);
             if let Err(e) = within(STALL_TIMEOUT, "a READ's data", read_len(&mut rd, job.req.len, &mut data)).await {
                 // Not answered after all: back in the pending set for the next stream.
                 pending.lock().expect("pending lock").jobs.insert(reply.handle, job);
@@ -410,8 +411,8 @@ where
     }
 }
 
-/// Reads exactly `len` bytes into `data` (empty), without zeroing the buffer first (a READ reply's data is most of
-/// what crosses a bind; zeroing it cost a few percent of the binder's CPU).
+/// Reads exactly `len` bytes into `data` (empty, from the buffer pool where it is large), without zeroing the buffer
+/// first (a READ reply's data is most of what crosses a bind; zeroing it cost a few percent of the binder's CPU).
 async fn read_len<R: AsyncRead + Unpin>(rd: &mut R, len: u32, data: &mut Vec<u8>) -> io::Result<()> {
     data.reserve_exact(len as usize);
     let n = rd.take(len.into()).read_to_end(data).await?;
@@ -588,6 +589,7 @@ async fn replies<W: AsyncWrite + Unpin>(wr: W, mut owed: mpsc::Receiver<Owed>) -
         if error == 0 && !data.is_empty() {
             within(STALL_TIMEOUT, "taking a reply", w.write_all(&data)).await?;
         }
+        metac_resource::buffers::give(data);
         if error == errno::ESHUTDOWN {
             break;
         }
