@@ -531,7 +531,8 @@ fn forget_what_changes(
 
 /// The exporter's size of `ino` on `c` if it is a regular file (asked from the changes thread, so it may wait).
 fn regular_size(rt: &Handle, c: &Conn, ino: u64) -> Option<u64> {
-    let asked = rt.block_on(tokio::time::timeout(Duration::from_secs(5), c.call(Op::Getattr { ino })));
+    // The timer is made inside `block_on`, where the runtime is this thread's.
+    let asked = rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), c.call(Op::Getattr { ino })).await });
     match asked {
         Ok(Ok(Reply::Attr(a))) if a.mode & libc::S_IFMT == libc::S_IFREG => Some(a.size),
         _ => None,
