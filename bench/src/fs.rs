@@ -257,6 +257,19 @@ fn git_repo(dir: &Path, n: usize) -> Result<()> {
 }
 
 /// Seconds `script` takes in the mount's namespace on host 1.
+/// A `dd` of `file` to /dev/null, timed inside the shell that runs it: what starting the shell and entering a
+/// mount's namespaces cost (tens of milliseconds, against a tenth of a second for a warm read of 1 GiB) is not
+/// the filesystem's, and the local read, run without them, would not pay it.
+fn dd_script(file: &str) -> String {
+    format!("s=$(date +%s%N); dd if={file} of=/dev/null bs=1M status=none; e=$(date +%s%N); echo $((e - s))")
+}
+
+/// The seconds a [`dd_script`] printed.
+fn dd_secs(o: &Output) -> Result<f64> {
+    let ns: u64 = text(&o.stdout).parse().with_context(|| format!("dd's time: {:?}", text(&o.stdout)))?;
+    Ok(ns as f64 / 1e9)
+}
+
 fn timed(h: &Host, m: &dyn Mount, script: &str) -> Result<f64> {
     let t = Instant::now();
     sh_in(h, m.pid(), script).with_context(|| format!("{} workload", m.name()))?;
@@ -267,12 +280,13 @@ fn timed(h: &Host, m: &dyn Mount, script: &str) -> Result<f64> {
 /// on a fresh mount with cold caches (as the lab's anchor measures them), then find + cat and git status on a fresh
 /// mount with the exporter's caches warm (the binder's are new with the mount; this machine's disk then weighs
 /// nothing, and what is left is the protocol's).
-fn workloads(h: &Host, m: &mut dyn Mount, tar: &Path, mib: u64, rep: usize) -> Result<[f64; 7]> {
+fn workloads(h: &Host, m: &mut dyn Mount, tar: &Path, mib: u64, rep: usize) -> Result<[f64; 8]> {
     let p = m.path().display().to_string();
     drop_caches()?;
     m.remount()?;
-    let seq = timed(h, m, &format!("dd if={p}/big of=/dev/null bs=1M status=none"))?;
-    let warm = timed(h, m, &format!("dd if={p}/big of=/dev/null bs=1M status=none"))?;
+    let seq = dd_secs(&sh_in(h, m.pid(), &dd_script(&format!("{p}/big")))?)?;
+    let warm = dd_secs(&sh_in(h, m.pid(), &dd_script(&format!("{p}/big")))?)?;
+    let again = dd_secs(&sh_in(h, m.pid(), &dd_script(&format!("{p}/big")))?)?;
     m.remount()?;
     let dest = format!("{p}/untar-{}-{rep}", m.name());
     let untar = timed(h, m, &format!("mkdir {dest} && tar --no-same-owner -xf {} -C {dest}", tar.display()))?;
@@ -295,7 +309,7 @@ fn workloads(h: &Host, m: &mut dyn Mount, tar: &Path, mib: u64, rep: usize) -> R
         mib as f64 / seq,
         mib as f64 / warm
     );
-    Ok([seq, warm, untar, find, git, find_warm, git_warm])
+    Ok([seq, warm, untar, find, git, find_warm, git_warm, again])
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -353,20 +367,24 @@ pub fn run(a: Args) -> Result<()> {
         bail!("local untar: {}", text(&o.stderr));
     }
     let local_untar = t.elapsed().as_secs_f64();
-    // The same `dd` as on the mounts, through `sh`, so that only the filesystem differs.
-    let dd = format!("dd if={} of=/dev/null bs=1M status=none", export.join("big").display());
+    // The same timed `dd` as on the mounts, so that only the filesystem differs.
+    let dd = dd_script(&export.join("big").display().to_string());
     let read_local = || -> Result<f64> {
-        let t = Instant::now();
         let o = std::process::Command::new("sh").args(["-c", &dd]).output()?;
         if !o.status.success() {
             bail!("local read: {}", text(&o.stderr));
         }
-        Ok(t.elapsed().as_secs_f64())
+        dd_secs(&o)
     };
+    // As on the mounts: caches dropped, one cold read, then two re-reads. On a FUSE mount the first re-read after
+    // the cold read is slower than the next (about 300 against 190 ms for 1 GiB here; on ext4 both take 150-170
+    // ms), so both are shown.
+    drop_caches()?;
     read_local()?;
     let local_warm = read_local()?;
+    let local_again = read_local()?;
 
-    let mut runs: Vec<Vec<[f64; 7]>> = vec![vec![], vec![]];
+    let mut runs: Vec<Vec<[f64; 8]>> = vec![vec![], vec![]];
     // The same untar straight onto the exporter's disk, before each mount's: what creating the files costs there,
     // which both mounts pay on top of their own round trips.
     let mut on_disk: Vec<Vec<f64>> = vec![vec![], vec![]];
@@ -388,7 +406,7 @@ pub fn run(a: Args) -> Result<()> {
     println!("tree: {nfiles} files; git checkout: {} files; {} MiB file; median of {}", a.git_files, a.mib, a.reps);
     for (fs, name) in [(0, "metac"), (1, "sshfs")] {
         println!("{name}_seq_read_mib_s: {:.0} MiB/s", mib / m(fs, 0));
-        println!("{name}_warm_reread_mib_s: {:.0} MiB/s", mib / m(fs, 1));
+        println!("{name}_warm_reread_mib_s: {:.0} MiB/s (then {:.0} MiB/s again)", mib / m(fs, 1), mib / m(fs, 7));
         println!("{name}_untar_s: {:.2} s", m(fs, 2));
         println!("{name}_find_cat_s: {:.2} s", m(fs, 3));
         println!("{name}_git_status_s: {:.2} s", m(fs, 4));
@@ -400,14 +418,18 @@ pub fn run(a: Args) -> Result<()> {
         let disk = median(on_disk[fs].clone());
         println!("untar_on_exporter_disk_before_{name}_s: {disk:.2} s (what creating the files costs there)");
     }
-    println!("local_warm_read_mib_s: {:.0} MiB/s", mib / local_warm);
+    println!("local_warm_read_mib_s: {:.0} MiB/s (then {:.0} MiB/s again)", mib / local_warm, mib / local_again);
     println!("ratio_seq_read_metac_over_sshfs: {:.2}x (goal >= 2)", m(1, 0) / m(0, 0));
     println!("ratio_untar_time_metac_over_sshfs: {:.2} (goal <= 0.5)", m(0, 2) / m(1, 2));
     println!("ratio_find_cat_time_metac_over_sshfs: {:.2} (goal <= 0.5)", m(0, 3) / m(1, 3));
     println!("ratio_git_status_time_metac_over_sshfs: {:.2}", m(0, 4) / m(1, 4));
     println!("ratio_find_cat_exporter_warm_time_metac_over_sshfs: {:.2}", m(0, 5) / m(1, 5));
     println!("ratio_git_status_exporter_warm_time_metac_over_sshfs: {:.2}", m(0, 6) / m(1, 6));
-    println!("ratio_warm_reread_time_metac_over_local: {:.2} (goal <= 1.5)", m(0, 1) / local_warm);
+    println!(
+        "ratio_warm_reread_time_metac_over_local: {:.2} the first re-read after the cold read, {:.2} the next (goal <= 1.5)",
+        m(0, 1) / local_warm,
+        m(0, 7) / local_again
+    );
     for (i, who) in [(0, "binding"), (1, "exporting")] {
         println!(
             "{who}_node_rss_with_bind_kib: +{} KiB ({} -> {} KiB; goal <= 10 MiB)",
