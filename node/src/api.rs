@@ -196,7 +196,7 @@ async fn status(State(node): State<Arc<Node>>) -> Answer<StatusView> {
         exports,
         state: node.state_dir().to_string_lossy().into_owned(),
         overlay_status: node.overlay().summary(),
-        transport: node.transport.summary(),
+        transport: node.transport_summary(),
         version: env!("CARGO_PKG_VERSION").into(),
     }))
 }

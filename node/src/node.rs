@@ -243,6 +243,11 @@ impl Node {
         self.overlay.stop();
     }
 
+    /// Where binds' data travels, in a line (`metac status`).
+    pub fn transport_summary(&self) -> String {
+        self.transport.summary()
+    }
+
     /// The overlay: status and guests.
     pub fn overlay(&self) -> &NodeOverlay {
         &self.overlay

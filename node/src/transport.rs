@@ -306,9 +306,13 @@ impl DirectTransport {
         Ok((peer, protocol, Box::new(sealed)))
     }
 
-    /// The binder's side: a direct stream to `node` for `protocol`.
-    async fn connect(&self, node: NodeKey, protocol: &'static str) -> Result<BoxStream, String> {
-        let mut control = self.0.mesh.open(node, CONTROL_PROTOCOL).await.map_err(|e| e.to_string())?;
+    /// The binder's side: a direct stream to `node` for `protocol`. `Ok(Err(..))`: the mesh stream to agree on it
+    /// could not be opened (the node is unreachable, or too old to have a direct port).
+    async fn connect(&self, node: NodeKey, protocol: &'static str) -> Result<Result<BoxStream, Error>, String> {
+        let mut control = match self.0.mesh.open(node, CONTROL_PROTOCOL).await {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(e)),
+        };
         let secret = random::<32>().map_err(|e| e.to_string())?;
         let step = |what: &'static str| move |_| format!("no {what} within {STEP_TIMEOUT:?}");
         let offer = Offer { protocol: protocol.into(), secret };
@@ -348,7 +352,7 @@ impl DirectTransport {
             .await
             .map_err(step("handshake"))?
             .map_err(|e| format!("handshake with {addr}: {e}"))?;
-        Ok(Box::new(sealed))
+        Ok(Ok(Box::new(sealed)))
     }
 
     fn failed_lately(&self, node: &NodeKey) -> bool {
@@ -367,12 +371,21 @@ impl Transport for DirectTransport {
         Box::pin(async move {
             if !self.failed_lately(&node) {
                 match self.connect(node, protocol).await {
-                    Ok(s) => {
+                    Ok(Ok(s)) => {
                         self.0.opened.fetch_add(1, Ordering::Relaxed);
                         return Ok(s);
                     }
+                    // No mesh stream either: unreachable (an exporter restarting, say), which is not a reason to
+                    // leave the direct path once it is back; or an older node, which only the mesh stream tells.
+                    Ok(Err(e)) => {
+                        let s = self.0.mesh.open(node, protocol).await.map_err(|_| e)?;
+                        tracing::info!(%node, "no direct transport there, using mesh streams for {FALLBACK_FOR:?}");
+                        self.0.failed.lock().expect("failed lock").insert(node, Instant::now());
+                        self.0.fell_back.fetch_add(1, Ordering::Relaxed);
+                        return Ok(s);
+                    }
                     Err(e) => {
-                        tracing::info!(%node, "no direct connection, using the mesh stream for {FALLBACK_FOR:?}: {e}");
+                        tracing::info!(%node, "no direct connection, using mesh streams for {FALLBACK_FOR:?}: {e}");
                         self.0.failed.lock().expect("failed lock").insert(node, Instant::now());
                     }
                 }

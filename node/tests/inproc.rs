@@ -427,3 +427,40 @@ async fn many_clients_with_many_requests_share_one_bind_without_a_stall() {
     assert!(std::fs::read(&back).unwrap() == data, "the copy is whole");
     c.stop().await;
 }
+
+/// A node without the direct transport (an older node, or one run with `--no-direct`) is bound over the mesh
+/// stream: the binder's offer finds no `/metac/direct/1` there and falls back by itself, and the bytes are the same.
+/// Between two nodes that have it, binds go direct.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_the_direct_transport_is_bound_over_the_mesh() {
+    let mut c = Cluster::start_configured(3, |i, config| {
+        if i == 0 {
+            config.direct_port = None;
+        }
+    })
+    .await;
+    let (path, data) = c.file("old.img", 256 << 10);
+    let (old, b, d) = (c.nodes[0].n().clone(), c.nodes[1].n().clone(), c.nodes[2].n().clone());
+    let figures = |n: &Node| -> Vec<u64> {
+        let line = n.transport_summary();
+        line.split(|ch: char| !ch.is_ascii_digit()).filter(|s| !s.is_empty()).map(|s| s.parse().unwrap()).collect()
+    };
+    assert_eq!(old.transport_summary(), "mesh streams only (--no-direct)");
+
+    let r = export(&old, &path).await;
+    let sock = socket(&c, "old.sock");
+    let started = b.bind_ref(r, json!({ "socket": sock }), false, &ROOT).unwrap();
+    wait_state(&b, &started.id, "up").await;
+    assert_eq!(read_endpoint(&sock).await.unwrap(), data);
+    let f = figures(&b);
+    assert!(f[1] == 0 && f[2] >= 1, "to the old node: none direct, some over the mesh: {}", b.transport_summary());
+
+    let r = export(&d, &path).await;
+    let sock = socket(&c, "new.sock");
+    let started = b.bind_ref(r, json!({ "socket": sock }), false, &ROOT).unwrap();
+    wait_state(&b, &started.id, "up").await;
+    assert_eq!(read_endpoint(&sock).await.unwrap(), data);
+    assert!(figures(&b)[1] >= 1, "to a new node: direct: {}", b.transport_summary());
+    assert!(figures(&d)[3] >= 1, "accepted direct there: {}", d.transport_summary());
+    c.stop().await;
+}

@@ -82,6 +82,11 @@ impl Cluster {
 
     /// [`Cluster::start`], with the kinds of node `i` given by `kinds(i)` (`None`: this build's kinds).
     pub async fn start_with(n: usize, kinds: impl Fn(usize) -> Option<Vec<Arc<dyn Plugin>>>) -> Cluster {
+        Cluster::start_configured(n, |i, c| c.kinds = kinds(i)).await
+    }
+
+    /// [`Cluster::start`], with node `i`'s configuration changed by `configure(i, config)` before it starts.
+    pub async fn start_configured(n: usize, configure: impl Fn(usize, &mut Config)) -> Cluster {
         // METAC_TEST_LOG=debug (or any tracing filter) shows the nodes' logs.
         if let Ok(f) = std::env::var("METAC_TEST_LOG") {
             let _ = tracing_subscriber::fmt().with_env_filter(f).with_test_writer().try_init();
@@ -102,7 +107,7 @@ impl Cluster {
             config.overlay.enabled = false;
             config.direct_port = Some(0);
             config.clock = Arc::new(clock.clone()) as Arc<dyn Clock>;
-            config.kinds = kinds(i);
+            configure(i, &mut config);
             let cancel = CancellationToken::new();
             let node = Node::start(&config, cancel.clone()).await.expect("node starts");
             let mut n = TestNode { node: Some(node), cancel, config };
