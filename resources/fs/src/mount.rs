@@ -486,8 +486,10 @@ fn forget_what_changes(
     writeback: bool,
 ) -> std::io::Result<()> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(u64, Vec<crate::proto::Change>)>(CHANGES_QUEUED);
-    let current: Arc<std::sync::Mutex<Option<Conn>>> = Arc::default();
-    let (now, rt) = (Arc::clone(&current), Handle::current());
+    // The thread looks at the slot's phase when it needs the connection, through a receiver: holding a connection
+    // (or the slot's sender) itself would keep the connection, its stream and the exporter's side alive after an
+    // unbind, in a cycle through the connection's change channel to this thread.
+    let (now, rt) = (slot.0.subscribe(), Handle::current());
     std::thread::Builder::new().name("metac-fs-changes".into()).spawn(move || {
         while let Some((conn, changes)) = rx.blocking_recv() {
             for c in changes {
@@ -497,7 +499,10 @@ fn forget_what_changes(
                         Some(local) => {
                             let r = notifier.inval_inode(INodeNo(local), 0, 0);
                             if writeback {
-                                let c = now.lock().expect("current conn").clone().filter(|c| c.id() == conn);
+                                let c = match &*now.borrow() {
+                                    Phase::Up(c) if c.id() == conn => Some(c.clone()),
+                                    _ => None,
+                                };
                                 if let Some(size) = c.and_then(|c| regular_size(&rt, &c, ino)) {
                                     let _ = notifier.store(INodeNo(local), size, &[]);
                                 }
@@ -518,7 +523,6 @@ fn forget_what_changes(
     tokio::spawn(async move {
         loop {
             if let Phase::Up(c) = &*phases.borrow_and_update() {
-                *current.lock().expect("current conn") = Some(c.clone());
                 c.tell_changes_to(tx.clone());
             }
             if phases.changed().await.is_err() {
