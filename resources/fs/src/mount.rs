@@ -168,7 +168,9 @@ impl Mount {
             readahead: Arc::clone(&readahead),
             read_only: options.read_only,
             cached: options.cache.clone().filter(|_| options.read_only).map(Cached::new),
+            no_caps: Arc::default(),
         };
+        let no_caps = Arc::clone(&fs.no_caps);
         let session = if !through_fusermount {
             fuser::spawn_mount(fs, path, &config)?
         } else {
@@ -176,7 +178,7 @@ impl Mount {
             let acl = config.acl;
             fuser::Session::from_fd(fs, fd, acl, config)?.spawn()?
         };
-        forget_what_changes(&slot, session.notifier(), inodes, !options.read_only)?;
+        forget_what_changes(&slot, session.notifier(), inodes, !options.read_only, no_caps)?;
         let conn = connection(path);
         if let Some(c) = conn {
             readahead.conn.store(c, Ordering::Release);
@@ -396,6 +398,40 @@ struct Fuse {
     read_only: bool,
     /// Opens served from the content cache, when the mount uses one.
     cached: Option<Cached>,
+    /// Inodes known to have no file capabilities.
+    no_caps: Arc<NoCaps>,
+}
+
+/// The xattr of file capabilities, which the kernel asks for before every write and chown of a file (to drop it).
+const CAPS: &[u8] = b"security.capability";
+
+/// Inodes known to have no `security.capability`, and since when: the kernel asks for it before each write to a file
+/// and each chown (to remove it), two round trips of the six or so an untarred file costs, and the answer is almost
+/// always "none". A file this mount created has none; a "none" from the exporter holds for [`TTL`]. Changes told by
+/// the exporter and xattr changes made here forget it. A stale "none" cannot keep a capability on a changed file:
+/// the exporter's own kernel drops it when the write or chown is done there.
+#[derive(Default)]
+struct NoCaps(std::sync::Mutex<std::collections::HashMap<u64, std::time::Instant>>);
+
+impl NoCaps {
+    /// The most inodes remembered (then all are forgotten at once).
+    const MAX: usize = 1 << 16;
+
+    fn known(&self, ino: u64) -> bool {
+        self.0.lock().expect("no caps").get(&ino).is_some_and(|t| t.elapsed() < TTL)
+    }
+
+    fn note(&self, ino: u64) {
+        let mut m = self.0.lock().expect("no caps");
+        if m.len() >= Self::MAX {
+            m.clear();
+        }
+        m.insert(ino, std::time::Instant::now());
+    }
+
+    fn forget(&self, ino: u64) {
+        self.0.lock().expect("no caps").remove(&ino);
+    }
 }
 
 /// How many times an operation is sent again after the connection it went on broke.
@@ -484,6 +520,7 @@ fn forget_what_changes(
     notifier: fuser::Notifier,
     inodes: Arc<Table>,
     writeback: bool,
+    no_caps: Arc<NoCaps>,
 ) -> std::io::Result<()> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(u64, Vec<crate::proto::Change>)>(CHANGES_QUEUED);
     // The thread looks at the slot's phase when it needs the connection, through a receiver: holding a connection
@@ -497,6 +534,7 @@ fn forget_what_changes(
                 let _ = match c {
                     crate::proto::Change::Inode { ino } => match inodes.local_of(ino, conn) {
                         Some(local) => {
+                            no_caps.forget(local);
                             let r = notifier.inval_inode(INodeNo(local), 0, 0);
                             if writeback {
                                 let c = match &*now.borrow() {
@@ -977,7 +1015,19 @@ impl Filesystem for Fuse {
     fn getxattr(&self, _req: &Request, ino: INodeNo, n: &OsStr, size: u32, reply: ReplyXattr) {
         let name = or_reply!(reply, bounded(n, MAX_XATTR_NAME, Errno::ERANGE));
         let size = size.min(MAX_XATTR as u32);
-        self.call(Op::Getxattr { ino: ino.0, name, size }, xattr(reply));
+        if name != CAPS {
+            return self.call(Op::Getxattr { ino: ino.0, name, size }, xattr(reply));
+        }
+        if self.no_caps.known(ino.0) {
+            return reply.error(Errno::from_i32(libc::ENODATA));
+        }
+        let no_caps = Arc::clone(&self.no_caps);
+        self.call(Op::Getxattr { ino: ino.0, name, size }, move |r| {
+            if matches!(&r, Err(e) if e.code() == libc::ENODATA) {
+                no_caps.note(ino.0);
+            }
+            xattr(reply)(r)
+        });
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
@@ -998,11 +1048,13 @@ impl Filesystem for Fuse {
         if value.len() > MAX_XATTR {
             return reply.error(Errno::E2BIG);
         }
+        self.no_caps.forget(ino.0);
         self.call(Op::Setxattr { ino: ino.0, name, value: value.to_vec(), flags }, empty(reply));
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, n: &OsStr, reply: ReplyEmpty) {
         let name = or_reply!(reply, bounded(n, MAX_XATTR_NAME, Errno::ERANGE));
+        self.no_caps.forget(ino.0);
         self.call(Op::Removexattr { ino: ino.0, name }, empty(reply));
     }
 
@@ -1030,8 +1082,11 @@ impl Filesystem for Fuse {
     fn create(&self, req: &Request, parent: INodeNo, n: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
         let name = or_reply!(reply, name(n));
         let flags = flags & !libc::O_APPEND;
+        let no_caps = Arc::clone(&self.no_caps);
         self.call(Op::Create { parent: parent.0, name, mode, umask, flags, who: who(req) }, move |r| match r {
             Ok(Reply::Created { attr, fh }) => {
+                // A new file has no capabilities (they are never inherited).
+                no_caps.note(attr.ino);
                 reply.created(&TTL, &file_attr(&attr), Generation(0), FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
             }
             Ok(r) => reply.error(unexpected(r)),
@@ -1102,6 +1157,80 @@ mod tests {
         m.unmount().await;
         let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         assert!(!info.contains(mnt.to_str().unwrap()), "unmounted");
+    }
+
+    /// The kernel asks for a file's capabilities before each write and chown (to drop them): a file this mount
+    /// made is known to have none, and a "none" from the exporter is kept for the TTL, so those round trips are
+    /// not made again; an xattr change made here forgets it. Counted by a proxy between the mount and the server.
+    /// Needs root (it mounts); under CI it runs and fails loudly without it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_files_missing_capabilities_are_asked_for_once() {
+        use std::sync::atomic::AtomicUsize;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (_dir, src, mnt) = mount_dirs();
+        std::fs::write(src.join("theirs"), b"made on the exporter\n").unwrap();
+        let root = rustix::fs::open(&src, rustix::fs::OFlags::PATH, rustix::fs::Mode::empty()).unwrap();
+        let server = Arc::new(crate::server::Server::new(root, false).unwrap());
+        let (binder, proxy_in) = tokio::io::duplex(1 << 20);
+        let (proxy_out, exporter) = tokio::io::duplex(1 << 20);
+        let cancel = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(crate::exporter::serve(
+            server,
+            metac_resource::Caller::root(),
+            Box::new(exporter),
+            cancel.clone(),
+        ));
+        let asked = Arc::new(AtomicUsize::new(0));
+        let (mut from_binder, mut to_binder) = tokio::io::split(proxy_in);
+        let (mut from_exporter, mut to_exporter) = tokio::io::split(proxy_out);
+        let count = Arc::clone(&asked);
+        tokio::spawn(async move {
+            while let Ok(Some(body)) = crate::exporter::read_body(&mut from_binder).await {
+                if let Ok(crate::proto::Request { op: Op::Getxattr { name, .. }, .. }) =
+                    crate::proto::decode_request(&body)
+                {
+                    if name == CAPS {
+                        count.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                let len = (body.len() as u32).to_be_bytes();
+                if to_exporter.write_all(&len).await.is_err() || to_exporter.write_all(&body).await.is_err() {
+                    return;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            let mut b = vec![0u8; 1 << 16];
+            while let Ok(n) = from_exporter.read(&mut b).await {
+                if n == 0 || to_binder.write_all(&b[..n]).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let m = Mount::serve(Box::new(binder), &mnt, &Options::default()).unwrap();
+        let sh = |script: String| {
+            tokio::task::spawn_blocking(move || {
+                let out = std::process::Command::new("timeout").args(["30", "sh", "-c", &script]).output().unwrap();
+                assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+            })
+        };
+        let d = mnt.display();
+        // Made here: no round trip for its capabilities, however often it is written and chowned.
+        sh(format!("echo hi > {d}/ours && chown 1:1 {d}/ours && echo more >> {d}/ours && chown 0:0 {d}/ours"))
+            .await
+            .unwrap();
+        assert_eq!(asked.load(Ordering::SeqCst), 0, "a file made here has none");
+        // Made there: asked once, then known for the TTL.
+        sh(format!("echo x >> {d}/theirs && chown 1:1 {d}/theirs && chown 2:2 {d}/theirs")).await.unwrap();
+        assert_eq!(asked.load(Ordering::SeqCst), 1, "asked once");
+        // An xattr set here: asked again.
+        sh(format!("setfattr -n user.note -v 1 {d}/theirs && chown 0:0 {d}/theirs")).await.unwrap();
+        assert_eq!(asked.load(Ordering::SeqCst), 2, "asked again after an xattr change");
+        assert_eq!(std::fs::read(src.join("ours")).unwrap(), b"hi\nmore\n");
+        let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(src.join("theirs")).unwrap());
+        assert_eq!(owner, 0, "the chowns landed");
+        m.unmount().await;
+        cancel.cancel();
     }
 
     /// The exporter restarts (a server with tables of its own, on a new stream) while files are open and inodes
