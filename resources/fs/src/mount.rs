@@ -169,8 +169,9 @@ impl Mount {
             read_only: options.read_only,
             cached: options.cache.clone().filter(|_| options.read_only).map(Cached::new),
             no_caps: Arc::default(),
+            made: Arc::default(),
         };
-        let no_caps = Arc::clone(&fs.no_caps);
+        let (no_caps, made) = (Arc::clone(&fs.no_caps), Arc::clone(&fs.made));
         let session = if !through_fusermount {
             fuser::spawn_mount(fs, path, &config)?
         } else {
@@ -178,7 +179,7 @@ impl Mount {
             let acl = config.acl;
             fuser::Session::from_fd(fs, fd, acl, config)?.spawn()?
         };
-        forget_what_changes(&slot, session.notifier(), inodes, !options.read_only, no_caps)?;
+        forget_what_changes(&slot, session.notifier(), inodes, !options.read_only, no_caps, made)?;
         let conn = connection(path);
         if let Some(c) = conn {
             readahead.conn.store(c, Ordering::Release);
@@ -400,6 +401,57 @@ struct Fuse {
     cached: Option<Cached>,
     /// Inodes known to have no file capabilities.
     no_caps: Arc<NoCaps>,
+    /// Directories this mount made, and the names made in them since.
+    made: Arc<Made>,
+}
+
+/// Directories this mount made, with every name made in them since: a lookup of any other name there is answered
+/// "no such entry" without a round trip. An untar looks up each name before it creates it (the kernel does, for
+/// `open(O_CREAT)` and `mkdir`), one round trip of the few each file costs. A directory is forgotten (and its
+/// lookups go to the exporter again) when the exporter tells of a change in it, when a name in it is removed or
+/// renamed here, when it holds more than [`Made::NAMES`] names, and when the connection changes (the exporter may
+/// have changed anything meanwhile). What a lookup could miss is what the TTL of a negative entry misses already:
+/// a name made on the exporter in the moment before its change is told.
+#[derive(Default)]
+struct Made(std::sync::Mutex<std::collections::HashMap<u64, std::collections::HashSet<Vec<u8>>>>);
+
+impl Made {
+    /// The most directories remembered (then all are forgotten at once).
+    const DIRS: usize = 4096;
+    /// The most names remembered in one directory.
+    const NAMES: usize = 4096;
+
+    fn made_dir(&self, ino: u64) {
+        let mut m = self.0.lock().expect("made");
+        if m.len() >= Self::DIRS {
+            m.clear();
+        }
+        m.insert(ino, Default::default());
+    }
+
+    fn added(&self, dir: u64, name: &[u8]) {
+        let mut m = self.0.lock().expect("made");
+        if let Some(names) = m.get_mut(&dir) {
+            if names.len() >= Self::NAMES {
+                m.remove(&dir);
+            } else {
+                names.insert(name.to_vec());
+            }
+        }
+    }
+
+    /// Whether `name` is surely not in `dir`.
+    fn absent(&self, dir: u64, name: &[u8]) -> bool {
+        self.0.lock().expect("made").get(&dir).is_some_and(|names| !names.contains(name))
+    }
+
+    fn forget(&self, dir: u64) {
+        self.0.lock().expect("made").remove(&dir);
+    }
+
+    fn forget_all(&self) {
+        self.0.lock().expect("made").clear();
+    }
 }
 
 /// The xattr of file capabilities, which the kernel asks for before every write and chown of a file (to drop it).
@@ -521,7 +573,9 @@ fn forget_what_changes(
     inodes: Arc<Table>,
     writeback: bool,
     no_caps: Arc<NoCaps>,
+    made: Arc<Made>,
 ) -> std::io::Result<()> {
+    let made_now = Arc::clone(&made);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(u64, Vec<crate::proto::Change>)>(CHANGES_QUEUED);
     // The thread looks at the slot's phase when it needs the connection, through a receiver: holding a connection
     // (or the slot's sender) itself would keep the connection, its stream and the exporter's side alive after an
@@ -535,6 +589,7 @@ fn forget_what_changes(
                     crate::proto::Change::Inode { ino } => match inodes.local_of(ino, conn) {
                         Some(local) => {
                             no_caps.forget(local);
+                            made.forget(local);
                             let r = notifier.inval_inode(INodeNo(local), 0, 0);
                             if writeback {
                                 let c = match &*now.borrow() {
@@ -550,7 +605,10 @@ fn forget_what_changes(
                         None => Ok(()),
                     },
                     crate::proto::Change::Entry { parent, name } => match inodes.local_of(parent, conn) {
-                        Some(parent) => notifier.inval_entry(INodeNo(parent), OsStr::from_bytes(&name)),
+                        Some(parent) => {
+                            made.forget(parent);
+                            notifier.inval_entry(INodeNo(parent), OsStr::from_bytes(&name))
+                        }
                         None => Ok(()),
                     },
                 };
@@ -561,6 +619,7 @@ fn forget_what_changes(
     tokio::spawn(async move {
         loop {
             if let Phase::Up(c) = &*phases.borrow_and_update() {
+                made_now.forget_all();
                 c.tell_changes_to(tx.clone());
             }
             if phases.changed().await.is_err() {
@@ -766,6 +825,9 @@ impl Filesystem for Fuse {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
         let name = or_reply!(reply, name(n));
+        if self.made.absent(parent.0, &name) {
+            return reply.entry(&TTL, &no_entry(), Generation(0));
+        }
         self.call(Op::Lookup { parent: parent.0, name }, move |r| match r {
             // A name that is not there is cached as such for the TTL (an entry with inode 0), as a name that is:
             // the many lookups of missing names (a compiler's search path, git's .gitignore in every directory)
@@ -811,28 +873,44 @@ impl Filesystem for Fuse {
 
     fn mkdir(&self, req: &Request, parent: INodeNo, n: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         let name = or_reply!(reply, name(n));
-        self.call(Op::Mkdir { parent: parent.0, name, mode, umask, who: who(req) }, entry(reply));
+        let made = Arc::clone(&self.made);
+        let op = Op::Mkdir { parent: parent.0, name: name.clone(), mode, umask, who: who(req) };
+        self.call(op, move |r| {
+            match &r {
+                Ok(Reply::Entry(a)) => {
+                    made.added(parent.0, &name);
+                    made.made_dir(a.ino);
+                }
+                // Not made (EEXIST: a name made elsewhere that this side did not know of): ask again from now on.
+                _ => made.forget(parent.0),
+            }
+            entry(reply)(r)
+        });
     }
 
     fn mknod(&self, req: &Request, parent: INodeNo, n: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
         let name = or_reply!(reply, name(n));
         let op = Op::Mknod { parent: parent.0, name, mode, umask, rdev: rdev.into(), who: who(req) };
+        self.made.forget(parent.0);
         self.call(op, entry(reply));
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
         let name = or_reply!(reply, name(n));
+        self.made.forget(parent.0);
         self.call(Op::Unlink { parent: parent.0, name }, empty(reply));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
         let name = or_reply!(reply, name(n));
+        self.made.forget(parent.0);
         self.call(Op::Rmdir { parent: parent.0, name }, empty(reply));
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, n: &OsStr, target: &Path, reply: ReplyEntry) {
         let name = or_reply!(reply, name(n));
         let target = or_reply!(reply, bounded(target.as_os_str(), MAX_TARGET, Errno::ENAMETOOLONG));
+        self.made.forget(parent.0);
         self.call(Op::Symlink { parent: parent.0, name, target, who: who(req) }, entry(reply));
     }
 
@@ -847,12 +925,15 @@ impl Filesystem for Fuse {
         reply: ReplyEmpty,
     ) {
         let (name, newname) = (or_reply!(reply, name(n)), or_reply!(reply, name(newname)));
+        self.made.forget(parent.0);
+        self.made.forget(newparent.0);
         let op = Op::Rename { parent: parent.0, name, newparent: newparent.0, newname, flags: flags.bits() };
         self.call(op, empty(reply));
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
         let newname = or_reply!(reply, name(newname));
+        self.made.forget(newparent.0);
         self.call(Op::Link { ino: ino.0, newparent: newparent.0, newname }, entry(reply));
     }
 
@@ -1082,15 +1163,20 @@ impl Filesystem for Fuse {
     fn create(&self, req: &Request, parent: INodeNo, n: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
         let name = or_reply!(reply, name(n));
         let flags = flags & !libc::O_APPEND;
-        let no_caps = Arc::clone(&self.no_caps);
-        self.call(Op::Create { parent: parent.0, name, mode, umask, flags, who: who(req) }, move |r| match r {
+        let (no_caps, made) = (Arc::clone(&self.no_caps), Arc::clone(&self.made));
+        let op = Op::Create { parent: parent.0, name: name.clone(), mode, umask, flags, who: who(req) };
+        self.call(op, move |r| match r {
             Ok(Reply::Created { attr, fh }) => {
+                made.added(parent.0, &name);
                 // A new file has no capabilities (they are never inherited).
                 no_caps.note(attr.ino);
                 reply.created(&TTL, &file_attr(&attr), Generation(0), FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
             }
             Ok(r) => reply.error(unexpected(r)),
-            Err(e) => reply.error(e),
+            Err(e) => {
+                made.forget(parent.0);
+                reply.error(e)
+            }
         });
     }
 }
@@ -1159,17 +1245,15 @@ mod tests {
         assert!(!info.contains(mnt.to_str().unwrap()), "unmounted");
     }
 
-    /// The kernel asks for a file's capabilities before each write and chown (to drop them): a file this mount
-    /// made is known to have none, and a "none" from the exporter is kept for the TTL, so those round trips are
-    /// not made again; an xattr change made here forgets it. Counted by a proxy between the mount and the server.
-    /// Needs root (it mounts); under CI it runs and fails loudly without it.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_files_missing_capabilities_are_asked_for_once() {
-        use std::sync::atomic::AtomicUsize;
+    /// `src` served over an in-memory stream through a proxy that counts the binder's requests `counted` picks, and
+    /// mounted at `mnt`: the mount, what ends the serving side, and the count.
+    fn served_counting(
+        src: &Path,
+        mnt: &Path,
+        counted: fn(&Op) -> bool,
+    ) -> (Mount, tokio_util::sync::CancellationToken, Arc<std::sync::atomic::AtomicUsize>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (_dir, src, mnt) = mount_dirs();
-        std::fs::write(src.join("theirs"), b"made on the exporter\n").unwrap();
-        let root = rustix::fs::open(&src, rustix::fs::OFlags::PATH, rustix::fs::Mode::empty()).unwrap();
+        let root = rustix::fs::open(src, rustix::fs::OFlags::PATH, rustix::fs::Mode::empty()).unwrap();
         let server = Arc::new(crate::server::Server::new(root, false).unwrap());
         let (binder, proxy_in) = tokio::io::duplex(1 << 20);
         let (proxy_out, exporter) = tokio::io::duplex(1 << 20);
@@ -1180,18 +1264,14 @@ mod tests {
             Box::new(exporter),
             cancel.clone(),
         ));
-        let asked = Arc::new(AtomicUsize::new(0));
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (mut from_binder, mut to_binder) = tokio::io::split(proxy_in);
         let (mut from_exporter, mut to_exporter) = tokio::io::split(proxy_out);
-        let count = Arc::clone(&asked);
+        let n = Arc::clone(&count);
         tokio::spawn(async move {
             while let Ok(Some(body)) = crate::exporter::read_body(&mut from_binder).await {
-                if let Ok(crate::proto::Request { op: Op::Getxattr { name, .. }, .. }) =
-                    crate::proto::decode_request(&body)
-                {
-                    if name == CAPS {
-                        count.fetch_add(1, Ordering::SeqCst);
-                    }
+                if crate::proto::decode_request(&body).is_ok_and(|r| counted(&r.op)) {
+                    n.fetch_add(1, Ordering::SeqCst);
                 }
                 let len = (body.len() as u32).to_be_bytes();
                 if to_exporter.write_all(&len).await.is_err() || to_exporter.write_all(&body).await.is_err() {
@@ -1207,28 +1287,75 @@ mod tests {
                 }
             }
         });
-        let m = Mount::serve(Box::new(binder), &mnt, &Options::default()).unwrap();
-        let sh = |script: String| {
-            tokio::task::spawn_blocking(move || {
-                let out = std::process::Command::new("timeout").args(["30", "sh", "-c", &script]).output().unwrap();
-                assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
-            })
-        };
+        (Mount::serve(Box::new(binder), mnt, &Options::default()).unwrap(), cancel, count)
+    }
+
+    /// `sh -c script` on a blocking thread, which must succeed.
+    async fn sh_ok(script: String) {
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new("timeout").args(["30", "sh", "-c", &script]).output().unwrap();
+            assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+        })
+        .await
+        .unwrap();
+    }
+
+    /// The kernel asks for a file's capabilities before each write and chown (to drop them): a file this mount
+    /// made is known to have none, and a "none" from the exporter is kept for the TTL, so those round trips are
+    /// not made again; an xattr change made here forgets it. Needs root (it mounts); under CI it runs and fails
+    /// loudly without it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_files_missing_capabilities_are_asked_for_once() {
+        let (_dir, src, mnt) = mount_dirs();
+        std::fs::write(src.join("theirs"), b"made on the exporter\n").unwrap();
+        let (m, cancel, asked) =
+            served_counting(&src, &mnt, |op| matches!(op, Op::Getxattr { name, .. } if name == CAPS));
         let d = mnt.display();
         // Made here: no round trip for its capabilities, however often it is written and chowned.
-        sh(format!("echo hi > {d}/ours && chown 1:1 {d}/ours && echo more >> {d}/ours && chown 0:0 {d}/ours"))
-            .await
-            .unwrap();
+        sh_ok(format!("echo hi > {d}/ours && chown 1:1 {d}/ours && echo more >> {d}/ours && chown 0:0 {d}/ours")).await;
         assert_eq!(asked.load(Ordering::SeqCst), 0, "a file made here has none");
         // Made there: asked once, then known for the TTL.
-        sh(format!("echo x >> {d}/theirs && chown 1:1 {d}/theirs && chown 2:2 {d}/theirs")).await.unwrap();
+        sh_ok(format!("echo x >> {d}/theirs && chown 1:1 {d}/theirs && chown 2:2 {d}/theirs")).await;
         assert_eq!(asked.load(Ordering::SeqCst), 1, "asked once");
         // An xattr set here: asked again.
-        sh(format!("setfattr -n user.note -v 1 {d}/theirs && chown 0:0 {d}/theirs")).await.unwrap();
+        sh_ok(format!("setfattr -n user.note -v 1 {d}/theirs && chown 0:0 {d}/theirs")).await;
         assert_eq!(asked.load(Ordering::SeqCst), 2, "asked again after an xattr change");
         assert_eq!(std::fs::read(src.join("ours")).unwrap(), b"hi\nmore\n");
         let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(src.join("theirs")).unwrap());
         assert_eq!(owner, 0, "the chowns landed");
+        m.unmount().await;
+        cancel.cancel();
+    }
+
+    /// In a directory this mount made, names it did not make are known to be missing: an untar-like run of creates
+    /// looks nothing up. A name made there on the exporter is seen once its change is told, and a removal here
+    /// makes lookups go out again. Needs root (it mounts); under CI it runs and fails loudly without it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn names_in_a_directory_the_mount_made_are_not_looked_up() {
+        let (_dir, src, mnt) = mount_dirs();
+        let (m, cancel, lookups) = served_counting(&src, &mnt, |op| matches!(op, Op::Lookup { .. }));
+        let d = mnt.display();
+        sh_ok(format!("mkdir {d}/new && for i in $(seq 50); do echo $i > {d}/new/f$i; done && mkdir {d}/new/sub"))
+            .await;
+        sh_ok(format!("echo deep > {d}/new/sub/g && cat {d}/new/f7")).await;
+        let n = lookups.load(Ordering::SeqCst);
+        assert!(n <= 1, "one lookup (of `new` in the root) for 52 names made: {n}");
+        assert_eq!(std::fs::read(src.join("new/sub/g")).unwrap(), b"deep\n");
+        // Made on the exporter: seen through the mount once the exporter has told of it.
+        std::fs::write(src.join("new/theirs"), b"from the exporter\n").unwrap();
+        let mut seen = false;
+        for _ in 0..50 {
+            if std::fs::read(mnt.join("new/theirs")).is_ok_and(|b| b == b"from the exporter\n") {
+                seen = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(seen, "a name made on the exporter is found");
+        // A removal here: lookups in that directory go to the exporter again.
+        let before = lookups.load(Ordering::SeqCst);
+        sh_ok(format!("rm {d}/new/sub/g && ls {d}/new/sub/nothing-here 2>/dev/null; true")).await;
+        assert!(lookups.load(Ordering::SeqCst) > before, "looked up again after a removal");
         m.unmount().await;
         cancel.cancel();
     }
