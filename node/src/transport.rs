@@ -378,6 +378,10 @@ impl Transport for DirectTransport {
                     // No mesh stream either: unreachable (an exporter restarting, say), which is not a reason to
                     // leave the direct path once it is back; or an older node, which only the mesh stream tells.
                     Ok(Err(e)) => {
+                        // Not connected: unreachable, and a second dial would only double the wait.
+                        if !self.0.mesh.0.is_connected(node).await {
+                            return Err(e);
+                        }
                         let s = self.0.mesh.open(node, protocol).await.map_err(|_| e)?;
                         tracing::info!(%node, "no direct transport there, using mesh streams for {FALLBACK_FOR:?}");
                         self.0.failed.lock().expect("failed lock").insert(node, Instant::now());

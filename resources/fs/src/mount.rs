@@ -564,9 +564,10 @@ const CHANGES_QUEUED: usize = 64;
 ///
 /// With writeback caching (`writeback`, a writable mount) the kernel keeps its own size of a regular file and never
 /// takes the exporter's (`fuse_get_cache_mask`), so a file that grew on the exporter would read cut at its old end.
-/// For a changed regular file the thread asks the exporter for its size and stores zero bytes there
-/// (`FUSE_NOTIFY_STORE`), which moves the kernel's size up to it; a size below the kernel's changes nothing, so
-/// data the binder wrote and the kernel has not sent yet is not cut.
+/// For a changed regular file the thread asks the exporter for its size and last byte, and stores that byte
+/// (`FUSE_NOTIFY_STORE`), which moves the kernel's size up to the exporter's (a store of nothing would not: the
+/// kernel moves the size only for bytes stored); a size below the kernel's changes nothing, so data the binder
+/// wrote and the kernel has not sent yet is not cut.
 fn forget_what_changes(
     slot: &Slot,
     notifier: fuser::Notifier,
@@ -596,8 +597,8 @@ fn forget_what_changes(
                                     Phase::Up(c) if c.id() == conn => Some(c.clone()),
                                     _ => None,
                                 };
-                                if let Some(size) = c.and_then(|c| regular_size(&rt, &c, ino)) {
-                                    let _ = notifier.store(INodeNo(local), size, &[]);
+                                if let Some((size, last)) = c.and_then(|c| last_byte(&rt, &c, ino)) {
+                                    let _ = notifier.store(INodeNo(local), size - 1, &[last]);
                                 }
                             }
                             r
@@ -630,14 +631,24 @@ fn forget_what_changes(
     Ok(())
 }
 
-/// The exporter's size of `ino` on `c` if it is a regular file (asked from the changes thread, so it may wait).
-fn regular_size(rt: &Handle, c: &Conn, ino: u64) -> Option<u64> {
-    // The timer is made inside `block_on`, where the runtime is this thread's.
-    let asked = rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), c.call(Op::Getattr { ino })).await });
-    match asked {
-        Ok(Ok(Reply::Attr(a))) if a.mode & libc::S_IFMT == libc::S_IFREG => Some(a.size),
-        _ => None,
-    }
+/// The exporter's size of `ino` on `c` and its last byte, if it is a regular file that is not empty (asked from
+/// the changes thread, so it may wait; three round trips, for files that changed on the exporter only).
+fn last_byte(rt: &Handle, c: &Conn, ino: u64) -> Option<(u64, u8)> {
+    // The timers are made inside `block_on`, where the runtime is this thread's.
+    rt.block_on(async {
+        let ask = |op| tokio::time::timeout(Duration::from_secs(5), c.call(op));
+        let size = match ask(Op::Getattr { ino }).await {
+            Ok(Ok(Reply::Attr(a))) if a.mode & libc::S_IFMT == libc::S_IFREG && a.size > 0 => a.size,
+            _ => return None,
+        };
+        let Ok(Ok(Reply::Opened { fh })) = ask(Op::Open { ino, flags: libc::O_RDONLY }).await else { return None };
+        let read = ask(Op::Read { fh, offset: size - 1, size: 1 }).await;
+        let _ = ask(Op::Release { fh }).await;
+        match read {
+            Ok(Ok(Reply::Data(d))) if d.len() == 1 => Some((size, d[0])),
+            _ => None,
+        }
+    })
 }
 
 /// Forgets `n` lookups of inode `ino`, telling the exporter once the kernel holds none.
