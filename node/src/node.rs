@@ -222,7 +222,8 @@ impl Node {
     /// Stops everything: this node's binds and the binds it serves are cut, exports closed, the mesh task ends,
     /// peers are remembered.
     pub async fn shutdown(&self) {
-        self.remember_peers(0).await;
+        // Bounded: the mesh may be stopping at the same moment (the same signal stops both).
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.remember_peers(0)).await;
         self.binds.stop_all().await;
         self.served.cut_all();
         self.cancel.cancel();

@@ -384,6 +384,9 @@ impl Driver {
             }
             self.drain_actions();
         }
+        // Callers waiting on a command hear "stopped" now, not once the swarm has been dropped (which closes every
+        // connection and may take a while): a node's shutdown asks the mesh for its peers as the mesh stops.
+        drop(commands);
         tracing::debug!("mesh task stopped");
     }
 
