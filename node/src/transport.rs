@@ -382,17 +382,13 @@ impl Transport for DirectTransport {
                         if !self.0.mesh.0.is_connected(node).await {
                             return Err(e);
                         }
-                        let s = self.0.mesh.open(node, protocol).await.map_err(|_| e)?;
                         tracing::info!(%node, "no direct transport there, using mesh streams for {FALLBACK_FOR:?}");
-                        self.0.failed.lock().expect("failed lock").insert(node, Instant::now());
-                        self.0.fell_back.fetch_add(1, Ordering::Relaxed);
-                        return Ok(s);
                     }
                     Err(e) => {
                         tracing::info!(%node, "no direct connection, using mesh streams for {FALLBACK_FOR:?}: {e}");
-                        self.0.failed.lock().expect("failed lock").insert(node, Instant::now());
                     }
                 }
+                self.0.failed.lock().expect("failed lock").insert(node, Instant::now());
             }
             let s = self.0.mesh.open(node, protocol).await?;
             self.0.fell_back.fetch_add(1, Ordering::Relaxed);
