@@ -148,6 +148,8 @@ pub async fn serve(
             };
             if inline && req.op.is_quick() {
                 answer(&wr, Response { id: req.id, result: server.handle(req.op) }).await?;
+            } else if let Some(result) = inline.then(|| server.handle_now(&req.op)).flatten() {
+                answer(&wr, Response { id: req.id, result }).await?;
             } else if req_tx.send(req).await.is_err() {
                 return Err(Error::Protocol("the fs workers stopped".into()));
             }
@@ -197,7 +199,7 @@ async fn tell_changes(server: &Server, wr: &Writer) -> Result<(), Error> {
 /// Writes one answer; the data it carried goes back to the buffer pool.
 async fn answer(wr: &Writer, resp: Response) -> Result<(), Error> {
     let r = crate::buffers::write_frame(&mut *wr.lock().await, &resp).await;
-    if let Ok(proto::Reply::Data(d)) = resp.result {
+    if let Ok(proto::Reply::Data(d) | proto::Reply::OpenedWith { data: d, .. }) = resp.result {
         crate::buffers::give(d);
     }
     r

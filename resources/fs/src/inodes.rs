@@ -88,6 +88,7 @@ fn numbers(op: &mut Op) -> ([Option<&mut u64>; 2], Option<&mut u64>) {
         | Op::Readdir { ino, .. }
         | Op::ReaddirPlus { ino, .. }
         | Op::Open { ino, .. }
+        | Op::OpenRead { ino, .. }
         | Op::Readlink { ino }
         | Op::Statfs { ino }
         | Op::Getxattr { ino, .. }
@@ -360,6 +361,10 @@ impl Table {
             (Op::Open { flags, .. }, Ok(Reply::Opened { fh })) => {
                 let fh = s.opened(fh, parent, *flags, conn);
                 Ok(Reply::Opened { fh })
+            }
+            (Op::OpenRead { flags, .. }, Ok(Reply::OpenedWith { fh, whole, data })) => {
+                let fh = s.opened(fh, parent, *flags, conn);
+                Ok(Reply::OpenedWith { fh, whole, data })
             }
             (Op::Getattr { .. } | Op::Setattr { .. }, Ok(Reply::Attr(mut a))) => {
                 a.ino = parent;

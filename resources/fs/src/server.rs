@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 
 use rustix::fs::inotify::{self, WatchFlags};
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, RenameFlags, ResolveFlags, Stat, Timespec, Timestamps};
-use rustix::io::Errno;
+use rustix::io::{Errno, ReadWriteFlags};
 
 use crate::digest::Digests;
 use crate::proto::{
@@ -217,7 +217,10 @@ impl Server {
 
     /// Does one operation.
     pub fn handle(&self, op: Op) -> Result<Reply> {
-        if self.read_only && (op.writes() || matches!(op, Op::Open { flags, .. } if opens_for_writing(flags))) {
+        if self.read_only
+            && (op.writes()
+                || matches!(op, Op::Open { flags, .. } | Op::OpenRead { flags, .. } if opens_for_writing(flags)))
+        {
             return Err(libc::EROFS);
         }
         if !self.admin && op.takes_admin() {
@@ -289,6 +292,9 @@ impl Server {
             Op::Readdir { ino, offset } => self.readdir(ino, offset).map(Reply::Dir),
             Op::ReaddirPlus { ino, offset, size } => self.readdir_plus(ino, offset, size).map(Reply::DirPlus),
             Op::Open { ino, flags } => self.open(ino, flags).map(|fh| Reply::Opened { fh }),
+            Op::OpenRead { ino, flags, max } => {
+                self.open_read(ino, flags, max, false).expect("one that may wait answers")
+            }
             Op::Read { fh, offset, size } => {
                 let data = self.read(fh, offset, size)?;
                 self.digests.count_served(data.len() as u64);
@@ -394,19 +400,7 @@ impl Server {
                 if datasync { rustix::fs::fdatasync(&*f) } else { rustix::fs::fsync(&*f) }.map_err(errno)?;
                 Ok(Reply::Empty)
             }
-            Op::Release { fh } => {
-                let mut t = self.files.lock().expect("files");
-                let f = t.open.remove(&fh).ok_or(libc::EBADF)?;
-                if f.writes {
-                    if let Some(n) = t.writers.get_mut(&f.ino) {
-                        *n -= 1;
-                        if *n == 0 {
-                            t.writers.remove(&f.ino);
-                        }
-                    }
-                }
-                Ok(Reply::Empty)
-            }
+            Op::Release { fh } => self.release(fh).map(|()| Reply::Empty),
             Op::Getxattr { ino, name, size } => {
                 let (path, name) = (self.xattr_path(ino, XattrUse::Read)?.ok_or(libc::ENODATA)?, xattr_name(&name)?);
                 if size == 0 {
@@ -747,6 +741,96 @@ impl Server {
             r => r,
         }?;
         self.keep_open(f, ino, flags)
+    }
+
+    fn release(&self, fh: u64) -> Result<()> {
+        let mut t = self.files.lock().expect("files");
+        let f = t.open.remove(&fh).ok_or(libc::EBADF)?;
+        if f.writes {
+            if let Some(n) = t.writers.get_mut(&f.ino) {
+                *n -= 1;
+                if *n == 0 {
+                    t.writers.remove(&f.ino);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Op::OpenRead`]: the file opened, and read whole if it is a regular file of at most `max` bytes (its
+    /// size taken from the open file, so a file replaced meanwhile is read as what was opened). With `now`, only
+    /// if that needs no waiting on the disk (the content is in the page cache): `None` if it would wait.
+    fn open_read(&self, ino: u64, flags: i32, max: u32, now: bool) -> Option<Result<Reply>> {
+        if opens_for_writing(flags) {
+            return if now { None } else { Some(Err(libc::EINVAL)) };
+        }
+        let fh = match self.open(ino, flags) {
+            Ok(fh) => fh,
+            Err(_) if now => return None,
+            Err(e) => return Some(Err(e)),
+        };
+        let st = match self.file(fh).and_then(|f| stat(&*f)) {
+            Ok(st) => st,
+            Err(e) => {
+                let _ = self.release(fh);
+                return (!now).then_some(Err(e));
+            }
+        };
+        let size = st.st_size as u64;
+        if !matches!(file_type(&st), FileType::RegularFile) || size > u64::from(max) {
+            return Some(Ok(Reply::OpenedWith { fh, whole: false, data: Vec::new() }));
+        }
+        // One byte more than the size: a file that grew since the stat reads longer, and is not sent cut.
+        let want = (size + 1).min(u64::from(max)) as u32;
+        let read = if now { self.read_cached(fh, want, size) } else { Some(self.read(fh, 0, want)) };
+        match read {
+            Some(Ok(data)) if data.len() as u64 <= size => {
+                self.digests.count_served(data.len() as u64);
+                Some(Ok(Reply::OpenedWith { fh, whole: true, data }))
+            }
+            Some(Ok(data)) => {
+                crate::buffers::give(data);
+                Some(Ok(Reply::OpenedWith { fh, whole: false, data: Vec::new() }))
+            }
+            Some(Err(e)) => {
+                let _ = self.release(fh);
+                Some(Err(e))
+            }
+            None => {
+                let _ = self.release(fh);
+                None
+            }
+        }
+    }
+
+    /// The first `want` bytes of open file `fh` (of `size` bytes when stated), if the page cache holds them all:
+    /// `None` if reading them would wait on the disk (or the filesystem cannot say).
+    fn read_cached(&self, fh: u64, want: u32, size: u64) -> Option<Result<Vec<u8>>> {
+        let f = self.file(fh).ok()?;
+        let mut buf = crate::buffers::take(want as usize);
+        buf.resize(want as usize, 0);
+        let got = rustix::io::preadv2(&*f, &mut [std::io::IoSliceMut::new(&mut buf)], 0, ReadWriteFlags::NOWAIT);
+        match got {
+            // All asked, or all there is: a short read that is not the end is a part not cached.
+            Ok(n) if n == want as usize || n as u64 == size => {
+                buf.truncate(n);
+                Some(Ok(buf))
+            }
+            _ => {
+                crate::buffers::give(buf);
+                None
+            }
+        }
+    }
+
+    /// Does `op` on the spot if it needs no waiting on IO (an [`Op::OpenRead`] of a file whose content is in the
+    /// page cache, which otherwise waits for a worker, a hand-over between threads that costs about what the
+    /// rest of the round trip does); `None`: it is for a worker.
+    pub fn handle_now(&self, op: &Op) -> Option<Result<Reply>> {
+        match *op {
+            Op::OpenRead { ino, flags, max } => self.open_read(ino, flags, max, true),
+            _ => None,
+        }
     }
 
     fn create(&self, parent: u64, name: &[u8], mode: u32, flags: i32, who: Who) -> Result<Reply> {

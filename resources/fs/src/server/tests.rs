@@ -547,3 +547,44 @@ fn changes_by_others_are_told_and_the_binders_own_are_not() {
     }
     assert_eq!(s.changes(), [], "each is told once");
 }
+
+#[test]
+fn a_small_file_is_read_whole_with_its_open_and_a_larger_one_is_not() {
+    let lab = Lab::new();
+    std::fs::write(lab.export().join("small"), b"small file").unwrap();
+    std::fs::write(lab.export().join("empty"), b"").unwrap();
+    std::fs::write(lab.export().join("large"), vec![7u8; 100]).unwrap();
+    std::fs::create_dir(lab.export().join("dir")).unwrap();
+    let s = lab.server(false);
+    let ino = |name| lookup(&s, ROOT, name).unwrap().ino;
+    let (small, empty, large, dir) = (ino("small"), ino("empty"), ino("large"), ino("dir"));
+    let open_read = |ino, flags, max| s.handle(Op::OpenRead { ino, flags, max });
+    for (ino, content) in [(small, &b"small file"[..]), (empty, b"")] {
+        // On the spot (the file is in the page cache, just written) and by a worker alike.
+        let now = s.handle_now(&Op::OpenRead { ino, flags: libc::O_RDONLY, max: 64 });
+        for r in [now.expect("cached: answered on the spot"), open_read(ino, libc::O_RDONLY, 64)] {
+            let Ok(Reply::OpenedWith { fh, whole: true, data }) = r else { panic!("{r:?}") };
+            assert_eq!(data, content);
+            s.handle(Op::Release { fh }).unwrap();
+        }
+    }
+    // Larger than asked, or not a regular file: opened, nothing read.
+    for (ino, flags) in [(large, libc::O_RDONLY), (dir, libc::O_RDONLY | libc::O_DIRECTORY)] {
+        let r = open_read(ino, flags, 64);
+        let Ok(Reply::OpenedWith { fh, whole: false, data }) = r else { panic!("{r:?}") };
+        assert!(data.is_empty());
+        s.handle(Op::Release { fh }).unwrap();
+    }
+    // Exactly as large as asked: whole.
+    let Ok(Reply::OpenedWith { fh, whole: true, data }) = open_read(large, libc::O_RDONLY, 100) else { panic!() };
+    assert_eq!(data.len(), 100);
+    s.handle(Op::Release { fh }).unwrap();
+    // Never for writing: EINVAL here, EROFS on a read-only export, and never on the spot.
+    for flags in [libc::O_WRONLY, libc::O_RDWR, libc::O_RDONLY | libc::O_TRUNC] {
+        assert_eq!(open_read(small, flags, 64), Err(libc::EINVAL), "{flags:#o}");
+        assert!(s.handle_now(&Op::OpenRead { ino: small, flags, max: 64 }).is_none());
+        assert_eq!(lab.server(true).handle(Op::OpenRead { ino: ROOT, flags, max: 64 }), Err(libc::EROFS));
+    }
+    assert_eq!(std::fs::read(lab.export().join("small")).unwrap(), b"small file", "nothing truncated");
+    assert_eq!(s.held().1, 0, "every handle released");
+}
