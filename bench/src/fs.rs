@@ -24,8 +24,9 @@ pub struct Args {
     /// Files in the git checkout whose `git status` is timed
     #[arg(long, default_value_t = 5000)]
     git_files: usize,
-    /// Runs of each workload on each filesystem (the median is printed)
-    #[arg(long, default_value_t = 1)]
+    /// Runs of each workload on each filesystem, the two filesystems in turn (the median is printed: on a shared
+    /// machine, runs of the same workload differ by 2x and more)
+    #[arg(long, default_value_t = 3)]
     reps: usize,
     /// Seconds both nodes idle with the bind up before their resident memory is read again (past the node's
     /// minute-ly trim of freed memory)
