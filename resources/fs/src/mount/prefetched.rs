@@ -95,15 +95,16 @@ impl Prefetched {
     /// `ino` changed (written here, or on the exporter): what was read of it is no longer its content.
     pub(super) fn changed(&self, ino: u64) {
         let mut h = self.held.lock().expect("prefetched");
-        if h.files.values().all(|f| f.ino != ino) {
-            return;
-        }
-        let gone: Vec<u64> = h.files.iter().filter(|(_, f)| f.ino == ino).map(|(fh, _)| *fh).collect();
-        for fh in gone {
-            let f = h.files.remove(&fh).expect("there");
-            h.bytes -= f.data.len();
-            crate::buffers::give(f.data);
-        }
+        let mut freed = 0;
+        h.files.retain(|_, f| {
+            if f.ino != ino {
+                return true;
+            }
+            freed += f.data.len();
+            crate::buffers::give(std::mem::take(&mut f.data));
+            false
+        });
+        h.bytes -= freed;
     }
 }
 

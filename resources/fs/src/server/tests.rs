@@ -449,7 +449,12 @@ fn fifos_and_devices_in_the_export_are_never_opened_by_the_exporter() {
         for flags in [libc::O_RDONLY, libc::O_WRONLY, libc::O_RDWR | libc::O_NONBLOCK] {
             assert_eq!(open(&s, made.ino, flags), Err(libc::ENXIO), "{name} {flags:#o}");
         }
+        // Nor by an open that reads too: not on the spot, where a blocking open would hold the stream's reader.
+        let read = Op::OpenRead { ino: made.ino, flags: libc::O_RDONLY, max: 1 << 17 };
+        assert!(s.handle_now(&read).is_none(), "{name}: left to a worker");
+        assert_eq!(s.handle(read), Err(libc::ENXIO), "{name}");
     }
+    assert_eq!(s.held().1, 0, "nothing left open");
 }
 
 #[test]
