@@ -20,8 +20,73 @@ use crate::proto::{self, Change, Op, Reply, MAX_IN_FLIGHT};
 
 type Answer = oneshot::Sender<Result<Reply, i32>>;
 
-/// Requests sent and not answered yet; `None` once the connection is gone.
-type Waiting = Arc<Mutex<Option<HashMap<u64, Answer>>>>;
+/// Requests sent and not answered yet, each with where it was first sent ([`Origin`]); `None` once the connection
+/// is gone.
+type Waiting = Arc<Mutex<Option<HashMap<u64, (Answer, Origin)>>>>;
+
+/// Where a request was first sent: the connection's [`Conn::id`] and its request id there. Origins order requests
+/// as they first left (connection ids grow), whichever connection they went on again.
+pub type Origin = (u64, u64);
+
+/// The requests of broken connections still to be sent again, by [`Origin`]: each is sent again only once those
+/// before it have been (or given up), and nothing new is sent before all have. An exporter that orders what
+/// arrives on an inode ([`proto::ORDERED`]) then sees it in the order the binder's kernel made it, across the
+/// break too: a write answered ahead (write-behind) is not overtaken by the `utimensat` or the newer write of the
+/// same page that followed it.
+#[derive(Default)]
+pub struct Replay {
+    lost: Mutex<std::collections::BTreeSet<Origin>>,
+    any: std::sync::atomic::AtomicBool,
+    changed: tokio::sync::Notify,
+}
+
+impl Replay {
+    fn lose(&self, origins: impl Iterator<Item = Origin>) {
+        let mut lost = self.lost.lock().expect("lost");
+        lost.extend(origins);
+        self.any.store(!lost.is_empty(), std::sync::atomic::Ordering::Release);
+    }
+
+    /// Waits until `me` is the first request still to be sent again (at once if it is not one), or with `None`
+    /// (a request sent for the first time) until none is left.
+    pub async fn turn(&self, me: Option<Origin>) {
+        if me.is_none() && !self.any.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            {
+                let lost = self.lost.lock().expect("lost");
+                let now = match me {
+                    Some(me) => lost.first() == Some(&me) || !lost.contains(&me),
+                    None => lost.is_empty(),
+                };
+                if now {
+                    return;
+                }
+            }
+            changed.await;
+        }
+    }
+
+    /// `me` has been sent again, or given up: the next may go.
+    pub fn settle(&self, me: Origin) {
+        let mut lost = self.lost.lock().expect("lost");
+        if lost.remove(&me) {
+            self.any.store(!lost.is_empty(), std::sync::atomic::Ordering::Release);
+            drop(lost);
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Requests still to be sent again (for tests).
+    #[cfg(test)]
+    pub(crate) fn left(&self) -> usize {
+        self.lost.lock().expect("lost").len()
+    }
+}
 
 /// A [`proto::Request`] of a borrowed operation: the same bytes on the wire.
 #[derive(serde::Serialize)]
@@ -49,16 +114,23 @@ struct Inner {
     id: u64,
     changes: Arc<Mutex<Option<Changes>>>,
     writer: tokio::sync::Mutex<(u64, BufWriter<WriteHalf<BoxStream>>)>,
-    waiting: Waiting,
+    waiting: Lost,
     permits: Semaphore,
     closed: CancellationToken,
     status: Option<Arc<Status>>,
+    /// [`proto::Reply::Features`] of the exporter, once asked ([`Conn::ask_features`]).
+    features: std::sync::atomic::AtomicU64,
 }
 
 impl Conn {
     /// Starts the connection's reading task on `stream` (already past the resource handshake), counting bytes in
     /// `status` when given.
     pub fn start(stream: BoxStream, status: Option<Arc<Status>>) -> Conn {
+        Conn::start_in(stream, status, None)
+    }
+
+    /// [`Conn::start`], the requests waiting when it breaks handed to `replay` to be sent again in order.
+    pub fn start_in(stream: BoxStream, status: Option<Arc<Status>>, replay: Option<Arc<Replay>>) -> Conn {
         let (rd, wr) = tokio::io::split(stream);
         let closed = CancellationToken::new();
         let waiting: Waiting = Arc::new(Mutex::new(Some(HashMap::new())));
@@ -66,19 +138,39 @@ impl Conn {
         let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let changes = Arc::new(Mutex::new(None));
         let told = Told { id, to: Arc::clone(&changes) };
-        tokio::spawn(read_answers(rd, Arc::clone(&waiting), status.clone(), closed.clone(), told));
+        let lost = Lost { waiting: Arc::clone(&waiting), replay };
+        let gone = lost.clone();
+        tokio::spawn(read_answers(rd, lost, status.clone(), closed.clone(), told));
         Conn {
             inner: Arc::new(Inner {
                 id,
                 changes,
                 // A frame's length and body leave in one write (one transport frame), not two.
                 writer: tokio::sync::Mutex::new((0, BufWriter::with_capacity(64 << 10, wr))),
-                waiting,
+                waiting: gone,
                 permits: Semaphore::new(MAX_IN_FLIGHT),
                 closed,
                 status,
+                features: std::sync::atomic::AtomicU64::new(0),
             }),
         }
+    }
+
+    /// Asks the exporter what it does beyond the operations ([`Op::Features`]), asking for directories'
+    /// attributes with the changes of them ([`proto::DIR_ATTRS`]); one that does not know the question does none
+    /// of it.
+    pub async fn ask_features(&self) -> u64 {
+        let bits = match self.call(Op::Features { want: proto::DIR_ATTRS }).await {
+            Ok(Reply::Features(bits)) => bits,
+            _ => 0,
+        };
+        self.inner.features.store(bits, std::sync::atomic::Ordering::Relaxed);
+        bits
+    }
+
+    /// Whether the exporter does the operations on one inode in the order they arrive ([`proto::ORDERED`]).
+    pub fn ordered(&self) -> bool {
+        self.inner.features.load(std::sync::atomic::Ordering::Relaxed) & proto::ORDERED != 0
     }
 
     /// Sends `op` and waits for its answer: the reply, or the errno of the failure (EIO when the connection is
@@ -89,6 +181,20 @@ impl Conn {
 
     /// [`Conn::call`] of an operation the caller keeps (to send again on another connection).
     pub async fn call_ref(&self, op: &Op) -> Result<Reply, i32> {
+        self.call_sent(op, None, &mut None, || {}).await
+    }
+
+    /// [`Conn::call_ref`] of a request first sent from `origin` (`None`: first sent now), calling `then` once it
+    /// is on its way (written, in order, after every request written before it); `sent` is set to its
+    /// [`Origin`] once it has one, and then it is the caller's to settle if the connection breaks (see
+    /// [`Replay`]).
+    pub async fn call_sent(
+        &self,
+        op: &Op,
+        origin: Option<Origin>,
+        sent: &mut Option<Origin>,
+        then: impl FnOnce(),
+    ) -> Result<Reply, i32> {
         let c = &self.inner;
         let _permit = c.permits.acquire().await.map_err(|_| libc::EIO)?;
         let (answer, rx) = oneshot::channel();
@@ -105,10 +211,12 @@ impl Conn {
             };
             w.0 += 1;
             let id = w.0;
-            match c.waiting.lock().expect("waiting").as_mut() {
-                Some(waiting) => waiting.insert(id, answer),
+            let origin = origin.unwrap_or((c.id, id));
+            match c.waiting.waiting.lock().expect("waiting").as_mut() {
+                Some(waiting) => waiting.insert(id, (answer, origin)),
                 None => return Err(libc::EIO),
             };
+            *sent = Some(origin);
             let req = RequestRef { id, op };
             let written = tokio::select! {
                 r = crate::buffers::write_frame(&mut w.1, &req) => r,
@@ -117,8 +225,11 @@ impl Conn {
             if let Err(e) = written {
                 tracing::debug!("fs connection: {e}");
                 c.closed.cancel();
-                c.waiting.lock().expect("waiting").take();
+                c.waiting.fail_all();
                 return Err(libc::EIO);
+            }
+            if !c.closed.is_cancelled() {
+                then();
             }
         }
         if let Some(s) = &c.status {
@@ -165,9 +276,27 @@ struct Told {
     to: Arc<Mutex<Option<Changes>>>,
 }
 
+/// A connection's waiting requests, and where they go when it breaks.
+#[derive(Clone)]
+struct Lost {
+    waiting: Waiting,
+    replay: Option<Arc<Replay>>,
+}
+
+impl Lost {
+    /// Fails every waiting request with EIO (its answer dropped), handing its origin to the replay; nothing waits
+    /// from now on.
+    fn fail_all(&self) {
+        let gone = self.waiting.lock().expect("waiting").take();
+        if let (Some(gone), Some(replay)) = (gone, &self.replay) {
+            replay.lose(gone.into_values().map(|(_, origin)| origin));
+        }
+    }
+}
+
 async fn read_answers(
     mut rd: tokio::io::ReadHalf<BoxStream>,
-    waiting: Waiting,
+    lost: Lost,
     status: Option<Arc<Status>>,
     closed: CancellationToken,
     told: Told,
@@ -189,9 +318,9 @@ async fn read_answers(
                 }
                 continue;
             }
-            let answer = waiting.lock().expect("waiting").as_mut().and_then(|w| w.remove(&resp.id));
+            let answer = lost.waiting.lock().expect("waiting").as_mut().and_then(|w| w.remove(&resp.id));
             match answer {
-                Some(a) => {
+                Some((a, _)) => {
                     let _ = a.send(resp.result);
                 }
                 None => {
@@ -212,7 +341,7 @@ async fn read_answers(
     }
     closed.cancel();
     // Everything still waiting gets EIO, and nothing waits from now on.
-    waiting.lock().expect("waiting").take();
+    lost.fail_all();
 }
 
 #[cfg(test)]
@@ -282,6 +411,64 @@ mod tests {
             let r = tokio::time::timeout(std::time::Duration::from_secs(5), t).await.expect("let go").unwrap();
             assert_eq!(r, Err(libc::EIO));
         }
+    }
+
+    /// A connection that breaks hands the origins of the requests waiting on it to the replay; those are let go
+    /// again strictly in the order first sent, whatever order their senders come back in, and a request sent for
+    /// the first time waits until all of them have gone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_a_broken_connection_lost_go_again_in_the_order_first_sent_and_new_ones_after_them() {
+        let replay = Arc::new(Replay::default());
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let c = Conn::start_in(Box::new(a), None, Some(Arc::clone(&replay)));
+        let calls: Vec<_> = (0..3)
+            .map(|_| {
+                let c = c.clone();
+                tokio::spawn(async move {
+                    let mut sent = None;
+                    let r = c.call_sent(&Op::Getattr { ino: ROOT }, None, &mut sent, || {}).await;
+                    (r, sent)
+                })
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert_eq!(replay.left(), 0, "nothing is lost while the connection stands");
+        drop(b);
+        let mut origins = Vec::new();
+        for t in calls {
+            let (r, sent) = t.await.unwrap();
+            assert_eq!(r, Err(libc::EIO));
+            origins.push(sent.expect("sent before the break"));
+        }
+        origins.sort();
+        assert_eq!(origins, [(c.id(), 1), (c.id(), 2), (c.id(), 3)]);
+        assert_eq!(replay.left(), 3, "each waiting request is one to send again");
+        // A fourth origin of an older connection, and the senders back in the wrong order.
+        replay.lose(std::iter::once((0, 7)));
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut waiting = Vec::new();
+        let mut all = origins.clone();
+        all.push((0, 7));
+        for o in all.iter().rev().copied().map(Some).chain([None]) {
+            let (replay, order) = (Arc::clone(&replay), Arc::clone(&order));
+            waiting.push(tokio::spawn(async move {
+                replay.turn(o).await;
+                order.lock().unwrap().push(o);
+                if let Some(o) = o {
+                    replay.settle(o);
+                }
+            }));
+            tokio::task::yield_now().await;
+        }
+        for t in waiting {
+            tokio::time::timeout(std::time::Duration::from_secs(5), t).await.expect("every one goes").unwrap();
+        }
+        let mut want: Vec<_> = [(0, 7)].into_iter().chain(origins).map(Some).collect();
+        want.push(None);
+        assert_eq!(*order.lock().unwrap(), want);
+        assert_eq!(replay.left(), 0);
+        // Nothing lost: a new request does not wait.
+        tokio::time::timeout(std::time::Duration::from_secs(1), replay.turn(None)).await.unwrap();
     }
 
     /// An exporter that sends garbage is cut off, not believed.

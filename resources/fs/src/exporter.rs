@@ -8,10 +8,13 @@
 //! responses; a task writes them back. Both queues hold [`MAX_IN_FLIGHT`] requests, the most a binder may have
 //! outstanding, so slow operations do not hold up quick ones and nothing waits on a full queue for ever.
 //!
-//! When the exporting user is the node's own (no identity to take), the quick operations that only read metadata
-//! (lookup, getattr, forget, release, ...; [`Op::is_quick`]) are done by the reading task itself, which writes the
-//! answer at once: a metadata round trip then wakes no other thread on this side (each hand-over between threads
-//! cost tens of microseconds, most of a round trip).
+//! When the exporting user is the node's own (no identity to take), the quick operations that only read or change
+//! metadata (lookup, getattr, forget, release, mkdir, create, unlink, rename, utimensat...; [`Server::is_quick`])
+//! are done by the reading task itself, which writes the answer at once: a metadata round trip then wakes no other
+//! thread on this side (each hand-over between threads cost tens of microseconds, most of a round trip).
+//!
+//! Operations on one inode are done in the order they arrive ([`crate::order`]; reads of it side by side), so a
+//! binder may send what follows a write without waiting for it (write-behind, [`crate::proto::ORDERED`]).
 
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
@@ -22,6 +25,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::digest::Digests;
+use crate::order::Order;
 use crate::proto::{self, Request, Response, MAX_FRAME, MAX_IN_FLIGHT};
 use crate::server::Server;
 use crate::FsExport;
@@ -93,12 +97,22 @@ pub async fn serve(
     // Fires when serving ends, however it ends: a worker waiting to write lets go then.
     let done = cancel.child_token();
     let _done = done.clone().drop_guard();
-    let (req_tx, req_rx) = mpsc::channel::<Request>(MAX_IN_FLIGHT);
+    let (req_tx, req_rx) = mpsc::channel::<Job>(MAX_IN_FLIGHT);
     let req_rx = Arc::new(Mutex::new(req_rx));
     let rt = tokio::runtime::Handle::current();
+    let order = Arc::new(Order::<Waiting>::default());
+    // Operations waiting their turn on an inode are bounded as the queue is: the reader waits for room.
+    let room = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     for i in 0..WORKERS {
-        let (server, owner, req_rx, wr, done, rt) =
-            (Arc::clone(&server), owner.clone(), Arc::clone(&req_rx), Arc::clone(&wr), done.clone(), rt.clone());
+        let (server, owner, req_rx, wr, done, rt, order) = (
+            Arc::clone(&server),
+            owner.clone(),
+            Arc::clone(&req_rx),
+            Arc::clone(&wr),
+            done.clone(),
+            rt.clone(),
+            Arc::clone(&order),
+        );
         std::thread::Builder::new().name(format!("metac-fs-{i}")).spawn(move || {
             // The whole loop runs with the exporting user's identity: the kernel checks every call as theirs.
             let r = owner.act(|| {
@@ -106,19 +120,26 @@ pub async fn serve(
                 loop {
                     // One worker waits on the queue at a time; the others wait for the lock.
                     let next = req_rx.lock().expect("request queue").blocking_recv();
-                    let Some(req) = next else { return Ok::<(), std::io::Error>(()) };
-                    let resp = Response { id: req.id, result: server.handle(req.op) };
-                    // The worker writes its answer itself (one hand-over less per round trip), but never waits
-                    // past the end of the bind for a binder that stopped reading.
-                    let written = rt.block_on(async {
-                        tokio::select! {
-                            () = done.cancelled() => false,
-                            r = answer(&wr, resp) => r.is_ok(),
+                    let Some(job) = next else { return Ok::<(), std::io::Error>(()) };
+                    // What waited for this operation on its inode runs next, here, in order.
+                    let mut jobs = std::collections::VecDeque::from([job]);
+                    while let Some((req, order_of)) = jobs.pop_front() {
+                        let resp = Response { id: req.id, result: server.handle(req.op) };
+                        // The worker writes its answer itself (one hand-over less per round trip), but never
+                        // waits past the end of the bind for a binder that stopped reading.
+                        let written = rt.block_on(async {
+                            tokio::select! {
+                                () = done.cancelled() => false,
+                                r = answer(&wr, resp) => r.is_ok(),
+                            }
+                        });
+                        if !written {
+                            done.cancel();
+                            return Ok(());
                         }
-                    });
-                    if !written {
-                        done.cancel();
-                        return Ok(());
+                        if let Some((ino, after_all)) = order_of {
+                            jobs.extend(order.done(ino, after_all).into_iter().map(|w| w.job(ino)));
+                        }
                     }
                 }
             });
@@ -146,12 +167,37 @@ pub async fn serve(
                 }
                 Err(e) => return Err(Error::Protocol(e.to_string())),
             };
-            if inline && req.op.is_quick() {
-                answer(&wr, Response { id: req.id, result: server.handle(req.op) }).await?;
+            let order_of = server.order_of(&req.op);
+            let req = match order_of {
+                Some((ino, after_all)) => {
+                    let room = Arc::clone(&room).acquire_owned().await.map_err(|_| Error::Cancelled)?;
+                    match order.admit(ino, after_all, Waiting { req, after_all, _room: room }) {
+                        Some(w) => w.req,
+                        None => continue,
+                    }
+                }
+                None => req,
+            };
+            let id = req.id;
+            let result = if inline && server.is_quick(&req.op) {
+                Some(server.handle(req.op))
             } else if let Some(result) = inline.then(|| server.handle_now(&req.op)).flatten() {
-                answer(&wr, Response { id: req.id, result }).await?;
-            } else if req_tx.send(req).await.is_err() {
-                return Err(Error::Protocol("the fs workers stopped".into()));
+                Some(result)
+            } else {
+                if req_tx.send((req, order_of)).await.is_err() {
+                    return Err(Error::Protocol("the fs workers stopped".into()));
+                }
+                None
+            };
+            if let Some(result) = result {
+                answer(&wr, Response { id, result }).await?;
+                if let Some((ino, after_all)) = order_of {
+                    for w in order.done(ino, after_all) {
+                        if req_tx.send(w.job(ino)).await.is_err() {
+                            return Err(Error::Protocol("the fs workers stopped".into()));
+                        }
+                    }
+                }
             }
         }
     };
@@ -193,6 +239,23 @@ async fn tell_changes(server: &Server, wr: &Writer) -> Result<(), Error> {
             let resp = Response { id: 0, result: Ok(proto::Reply::Changed(changes)) };
             answer(wr, resp).await?;
         }
+    }
+}
+
+/// A request for a worker, with the inode it is ordered by ([`Server::order_of`]).
+type Job = (Request, Option<(u64, bool)>);
+
+/// A request waiting for earlier ones on its inode ([`Order`]), holding its room in the bound.
+struct Waiting {
+    req: Request,
+    after_all: bool,
+    _room: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Waiting {
+    /// The request, for a worker, now that its turn on `ino` has come (its room freed).
+    fn job(self, ino: u64) -> Job {
+        (self.req, Some((ino, self.after_all)))
     }
 }
 
@@ -246,6 +309,80 @@ pub(crate) async fn read_body<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> Res
 mod tests {
     use super::*;
     use crate::proto::{Op, Reply, ROOT};
+    use std::collections::HashMap;
+
+    /// What a binder with write-behind sends without waiting, the exporter does in the order it came, file by
+    /// file: a write and then a newer write of the same bytes, a utimensat after them (done on the spot, where the
+    /// writes go to workers), a read after those and the close last. Files made with their directory's
+    /// attributes, as asked for.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn operations_on_one_file_are_done_in_the_order_they_came() {
+        use crate::proto::{SetAttr, Time, Who, DIR_ATTRS, ORDERED};
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = rustix::fs::open(dir.path(), rustix::fs::OFlags::PATH, rustix::fs::Mode::empty()).unwrap();
+        let server = Arc::new(Server::new(root, false).unwrap());
+        let (binder, exporter) = tokio::io::duplex(4 << 20);
+        let cancel = CancellationToken::new();
+        tokio::spawn(serve(Arc::clone(&server), Caller::root(), Box::new(exporter), cancel.clone()));
+        let (mut rd, mut wr) = tokio::io::split(binder);
+        let ask = |id, op| (id, Request { id, op });
+        let (_, features) = ask(1, Op::Features { want: DIR_ATTRS });
+        frame::write(&mut wr, &features).await.unwrap();
+        let answer = proto::decode_response(&read_body(&mut rd).await.unwrap().unwrap()).unwrap();
+        assert_eq!(answer.result, Ok(Reply::Features(ORDERED | DIR_ATTRS)));
+        const FILES: usize = 64;
+        let mut files = Vec::new();
+        for i in 0..FILES {
+            let name = format!("f{i}").into_bytes();
+            let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
+            let op = Op::Create { parent: ROOT, name, mode: 0o644, umask: 0o022, flags, who: Who::default() };
+            frame::write(&mut wr, &ask(10 + i as u64, op).1).await.unwrap();
+            let answer = proto::decode_response(&read_body(&mut rd).await.unwrap().unwrap()).unwrap();
+            let Ok(Reply::CreatedIn { attr, fh, dir }) = answer.result else { panic!("{answer:?}") };
+            assert_eq!(dir.mode & libc::S_IFMT, libc::S_IFDIR, "the directory's attributes come with it");
+            files.push((attr.ino, fh));
+        }
+        // Everything at once, answers read meanwhile (the exporter must not wait on a full stream).
+        let reader = tokio::spawn(async move {
+            let mut reads = HashMap::new();
+            for _ in 0..FILES * 5 {
+                let answer = proto::decode_response(&read_body(&mut rd).await.unwrap().unwrap()).unwrap();
+                assert!(answer.result.is_ok(), "{answer:?}");
+                if let Ok(Reply::Data(d)) = answer.result {
+                    reads.insert(answer.id, d);
+                }
+            }
+            reads
+        });
+        let mut id = 1000;
+        for (i, &(ino, fh)) in files.iter().enumerate() {
+            let mut send = |op| {
+                id += 1;
+                Request { id, op }
+            };
+            let old = send(Op::Write { fh, offset: 0, data: vec![b'o'; 256 << 10] });
+            let new = send(Op::Write { fh, offset: 0, data: vec![b'n'; 256 << 10] });
+            let mtime = Some(Time::At { sec: 1_000_000 + i as i64, nsec: 7 });
+            let set = send(Op::Setattr { ino, fh: None, set: SetAttr { mtime, ..SetAttr::default() } });
+            let read = send(Op::Read { fh, offset: 0, size: 4 });
+            let close = send(Op::Release { fh });
+            for r in [old, new, set, read, close] {
+                frame::write(&mut wr, &r).await.unwrap();
+            }
+        }
+        let reads = tokio::time::timeout(std::time::Duration::from_secs(30), reader).await.unwrap().unwrap();
+        assert_eq!(reads.len(), FILES);
+        assert!(reads.values().all(|d| d == b"nnnn"), "every read came after the writes before it");
+        for i in 0..FILES {
+            let path = dir.path().join(format!("f{i}"));
+            let m = std::fs::metadata(&path).unwrap();
+            assert_eq!((m.mtime(), m.mtime_nsec()), (1_000_000 + i as i64, 7), "f{i}: the mtime set after the writes");
+            assert!(std::fs::read(&path).unwrap().iter().all(|&b| b == b'n'), "f{i}: the newer write last");
+        }
+        assert_eq!(server.held().1, 0, "every file closed");
+        cancel.cancel();
+    }
 
     /// A binder that asks for many large reads and never reads the answers: the workers writing them wait, and
     /// the bind still ends at once when it is cancelled (nothing holds it), as it does when the binder goes.

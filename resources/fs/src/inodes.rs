@@ -35,6 +35,9 @@ struct State {
     files: HashMap<u64, File>,
     next_ino: u64,
     next_fh: u64,
+    /// Directories' attributes as the exporter told them after a change made through this bind, with when
+    /// ([`Table::fresh_attr`]).
+    fresh: HashMap<u64, (Attr, std::time::Instant)>,
 }
 
 struct Inode {
@@ -105,7 +108,7 @@ fn numbers(op: &mut Op) -> ([Option<&mut u64>; 2], Option<&mut u64>) {
         | Op::Fallocate { fh, .. }
         | Op::Lseek { fh, .. }
         | Op::Hash { fh, .. } => ([None, None], Some(fh)),
-        Op::Forget { .. } | Op::Init { .. } => ([None, None], None),
+        Op::Forget { .. } | Op::Init { .. } | Op::Features { .. } => ([None, None], None),
     }
 }
 
@@ -335,6 +338,21 @@ impl Table {
         let mut s = self.state.lock().expect("inodes");
         // The operation's first inode: the parent of a name, or the inode itself.
         let parent = local.inos[0].unwrap_or(ROOT);
+        // A directory's attributes after a change of it ([`proto::DIR_ATTRS`]) are kept for the kernel's next
+        // look at it; the answer is the usual one.
+        let (r, dir) = match r {
+            Ok(Reply::EntryIn { attr, dir }) => (Ok(Reply::Entry(attr)), Some(dir)),
+            Ok(Reply::CreatedIn { attr, fh, dir }) => (Ok(Reply::Created { attr, fh }), Some(dir)),
+            Ok(Reply::DoneIn { dir }) => (Ok(Reply::Empty), Some(dir)),
+            r => (r, None),
+        };
+        if let Some(mut dir) = dir {
+            let at = if matches!(op, Op::Link { .. }) { local.inos[1] } else { local.inos[0] };
+            if let Some(at) = at {
+                dir.ino = at;
+                s.fresh_dir(dir);
+            }
+        }
         match (op, r) {
             (Op::Release { .. }, r) => {
                 if let Some(fh) = local.fh {
@@ -368,6 +386,7 @@ impl Table {
             }
             (Op::Getattr { .. } | Op::Setattr { .. }, Ok(Reply::Attr(mut a))) => {
                 a.ino = parent;
+                s.fresh.remove(&parent);
                 Ok(Reply::Attr(a))
             }
             (Op::ReaddirPlus { .. }, Ok(Reply::DirPlus(mut entries))) => {
@@ -433,7 +452,26 @@ impl Table {
     }
 }
 
+/// How long a directory's attributes told with a change of it answer the kernel's next look at it: its TTL.
+const FRESH: std::time::Duration = crate::mount::TTL;
+
+/// Directories with attributes kept, at most (a listing's worth: an untar makes files in a few at a time).
+const MAX_FRESH: usize = 1024;
+
 impl Table {
+    /// The attributes of directory `ino` as the exporter told them after this bind's last change of it, if that
+    /// was within the TTL and nothing has been said of it since; taken (the kernel keeps them for the TTL).
+    pub(crate) fn fresh_attr(&self, ino: u64) -> Option<Attr> {
+        let mut s = self.state.lock().expect("inodes");
+        let (a, at) = s.fresh.remove(&ino)?;
+        (at.elapsed() < FRESH).then_some(a)
+    }
+
+    /// The exporter told of a change of `ino` (or in it): what was kept of it is stale.
+    pub(crate) fn stale(&self, ino: u64) {
+        self.state.lock().expect("inodes").fresh.remove(&ino);
+    }
+
     /// The binder's number of the exporter's inode `remote` of connection `conn`, if the kernel holds it.
     pub(crate) fn local_of(&self, remote: u64, conn: u64) -> Option<u64> {
         if remote == ROOT {
@@ -445,6 +483,25 @@ impl Table {
 }
 
 impl State {
+    /// Keeps directory `dir`'s attributes (told after a change of it), unless newer ones are kept (answers of
+    /// changes of one directory may come in another order than the changes).
+    fn fresh_dir(&mut self, dir: Attr) {
+        let now = std::time::Instant::now();
+        if self.fresh.len() >= MAX_FRESH {
+            self.fresh.retain(|_, (_, at)| now.duration_since(*at) < FRESH);
+            if self.fresh.len() >= MAX_FRESH {
+                return;
+            }
+        }
+        let newer = |kept: &Attr| (kept.ctime, kept.mtime) > (dir.ctime, dir.mtime);
+        match self.fresh.get(&dir.ino) {
+            Some((kept, _)) if newer(kept) => {}
+            _ => {
+                self.fresh.insert(dir.ino, (dir, now));
+            }
+        }
+    }
+
     fn opened(&mut self, remote: u64, ino: u64, flags: i32, conn: u64) -> u64 {
         self.next_fh += 1;
         self.files.insert(self.next_fh, File { remote, conn, ino, flags });

@@ -22,6 +22,7 @@ pub mod digest;
 mod exporter;
 mod inodes;
 pub mod mount;
+mod order;
 pub mod proto;
 pub mod server;
 mod session;

@@ -221,6 +221,29 @@ pub enum Op {
     /// it is a regular file of at most `max` bytes, reads all of it: [`Reply::OpenedWith`]. What `cat` of a small
     /// file costs is then one round trip, not two. An exporter that does not know it answers ENOSYS.
     OpenRead { ino: u64, flags: i32, max: u32 },
+    /// What the exporter does beyond the operations themselves: [`Reply::Features`]; `want`: the bits of
+    /// [`DIR_ATTRS`] kind the binder asks for. An exporter that does not know it answers ENOSYS, and does none.
+    Features { want: u64 },
+}
+
+/// [`Reply::Features`] bit: the exporter does the operations naming one inode (or a file open on it) in the order
+/// they arrive, reads among themselves at once ([`Op::is_ordered`]). A binder may then answer the kernel's
+/// writes of cached pages before the exporter has them (write-behind), and send what follows without waiting.
+pub const ORDERED: u64 = 1;
+
+/// [`Op::Features`] bit (asked for, and granted): an operation that changes a directory (makes, links or removes
+/// a name in it) is answered with the directory's attributes after it ([`Reply::EntryIn`], [`Reply::CreatedIn`],
+/// [`Reply::DoneIn`]). The binder's kernel, told the directory changed, asks for them (its permission check of
+/// the next name there needs them): one round trip per file of an untar, answered without one.
+pub const DIR_ATTRS: u64 = 2;
+
+/// What an operation names: an inode, or a file open on one (see [`Op::is_ordered`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handle {
+    /// An inode number.
+    Inode(u64),
+    /// A file handle.
+    File(u64),
 }
 
 /// Who asks for something to be made: the ids of the binder's process, which the new inode is owned by where
@@ -311,6 +334,15 @@ pub enum Reply {
         #[serde(with = "bytes")]
         data: Vec<u8>,
     },
+    /// What the exporter does beyond the operations, in answer to [`Op::Features`]: [`ORDERED`] and
+    /// [`DIR_ATTRS`] bits.
+    Features(u64),
+    /// [`Reply::Entry`], with the attributes of the directory it was made in after ([`DIR_ATTRS`]).
+    EntryIn { attr: Attr, dir: Attr },
+    /// [`Reply::Created`], with the attributes of the directory it was made in after ([`DIR_ATTRS`]).
+    CreatedIn { attr: Attr, fh: u64, dir: Attr },
+    /// [`Reply::Empty`] of a removal, with the attributes of the directory after ([`DIR_ATTRS`]).
+    DoneIn { dir: Attr },
 }
 
 /// A change made on the exporter.
@@ -411,7 +443,7 @@ fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
 
 /// The number of operations this side knows: [`Op`]'s variants, whose index is the first thing after a request's
 /// id on the wire.
-const OPS: u32 = 30;
+const OPS: u32 = 31;
 
 /// Decodes a request and checks its bounds. A request of an operation past those this side knows is
 /// [`Error::UnknownOp`], with its id, so that it can be answered rather than end the stream.
@@ -510,12 +542,27 @@ impl Op {
         }
     }
 
-    /// Whether the operation only reads metadata the exporter's kernel has at hand (a few microseconds, never
-    /// waiting on data IO or a lock long held).
+    /// Whether the operation only reads or changes metadata the exporter's kernel has at hand (a few
+    /// microseconds, never waiting on data IO or a lock long held): done on the spot, not handed to a worker (a
+    /// hand-over between threads costs about what the rest of a round trip does). Making, linking, renaming and
+    /// removing names are such (a removed file's blocks are freed when the exporter lets go of its inode, at its
+    /// forget), as are a chmod, chown or utimensat; a truncate is not.
     pub fn is_quick(&self) -> bool {
         match self {
             // Opening an existing file (not truncating it) is a lookup of its inode.
             Op::Open { flags, .. } if flags & libc::O_TRUNC == 0 => true,
+            // Making a file, but not opening one that is there (a FIFO's open waits for the other end).
+            Op::Create { flags, .. } => flags & libc::O_EXCL != 0 && flags & libc::O_TRUNC == 0,
+            Op::Setattr { set, .. } => set.size.is_none(),
+            Op::Mkdir { .. }
+            | Op::Mknod { .. }
+            | Op::Symlink { .. }
+            | Op::Link { .. }
+            | Op::Unlink { .. }
+            | Op::Rmdir { .. }
+            | Op::Rename { .. }
+            | Op::Setxattr { .. }
+            | Op::Removexattr { .. } => true,
             Op::Lookup { .. }
             | Op::Forget { .. }
             | Op::Getattr { .. }
@@ -527,6 +574,23 @@ impl Op {
             | Op::Listxattr { .. } => true,
             _ => false,
         }
+    }
+
+    /// The inode (or open file) whose earlier operations this one must come after, and whether it must come after
+    /// all of them (`true`: a change of its data or attributes, or its close) or only after those that change it
+    /// (`false`: a read of it). `None`: an operation of names, free to run beside any other. What an [`ORDERED`]
+    /// exporter orders by.
+    pub fn is_ordered(&self) -> Option<(Handle, bool)> {
+        Some(match *self {
+            Op::Read { fh, .. } | Op::Lseek { fh, .. } | Op::Hash { fh, .. } => (Handle::File(fh), false),
+            Op::Write { fh, .. } | Op::Fsync { fh, .. } | Op::Fallocate { fh, .. } | Op::Release { fh } => {
+                (Handle::File(fh), true)
+            }
+            Op::Getattr { ino } | Op::OpenRead { ino, .. } => (Handle::Inode(ino), false),
+            Op::Open { ino, flags } => (Handle::Inode(ino), flags & libc::O_TRUNC != 0),
+            Op::Setattr { ino, .. } | Op::Forget { ino, .. } => (Handle::Inode(ino), true),
+            _ => return None,
+        })
     }
 
     /// Whether the operation changes the export (refused with EROFS on a read-only bind).
@@ -608,6 +672,26 @@ mod tests {
         let reply = Response { id: 1, result: Ok(Reply::OpenedWith { fh: 3, whole: true, data: b"ab".to_vec() }) };
         assert_eq!(encode(&reply), [1, 0, 15, 3, 1, 2, b'a', b'b']);
         assert_eq!(decode_response(&encode(&reply)).unwrap(), reply);
+        // The exporter's features, added after.
+        assert_eq!(encode(&Request { id: 1, op: Op::Features { want: DIR_ATTRS } }), [1, 30, 2]);
+        let reply = Response { id: 1, result: Ok(Reply::Features(ORDERED | DIR_ATTRS)) };
+        assert_eq!(encode(&reply), [1, 0, 16, 3]);
+        assert_eq!(decode_response(&encode(&reply)).unwrap(), reply);
+        // A directory's attributes after a change of it, with the answer.
+        let dir = Attr { ino: 1, mode: 0o40755, ..Attr::default() };
+        let reply = Response { id: 1, result: Ok(Reply::DoneIn { dir: dir.clone() }) };
+        let mut bytes = vec![1, 0, 19];
+        bytes.extend(encode(&dir));
+        assert_eq!(encode(&reply), bytes);
+        let attr = Attr { ino: 5, ..Attr::default() };
+        let reply = Response { id: 1, result: Ok(Reply::CreatedIn { attr: attr.clone(), fh: 3, dir: dir.clone() }) };
+        let mut bytes = vec![1, 0, 18];
+        bytes.extend(encode(&attr));
+        bytes.push(3);
+        bytes.extend(encode(&dir));
+        assert_eq!(encode(&reply), bytes);
+        assert_eq!(decode_response(&bytes).unwrap(), reply);
+        assert_eq!(encode(&Reply::EntryIn { attr, dir })[0], 17);
     }
 
     /// A request of an operation from a newer binder is told apart from garbage, with its id, so that the exporter

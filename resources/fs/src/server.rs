@@ -52,6 +52,10 @@ pub struct Server {
     watches: Mutex<Option<Watches>>,
     /// Whether `watches` is set (read on every operation, without the lock).
     watching: std::sync::atomic::AtomicBool,
+    /// Whether the binder asked for [`proto::DIR_ATTRS`].
+    dir_attrs: std::sync::atomic::AtomicBool,
+    /// The process's umask, which what is made on the spot (not by a worker, whose umask is 0) is made with.
+    umask: u32,
     /// Names and inodes this bind changed lately, whose inotify events are its own echo, not news.
     own: Mutex<HashMap<Own, std::time::Instant>>,
     /// The node's memo of file hashes and its figures of content served.
@@ -175,6 +179,8 @@ impl Server {
             inodes: Mutex::new(inodes),
             watches: Mutex::new(None),
             watching: std::sync::atomic::AtomicBool::new(false),
+            dir_attrs: std::sync::atomic::AtomicBool::new(false),
+            umask: process_umask(),
             own: Mutex::new(HashMap::new()),
             files: Mutex::new(Files { open: HashMap::new(), writers: HashMap::new(), next: 1 }),
             digests: Arc::default(),
@@ -215,8 +221,33 @@ impl Server {
         (self.inodes.lock().expect("inodes").by_ino.len(), self.files.lock().expect("files").open.len())
     }
 
-    /// Does one operation.
+    /// Does one operation; one that changes a directory is answered with its attributes after, if the binder
+    /// asked for them ([`proto::DIR_ATTRS`]).
     pub fn handle(&self, op: Op) -> Result<Reply> {
+        let dir = match op {
+            _ if !self.dir_attrs.load(std::sync::atomic::Ordering::Relaxed) => None,
+            Op::Create { parent, .. }
+            | Op::Mkdir { parent, .. }
+            | Op::Mknod { parent, .. }
+            | Op::Symlink { parent, .. }
+            | Op::Unlink { parent, .. }
+            | Op::Rmdir { parent, .. } => Some(parent),
+            Op::Link { newparent, .. } => Some(newparent),
+            _ => None,
+        };
+        let r = self.handle_op(op);
+        let Some(dir) = dir.filter(|_| r.is_ok()) else { return r };
+        // A directory that cannot be looked at now is asked for by the binder's kernel as usual.
+        let Ok(dir) = self.attr(dir) else { return r };
+        match r {
+            Ok(Reply::Entry(attr)) => Ok(Reply::EntryIn { attr, dir }),
+            Ok(Reply::Created { attr, fh }) => Ok(Reply::CreatedIn { attr, fh, dir }),
+            Ok(Reply::Empty) => Ok(Reply::DoneIn { dir }),
+            r => r,
+        }
+    }
+
+    fn handle_op(&self, op: Op) -> Result<Reply> {
         if self.read_only
             && (op.writes()
                 || matches!(op, Op::Open { flags, .. } | Op::OpenRead { flags, .. } if opens_for_writing(flags)))
@@ -287,6 +318,10 @@ impl Server {
                 let mut ids = self.ids.lock().expect("ids");
                 ids.there = (uid, gid);
                 Ok(Reply::Init { uid: ids.here.0, gid: ids.here.1 })
+            }
+            Op::Features { want } => {
+                self.dir_attrs.store(want & proto::DIR_ATTRS != 0, std::sync::atomic::Ordering::Relaxed);
+                Ok(Reply::Features(proto::ORDERED | (want & proto::DIR_ATTRS)))
             }
             Op::Setattr { ino, fh, set } => self.setattr(ino, fh, &set).map(Reply::Attr),
             Op::Readdir { ino, offset } => self.readdir(ino, offset).map(Reply::Dir),
@@ -823,6 +858,32 @@ impl Server {
         }
     }
 
+    /// Whether `op` may be done on the spot by the task reading requests ([`Op::is_quick`]): not something made
+    /// with permission bits the process's umask would take away (a worker, whose umask is 0, makes it).
+    pub fn is_quick(&self, op: &Op) -> bool {
+        let masked = |mode: u32, umask: u32| mode & !umask & 0o777 & self.umask != 0;
+        match *op {
+            Op::Create { mode, umask, .. } | Op::Mkdir { mode, umask, .. } | Op::Mknod { mode, umask, .. }
+                if masked(mode, umask) =>
+            {
+                false
+            }
+            _ => op.is_quick(),
+        }
+    }
+
+    /// The inode `op` must be ordered by, and whether it must come after all earlier operations of it (see
+    /// [`Op::is_ordered`]); `None` for an operation of names, or of a file handle this bind does not have (an
+    /// error, which needs no order).
+    pub fn order_of(&self, op: &Op) -> Option<(u64, bool)> {
+        let (handle, after_all) = op.is_ordered()?;
+        let ino = match handle {
+            proto::Handle::Inode(ino) => ino,
+            proto::Handle::File(fh) => self.files.lock().expect("files").open.get(&fh)?.ino,
+        };
+        Some((ino, after_all))
+    }
+
     /// Does `op` on the spot if it needs no waiting on IO (an [`Op::OpenRead`] of a file whose content is in the
     /// page cache, which otherwise waits for a worker, a hand-over between threads that costs about what the
     /// rest of the round trip does); `None`: it is for a worker.
@@ -1052,6 +1113,13 @@ fn attr(ino: u64, st: &Stat) -> Attr {
         rdev: st.st_rdev as u32,
         blksize: st.st_blksize as u32,
     }
+}
+
+/// The process's umask (from /proc; all bits, so that nothing is made on the spot, if it cannot be read).
+fn process_umask() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let umask = status.lines().find_map(|l| l.strip_prefix("Umask:")).map(str::trim);
+    umask.and_then(|u| u32::from_str_radix(u, 8).ok()).unwrap_or(0o777)
 }
 
 #[cfg(test)]

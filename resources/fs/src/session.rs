@@ -60,7 +60,7 @@ impl Session for FsSession {
     fn run<'a>(&'a mut self, link: &'a Link, cancel: &'a CancellationToken) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
             let stream = link.open().await?;
-            let conn = Conn::start(stream, Some(Arc::clone(link.status())));
+            let conn = Conn::start_in(stream, Some(Arc::clone(link.status())), Some(self.slot.replay()));
             // The exporting user's files are shown as the binding user's (sshfs's idmap=user).
             let (uid, gid) = (self.owner.uid, self.owner.gid);
             match conn.call(Op::Init { uid, gid }).await {
@@ -71,6 +71,8 @@ impl Session for FsSession {
                     return Err(Error::Unavailable(format!("the exporter refused the bind's start: {e}")));
                 }
             }
+            let features = conn.ask_features().await;
+            tracing::debug!(features, "what the exporter does beyond the operations");
             match conn.call(Op::Getattr { ino: ROOT }).await {
                 Ok(Reply::Attr(a)) if a.mode & libc::S_IFMT == libc::S_IFDIR => {}
                 Ok(r) => return Err(Error::Protocol(format!("the exporter's root is not a directory: {r:?}"))),
