@@ -13,10 +13,11 @@ want() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok ins
 # busybox-static is the container tests' and `bench run`'s rootfs (a static binary: the rootfs has no libc); bsdutils's
 # `script` gives them a terminal. dnsmasq-base (a DHCP server) and tcpdump are the net kind's tests' real clients on a segment.
 # qemu-system-x86 runs `metac vm`'s VMs; linux-image-amd64 (a kernel in /boot, its modules in /lib/modules) boots the VM
-# tests' guests, whose busybox initramfs the tests build (cpio lists it in the harness's own tests).
+# tests' guests, whose busybox initramfs the tests build (cpio lists it in the harness's own tests). git, rsync, sqlite3
+# and fio are the programs the fs tests run on a bind.
 wanted=(bc iproute2 iputils-ping nftables procps psmisc util-linux libnbd-bin nbdkit qemu-utils iperf3
   wireguard-go wireguard-tools jq gcc openssl attr busybox-static bsdutils pkg-config ca-certificates curl fonts-dejavu-core fuse3
-  dnsmasq-base tcpdump qemu-system-x86 linux-image-amd64 cpio)
+  dnsmasq-base tcpdump qemu-system-x86 linux-image-amd64 cpio git rsync sqlite3 fio)
 # Two passes: installing one package may remove another (qemu-system-x86 from the release replaces a newer qemu-utils
 # from backports, which some machines come with); the second pass puts back what the first took away.
 for pass in 1 2; do
