@@ -38,6 +38,8 @@ struct State {
     /// Directories' attributes as the exporter told them after a change made through this bind, with when
     /// ([`Table::fresh_attr`]).
     fresh: HashMap<u64, (Attr, std::time::Instant)>,
+    /// Counts lookups, to tell which inodes were looked up last ([`Table::coldest`]).
+    clock: u64,
 }
 
 struct Inode {
@@ -53,6 +55,8 @@ struct Inode {
     name: Option<Vec<u8>>,
     /// The S_IFMT bits.
     kind: u32,
+    /// The [`State::clock`] of its last lookup.
+    seen: u64,
 }
 
 struct File {
@@ -138,9 +142,12 @@ impl State {
     /// counting one lookup on both sides.
     fn entered(&mut self, parent: u64, name: &[u8], a: &Attr, conn: u64) -> u64 {
         let current = self.sync(conn);
+        self.clock += 1;
+        let seen = self.clock;
         if current {
             if let Some(&ino) = self.remote.get(&a.ino) {
                 if let Some(n) = self.inodes.get_mut(&ino) {
+                    n.seen = seen;
                     n.lookups += 1;
                     n.remote_lookups += 1;
                     self.by_name.insert((parent, name.to_vec()), ino);
@@ -153,7 +160,7 @@ impl State {
         // one, found again (so its number stays what the kernel, and the programs on the mount, know).
         if let Some(&ino) = self.by_name.get(&(parent, name.to_vec())) {
             if let Some(n) = self.inodes.get_mut(&ino).filter(|n| n.conn < conn && n.kind == kind) {
-                (n.remote, n.conn, n.remote_lookups) = (a.ino, conn, 1);
+                (n.remote, n.conn, n.remote_lookups, n.seen) = (a.ino, conn, 1, seen);
                 n.lookups += 1;
                 if current {
                     self.remote.insert(a.ino, ino);
@@ -163,8 +170,8 @@ impl State {
         }
         self.next_ino = self.next_ino.max(ROOT) + 1;
         let ino = self.next_ino;
-        let node =
-            Inode { remote: a.ino, conn, remote_lookups: 1, lookups: 1, parent, name: Some(name.to_vec()), kind };
+        let named = Some(name.to_vec());
+        let node = Inode { remote: a.ino, conn, remote_lookups: 1, lookups: 1, parent, name: named, kind, seen };
         self.inodes.insert(ino, node);
         self.by_name.insert((parent, name.to_vec()), ino);
         if current {
@@ -459,6 +466,34 @@ const FRESH: std::time::Duration = crate::mount::TTL;
 const MAX_FRESH: usize = 1024;
 
 impl Table {
+    /// When the kernel holds more than `keep` inodes: the names (parent and name) of the ones looked up longest
+    /// ago, a tenth of `keep` past it, for the kernel to drop (then forget, and the exporter let go of them). Each
+    /// counts as looked up now, so that one the kernel keeps (open, or a directory in use) is not named again at
+    /// once.
+    pub(crate) fn coldest(&self, keep: usize) -> Vec<(u64, Vec<u8>)> {
+        let mut s = self.state.lock().expect("inodes");
+        if s.inodes.len() <= keep {
+            return Vec::new();
+        }
+        let n = s.inodes.len() - keep + keep / 10;
+        let mut by_age: Vec<(u64, u64)> =
+            s.inodes.iter().filter(|(_, node)| node.name.is_some()).map(|(&ino, node)| (node.seen, ino)).collect();
+        if n < by_age.len() {
+            by_age.select_nth_unstable(n);
+            by_age.truncate(n);
+        }
+        s.clock += 1;
+        let now = s.clock;
+        by_age
+            .into_iter()
+            .filter_map(|(_, ino)| {
+                let node = s.inodes.get_mut(&ino)?;
+                node.seen = now;
+                Some((node.parent, node.name.clone()?))
+            })
+            .collect()
+    }
+
     /// The attributes of directory `ino` as the exporter told them after this bind's last change of it, if that
     /// was within the TTL and nothing has been said of it since; taken (the kernel keeps them for the TTL).
     pub(crate) fn fresh_attr(&self, ino: u64) -> Option<Attr> {

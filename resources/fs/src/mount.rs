@@ -112,10 +112,22 @@ pub struct Options {
     /// Serve files opened read-only from this content cache ([`crate::cache`]); only on a read-only mount
     /// (ignored on another).
     pub cache: Option<Arc<Cache>>,
+    /// The most inodes the kernel is let hold through the mount [default: [`MAX_KNOWN`]].
+    pub max_known: Option<usize>,
 }
 
 /// How long an operation waits for an exporter that is away, unless the bind says otherwise.
 pub const STALL: Duration = Duration::from_secs(60);
+
+/// The most inodes the kernel is let hold through one mount. The exporter holds a descriptor for each (as long as
+/// the kernel may name it), and a kernel with memory to spare forgets none: a `find` of a tree of a million
+/// files would hold a million descriptors on the exporter, past a non-root exporter's limit. Past this many, the
+/// names looked up longest ago are dropped from the kernel's cache (FUSE_NOTIFY_INVAL_ENTRY): it forgets those
+/// inodes it does not use, and the exporter lets go of them; a name used again is looked up again.
+pub const MAX_KNOWN: usize = 32 << 10;
+
+/// How often the mount looks at how many inodes the kernel holds.
+const TRIM_EVERY: Duration = Duration::from_millis(500);
 
 /// A mounted fs.
 pub struct Mount {
@@ -196,6 +208,7 @@ impl Mount {
             fuser::Session::from_fd(fs, fd, acl, config)?.spawn()?
         };
         let caches = Caches { no_caps, made, prefetched };
+        trim(session.notifier(), Arc::downgrade(&inodes), options.max_known.unwrap_or(MAX_KNOWN));
         forget_what_changes(&slot, session.notifier(), inodes, !options.read_only, caches)?;
         let conn = connection(path);
         if let Some(c) = conn {
@@ -841,6 +854,36 @@ fn last_byte(rt: &Handle, c: &Conn, ino: u64) -> Option<(u64, u8)> {
             _ => None,
         }
     })
+}
+
+/// Keeps the inodes the kernel holds through the mount at most `keep` (see [`MAX_KNOWN`]), until the mount's table
+/// is gone.
+fn trim(notifier: fuser::Notifier, inodes: std::sync::Weak<Table>, keep: usize) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(TRIM_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let Some(table) = inodes.upgrade() else { return };
+            let names = table.coldest(keep);
+            drop(table);
+            if names.is_empty() {
+                continue;
+            }
+            let notifier = notifier.clone();
+            // Each is a write to the FUSE device: off the runtime's threads.
+            let dropped = tokio::task::spawn_blocking(move || {
+                // The kernel answers ENOENT for a name it no longer holds, and keeps one in use: both are fine.
+                names
+                    .iter()
+                    .filter(|(parent, name)| notifier.inval_entry(INodeNo(*parent), OsStr::from_bytes(name)).is_ok())
+                    .count()
+            })
+            .await
+            .unwrap_or(0);
+            tracing::debug!(dropped, keep, "names dropped from the kernel's cache");
+        }
+    });
 }
 
 /// Forgets `n` lookups of inode `ino`, telling the exporter once the kernel holds none.
@@ -1767,6 +1810,60 @@ mod tests {
         }
         let log: String = (0..200).map(|i| format!("line {i}\n")).collect();
         assert_eq!(std::fs::read_to_string(src.join("d/log")).unwrap(), log);
+    }
+
+    /// A walk of more files than the mount lets the kernel hold: the kernel is told to drop the names looked up
+    /// longest ago, forgets them, and the exporter lets go of their descriptors (it holds about the mount's
+    /// bound, not one per file walked); a file open meanwhile reads on, and a dropped name is found again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_inodes_a_walk_leaves_behind_are_bounded_on_both_sides() {
+        let (_dir, src, mnt) = mount_dirs();
+        for d in 0..10 {
+            std::fs::create_dir(src.join(format!("d{d}"))).unwrap();
+            for f in 0..100 {
+                std::fs::write(src.join(format!("d{d}/f{f}")), format!("{d}/{f}")).unwrap();
+            }
+        }
+        let options = Options { max_known: Some(200), ..Options::default() };
+        let (server, m, cancel) = served_with(&src, &mnt, &options);
+        let (mnt2, walked) = (mnt.clone(), std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)));
+        let open = tokio::task::spawn_blocking({
+            let walked = Arc::clone(&walked);
+            move || {
+                let mut open = std::fs::File::open(mnt2.join("d0/f0")).unwrap();
+                for d in 0..10 {
+                    for f in 0..100 {
+                        std::fs::metadata(mnt2.join(format!("d{d}/f{f}"))).unwrap();
+                        walked.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut open, &mut s).unwrap();
+                assert_eq!(s, "0/0", "the open file reads on");
+                open
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(walked.load(Ordering::SeqCst), 1000);
+        let mut held = server.held().0;
+        for _ in 0..100 {
+            if held <= 300 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            held = server.held().0;
+        }
+        assert!(held <= 300, "the exporter holds {held} inodes for 1011 walked, with a bound of 200");
+        let mnt2 = mnt.clone();
+        tokio::task::spawn_blocking(move || {
+            assert_eq!(std::fs::read_to_string(mnt2.join("d0/f1")).unwrap(), "0/1", "a dropped name is found again");
+            drop(open);
+        })
+        .await
+        .unwrap();
+        m.unmount().await;
+        cancel.cancel();
     }
 
     /// The exporter restarts (a server with tables of its own, on a new stream) while files are open and inodes

@@ -91,6 +91,7 @@ impl Session for FsSession {
                     source: format!("metac:{}", &link.reference().token.resource().to_string()[..12]),
                     stall: self.options.timeout.map(Duration::from_secs),
                     cache: self.cache.clone(),
+                    max_known: None,
                 };
                 let mp = self.options.mountpoint.clone();
                 let mount = Mount::new(&mp, self.slot.clone(), &options).map_err(|e| {
