@@ -384,6 +384,46 @@ mod tests {
         cancel.cancel();
     }
 
+    /// A binder that makes operations wait their turn on an inode and keeps sending more: a change of the inode
+    /// behind reads that cannot end (their answers are never read), then tens of thousands of getattrs of it
+    /// behind the change. The exporter keeps at most the queue's bound of them and then stops reading the stream
+    /// (the binder's writes stall), rather than holding whatever it is sent; the bind still ends at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn operations_held_for_their_turn_are_bounded_and_a_binder_past_the_bound_is_not_read() {
+        use crate::proto::{SetAttr, Time};
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("big"), vec![7u8; 1 << 20]).unwrap();
+        let root = rustix::fs::open(dir.path(), rustix::fs::OFlags::PATH, rustix::fs::Mode::empty()).unwrap();
+        let server = Arc::new(Server::new(root, false).unwrap());
+        let (mut binder, exporter) = tokio::io::duplex(64 << 10);
+        let cancel = CancellationToken::new();
+        let served = tokio::spawn(serve(Arc::clone(&server), Caller::root(), Box::new(exporter), cancel.clone()));
+        let send = |id, op| Request { id, op };
+        frame::write(&mut binder, &send(1, Op::Lookup { parent: ROOT, name: b"big".to_vec() })).await.unwrap();
+        let body = read_body(&mut binder).await.unwrap().unwrap();
+        let Ok(Reply::Entry(a)) = proto::decode_response(&body).unwrap().result else { panic!() };
+        frame::write(&mut binder, &send(2, Op::Open { ino: a.ino, flags: libc::O_RDONLY })).await.unwrap();
+        let body = read_body(&mut binder).await.unwrap().unwrap();
+        let Ok(Reply::Opened { fh }) = proto::decode_response(&body).unwrap().result else { panic!() };
+        // From here on the binder reads nothing: the reads' answers fill the stream and the reads never end.
+        for id in 3..11 {
+            frame::write(&mut binder, &send(id, Op::Read { fh, offset: 0, size: 1 << 20 })).await.unwrap();
+        }
+        let mtime = Some(Time::At { sec: 1, nsec: 0 });
+        let set = Op::Setattr { ino: a.ino, fh: None, set: SetAttr { mtime, ..SetAttr::default() } };
+        frame::write(&mut binder, &send(11, set)).await.unwrap();
+        let flood = async {
+            for id in 12..40_000 {
+                frame::write(&mut binder, &send(id, Op::Getattr { ino: a.ino })).await.unwrap();
+            }
+        };
+        let stalled = tokio::time::timeout(std::time::Duration::from_secs(3), flood).await.is_err();
+        assert!(stalled, "40000 operations held for their turn were all taken in: nothing bounds them");
+        cancel.cancel();
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(3), served).await;
+        assert!(ended.is_ok(), "the bind ended within 3 s of its cancellation");
+    }
+
     /// A binder that asks for many large reads and never reads the answers: the workers writing them wait, and
     /// the bind still ends at once when it is cancelled (nothing holds it), as it does when the binder goes.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

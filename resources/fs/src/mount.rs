@@ -1738,8 +1738,10 @@ mod tests {
         sh_ok(format!("mkdir {d}/new && for i in $(seq 50); do echo $i > {d}/new/f$i; done && mkdir {d}/new/sub"))
             .await;
         sh_ok(format!("echo deep > {d}/new/sub/g && cat {d}/new/f7")).await;
+        // None is looked up before it is made (each would be one, 52 in all). A loaded machine that takes past the
+        // entries' TTL revalidates what the second script walks to that it did not make: `sub` and `f7`, two at most.
         let n = lookups.load(Ordering::SeqCst);
-        assert_eq!(n, 0, "no lookup of the 52 names made in `new`");
+        assert!(n <= 2, "{n} lookups for 52 names made in `new`");
         assert_eq!(std::fs::read(src.join("new/sub/g")).unwrap(), b"deep\n");
         // Made on the exporter: seen through the mount once the exporter has told of it.
         std::fs::write(src.join("new/theirs"), b"from the exporter\n").unwrap();
