@@ -76,8 +76,13 @@ impl Exporter for NetExporter {
             let peer = bind.peer.to_string();
             let label = format!("bind {}{}", &peer[..peer.len().min(16)], if can_send { "" } else { " (read-only)" });
             let (port, mut rx) = self.switch.add_port(label, can_send);
+            // The port stays until both directions have stopped. Were it dropped with the reading task, its queue
+            // would close, and the writing task's clean end could win the race against the reader's error.
+            let port = Arc::new(port);
+            let reader_port = Arc::clone(&port);
             let (r, mut w) = tokio::io::split(stream);
             let from_binder = async move {
+                let port = reader_port;
                 let mut records = pump::Records::new(r);
                 while let Some(rec) = records.next(&|_| {}).await? {
                     port.forward(rec);
@@ -90,7 +95,9 @@ impl Exporter for NetExporter {
                     .map(|_| "the segment closed".to_string())
                     .map_err(Error::from)
             };
-            match pump::race(from_binder, to_binder, &cancel).await {
+            let r = pump::race(from_binder, to_binder, &cancel).await;
+            drop(port);
+            match r {
                 None | Some(Ok(_)) => Ok(()),
                 Some(Err(e)) => Err(e),
             }
