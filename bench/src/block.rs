@@ -325,6 +325,7 @@ pub fn run(a: Args) -> Result<()> {
             "metac_run_vm_true_ms: {ms:.0} ms with TCG, not KVM (median of {}; the goal of < 1500 is for KVM): {why}",
             a.vm_runs
         ),
+        None if a.vm_runs == 0 => println!("metac_run_vm_true_ms: not measured (--vm-runs 0)"),
         None => println!("metac_run_vm_true_ms: not available in this build (`metac run --help` has no --vm)"),
     }
     println!();

@@ -15,19 +15,21 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// The largest plaintext of one record.
-pub const MAX_PLAIN: usize = 256 * 1024;
+/// The largest plaintext of one record: a 256 KiB payload and its protocol's header (an NBD or metac-fs reply)
+/// fit one record, so that the usual 256 KiB READ is one record and one write, not a second record of 16 bytes.
+pub const MAX_PLAIN: usize = 256 * 1024 + 4096;
 /// Bytes of authentication tag per record.
 pub const TAG: usize = 16;
 /// Bytes of length before each record.
 const HEADER: usize = 4;
 /// The largest record on the wire.
 const MAX_RECORD: usize = HEADER + MAX_PLAIN + TAG;
-/// Read buffer: room for two whole records, so that one read from the socket can bring more than one.
-const READ_BUF: usize = 2 * MAX_RECORD;
+/// Read buffer: room for four whole records, so that one read from the socket can bring more than one, and the
+/// tail of a record cut by the buffer's end is moved to its front once per three records rather than each.
+const READ_BUF: usize = 4 * MAX_RECORD;
 
 /// The two directions' keys of one connection.
 pub struct Keys {
@@ -67,9 +69,12 @@ pub struct Sealed<S: AsyncWrite + Unpin> {
     plain: (usize, usize),
     /// The end-of-stream record came.
     eof: bool,
-    /// The record being written: `wbuf[wpos..]` still to go.
+    /// The record being written: `wbuf[wpos..wlen]` still to go. `wbuf` is [`MAX_RECORD`] long from the start,
+    /// so that records are sealed straight into it from the caller's bytes (one pass over them, not a copy and
+    /// then a pass).
     wbuf: Vec<u8>,
     wpos: usize,
+    wlen: usize,
     /// Plaintext bytes of the record in `wbuf` that a `poll_write` answered `Pending` for (see `poll_write`).
     owed: Option<usize>,
     /// The end-of-stream record was queued.
@@ -91,8 +96,9 @@ impl<S: AsyncWrite + Unpin> Sealed<S> {
             end: 0,
             plain: (0, 0),
             eof: false,
-            wbuf: Vec::with_capacity(MAX_RECORD),
+            wbuf: vec![0; MAX_RECORD],
             wpos: 0,
+            wlen: 0,
             owed: None,
             shut: false,
         }
@@ -111,19 +117,18 @@ impl<S: AsyncWrite + Unpin> Sealed<S> {
 
     /// Seals `data` as the next record into `wbuf` (which must be drained).
     fn push(&mut self, data: &[u8]) -> io::Result<()> {
-        debug_assert!(self.wpos == self.wbuf.len() && data.len() <= MAX_PLAIN);
+        debug_assert!(self.wpos == self.wlen && data.len() <= MAX_PLAIN);
         let header = ((data.len() + TAG) as u32).to_be_bytes();
-        self.wbuf.clear();
-        self.wpos = 0;
-        self.wbuf.extend_from_slice(&header);
-        self.wbuf.extend_from_slice(data);
+        let end = HEADER + data.len();
+        self.wbuf[..HEADER].copy_from_slice(&header);
+        let (body, tag) = self.wbuf[HEADER..end + TAG].split_at_mut(data.len());
         let nonce = Self::nonce(self.sent);
         self.sent += 1;
-        let tag = self
-            .seal
-            .seal_in_place_separate_tag(nonce, Aad::from(header), &mut self.wbuf[HEADER..])
+        self.seal
+            .seal_out_of_place_scatter(nonce, Aad::from(header), data, body, &[], tag)
             .map_err(|_| io::Error::other("cannot seal a record"))?;
-        self.wbuf.extend_from_slice(tag.as_ref());
+        self.wpos = 0;
+        self.wlen = end + TAG;
         Ok(())
     }
 
@@ -176,8 +181,8 @@ impl<S: AsyncWrite + Unpin> Sealed<S> {
 
     /// Writes out the record in `wbuf`.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.wpos < self.wbuf.len() {
-            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.wbuf[self.wpos..]))?;
+        while self.wpos < self.wlen {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.wbuf[self.wpos..self.wlen]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -267,7 +272,7 @@ impl<S: AsyncWrite + Unpin> Drop for Sealed<S> {
     /// A stream dropped without a shutdown still ends cleanly when it can: the end-of-stream record is offered to
     /// the socket once, without waiting (a socket with no room for 20 bytes is cut, which the peer then sees).
     fn drop(&mut self) {
-        if self.shut || self.wpos < self.wbuf.len() {
+        if self.shut || self.wpos < self.wlen {
             return;
         }
         if self.push(&[]).is_ok() {

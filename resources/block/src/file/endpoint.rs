@@ -233,7 +233,9 @@ impl Session for Endpoint {
             // handshake until the exporter has been reached once, and after that only their requests wait.
             self.listen()?;
             self.accept();
-            let mut stream = BufReader::with_capacity(STREAM_BUF, link.open().await?);
+            // Not buffered here: the stream buffers (sealed records are opened in their read buffer), and a READ's
+            // data is read straight from there into its reply, one copy less than through a `BufReader`.
+            let mut stream = link.open().await?;
             let remote = within(NEGOTIATION_TIMEOUT, "the exporter's NBD handshake", async {
                 client::negotiate(&mut stream).await.map_err(|e| io::Error::other(e.to_string()))
             })
@@ -279,7 +281,7 @@ impl Session for Endpoint {
 /// Runs one stream to the exporter: replays what is pending, then sends jobs and matches replies, until the
 /// stream fails (a retryable error: the pending jobs stay for the next run).
 async fn upstream<S>(
-    stream: BufReader<S>,
+    stream: S,
     jobs: &mut mpsc::Receiver<Job>,
     pending: &Arc<Mutex<Pending>>,
     status: &Arc<Status>,
