@@ -60,6 +60,8 @@ pub struct Server {
     own: Mutex<HashMap<Own, std::time::Instant>>,
     /// The node's memo of file hashes and its figures of content served.
     digests: Arc<Digests>,
+    /// The node's descriptors, which every bind's inode and file tables draw on ([`Descriptors`]).
+    descriptors: Arc<Descriptors>,
 }
 
 /// What an operation of the binder's changed.
@@ -77,6 +79,7 @@ struct Open {
     fd: Arc<OwnedFd>,
     ino: u64,
     writes: bool,
+    _held: descriptors::Held,
 }
 
 /// The directories of the bind's table watched with inotify, so that changes made on the exporter (by anyone but
@@ -136,6 +139,8 @@ struct Node {
     fd: Arc<OwnedFd>,
     key: (u64, u64),
     lookups: u64,
+    /// The descriptor's place in the node's budget; none for the root, which every bind holds.
+    _held: Option<descriptors::Held>,
 }
 
 struct Inodes {
@@ -166,7 +171,7 @@ impl Server {
         let root = rustix::fs::openat(&root, ".", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
         let st = rustix::fs::fstat(&root)?;
         let key = (st.st_dev, st.st_ino);
-        let node = Node { fd: Arc::new(root), key, lookups: 1 };
+        let node = Node { fd: Arc::new(root), key, lookups: 1, _held: None };
         let inodes =
             Inodes { by_ino: HashMap::from([(ROOT, node)]), by_key: HashMap::from([(key, ROOT)]), next: ROOT + 1 };
         // SAFETY: geteuid and getegid have no preconditions and cannot fail.
@@ -184,6 +189,7 @@ impl Server {
             own: Mutex::new(HashMap::new()),
             files: Mutex::new(Files { open: HashMap::new(), writers: HashMap::new(), next: 1 }),
             digests: Arc::default(),
+            descriptors: Descriptors::node(),
         })
     }
 
@@ -191,6 +197,12 @@ impl Server {
     /// by default).
     pub fn with_digests(mut self, digests: Arc<Digests>) -> Server {
         self.digests = digests;
+        self
+    }
+
+    /// The same server drawing its descriptors from `budget` (the node's by default).
+    pub fn with_descriptors(mut self, budget: Arc<Descriptors>) -> Server {
+        self.descriptors = budget;
         self
     }
 
@@ -708,13 +720,14 @@ impl Server {
         if t.by_ino.len() >= MAX_INODES {
             return Err(libc::ENFILE);
         }
+        let held = self.descriptors.take().ok_or(libc::ENFILE)?;
         let ino = t.next;
         t.next += 1;
         t.by_key.insert(key, ino);
         if file_type(&st) == FileType::Directory {
             self.watch(ino, &fd);
         }
-        t.by_ino.insert(ino, Node { fd: Arc::new(fd), key, lookups: 1 });
+        t.by_ino.insert(ino, Node { fd: Arc::new(fd), key, lookups: 1, _held: Some(held) });
         drop(t);
         Ok(self.shown(ino, &st))
     }
@@ -757,13 +770,14 @@ impl Server {
         if t.open.len() >= MAX_FILES {
             return Err(libc::EMFILE);
         }
+        let held = self.descriptors.take().ok_or(libc::ENFILE)?;
         let fh = t.next;
         t.next += 1;
         let writes = flags & libc::O_ACCMODE != libc::O_RDONLY;
         if writes {
             *t.writers.entry(ino).or_default() += 1;
         }
-        t.open.insert(fh, Open { fd: Arc::new(f), ino, writes });
+        t.open.insert(fh, Open { fd: Arc::new(f), ino, writes, _held: held });
         Ok(fh)
     }
 
@@ -1122,5 +1136,8 @@ fn process_umask() -> u32 {
     umask.and_then(|u| u32::from_str_radix(u, 8).ok()).unwrap_or(0o777)
 }
 
+mod descriptors;
 #[cfg(test)]
 mod tests;
+
+pub use descriptors::Descriptors;

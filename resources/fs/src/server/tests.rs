@@ -593,3 +593,40 @@ fn a_small_file_is_read_whole_with_its_open_and_a_larger_one_is_not() {
     assert_eq!(std::fs::read(lab.export().join("small")).unwrap(), b"small file", "nothing truncated");
     assert_eq!(s.held().1, 0, "every handle released");
 }
+
+/// A binder that never forgets (a hostile one) plays against a node whose fs binds may hold 40 descriptors: its
+/// lookups and opens past the budget get ENFILE, not descriptors, so the node's other work keeps its own; another
+/// bind drawing on the same budget is refused too until the first gives some back; a forget, a release and the
+/// end of a bind give back what they held.
+#[test]
+fn binds_together_hold_no_more_descriptors_than_the_node_gives_them() {
+    let lab = Lab::new();
+    for i in 0..60 {
+        std::fs::write(lab.export().join(format!("f{i}")), b"x").unwrap();
+    }
+    let budget = Descriptors::new(40);
+    let hostile = lab.server(false).with_descriptors(Arc::clone(&budget));
+    let other = lab.server(true).with_descriptors(Arc::clone(&budget));
+    let inos: Vec<u64> = (0..40).map(|i| lookup(&hostile, ROOT, &format!("f{i}")).unwrap().ino).collect();
+    for i in 40..60 {
+        assert_eq!(lookup(&hostile, ROOT, &format!("f{i}")), Err(libc::ENFILE), "past the budget");
+    }
+    assert_eq!((inos.len(), budget.held()), (40, 40));
+    assert_eq!(lookup(&hostile, ROOT, "f0").map(|a| a.ino), Ok(inos[0]), "a name it holds is found again");
+    assert_eq!(open(&hostile, inos[0], libc::O_RDONLY), Err(libc::ENFILE), "an open needs a descriptor too");
+    assert_eq!(lookup(&other, ROOT, "f50"), Err(libc::ENFILE), "the budget is the node's, shared by its binds");
+
+    // Give some back: two forgets (f0 was looked up twice), and the other bind gets its file and opens it.
+    hostile.handle(Op::Forget { ino: inos[0], n: 2 }).unwrap();
+    hostile.handle(Op::Forget { ino: inos[1], n: 1 }).unwrap();
+    assert_eq!(budget.held(), 38);
+    let f = lookup(&other, ROOT, "f50").unwrap();
+    let fh = open(&other, f.ino, libc::O_RDONLY).unwrap();
+    assert_eq!(budget.held(), 40);
+    other.handle(Op::Release { fh }).unwrap();
+    assert_eq!(budget.held(), 39);
+    drop(hostile);
+    assert_eq!(budget.held(), 1, "a bind's end gives back all it held");
+    drop(other);
+    assert_eq!(budget.held(), 0);
+}
